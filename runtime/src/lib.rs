@@ -1,0 +1,11 @@
+//! metaloop-runtime: the differentiable inner-loop core of metaloop.
+//!
+//! It holds parameters in flat tensors, runs functional layers on them, takes differentiable
+//! optimizer steps, and exchanges meta-gradients between ranks (`comm`). It knows nothing of
+//! datasets, configs, files of a run or the command line; it never prints.
+
+pub mod comm;
+mod error;
+
+pub use error::{Error, Result};
+pub use tch::{Device, Kind, Tensor};

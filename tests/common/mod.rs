@@ -1,0 +1,33 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::process::Command;
+
+/// True when this process is one rank of a job started by mpirun (Open MPI) or srun (PMI).
+pub fn under_mpirun() -> bool {
+    std::env::var_os("OMPI_COMM_WORLD_SIZE").is_some() || std::env::var_os("PMI_SIZE").is_some()
+}
+
+/// Runs the test `test_name` of this very test binary as `ranks` MPI ranks under mpirun and
+/// asserts that every rank passed. The ranks see `under_mpirun() == true` and run the real body.
+pub fn run_under_mpirun(ranks: usize, test_name: &str) {
+    let exe = std::env::current_exe().expect("the test binary's own path");
+    let mut cmd = Command::new("mpirun");
+    cmd.arg("-n").arg(ranks.to_string());
+    // Root on CI, and more ranks than the 2 cores of the CI machine.
+    cmd.args(["--allow-run-as-root", "--oversubscribe", "--bind-to", "none"]);
+    cmd.arg(&exe).args(["--exact", test_name, "--nocapture", "--test-threads=1"]);
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("cannot start mpirun ({e}); install Open MPI with `cargo xtask setup`")
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "mpirun -n {ranks} {test_name} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    // libtest prints one "1 passed" summary per rank; make sure every rank really ran the test.
+    let passed = stdout.matches("test result: ok. 1 passed").count();
+    assert_eq!(passed, ranks, "expected {ranks} ranks to pass {test_name}:\n{stdout}\n{stderr}");
+}
