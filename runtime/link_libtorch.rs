@@ -7,8 +7,11 @@
 
 /// Emits the link arguments for this package's own binaries, tests, examples and benches.
 fn link_libtorch(lib_dir: &str) {
+    // The real directory in the per-user cache, not the clone's `.libtorch` link, so that a
+    // binary keeps working when copied out of the clone or when the clone is deleted.
+    let dir = std::fs::canonicalize(lib_dir).unwrap_or_else(|_| lib_dir.into());
+    let lib_dir = dir.display().to_string();
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib_dir}");
-    let dir = std::path::Path::new(lib_dir);
     if dir.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-search=native={lib_dir}");
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");

@@ -22,6 +22,42 @@ pub enum Error {
         kind: tch::Kind,
         expected: &'static str,
     },
+    /// A parameter name that the model does not have.
+    #[error("unknown parameter `{name}` (the model has: {known})")]
+    UnknownParam { name: String, known: String },
+    /// A hyperparameter name that the optimizer does not have.
+    #[error("{optimizer}: unknown hyperparameter `{name}` (allowed: {allowed})")]
+    UnknownHparam {
+        optimizer: &'static str,
+        name: String,
+        allowed: String,
+    },
+    /// A hyperparameter override whose shape is none of `[]`, `[1]`, `[G]` or `[P]`.
+    #[error("hyperparameter `{name}`: shape {got:?} is none of [], [1], [{groups}] (one per parameter) or [{numel}] (one per element)")]
+    HparamShape {
+        name: String,
+        got: Vec<i64>,
+        groups: i64,
+        numel: i64,
+    },
+    /// A time index past the steps taken so far.
+    #[error("params_at({requested}): only times 0..={latest} exist")]
+    TimeOutOfRange { requested: usize, latest: usize },
+    /// History asked for while `track_higher_grads(false)` keeps only the latest parameters.
+    #[error("params_at({requested}): parameter history is not kept with track_higher_grads(false); only the latest time {latest} exists")]
+    HistoryNotTracked { requested: usize, latest: usize },
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// A safetensors file that is malformed or does not fit the model.
+    #[error("{path}: {message}")]
+    Safetensors {
+        path: std::path::PathBuf,
+        message: String,
+    },
     /// A communication (MPI or NCCL) call failed or was misused.
     #[error("comm: {0}")]
     Comm(String),
