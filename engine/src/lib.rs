@@ -1,1 +1,6 @@
-pub fn placeholder() {}
+//! metaloop-engine: MAML-family algorithms, tasks and datasets, the meta-training loop.
+//!
+//! It builds on the runtime's InnerLoop and never parses command-line arguments or prints to
+//! the terminal: the launcher does both.
+
+pub mod demo;
