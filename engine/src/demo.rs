@@ -21,7 +21,7 @@ pub struct DemoConfig {
 impl Default for DemoConfig {
     fn default() -> Self {
         // Finn et al. 2017, sec. 5.1: K=10, one gradient step of size 0.01, meta-batch 25, Adam.
-        DemoConfig { seed: 0, iterations: 4000, meta_batch: 25, shots: 10, inner_lr: 0.01, meta_lr: 1e-3, test_tasks: 600 }
+        DemoConfig { seed: 0, iterations: 6000, meta_batch: 25, shots: 10, inner_lr: 0.01, meta_lr: 1e-3, test_tasks: 600 }
     }
 }
 
@@ -113,7 +113,7 @@ fn mean_ci(v: &Tensor) -> Result<MeanCi, tch::TchError> {
 /// called after each outer step.
 pub fn run(cfg: &DemoConfig, mut progress: impl FnMut(u64, f64)) -> Result<DemoReport, tch::TchError> {
     tch::manual_seed(cfg.seed);
-    let theta0 = init_params()?;
+    let mut theta0 = init_params()?;
     let p = theta0.size()[0];
     // Adam on the flat meta-parameters (PyTorch's defaults: betas 0.9, 0.999, eps 1e-8).
     let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);

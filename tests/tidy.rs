@@ -1,0 +1,109 @@
+//! Tidy checks, run as ordinary tests so that `cargo xtask test` checks everything CI checks:
+//! the architecture invariants of ARCHITECTURE.md, by reading the sources.
+
+use std::path::{Path, PathBuf};
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+fn sources(crate_dir: &str) -> Vec<(PathBuf, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join(crate_dir), &mut files);
+    files.sort();
+    files.into_iter().map(|p| (p.strip_prefix(root).unwrap().to_path_buf(), std::fs::read_to_string(&p).unwrap())).collect()
+}
+
+/// Lines that are code, not comments (a line comment or doc comment is skipped).
+fn code_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines().enumerate().filter(|(_, l)| !l.trim_start().starts_with("//")).map(|(i, l)| (i + 1, l))
+}
+
+#[test]
+fn only_runtime_comm_touches_mpi_or_nccl() {
+    let mut offenders = Vec::new();
+    for dir in ["runtime/src", "engine/src", "launcher/src"] {
+        for (path, text) in sources(dir) {
+            if path.starts_with("runtime/src/comm") || path == Path::new("runtime/src/comm.rs") {
+                continue;
+            }
+            for (n, line) in code_lines(&text) {
+                if line.contains("mpi::") || line.contains("use mpi") || line.contains("nccl") {
+                    offenders.push(format!("{}:{n}: {}", path.display(), line.trim()));
+                }
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "only runtime::comm may touch MPI or NCCL:\n{}", offenders.join("\n"));
+}
+
+#[test]
+fn only_runtime_kernels_holds_unsafe_code() {
+    let mut offenders = Vec::new();
+    for dir in ["runtime/src", "engine/src", "launcher/src", "src"] {
+        for (path, text) in sources(dir) {
+            if path.starts_with("runtime/src/kernels") {
+                continue;
+            }
+            for (n, line) in code_lines(&text) {
+                if line.contains("unsafe ") || line.contains("unsafe{") {
+                    offenders.push(format!("{}:{n}: {}", path.display(), line.trim()));
+                }
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "only runtime::kernels may hold unsafe code:\n{}", offenders.join("\n"));
+}
+
+#[test]
+fn libraries_never_print_or_parse_arguments() {
+    let mut offenders = Vec::new();
+    for dir in ["runtime/src", "engine/src"] {
+        for (path, text) in sources(dir) {
+            for (n, line) in code_lines(&text) {
+                for bad in ["println!", "eprintln!", "print!(", "std::env::args", "clap::", "anyhow"] {
+                    if line.contains(bad) {
+                        offenders.push(format!("{}:{n}: {}", path.display(), line.trim()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "runtime and engine must not print, parse arguments or use anyhow:\n{}", offenders.join("\n"));
+}
+
+#[test]
+fn library_code_has_no_stubs() {
+    let mut offenders = Vec::new();
+    for dir in ["runtime/src", "engine/src", "launcher/src"] {
+        for (path, text) in sources(dir) {
+            for (n, line) in code_lines(&text) {
+                if line.contains("todo!(") || line.contains("unimplemented!(") {
+                    offenders.push(format!("{}:{n}: {}", path.display(), line.trim()));
+                }
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "stubs in library code:\n{}", offenders.join("\n"));
+}
+
+#[test]
+fn every_module_says_what_it_is_for() {
+    let mut offenders = Vec::new();
+    for dir in ["runtime/src", "engine/src", "launcher/src"] {
+        for (path, text) in sources(dir) {
+            if !text.trim_start().starts_with("//!") {
+                offenders.push(path.display().to_string());
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "these modules do not start with a `//!` line saying what they are for:\n{}", offenders.join("\n"));
+}
