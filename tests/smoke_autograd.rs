@@ -19,7 +19,9 @@ fn second_order_gradient_through_one_sgd_step_matches_closed_form() {
     let target = Tensor::from_slice(&t_vals);
 
     let inner_loss = (w0.pow_tensor_scalar(4) / 4.0).sum(Kind::Double);
-    let g = Tensor::run_backward(&[&inner_loss], &[&w0], true, true).pop().unwrap();
+    let g = Tensor::run_backward(&[&inner_loss], &[&w0], true, true)
+        .pop()
+        .unwrap();
     let w1 = &w0 - &lr * g;
     let meta_loss = (&w1 - &target).square().sum(Kind::Double);
     let grads = Tensor::run_backward(&[&meta_loss], &[&w0, &lr], false, false);
@@ -32,8 +34,15 @@ fn second_order_gradient_through_one_sgd_step_matches_closed_form() {
         let w = w0_vals[i];
         let w1 = w - lr_val * w.powi(3);
         let want = 2.0 * (w1 - t_vals[i]) * (1.0 - 3.0 * lr_val * w * w);
-        assert!((got_w0[i] - want).abs() < 1e-12, "dM/dw0[{i}]: {} vs {want}", got_w0[i]);
+        assert!(
+            (got_w0[i] - want).abs() < 1e-12,
+            "dM/dw0[{i}]: {} vs {want}",
+            got_w0[i]
+        );
         want_lr += -2.0 * (w1 - t_vals[i]) * w.powi(3);
     }
-    assert!((got_lr - want_lr).abs() < 1e-12, "dM/dlr: {got_lr} vs {want_lr}");
+    assert!(
+        (got_lr - want_lr).abs() < 1e-12,
+        "dM/dlr: {got_lr} vs {want_lr}"
+    );
 }

@@ -19,12 +19,23 @@ fn sources(crate_dir: &str) -> Vec<(PathBuf, String)> {
     let mut files = Vec::new();
     rust_files(&root.join(crate_dir), &mut files);
     files.sort();
-    files.into_iter().map(|p| (p.strip_prefix(root).unwrap().to_path_buf(), std::fs::read_to_string(&p).unwrap())).collect()
+    files
+        .into_iter()
+        .map(|p| {
+            (
+                p.strip_prefix(root).unwrap().to_path_buf(),
+                std::fs::read_to_string(&p).unwrap(),
+            )
+        })
+        .collect()
 }
 
 /// Lines that are code, not comments (a line comment or doc comment is skipped).
 fn code_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
-    text.lines().enumerate().filter(|(_, l)| !l.trim_start().starts_with("//")).map(|(i, l)| (i + 1, l))
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim_start().starts_with("//"))
+        .map(|(i, l)| (i + 1, l))
 }
 
 #[test]
@@ -42,7 +53,11 @@ fn only_runtime_comm_touches_mpi_or_nccl() {
             }
         }
     }
-    assert!(offenders.is_empty(), "only runtime::comm may touch MPI or NCCL:\n{}", offenders.join("\n"));
+    assert!(
+        offenders.is_empty(),
+        "only runtime::comm may touch MPI or NCCL:\n{}",
+        offenders.join("\n")
+    );
 }
 
 #[test]
@@ -60,7 +75,11 @@ fn only_runtime_kernels_holds_unsafe_code() {
             }
         }
     }
-    assert!(offenders.is_empty(), "only runtime::kernels may hold unsafe code:\n{}", offenders.join("\n"));
+    assert!(
+        offenders.is_empty(),
+        "only runtime::kernels may hold unsafe code:\n{}",
+        offenders.join("\n")
+    );
 }
 
 #[test]
@@ -69,7 +88,14 @@ fn libraries_never_print_or_parse_arguments() {
     for dir in ["runtime/src", "engine/src"] {
         for (path, text) in sources(dir) {
             for (n, line) in code_lines(&text) {
-                for bad in ["println!", "eprintln!", "print!(", "std::env::args", "clap::", "anyhow"] {
+                for bad in [
+                    "println!",
+                    "eprintln!",
+                    "print!(",
+                    "std::env::args",
+                    "clap::",
+                    "anyhow",
+                ] {
                     if line.contains(bad) {
                         offenders.push(format!("{}:{n}: {}", path.display(), line.trim()));
                     }
@@ -77,7 +103,11 @@ fn libraries_never_print_or_parse_arguments() {
             }
         }
     }
-    assert!(offenders.is_empty(), "runtime and engine must not print, parse arguments or use anyhow:\n{}", offenders.join("\n"));
+    assert!(
+        offenders.is_empty(),
+        "runtime and engine must not print, parse arguments or use anyhow:\n{}",
+        offenders.join("\n")
+    );
 }
 
 #[test]
@@ -92,7 +122,11 @@ fn library_code_has_no_stubs() {
             }
         }
     }
-    assert!(offenders.is_empty(), "stubs in library code:\n{}", offenders.join("\n"));
+    assert!(
+        offenders.is_empty(),
+        "stubs in library code:\n{}",
+        offenders.join("\n")
+    );
 }
 
 #[test]
@@ -105,5 +139,9 @@ fn every_module_says_what_it_is_for() {
             }
         }
     }
-    assert!(offenders.is_empty(), "these modules do not start with a `//!` line saying what they are for:\n{}", offenders.join("\n"));
+    assert!(
+        offenders.is_empty(),
+        "these modules do not start with a `//!` line saying what they are for:\n{}",
+        offenders.join("\n")
+    );
 }

@@ -21,7 +21,15 @@ pub struct DemoConfig {
 impl Default for DemoConfig {
     fn default() -> Self {
         // Finn et al. 2017, sec. 5.1: K=10, one gradient step of size 0.01, meta-batch 25, Adam.
-        DemoConfig { seed: 0, iterations: 6000, meta_batch: 25, shots: 10, inner_lr: 0.01, meta_lr: 1e-3, test_tasks: 600 }
+        DemoConfig {
+            seed: 0,
+            iterations: 6000,
+            meta_batch: 25,
+            shots: 10,
+            inner_lr: 0.01,
+            meta_lr: 1e-3,
+            test_tasks: 600,
+        }
     }
 }
 
@@ -42,7 +50,14 @@ pub struct DemoReport {
 
 const HIDDEN: i64 = 40;
 // Flat layout: w1 [40,1], b1 [40], w2 [40,40], b2 [40], w3 [1,40], b3 [1].
-const SHAPES: [&[i64]; 6] = [&[HIDDEN, 1], &[HIDDEN], &[HIDDEN, HIDDEN], &[HIDDEN], &[1, HIDDEN], &[1]];
+const SHAPES: [&[i64]; 6] = [
+    &[HIDDEN, 1],
+    &[HIDDEN],
+    &[HIDDEN, HIDDEN],
+    &[HIDDEN],
+    &[1, HIDDEN],
+    &[1],
+];
 // The fan-in of the layer each tensor belongs to.
 const FAN_IN: [i64; 6] = [1, 1, HIDDEN, HIDDEN, HIDDEN, HIDDEN];
 
@@ -55,7 +70,9 @@ fn init_params() -> Result<Tensor, tch::TchError> {
     let mut parts = Vec::new();
     for (shape, fan_in) in SHAPES.iter().zip(FAN_IN) {
         let bound = 1.0 / (fan_in as f64).sqrt();
-        parts.push(Tensor::f_rand([numel(shape)], (Kind::Float, Device::Cpu))? * (2.0 * bound) - bound);
+        parts.push(
+            Tensor::f_rand([numel(shape)], (Kind::Float, Device::Cpu))? * (2.0 * bound) - bound,
+        );
     }
     Ok(Tensor::f_cat(&parts, 0)?.set_requires_grad(true))
 }
@@ -72,7 +89,9 @@ fn forward(theta: &Tensor, x: &Tensor) -> Result<Tensor, tch::TchError> {
         views.push(theta.f_narrow(1, offset, n)?.f_view(s.as_slice())?);
         offset += n;
     }
-    let linear = |h: &Tensor, w: &Tensor, b: &Tensor| -> Result<Tensor, tch::TchError> { h.f_matmul(&w.f_transpose(1, 2)?)?.f_add(&b.f_unsqueeze(1)?) };
+    let linear = |h: &Tensor, w: &Tensor, b: &Tensor| -> Result<Tensor, tch::TchError> {
+        h.f_matmul(&w.f_transpose(1, 2)?)?.f_add(&b.f_unsqueeze(1)?)
+    };
     let h = linear(x, &views[0], &views[1])?.f_relu()?;
     let h = linear(&h, &views[2], &views[3])?.f_relu()?;
     linear(&h, &views[4], &views[5])
@@ -80,7 +99,9 @@ fn forward(theta: &Tensor, x: &Tensor) -> Result<Tensor, tch::TchError> {
 
 /// Sum over tasks of each task's mean squared error, so each task's gradient is its own.
 fn task_mse(pred: &Tensor, y: &Tensor) -> Result<Tensor, tch::TchError> {
-    pred.f_sub(y)?.f_square()?.f_mean_dim(&[1i64, 2][..], false, Kind::Float)
+    pred.f_sub(y)?
+        .f_square()?
+        .f_mean_dim(&[1i64, 2][..], false, Kind::Float)
 }
 
 /// T sinusoid tasks: (support x, support y, query x, query y), each [T, K, 1].
@@ -96,7 +117,13 @@ fn sample_tasks(t: i64, k: i64) -> Result<[Tensor; 4], tch::TchError> {
 }
 
 /// One inner SGD step on the support set; `create_graph` keeps it differentiable (second order).
-fn adapt(theta: &Tensor, xs: &Tensor, ys: &Tensor, lr: f64, create_graph: bool) -> Result<Tensor, tch::TchError> {
+fn adapt(
+    theta: &Tensor,
+    xs: &Tensor,
+    ys: &Tensor,
+    lr: f64,
+    create_graph: bool,
+) -> Result<Tensor, tch::TchError> {
     let loss = task_mse(&forward(theta, xs)?, ys)?.f_sum(Kind::Float)?;
     let g = Tensor::f_run_backward(&[&loss], &[theta], true, create_graph)?.remove(0);
     theta.f_sub(&(g * lr))
@@ -106,12 +133,18 @@ fn mean_ci(v: &Tensor) -> Result<MeanCi, tch::TchError> {
     let n = v.size()[0] as f64;
     let mean = v.f_mean(Kind::Double)?.f_double_value(&[])?;
     let std = v.f_std(true)?.f_double_value(&[])?;
-    Ok(MeanCi { mean, ci95: 1.96 * std / n.sqrt() })
+    Ok(MeanCi {
+        mean,
+        ci95: 1.96 * std / n.sqrt(),
+    })
 }
 
 /// Meta-trains, then meta-tests on `test_tasks` new tasks. `progress(iteration, meta_loss)` is
 /// called after each outer step.
-pub fn run(cfg: &DemoConfig, mut progress: impl FnMut(u64, f64)) -> Result<DemoReport, tch::TchError> {
+pub fn run(
+    cfg: &DemoConfig,
+    mut progress: impl FnMut(u64, f64),
+) -> Result<DemoReport, tch::TchError> {
     tch::manual_seed(cfg.seed);
     let mut theta0 = init_params()?;
     let p = theta0.size()[0];
@@ -122,7 +155,9 @@ pub fn run(cfg: &DemoConfig, mut progress: impl FnMut(u64, f64)) -> Result<DemoR
     let mut last = f64::NAN;
     for it in 1..=cfg.iterations {
         let [xs, ys, xq, yq] = sample_tasks(cfg.meta_batch, cfg.shots)?;
-        let theta = theta0.f_unsqueeze(0)?.f_expand([cfg.meta_batch, p], false)?;
+        let theta = theta0
+            .f_unsqueeze(0)?
+            .f_expand([cfg.meta_batch, p], false)?;
         let adapted = adapt(&theta, &xs, &ys, cfg.inner_lr, true)?;
         let meta_loss = task_mse(&forward(&adapted, &xq)?, &yq)?.f_mean(Kind::Float)?;
         let g = Tensor::f_run_backward(&[&meta_loss], &[&theta0], false, false)?.remove(0);
@@ -139,9 +174,18 @@ pub fn run(cfg: &DemoConfig, mut progress: impl FnMut(u64, f64)) -> Result<DemoR
     }
     // Meta-test on new tasks: the query MSE at θ0 and after one inner step on the support set.
     let [xs, ys, xq, yq] = sample_tasks(cfg.test_tasks, cfg.shots)?;
-    let theta = theta0.f_detach()?.f_unsqueeze(0)?.f_expand([cfg.test_tasks, p], false)?.f_contiguous()?.set_requires_grad(true);
+    let theta = theta0
+        .f_detach()?
+        .f_unsqueeze(0)?
+        .f_expand([cfg.test_tasks, p], false)?
+        .f_contiguous()?
+        .set_requires_grad(true);
     let pre = tch::no_grad(|| task_mse(&forward(&theta, &xq)?, &yq))?;
     let adapted = adapt(&theta, &xs, &ys, cfg.inner_lr, false)?;
     let post = tch::no_grad(|| task_mse(&forward(&adapted, &xq)?, &yq))?;
-    Ok(DemoReport { pre_adaptation_mse: mean_ci(&pre)?, post_adaptation_mse: mean_ci(&post)?, final_meta_loss: last })
+    Ok(DemoReport {
+        pre_adaptation_mse: mean_ci(&pre)?,
+        post_adaptation_mse: mean_ci(&post)?,
+        final_meta_loss: last,
+    })
 }

@@ -8,7 +8,11 @@ use metaloop_engine::demo::{self, DemoConfig};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "metaloop", version, about = "Distributed, differentiable inner-loop meta-learning")]
+#[command(
+    name = "metaloop",
+    version,
+    about = "Distributed, differentiable inner-loop meta-learning"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -40,7 +44,11 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Demo { iterations, seed } => run_demo(DemoConfig { iterations, seed, ..DemoConfig::default() }),
+        Command::Demo { iterations, seed } => run_demo(DemoConfig {
+            iterations,
+            seed,
+            ..DemoConfig::default()
+        }),
     }
 }
 
@@ -51,8 +59,10 @@ fn run_demo(cfg: DemoConfig) -> Result<()> {
     );
     let bar = ProgressBar::new(cfg.iterations);
     bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} iterations  {msg}  [{elapsed_precise} < {eta_precise}]")
-            .expect("a valid progress template"),
+        ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} iterations  {msg}  [{elapsed_precise} < {eta_precise}]",
+        )
+        .expect("a valid progress template"),
     );
     let tasks_per_iteration = cfg.meta_batch as f64;
     let started = std::time::Instant::now();
@@ -64,7 +74,10 @@ fn run_demo(cfg: DemoConfig) -> Result<()> {
         }
     })?;
     bar.finish();
-    println!("final meta-loss (query MSE after adaptation, last meta-batch): {:.4}", report.final_meta_loss);
+    println!(
+        "final meta-loss (query MSE after adaptation, last meta-batch): {:.4}",
+        report.final_meta_loss
+    );
     println!(
         "meta-test over {} new tasks: MSE before adaptation {:.3} ± {:.3}, after 1 step {:.3} ± {:.3} (mean ± 95% CI)",
         cfg.test_tasks,

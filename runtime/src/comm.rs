@@ -37,7 +37,9 @@ impl Communicator for Local {
     }
     fn broadcast(&self, _t: &mut Tensor, root: usize) -> Result<()> {
         if root != 0 {
-            return Err(Error::Comm(format!("broadcast: root {root} out of range for 1 rank")));
+            return Err(Error::Comm(format!(
+                "broadcast: root {root} out of range for 1 rank"
+            )));
         }
         Ok(())
     }
@@ -55,11 +57,19 @@ enum Buffer {
 impl Buffer {
     /// Copies a tensor (any device) into host memory.
     fn from_tensor(op: &'static str, t: &Tensor) -> Result<Self> {
-        let flat = t.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?.f_view([-1])?;
+        let flat = t
+            .f_detach()?
+            .f_to_device(Device::Cpu)?
+            .f_contiguous()?
+            .f_view([-1])?;
         match t.kind() {
             Kind::Float => Ok(Buffer::F32(Vec::<f32>::try_from(&flat)?)),
             Kind::Double => Ok(Buffer::F64(Vec::<f64>::try_from(&flat)?)),
-            kind => Err(Error::Kind { op, kind, expected: "f32 or f64" }),
+            kind => Err(Error::Kind {
+                op,
+                kind,
+                expected: "f32 or f64",
+            }),
         }
     }
 
@@ -100,7 +110,10 @@ mod mpi_comm {
             let universe = mpi::initialize()
                 .ok_or_else(|| Error::Comm("MPI was already initialized in this process".into()))?;
             let world = universe.world();
-            Ok(Mpi { _universe: universe, world })
+            Ok(Mpi {
+                _universe: universe,
+                world,
+            })
         }
     }
 
@@ -115,12 +128,14 @@ mod mpi_comm {
             let reduced = match Buffer::from_tensor("all_reduce_sum", t)? {
                 Buffer::F32(send) => {
                     let mut recv = vec![0f32; send.len()];
-                    self.world.all_reduce_into(&send[..], &mut recv[..], SystemOperation::sum());
+                    self.world
+                        .all_reduce_into(&send[..], &mut recv[..], SystemOperation::sum());
                     Buffer::F32(recv)
                 }
                 Buffer::F64(send) => {
                     let mut recv = vec![0f64; send.len()];
-                    self.world.all_reduce_into(&send[..], &mut recv[..], SystemOperation::sum());
+                    self.world
+                        .all_reduce_into(&send[..], &mut recv[..], SystemOperation::sum());
                     Buffer::F64(recv)
                 }
             };

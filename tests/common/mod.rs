@@ -15,8 +15,14 @@ pub fn run_under_mpirun(ranks: usize, test_name: &str) {
     let mut cmd = Command::new("mpirun");
     cmd.arg("-n").arg(ranks.to_string());
     // Root on CI, and more ranks than the 2 cores of the CI machine.
-    cmd.args(["--allow-run-as-root", "--oversubscribe", "--bind-to", "none"]);
-    cmd.arg(&exe).args(["--exact", test_name, "--nocapture", "--test-threads=1"]);
+    cmd.args([
+        "--allow-run-as-root",
+        "--oversubscribe",
+        "--bind-to",
+        "none",
+    ]);
+    cmd.arg(&exe)
+        .args(["--exact", test_name, "--nocapture", "--test-threads=1"]);
     let out = cmd.output().unwrap_or_else(|e| {
         panic!("cannot start mpirun ({e}); install Open MPI with `cargo xtask setup`")
     });
@@ -29,5 +35,8 @@ pub fn run_under_mpirun(ranks: usize, test_name: &str) {
     );
     // libtest prints one "1 passed" summary per rank; make sure every rank really ran the test.
     let passed = stdout.matches("test result: ok. 1 passed").count();
-    assert_eq!(passed, ranks, "expected {ranks} ranks to pass {test_name}:\n{stdout}\n{stderr}");
+    assert_eq!(
+        passed, ranks,
+        "expected {ranks} ranks to pass {test_name}:\n{stdout}\n{stderr}"
+    );
 }

@@ -14,7 +14,8 @@ mod setup;
 
 use std::process::{Command, ExitCode};
 
-const USAGE: &str = "usage: cargo xtask <setup [--peers] | demo | test [cargo test args...] | fixtures>";
+const USAGE: &str =
+    "usage: cargo xtask <setup [--peers] | demo | test [cargo test args...] | fixtures>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -71,15 +72,53 @@ fn demo(extra: &[String]) -> anyhow::Result<ExitCode> {
     setup::run(false)?;
     run_status(
         cargo()
-            .args(["run", "--release", "--quiet", "-p", "metaloop-launcher", "--bin", "metaloop", "--", "demo"])
+            .args([
+                "run",
+                "--release",
+                "--quiet",
+                "-p",
+                "metaloop-launcher",
+                "--bin",
+                "metaloop",
+                "--",
+                "demo",
+            ])
             .args(extra),
     )
 }
 
 /// `cargo xtask test`: every test of the workspace (unit, integration with mpirun, doc).
+///
+/// With cargo-nextest installed, doc tests run first and nextest runs the rest, one process per
+/// test (MPI can be initialised once per process), ending with its one-line summary; otherwise
+/// plain `cargo test`.
 fn test(extra: &[String]) -> anyhow::Result<ExitCode> {
     setup::run(false)?;
-    run_status(cargo().args(["test", "--workspace", "--no-fail-fast"]).args(extra))
+    let has_nextest = cargo()
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_nextest {
+        return run_status(
+            cargo()
+                .args(["test", "--workspace", "--no-fail-fast"])
+                .args(extra),
+        );
+    }
+    let doc = run_status(cargo().args(["test", "--workspace", "--doc"]))?;
+    let all = run_status(
+        cargo()
+            .args([
+                "nextest",
+                "run",
+                "--workspace",
+                "--no-fail-fast",
+                "--failure-output",
+                "final",
+            ])
+            .args(extra),
+    )?;
+    Ok(if doc != ExitCode::SUCCESS { doc } else { all })
 }
 
 /// `cargo xtask fixtures`: reruns every committed fixture generator with the set-up venv.
@@ -90,7 +129,10 @@ fn fixtures() -> anyhow::Result<ExitCode> {
     collect_generators(&root.join("tests/fixtures"), &mut scripts)?;
     scripts.sort();
     for script in &scripts {
-        println!("xtask: fixtures: {}", script.strip_prefix(&root).unwrap_or(script).display());
+        println!(
+            "xtask: fixtures: {}",
+            script.strip_prefix(&root).unwrap_or(script).display()
+        );
         let code = run_status(
             Command::new(&env.python)
                 .arg(script.file_name().expect("a script path has a file name"))
@@ -103,7 +145,10 @@ fn fixtures() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn collect_generators(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) -> anyhow::Result<()> {
+fn collect_generators(
+    dir: &std::path::Path,
+    out: &mut Vec<std::path::PathBuf>,
+) -> anyhow::Result<()> {
     if !dir.is_dir() {
         return Ok(());
     }
@@ -111,7 +156,11 @@ fn collect_generators(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) 
         let path = entry?.path();
         if path.is_dir() {
             collect_generators(&path, out)?;
-        } else if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("gen_") && n.ends_with(".py")) {
+        } else if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("gen_") && n.ends_with(".py"))
+        {
             out.push(path);
         }
     }

@@ -31,14 +31,19 @@ pub struct Env {
 
 /// The clone's root (the parent of xtask/).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the repo root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the repo root")
+        .to_path_buf()
 }
 
 fn cache_dir() -> Result<PathBuf> {
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(x).join("metaloop"));
     }
-    let home = std::env::var_os("HOME").context("neither XDG_CACHE_HOME nor HOME is set: set one of them to a writable directory")?;
+    let home = std::env::var_os("HOME").context(
+        "neither XDG_CACHE_HOME nor HOME is set: set one of them to a writable directory",
+    )?;
     Ok(PathBuf::from(home).join(".cache").join("metaloop"))
 }
 
@@ -68,19 +73,35 @@ fn ensure_venv(venv: &Path, python: &Path) -> Result<PathBuf> {
     // the right torch.
     if python.exists() {
         if let Ok(dir) = torch_dir_of(python) {
-            std::fs::write(&stamp, dir.display().to_string()).with_context(|| format!("cannot write {}", stamp.display()))?;
+            std::fs::write(&stamp, dir.display().to_string())
+                .with_context(|| format!("cannot write {}", stamp.display()))?;
             return Ok(dir);
         }
     }
     let system_python = check_system_python()?;
     let parent = venv.parent().expect("the venv has a parent");
-    std::fs::create_dir_all(parent).with_context(|| format!("cannot create the cache directory {}: set XDG_CACHE_HOME to a writable directory", parent.display()))?;
+    std::fs::create_dir_all(parent).with_context(|| {
+        format!(
+            "cannot create the cache directory {}: set XDG_CACHE_HOME to a writable directory",
+            parent.display()
+        )
+    })?;
     check_free_space(parent, VENV_BYTES)?;
 
-    let partial = parent.join(format!("torch-{TORCH_VERSION}.partial-{}", std::process::id()));
+    let partial = parent.join(format!(
+        "torch-{TORCH_VERSION}.partial-{}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&partial);
-    eprintln!("xtask: setup: creating the libtorch venv in {} (first time only: about 75 s and 4.6 GB)", venv.display());
-    let out = Command::new(&system_python).args(["-m", "venv"]).arg(&partial).output().context("cannot run python3 -m venv")?;
+    eprintln!(
+        "xtask: setup: creating the libtorch venv in {} (first time only: about 75 s and 4.6 GB)",
+        venv.display()
+    );
+    let out = Command::new(&system_python)
+        .args(["-m", "venv"])
+        .arg(&partial)
+        .output()
+        .context("cannot run python3 -m venv")?;
     if !out.status.success() {
         let _ = std::fs::remove_dir_all(&partial);
         bail!(
@@ -89,7 +110,10 @@ fn ensure_venv(venv: &Path, python: &Path) -> Result<PathBuf> {
         );
     }
     let spec = format!("torch=={TORCH_VERSION}");
-    if let Err(e) = pip_install(&partial.join("bin").join("python"), &[&spec, "numpy", "safetensors"]) {
+    if let Err(e) = pip_install(
+        &partial.join("bin").join("python"),
+        &[&spec, "numpy", "safetensors"],
+    ) {
         let _ = std::fs::remove_dir_all(&partial);
         return Err(e);
     }
@@ -101,20 +125,28 @@ fn ensure_venv(venv: &Path, python: &Path) -> Result<PathBuf> {
         }
     }
     let dir = torch_dir_of(python)?;
-    std::fs::write(&stamp, dir.display().to_string()).with_context(|| format!("cannot write {}", stamp.display()))?;
+    std::fs::write(&stamp, dir.display().to_string())
+        .with_context(|| format!("cannot write {}", stamp.display()))?;
     Ok(dir)
 }
 
 /// The venv's torch package directory, if it holds torch TORCH_VERSION with libtorch inside.
 fn torch_dir_of(python: &Path) -> Result<PathBuf> {
     let out = Command::new(python)
-        .args(["-c", "import os, torch; print(torch.__version__); print(os.path.dirname(torch.__file__))"])
+        .args([
+            "-c",
+            "import os, torch; print(torch.__version__); print(os.path.dirname(torch.__file__))",
+        ])
         .output()
         .with_context(|| format!("cannot run {}", python.display()))?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut lines = text.lines();
     let (Some(version), Some(dir)) = (lines.next(), lines.next()) else {
-        bail!("{} has no usable torch: {}", python.display(), last_line(&out.stderr));
+        bail!(
+            "{} has no usable torch: {}",
+            python.display(),
+            last_line(&out.stderr)
+        );
     };
     // The wheel reports e.g. "2.11.0+cu130".
     if version.split('+').next() != Some(TORCH_VERSION) {
@@ -122,19 +154,27 @@ fn torch_dir_of(python: &Path) -> Result<PathBuf> {
     }
     let dir = PathBuf::from(dir);
     if !dir.join("lib").join("libtorch.so").exists() {
-        bail!("{} has no lib/libtorch.so: delete the venv and rerun `cargo xtask setup`", dir.display());
+        bail!(
+            "{} has no lib/libtorch.so: delete the venv and rerun `cargo xtask setup`",
+            dir.display()
+        );
     }
     Ok(dir)
 }
 
 fn check_system_python() -> Result<PathBuf> {
-    let python = std::env::var_os("METALOOP_PYTHON").map(PathBuf::from).unwrap_or_else(|| "python3".into());
+    let python = std::env::var_os("METALOOP_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "python3".into());
     let out = Command::new(&python)
         .args(["-c", "import sys; print('%d %d' % sys.version_info[:2])"])
         .output()
         .map_err(|e| anyhow::anyhow!("cannot run {} ({e}): install Python 3.10 to 3.13 (apt-get install -y python3 python3-venv) or set METALOOP_PYTHON", python.display()))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let v: Vec<u32> = text.split_whitespace().filter_map(|s| s.parse().ok()).collect();
+    let v: Vec<u32> = text
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect();
     match v.as_slice() {
         [3, minor] if (10..=13).contains(minor) => Ok(python),
         _ => bail!(
@@ -146,9 +186,15 @@ fn check_system_python() -> Result<PathBuf> {
 }
 
 fn check_free_space(dir: &Path, need: u64) -> Result<()> {
-    let out = Command::new("df").args(["--output=avail", "-B1"]).arg(dir).output();
+    let out = Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(dir)
+        .output();
     let Ok(out) = out else { return Ok(()) }; // no df: pip will report a full disk itself
-    let avail: Option<u64> = String::from_utf8_lossy(&out.stdout).lines().nth(1).and_then(|l| l.trim().parse().ok());
+    let avail: Option<u64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok());
     match avail {
         Some(a) if a < need => bail!(
             "disk full: {} has {:.1} GiB free, the libtorch venv needs {:.1} GiB; free space or set XDG_CACHE_HOME to a larger disk",
@@ -163,7 +209,14 @@ fn check_free_space(dir: &Path, need: u64) -> Result<()> {
 fn pip_install(python: &Path, packages: &[&str]) -> Result<()> {
     eprintln!("xtask: setup: pip install {}", packages.join(" "));
     let out = Command::new(python)
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-input",
+        ])
         .args(packages)
         .output()
         .with_context(|| format!("cannot run {} -m pip", python.display()))?;
@@ -173,11 +226,19 @@ fn pip_install(python: &Path, packages: &[&str]) -> Result<()> {
     let err = String::from_utf8_lossy(&out.stderr);
     let what = packages.join(" ");
     if err.contains("No space left") {
-        bail!("disk full while installing {what}: free space or set XDG_CACHE_HOME to a larger disk");
+        bail!(
+            "disk full while installing {what}: free space or set XDG_CACHE_HOME to a larger disk"
+        );
     }
-    if ["ConnectionError", "Max retries", "Temporary failure in name resolution", "Network is unreachable", "ProxyError"]
-        .iter()
-        .any(|m| err.contains(m))
+    if [
+        "ConnectionError",
+        "Max retries",
+        "Temporary failure in name resolution",
+        "Network is unreachable",
+        "ProxyError",
+    ]
+    .iter()
+    .any(|m| err.contains(m))
     {
         bail!("cannot reach the Python package registry to install {what}: check the network or set PIP_INDEX_URL to a reachable mirror");
     }
@@ -192,11 +253,15 @@ fn ensure_peers(venv: &Path, python: &Path) -> Result<()> {
     if stamp.exists() {
         return Ok(());
     }
-    let ok = Command::new(python).args(["-c", "import higher, torchopt"]).output().is_ok_and(|o| o.status.success());
+    let ok = Command::new(python)
+        .args(["-c", "import higher, torchopt"])
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !ok {
         pip_install(python, PEERS)?;
     }
-    std::fs::write(&stamp, PEERS.join(" ")).with_context(|| format!("cannot write {}", stamp.display()))?;
+    std::fs::write(&stamp, PEERS.join(" "))
+        .with_context(|| format!("cannot write {}", stamp.display()))?;
     Ok(())
 }
 
@@ -208,11 +273,16 @@ fn link_libtorch(torch_dir: &Path) -> Result<()> {
     }
     if link.symlink_metadata().is_ok() {
         if link.is_dir() && !link.symlink_metadata()?.file_type().is_symlink() {
-            bail!("{} is a directory, not the link set-up makes: move it away and rerun", link.display());
+            bail!(
+                "{} is a directory, not the link set-up makes: move it away and rerun",
+                link.display()
+            );
         }
-        std::fs::remove_file(&link).with_context(|| format!("cannot replace {}", link.display()))?;
+        std::fs::remove_file(&link)
+            .with_context(|| format!("cannot replace {}", link.display()))?;
     }
-    std::os::unix::fs::symlink(torch_dir, &link).with_context(|| format!("cannot create the link {}", link.display()))?;
+    std::os::unix::fs::symlink(torch_dir, &link)
+        .with_context(|| format!("cannot create the link {}", link.display()))?;
     Ok(())
 }
 
@@ -222,30 +292,54 @@ fn ensure_mpi() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
     if !is_root {
         bail!("{} missing and set-up is not root: run `sudo apt-get install -y {APT_PACKAGES}` and rerun", missing.join(", "));
     }
     if Command::new("apt-get").arg("--version").output().is_err() {
         bail!("{} missing and there is no apt-get: install Open MPI (with headers and mpirun) and libclang with your package manager", missing.join(", "));
     }
-    eprintln!("xtask: setup: installing {APT_PACKAGES} ({} missing)", missing.join(", "));
-    for args in [vec!["update", "-q"], ["install", "-y", "-q", "--no-install-recommends"].into_iter().chain(APT_PACKAGES.split(' ')).collect()] {
-        let out = Command::new("apt-get").args(&args).env("DEBIAN_FRONTEND", "noninteractive").output().context("cannot run apt-get")?;
+    eprintln!(
+        "xtask: setup: installing {APT_PACKAGES} ({} missing)",
+        missing.join(", ")
+    );
+    for args in [
+        vec!["update", "-q"],
+        ["install", "-y", "-q", "--no-install-recommends"]
+            .into_iter()
+            .chain(APT_PACKAGES.split(' '))
+            .collect(),
+    ] {
+        let out = Command::new("apt-get")
+            .args(&args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+            .context("cannot run apt-get")?;
         if !out.status.success() {
             bail!("apt-get {} failed ({}): check the network and run `apt-get install -y {APT_PACKAGES}`", args[0], last_line(&out.stderr));
         }
     }
     let still = mpi_missing();
     if !still.is_empty() {
-        bail!("{} still missing after apt-get install {APT_PACKAGES}", still.join(", "));
+        bail!(
+            "{} still missing after apt-get install {APT_PACKAGES}",
+            still.join(", ")
+        );
     }
     Ok(())
 }
 
 fn mpi_missing() -> Vec<&'static str> {
     let mut missing = Vec::new();
-    let have = |prog: &str| Command::new(prog).arg("--version").output().is_ok_and(|o| o.status.success());
+    let have = |prog: &str| {
+        Command::new(prog)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
     if !have("mpirun") {
         missing.push("mpirun");
     }
@@ -254,7 +348,11 @@ fn mpi_missing() -> Vec<&'static str> {
         .arg("--showme:incdirs")
         .output()
         .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().any(|d| Path::new(d).join("mpi.h").exists()))
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .any(|d| Path::new(d).join("mpi.h").exists())
+        })
         .unwrap_or(false);
     if !header {
         missing.push("Open MPI headers (mpi.h)");
@@ -269,7 +367,9 @@ fn libclang_present() -> bool {
     if let Some(p) = std::env::var_os("LIBCLANG_PATH") {
         return Path::new(&p).exists();
     }
-    let Ok(entries) = std::fs::read_dir("/usr/lib") else { return false };
+    let Ok(entries) = std::fs::read_dir("/usr/lib") else {
+        return false;
+    };
     entries.flatten().any(|e| {
         let name = e.file_name();
         name.to_string_lossy().starts_with("llvm-")
@@ -278,7 +378,9 @@ fn libclang_present() -> bool {
                     libs.flatten().any(|l| {
                         let n = l.file_name().to_string_lossy().into_owned();
                         // libclang-cpp (present on many systems) is not the C API bindgen loads.
-                        n == "libclang.so" || n.starts_with("libclang.so.") || (n.starts_with("libclang-") && !n.starts_with("libclang-cpp"))
+                        n == "libclang.so"
+                            || n.starts_with("libclang.so.")
+                            || (n.starts_with("libclang-") && !n.starts_with("libclang-cpp"))
                     })
                 })
                 .unwrap_or(false)
@@ -286,5 +388,11 @@ fn libclang_present() -> bool {
 }
 
 fn last_line(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output").trim().to_string()
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("no output")
+        .trim()
+        .to_string()
 }
