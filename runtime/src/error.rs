@@ -61,6 +61,9 @@ pub enum Error {
     /// A communication (MPI or NCCL) call failed or was misused.
     #[error("comm: {0}")]
     Comm(String),
+    /// A parameter layout that cannot be built: a duplicate name or a negative dimension.
+    #[error("layout: {0}")]
+    Layout(String),
 }
 
 /// The runtime's result type.

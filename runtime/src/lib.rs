@@ -6,6 +6,9 @@
 
 pub mod comm;
 mod error;
+pub mod nn;
+mod params;
 
 pub use error::{Error, Result};
+pub use params::{Layout, Params, ParamSpec};
 pub use tch::{Device, Kind, Tensor};

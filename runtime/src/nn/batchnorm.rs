@@ -1,0 +1,233 @@
+//! 2-D batch normalisation with per-task statistics, and the caller-owned running statistics
+//! ([`BnState`]). It must not keep statistics inside the layer: a model is shared by every task
+//! and every inner step, so hidden state would leak between them.
+
+use std::collections::BTreeMap;
+
+use tch::Tensor;
+
+use super::{Module, ParamDef, Scope};
+use crate::params::Init;
+use crate::{Error, Result};
+
+/// PyTorch's `nn.BatchNorm2d(channels, eps, momentum)` with affine parameters "weight" `[C]`
+/// (init 1) and "bias" `[C]` (init 0).
+///
+/// Statistics: by default the batch's own (per task when task-batched), in train and eval alike,
+/// as MAML does and as PyTorch's `track_running_stats=False`. Running statistics are kept only
+/// when the caller passes a [`BnState`] to `forward_with_state`.
+#[derive(Clone, Debug)]
+pub struct BatchNorm2d {
+    channels: i64,
+    eps: f64,
+    momentum: f64,
+}
+
+impl BatchNorm2d {
+    pub fn new(channels: i64) -> BatchNorm2d {
+        BatchNorm2d {
+            channels,
+            eps: 1e-5,
+            momentum: 0.1,
+        }
+    }
+
+    /// Added to the variance (default 1e-5).
+    pub fn eps(mut self, eps: f64) -> BatchNorm2d {
+        self.eps = eps;
+        self
+    }
+
+    /// Weight of the new batch in the running statistics (default 0.1).
+    pub fn momentum(mut self, momentum: f64) -> BatchNorm2d {
+        self.momentum = momentum;
+        self
+    }
+}
+
+/// BatchNorm running statistics, owned by the caller and passed to
+/// [`Module::forward_with_state`](super::Module::forward_with_state).
+///
+/// Entries are named as PyTorch's buffers ("0.1.running_mean", "0.1.running_var"), shaped `[C]`
+/// for single-task parameters and `[T, C]` (one row per task) for task-batched ones. A train
+/// forward replaces entries with new tensors rather than writing into them, so a clone taken
+/// before a step still holds that step's statistics: keep one clone per inner step to have
+/// statistics "per step". Missing entries read as mean 0, variance 1.
+#[derive(Debug, Default)]
+pub struct BnState {
+    stats: BTreeMap<String, Tensor>,
+}
+
+/// A cheap clone: the tensors are shared, which is safe because forwards replace entries and
+/// never write into them.
+impl Clone for BnState {
+    fn clone(&self) -> BnState {
+        BnState {
+            stats: self
+                .stats
+                .iter()
+                .map(|(k, v)| (k.clone(), v.shallow_clone()))
+                .collect(),
+        }
+    }
+}
+
+impl BnState {
+    pub fn new() -> BnState {
+        BnState::default()
+    }
+
+    /// The statistic `name` ("0.1.running_mean"), if a train forward stored it.
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.stats.get(name)
+    }
+
+    /// Sets a statistic (e.g. read from a checkpoint).
+    pub fn insert(&mut self, name: impl Into<String>, value: Tensor) {
+        self.stats.insert(name.into(), value);
+    }
+
+    /// `(name, tensor)` in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.stats.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.stats.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.stats.is_empty()
+    }
+}
+
+impl BatchNorm2d {
+    /// The running statistic `name`, `[C]` or `[T, C]`, or its default `fill` if absent.
+    fn running(
+        &self,
+        scope: &mut Scope<'_>,
+        name: &str,
+        fill: f64,
+        like: &Tensor,
+    ) -> Result<Tensor> {
+        let mut shape = Vec::new();
+        if let Some(t) = scope.tasks() {
+            shape.push(t);
+        }
+        shape.push(self.channels);
+        let stored = scope
+            .state()
+            .and_then(|s| s.get(name))
+            .map(Tensor::shallow_clone);
+        match stored {
+            Some(s) if s.size() == shape => Ok(s),
+            Some(s) => Err(Error::Shape {
+                op: "BatchNorm2d running statistics",
+                expected: format!("{shape:?} for `{name}`"),
+                got: s.size(),
+            }),
+            None => Ok(Tensor::f_full(
+                shape.as_slice(),
+                fill,
+                (like.kind(), like.device()),
+            )?),
+        }
+    }
+}
+
+impl Module for BatchNorm2d {
+    fn param_defs(&self) -> Vec<ParamDef> {
+        vec![
+            ParamDef::new("weight", &[self.channels], Init::Constant(1.0)),
+            ParamDef::new("bias", &[self.channels], Init::Constant(0.0)),
+        ]
+    }
+
+    /// `[B, C, H, W]`, or task-batched `[T, B, C, H, W]` with statistics per task (the tasks are
+    /// moved into the channel dimension, `[B, T·C, H, W]`, for one batch_norm kernel).
+    fn forward_scoped(&self, scope: &mut Scope<'_>, x: &Tensor) -> Result<Tensor> {
+        let expected = format!("[batch, {}, height, width]", self.channels);
+        let per_task = scope.check_input("BatchNorm2d", x, 4, &expected)?;
+        if per_task[1] != self.channels {
+            return Err(Error::Shape {
+                op: "BatchNorm2d",
+                expected,
+                got: x.size(),
+            });
+        }
+        let weight = scope.param("weight")?;
+        let bias = scope.param("bias")?;
+        let tasks = scope.tasks();
+        let (b, c, h, w) = (per_task[0], per_task[1], per_task[2], per_task[3]);
+        let folded_channels = tasks.unwrap_or(1) * c;
+        let (x2, weight, bias) = match tasks {
+            None => (x.shallow_clone(), weight, bias),
+            Some(_) => (
+                x.f_transpose(0, 1)?.f_reshape([b, folded_channels, h, w])?,
+                weight.f_reshape([folded_channels])?,
+                bias.f_reshape([folded_channels])?,
+            ),
+        };
+        let cudnn = true;
+        let use_batch_stats = scope.train() || scope.state().is_none();
+        let y = if use_batch_stats {
+            let y = x2.f_batch_norm(
+                Some(&weight),
+                Some(&bias),
+                None::<&Tensor>,
+                None::<&Tensor>,
+                true,
+                self.momentum,
+                self.eps,
+                cudnn,
+            )?;
+            if scope.state().is_some() {
+                // Running statistics as PyTorch updates them: unbiased batch variance.
+                let mean_name = scope.name("running_mean");
+                let var_name = scope.name("running_var");
+                let old_mean = self.running(scope, &mean_name, 0.0, x)?;
+                let old_var = self.running(scope, &var_name, 1.0, x)?;
+                let xd = x2.f_detach()?;
+                let dims: &[i64] = &[0, 2, 3];
+                let batch_mean = xd.f_mean_dim(dims, false, Some(xd.kind()))?;
+                let batch_var = xd.f_var_dim(dims, true, false)?;
+                let shape = old_mean.size();
+                let m = self.momentum;
+                let blend = |old: &Tensor, batch: &Tensor| -> Result<Tensor> {
+                    let batch = batch.f_reshape(shape.as_slice())?.f_mul_scalar(m)?;
+                    Ok(old.f_mul_scalar(1.0 - m)?.f_add(&batch)?)
+                };
+                let new_mean = blend(&old_mean, &batch_mean)?;
+                let new_var = blend(&old_var, &batch_var)?;
+                if let Some(state) = scope.state() {
+                    state.insert(mean_name, new_mean);
+                    state.insert(var_name, new_var);
+                }
+            }
+            y
+        } else {
+            let mean_name = scope.name("running_mean");
+            let var_name = scope.name("running_var");
+            let mean = self
+                .running(scope, &mean_name, 0.0, x)?
+                .f_reshape([folded_channels])?;
+            let var = self
+                .running(scope, &var_name, 1.0, x)?
+                .f_reshape([folded_channels])?;
+            x2.f_batch_norm(
+                Some(&weight),
+                Some(&bias),
+                Some(&mean),
+                Some(&var),
+                false,
+                self.momentum,
+                self.eps,
+                cudnn,
+            )?
+        };
+        match tasks {
+            None => Ok(y),
+            Some(t) => Ok(y.f_reshape([b, t, c, h, w])?.f_transpose(0, 1)?),
+        }
+    }
+}

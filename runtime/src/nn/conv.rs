@@ -1,0 +1,196 @@
+//! 2-D convolution and max pooling, single-task or task-batched. Task-batched convolution picks a
+//! kernel per device (see [`ConvTasks`]). It must not own weights: they come from each call's
+//! `Params`.
+
+use tch::{Device, Tensor};
+
+use super::{fold_tasks, Module, ParamDef, Scope};
+use crate::params::Init;
+use crate::Result;
+
+/// How a task-batched convolution (`[T, P]` parameters) runs its T tasks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConvTasks {
+    /// [`ConvTasks::Grouped`] on CUDA, [`ConvTasks::PerTask`] elsewhere. On CPU a loop over
+    /// tasks measured faster than one grouped convolution (GitHub issue 6: libtorch's CPU kernels
+    /// for grouped convolutions are slow), while on CUDA one grouped kernel beats T launches.
+    #[default]
+    Auto,
+    /// One convolution with the tasks folded into the channels (`groups = T`).
+    Grouped,
+    /// One convolution per task, results stacked.
+    PerTask,
+}
+
+/// PyTorch's `nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding)` with a square
+/// kernel: parameters "weight" `[out, in, k, k]` and "bias" `[out]`.
+#[derive(Clone, Debug)]
+pub struct Conv2d {
+    in_channels: i64,
+    out_channels: i64,
+    kernel: i64,
+    stride: i64,
+    padding: i64,
+    bias: bool,
+    tasks: ConvTasks,
+}
+
+impl Conv2d {
+    pub fn new(in_channels: i64, out_channels: i64, kernel: i64) -> Conv2d {
+        Conv2d {
+            in_channels,
+            out_channels,
+            kernel,
+            stride: 1,
+            padding: 0,
+            bias: true,
+            tasks: ConvTasks::Auto,
+        }
+    }
+
+    pub fn stride(mut self, stride: i64) -> Conv2d {
+        self.stride = stride;
+        self
+    }
+
+    /// Zero padding on each side.
+    pub fn padding(mut self, padding: i64) -> Conv2d {
+        self.padding = padding;
+        self
+    }
+
+    /// Without the bias (parameter "weight" only).
+    pub fn no_bias(mut self) -> Conv2d {
+        self.bias = false;
+        self
+    }
+
+    /// Chooses how task-batched calls run (default [`ConvTasks::Auto`]).
+    pub fn task_batching(mut self, how: ConvTasks) -> Conv2d {
+        self.tasks = how;
+        self
+    }
+
+    fn conv(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        groups: i64,
+    ) -> Result<Tensor> {
+        let (s, p) = (self.stride, self.padding);
+        Ok(x.f_conv2d(weight, bias, [s, s], [p, p], [1, 1], groups)?)
+    }
+}
+
+impl Module for Conv2d {
+    fn param_defs(&self) -> Vec<ParamDef> {
+        let fan_in = self.in_channels * self.kernel * self.kernel;
+        let bound = if fan_in > 0 {
+            1.0 / (fan_in as f64).sqrt()
+        } else {
+            0.0
+        };
+        let k = self.kernel;
+        let mut defs = vec![ParamDef::new(
+            "weight",
+            &[self.out_channels, self.in_channels, k, k],
+            Init::Uniform { bound },
+        )];
+        if self.bias {
+            defs.push(ParamDef::new(
+                "bias",
+                &[self.out_channels],
+                Init::Uniform { bound },
+            ));
+        }
+        defs
+    }
+
+    /// `[B, C, H, W] -> [B, O, H', W']`; task-batched: `[T, B, C, H, W] -> [T, B, O, H', W']`.
+    fn forward_scoped(&self, scope: &mut Scope<'_>, x: &Tensor) -> Result<Tensor> {
+        let expected = format!("[batch, {}, height, width]", self.in_channels);
+        let per_task = scope.check_input("Conv2d", x, 4, &expected)?;
+        if per_task[1] != self.in_channels {
+            return Err(crate::Error::Shape {
+                op: "Conv2d",
+                expected,
+                got: x.size(),
+            });
+        }
+        let weight = scope.param("weight")?;
+        let bias = if self.bias {
+            Some(scope.param("bias")?)
+        } else {
+            None
+        };
+        let Some(tasks) = scope.tasks() else {
+            return self.conv(x, &weight, bias.as_ref(), 1);
+        };
+        let grouped = match self.tasks {
+            ConvTasks::Grouped => true,
+            ConvTasks::PerTask => false,
+            ConvTasks::Auto => matches!(x.device(), Device::Cuda(_)),
+        };
+        if !grouped {
+            let mut outs = Vec::with_capacity(tasks as usize);
+            for t in 0..tasks {
+                let b = match &bias {
+                    Some(b) => Some(b.f_select(0, t)?),
+                    None => None,
+                };
+                outs.push(self.conv(&x.f_select(0, t)?, &weight.f_select(0, t)?, b.as_ref(), 1)?);
+            }
+            return Ok(Tensor::f_stack(&outs, 0)?);
+        }
+        // Tasks folded into channels: [T, B, C, H, W] -> [B, T·C, H, W], weights [T·O, C, k, k].
+        let (batch, c, h, w) = (per_task[0], per_task[1], per_task[2], per_task[3]);
+        let k = self.kernel;
+        let xg = x.f_transpose(0, 1)?.f_reshape([batch, tasks * c, h, w])?;
+        let wg = weight.f_reshape([tasks * self.out_channels, c, k, k])?;
+        let bg = match &bias {
+            Some(b) => Some(b.f_reshape([tasks * self.out_channels])?),
+            None => None,
+        };
+        let y = self.conv(&xg, &wg, bg.as_ref(), tasks)?;
+        let (ho, wo) = (y.size()[2], y.size()[3]);
+        Ok(y.f_reshape([batch, tasks, self.out_channels, ho, wo])?
+            .f_transpose(0, 1)?)
+    }
+}
+
+/// PyTorch's `nn.MaxPool2d(kernel_size)` (stride = kernel size unless set, no padding).
+#[derive(Clone, Debug)]
+pub struct MaxPool2d {
+    kernel: i64,
+    stride: i64,
+}
+
+impl MaxPool2d {
+    pub fn new(kernel: i64) -> MaxPool2d {
+        MaxPool2d {
+            kernel,
+            stride: kernel,
+        }
+    }
+
+    pub fn stride(mut self, stride: i64) -> MaxPool2d {
+        self.stride = stride;
+        self
+    }
+}
+
+impl Module for MaxPool2d {
+    fn param_defs(&self) -> Vec<ParamDef> {
+        Vec::new()
+    }
+
+    /// `[B, C, H, W] -> [B, C, H', W']`; task-batched: tasks folded into the batch.
+    fn forward_scoped(&self, scope: &mut Scope<'_>, x: &Tensor) -> Result<Tensor> {
+        scope.check_input("MaxPool2d", x, 4, "[batch, channels, height, width]")?;
+        let (k, s) = (self.kernel, self.stride);
+        fold_tasks(scope.tasks(), x, |x| {
+            Ok(x.f_max_pool2d([k, k], [s, s], [0, 0], [1, 1], false)?)
+        })
+    }
+}
