@@ -3,4 +3,8 @@
 //! It builds on the runtime's InnerLoop and never parses command-line arguments or prints to
 //! the terminal: the launcher does both.
 
+pub mod data;
 pub mod demo;
+mod error;
+
+pub use error::{Error, Result};

@@ -1,0 +1,126 @@
+//! The engine's error type: every fallible engine call returns `Result<T, Error>`.
+//!
+//! Variants name the file, key or setting involved and what was expected, so a failure explains
+//! itself without a debugger. Nothing here panics or prints.
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// What can go wrong in the engine.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// An error raised by libtorch.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+
+    // data
+    /// A dataset directory (or its zip) that is not there.
+    #[error("{dataset}: {path}: no such directory{hint}")]
+    MissingDirectory {
+        dataset: &'static str,
+        path: PathBuf,
+        /// Extra words such as " (nor images_background.zip beside it)"; empty if none.
+        hint: String,
+    },
+    /// A file the dataset layout requires (e.g. miniImageNet's `train.csv`) that is not there.
+    #[error("{dataset}: {path}: no such file")]
+    MissingFile {
+        dataset: &'static str,
+        path: PathBuf,
+    },
+    /// A folder that must hold images or class folders but holds none.
+    #[error("{what} folder {path} is empty (expected {expected})")]
+    EmptyFolder {
+        what: &'static str,
+        path: String,
+        expected: &'static str,
+    },
+    /// A file or zip entry that could not be read or decoded as an image.
+    #[error("{path}: unreadable image: {reason}")]
+    UnreadableImage { path: String, reason: String },
+    /// An image whose size the dataset does not allow.
+    #[error("{path}: {width}×{height} image, expected {expected}")]
+    ImageSize {
+        path: String,
+        width: u32,
+        height: u32,
+        expected: String,
+    },
+    /// A CSV file whose first line is not the expected header.
+    #[error("{dataset}: {path}: header is {found:?}, expected {expected:?}")]
+    CsvHeader {
+        dataset: &'static str,
+        path: PathBuf,
+        found: String,
+        expected: &'static str,
+    },
+    /// A CSV row that is not `filename,label`.
+    #[error("{dataset}: {path} line {line}: {found:?} is not `filename,label`")]
+    CsvRow {
+        dataset: &'static str,
+        path: PathBuf,
+        line: usize,
+        found: String,
+    },
+    /// A CSV row naming an image that is not on disk.
+    #[error("{dataset}: {csv} line {line} names {file}, which does not exist")]
+    CsvMissingImage {
+        dataset: &'static str,
+        csv: PathBuf,
+        line: usize,
+        file: String,
+    },
+    /// A zip archive that cannot be opened or read.
+    #[error("{path}: zip archive: {reason}")]
+    Zip { path: PathBuf, reason: String },
+    /// A file or directory that could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The on-disk decode cache could not be written or read back.
+    #[error("decode cache {path}: {reason}")]
+    Cache { path: PathBuf, reason: String },
+    /// A dataset too small for the split it was asked to make (e.g. fewer characters than the
+    /// meta-training split needs).
+    #[error("{dataset}: {reason}")]
+    DatasetSplit {
+        dataset: &'static str,
+        reason: String,
+    },
+    /// A split the dataset was not given (e.g. a folder dataset without a `val` folder).
+    #[error("{dataset}: no {split} split")]
+    NoSplit {
+        dataset: &'static str,
+        split: crate::data::Split,
+    },
+    /// An episode asks for more classes than the split has.
+    #[error("{dataset}: the {split} split has {classes} classes, an episode needs {ways} (ways)")]
+    TooFewClasses {
+        dataset: &'static str,
+        split: crate::data::Split,
+        classes: usize,
+        ways: usize,
+    },
+    /// An episode asks for more images of a class than the class has.
+    #[error(
+        "{dataset}: class {class} has {images} images, an episode needs {needed} (shots + queries)"
+    )]
+    TooFewImages {
+        dataset: &'static str,
+        class: String,
+        images: usize,
+        needed: usize,
+    },
+    /// An episode or task setting out of range (zero ways, zero points, ...).
+    #[error("{what}: {reason}")]
+    InvalidSetting { what: &'static str, reason: String },
+    /// The prefetch thread stopped (it panicked, or its source failed earlier).
+    #[error("prefetch: {0}")]
+    Prefetch(String),
+}
+
+/// `Result` with the engine's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;

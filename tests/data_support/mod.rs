@@ -1,0 +1,143 @@
+//! Helpers for tests/data_*.rs: temporary folders and tiny datasets written as real PNG/JPEG
+//! files (and zips) in the on-disk layouts the engine's loaders read.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use image::{GrayImage, Luma, Rgb, RgbImage};
+use tch::Tensor;
+
+/// A fresh folder under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let path =
+            std::env::temp_dir().join(format!("metaloop-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A pattern that differs per (class, drawing) and has no rotational symmetry: a filled
+/// rectangle in the top-left part whose size depends on the ids, a diagonal bar, and a dot whose
+/// place depends on the drawing.
+pub fn pattern(class: u32, drawing: u32, x: u32, y: u32, w: u32, h: u32) -> u8 {
+    let (fx, fy) = (x * 100 / w, y * 100 / h);
+    let rect = fx < 20 + 7 * (class % 7) && fy < 10 + 5 * (drawing % 5) + 3 * (class / 7);
+    let bar = fx.abs_diff(2 * fy / 3 + 10 * (class % 3)) < 6;
+    let dot = fx.abs_diff(60 + 8 * drawing) < 8 && fy.abs_diff(70) < 8;
+    if rect || bar || dot {
+        0 // ink (Omniglot draws black strokes on white)
+    } else {
+        255
+    }
+}
+
+pub fn write_gray_png(path: &Path, w: u32, h: u32, class: u32, drawing: u32) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let img = GrayImage::from_fn(w, h, |x, y| Luma([pattern(class, drawing, x, y, w, h)]));
+    img.save(path).unwrap();
+}
+
+/// An RGB image whose channels carry different patterns (so a channel mix-up shows).
+pub fn rgb_image(w: u32, h: u32, class: u32, drawing: u32) -> RgbImage {
+    RgbImage::from_fn(w, h, |x, y| {
+        let p = pattern(class, drawing, x, y, w, h);
+        Rgb([
+            p,
+            ((x * 255) / w.max(1)) as u8,
+            (((y + 13 * class) * 255) / (h + 13 * class).max(1)) as u8,
+        ])
+    })
+}
+
+pub fn write_rgb(path: &Path, w: u32, h: u32, class: u32, drawing: u32) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    rgb_image(w, h, class, drawing).save(path).unwrap();
+}
+
+/// Omniglot's layout: `root/<set>/<alphabet>/<character>/<nn>.png`, 105×105 grayscale.
+/// `sets` lists, per set, its alphabets and their character counts. Returns the number of
+/// characters written.
+pub fn write_omniglot(root: &Path, sets: &[(&str, &[(&str, u32)])], drawings: u32) -> u32 {
+    let mut class = 0;
+    for (set, alphabets) in sets {
+        for (alphabet, characters) in alphabets.iter() {
+            for c in 1..=*characters {
+                for d in 0..drawings {
+                    let path = root
+                        .join(set)
+                        .join(alphabet)
+                        .join(format!("character{c:02}"))
+                        .join(format!("{:04}_{:02}.png", class + 1, d + 1));
+                    write_gray_png(&path, 105, 105, class, d);
+                }
+                class += 1;
+            }
+        }
+    }
+    class
+}
+
+/// Zips `root/<set>` into `out_dir/<set>.zip` with entries `<set>/...` (deflated), as the
+/// official Omniglot archives are.
+pub fn zip_folder(root: &Path, set: &str, out_dir: &Path) {
+    let file = std::fs::File::create(out_dir.join(format!("{set}.zip"))).unwrap();
+    let mut zip = zip::ZipWriter::new(file);
+    let options =
+        zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    let mut stack = vec![root.join(set)];
+    let mut files = Vec::new();
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    for path in files {
+        let name = path
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
+        zip.start_file(name, options).unwrap();
+        zip.write_all(&std::fs::read(&path).unwrap()).unwrap();
+    }
+    zip.finish().unwrap();
+}
+
+/// Max |a − b| over all elements (as f64); shapes must match.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size(), "shapes differ");
+    if a.numel() == 0 {
+        return 0.0;
+    }
+    let d = (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double)).abs();
+    d.max().double_value(&[])
+}
+
+/// Exact equality of shapes, kinds and values.
+pub fn same(a: &Tensor, b: &Tensor) -> bool {
+    a.size() == b.size() && a.kind() == b.kind() && a.equal(b)
+}
