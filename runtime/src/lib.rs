@@ -7,6 +7,7 @@
 pub mod comm;
 mod error;
 pub mod nn;
+pub mod optim;
 mod params;
 
 pub use error::{Error, Result};

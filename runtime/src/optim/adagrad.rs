@@ -1,0 +1,121 @@
+//! Adagrad (torch.optim.Adagrad).
+//!
+//! It computes one step as a pure function; it keeps nothing between calls.
+
+use super::{
+    check_shapes, coupled_weight_decay, filled_like, sqrt_finite_grad, HParams, OptState, Optimizer,
+};
+use crate::Result;
+use tch::Tensor;
+
+const NAMES: &[&str] = &[
+    "lr",
+    "lr_decay",
+    "weight_decay",
+    "initial_accumulator_value",
+    "eps",
+];
+
+/// torch.optim.Adagrad, single-tensor algorithm: `g ← g + wd·θ`,
+/// `clr = lr / (1 + (t − 1)·lr_decay)`, `s ← s + g²`, `θ ← θ − clr · g / (√s + ε)`.
+/// Defaults: lr_decay 0, weight_decay 0, initial_accumulator_value 0, eps 1e-10.
+///
+/// The accumulator `sum` starts at `initial_accumulator_value`. `init_state` fills it with the
+/// builder's value (as torch's state holds); the first update replaces it by the resolved
+/// hyperparameter, so that an override of `initial_accumulator_value` gets its hypergradient.
+#[derive(Debug, Clone)]
+pub struct Adagrad {
+    lr: f64,
+    lr_decay: f64,
+    weight_decay: f64,
+    initial_accumulator_value: f64,
+    eps: f64,
+}
+
+impl Adagrad {
+    pub fn new(lr: f64) -> Adagrad {
+        Adagrad {
+            lr,
+            lr_decay: 0.0,
+            weight_decay: 0.0,
+            initial_accumulator_value: 0.0,
+            eps: 1e-10,
+        }
+    }
+    pub fn lr_decay(mut self, lr_decay: f64) -> Adagrad {
+        self.lr_decay = lr_decay;
+        self
+    }
+    pub fn weight_decay(mut self, weight_decay: f64) -> Adagrad {
+        self.weight_decay = weight_decay;
+        self
+    }
+    pub fn initial_accumulator_value(mut self, value: f64) -> Adagrad {
+        self.initial_accumulator_value = value;
+        self
+    }
+    pub fn eps(mut self, eps: f64) -> Adagrad {
+        self.eps = eps;
+        self
+    }
+}
+
+impl Optimizer for Adagrad {
+    fn name(&self) -> &'static str {
+        "Adagrad"
+    }
+    fn hparam_names(&self) -> &'static [&'static str] {
+        NAMES
+    }
+    fn hparam_default(&self, name: &str) -> Option<f64> {
+        match name {
+            "lr" => Some(self.lr),
+            "lr_decay" => Some(self.lr_decay),
+            "weight_decay" => Some(self.weight_decay),
+            "initial_accumulator_value" => Some(self.initial_accumulator_value),
+            "eps" => Some(self.eps),
+            _ => None,
+        }
+    }
+    fn init_state(&self, theta: &Tensor) -> Result<OptState> {
+        let sum = theta
+            .f_full_like(self.initial_accumulator_value)?
+            .f_detach()?;
+        Ok(OptState::new(0, vec![("sum".to_string(), sum)]))
+    }
+    fn update(
+        &self,
+        theta: &Tensor,
+        grad: &Tensor,
+        state: &OptState,
+        hp: &HParams,
+    ) -> Result<(Tensor, OptState)> {
+        check_shapes("Adagrad.update", theta, grad)?;
+        let lr = hp.value("lr", self.lr, theta)?;
+        let lr_decay = hp.value("lr_decay", self.lr_decay, theta)?;
+        let weight_decay = hp.value("weight_decay", self.weight_decay, theta)?;
+        let eps = hp.value("eps", self.eps, theta)?;
+        let step = state.step() + 1;
+
+        let g = coupled_weight_decay(grad, theta, &weight_decay)?;
+        let clr = lr.div(&lr_decay.mul_scalar((step - 1) as f64)?.add_scalar(1.0)?)?;
+        let sum_prev = match state.get("sum") {
+            Some(sum) if state.step() > 0 => sum.shallow_clone(),
+            _ => {
+                let initial = hp.value(
+                    "initial_accumulator_value",
+                    self.initial_accumulator_value,
+                    theta,
+                )?;
+                filled_like(theta, &initial)?
+            }
+        };
+        let sum = sum_prev.f_add(&g.f_square()?)?;
+        let std = eps.add_to(&sqrt_finite_grad(&sum)?)?;
+        let theta = theta.f_sub(&clr.scale(&g.f_div(&std)?)?)?;
+        Ok((theta, OptState::new(step, vec![("sum".to_string(), sum)])))
+    }
+    fn box_clone(&self) -> Box<dyn Optimizer> {
+        Box::new(self.clone())
+    }
+}
