@@ -93,12 +93,15 @@ fn tensor(values: &[f64]) -> Tensor {
     Tensor::from_slice(values)
 }
 
-/// The overrides under test: values, and which shape each uses.
-fn cases() -> Vec<(
+/// A labelled optimizer with its hyperparameter overrides.
+type Case = (
     &'static str,
     Box<dyn Optimizer>,
     Vec<(&'static str, Tensor)>,
-)> {
+);
+
+/// The overrides under test: values, and which shape each uses.
+fn cases() -> Vec<Case> {
     let per_element = |base: f64, spread: f64| {
         tensor(
             &(0..P)

@@ -389,7 +389,12 @@ fn resolve_rejects_unknown_names_and_bad_shapes() {
 /// Builder values and torch.optim's defaults, as `hparam_default` reports them.
 #[test]
 fn defaults_equal_torch_optim_defaults() {
-    let cases: Vec<(Box<dyn Optimizer>, &str, &[(&str, f64)])> = vec![
+    type Case = (
+        Box<dyn Optimizer>,
+        &'static str,
+        &'static [(&'static str, f64)],
+    );
+    let cases: Vec<Case> = vec![
         (
             Box::new(optim::Sgd::new(0.1)),
             "SGD",
