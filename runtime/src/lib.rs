@@ -6,10 +6,12 @@
 
 pub mod comm;
 mod error;
+mod inner;
 pub mod nn;
 pub mod optim;
 mod params;
 
 pub use error::{Error, Result};
+pub use inner::{GradCallback, InnerLoop, InnerLoopBuilder, StepOptions};
 pub use params::{Layout, Params, ParamSpec};
 pub use tch::{Device, Kind, Tensor};
