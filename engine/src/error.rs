@@ -13,6 +13,20 @@ pub enum Error {
     /// An error raised by libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// An error raised by the runtime (parameters, inner loop, communication).
+    #[error("{0}")]
+    Runtime(#[from] metaloop_runtime::Error),
+
+    // training
+    /// A configuration value out of range: the dotted key and what is allowed.
+    #[error("{0}")]
+    Config(crate::config::ConfigError),
+    /// A resume state that does not fit the model or the run.
+    #[error("resume state: {0}")]
+    State(String),
+    /// A device that is not there (e.g. `cuda` on a machine without CUDA).
+    #[error("run.device: {0}")]
+    Device(String),
 
     // data
     /// A dataset directory (or its zip) that is not there.

@@ -1,0 +1,412 @@
+//! The meta-training configuration: plain serde structs with their defaults on the fields, so a
+//! TOML file names only what differs from the defaults, and an unknown key is an error.
+//!
+//! `TrainConfig::validate` checks every value's range and names the offending key
+//! (`algorithm.inner_lr: must be > 0, got -1`). Reading files and applying `--set` overrides is the
+//! launcher's job; this module never touches the file system.
+
+use serde::{Deserialize, Serialize};
+
+/// A value that failed validation: the dotted key and what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Everything a meta-training run needs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub run: RunConfig,
+    pub task: TaskConfig,
+    pub model: ModelConfig,
+    pub algorithm: AlgorithmConfig,
+    pub outer: OuterConfig,
+    pub eval: EvalConfig,
+    pub log: LogConfig,
+}
+
+/// Identity, seeds and placement of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// The run directory's name under `out_dir`.
+    pub name: String,
+    /// Directory that holds run directories.
+    pub out_dir: String,
+    /// Seed of initialisation and of task sampling.
+    pub seed: u64,
+    /// "cpu", "cuda" (cuda:<local rank>) or "auto" (cuda when available).
+    pub device: String,
+    /// "f32" or "f64".
+    pub dtype: String,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            name: "run".into(),
+            out_dir: "runs".into(),
+            seed: 0,
+            device: "cpu".into(),
+            dtype: "f32".into(),
+        }
+    }
+}
+
+/// The task distribution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TaskConfig {
+    /// "sinusoid", "omniglot", "miniimagenet" or "folder".
+    pub kind: String,
+    /// Classes per task (classification).
+    pub ways: i64,
+    /// Support examples per class (classification) or support points K (regression).
+    pub shots: i64,
+    /// Query examples per class (classification) or query points (regression).
+    pub queries: i64,
+    /// Dataset root (image datasets). For "folder": the meta-training root.
+    pub root: String,
+    /// For "folder": the validation and test roots (optional).
+    pub val_root: Option<String>,
+    pub test_root: Option<String>,
+    /// Where decoded images are cached ("" = `<root>/.metaloop-cache`).
+    pub cache_dir: String,
+    /// Side of the square images after resizing (28 Omniglot, 84 miniImageNet).
+    pub image_size: i64,
+}
+
+impl Default for TaskConfig {
+    fn default() -> Self {
+        TaskConfig {
+            kind: "sinusoid".into(),
+            ways: 5,
+            shots: 10,
+            queries: 10,
+            root: String::new(),
+            val_root: None,
+            test_root: None,
+            cache_dir: String::new(),
+            image_size: 28,
+        }
+    }
+}
+
+/// The backbone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// "mlp" (regression) or "conv4" (classification).
+    pub backbone: String,
+    /// Hidden widths of the MLP.
+    pub hidden: Vec<i64>,
+    /// Filters of each Conv-4 block.
+    pub filters: i64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            backbone: "mlp".into(),
+            hidden: vec![40, 40],
+            filters: 64,
+        }
+    }
+}
+
+/// The meta-learning algorithm and its inner loop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlgorithmConfig {
+    /// "maml", "fomaml", "metasgd", "anil", "reptile", or "pretrain" (the baseline: θ trained
+    /// jointly on all tasks' data, with no inner loop, and fine-tuned like the others at test time).
+    pub name: String,
+    /// Inner steps during meta-training.
+    pub inner_steps: usize,
+    /// Inner learning rate (the initial value when learned).
+    pub inner_lr: f64,
+    /// Inner SGD momentum (the initial value when learned).
+    pub inner_momentum: f64,
+    /// Meta-learn the inner lr (one per parameter tensor) as in the seed's example. Meta-SGD
+    /// learns one per element instead.
+    pub learn_lr: bool,
+    /// Meta-learn the inner momentum (one per parameter tensor).
+    pub learn_momentum: bool,
+    /// MAML++'s multi-step loss: the query loss after every inner step, weighted.
+    pub multi_step_loss: bool,
+}
+
+impl Default for AlgorithmConfig {
+    fn default() -> Self {
+        AlgorithmConfig {
+            name: "maml".into(),
+            inner_steps: 1,
+            inner_lr: 0.01,
+            inner_momentum: 0.0,
+            learn_lr: false,
+            learn_momentum: false,
+            multi_step_loss: false,
+        }
+    }
+}
+
+/// The outer (meta) optimisation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OuterConfig {
+    /// "adam" or "sgd".
+    pub optimizer: String,
+    /// Meta learning rate (Reptile: the outer step size ε on θ − φ).
+    pub lr: f64,
+    /// Tasks per meta-batch, over all ranks.
+    pub meta_batch: usize,
+    /// Outer iterations.
+    pub iterations: u64,
+}
+
+impl Default for OuterConfig {
+    fn default() -> Self {
+        OuterConfig {
+            optimizer: "adam".into(),
+            lr: 1e-3,
+            meta_batch: 25,
+            iterations: 1000,
+        }
+    }
+}
+
+/// Validation during training and the final meta-test.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Validate every this many iterations (0 = never).
+    pub every: u64,
+    /// Tasks per validation.
+    pub val_tasks: usize,
+    /// Tasks of the final meta-test (600 in the papers).
+    pub test_tasks: usize,
+    /// Inner steps at evaluation (0 = the training value).
+    pub inner_steps: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig {
+            every: 500,
+            val_tasks: 100,
+            test_tasks: 600,
+            inner_steps: 0,
+        }
+    }
+}
+
+/// Logging and checkpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Write a metrics line every this many iterations.
+    pub every: u64,
+    /// Write a checkpoint every this many iterations (0 = only at the end).
+    pub checkpoint_every: u64,
+    /// Checkpoints kept.
+    pub keep_checkpoints: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            every: 20,
+            checkpoint_every: 500,
+            keep_checkpoints: 3,
+        }
+    }
+}
+
+fn err(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+fn one_of(key: &str, value: &str, allowed: &[&str]) -> Result<(), ConfigError> {
+    if allowed.contains(&value) {
+        Ok(())
+    } else {
+        Err(err(
+            key,
+            format!(
+                "must be one of {}, got {value:?}",
+                allowed
+                    .iter()
+                    .map(|a| format!("{a:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ))
+    }
+}
+
+fn positive(key: &str, value: f64) -> Result<(), ConfigError> {
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        Err(err(
+            key,
+            format!("must be a finite number > 0, got {value}"),
+        ))
+    }
+}
+
+fn at_least(key: &str, value: i64, min: i64) -> Result<(), ConfigError> {
+    if value >= min {
+        Ok(())
+    } else {
+        Err(err(key, format!("must be >= {min}, got {value}")))
+    }
+}
+
+impl TrainConfig {
+    /// Checks every value; the first bad one is returned with its dotted key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.run.name.is_empty() || self.run.name.contains('/') || self.run.name.starts_with('.')
+        {
+            return Err(err(
+                "run.name",
+                format!("must be a plain directory name, got {:?}", self.run.name),
+            ));
+        }
+        if self.run.out_dir.is_empty() {
+            return Err(err("run.out_dir", "must not be empty"));
+        }
+        one_of("run.device", &self.run.device, &["cpu", "cuda", "auto"])?;
+        one_of("run.dtype", &self.run.dtype, &["f32", "f64"])?;
+
+        one_of(
+            "task.kind",
+            &self.task.kind,
+            &["sinusoid", "omniglot", "miniimagenet", "folder"],
+        )?;
+        at_least("task.shots", self.task.shots, 1)?;
+        at_least("task.queries", self.task.queries, 1)?;
+        let classification = self.task.kind != "sinusoid";
+        if classification {
+            at_least("task.ways", self.task.ways, 2)?;
+            at_least("task.image_size", self.task.image_size, 8)?;
+            if self.task.root.is_empty() {
+                return Err(err(
+                    "task.root",
+                    format!("must name the {} dataset directory", self.task.kind),
+                ));
+            }
+        }
+
+        one_of("model.backbone", &self.model.backbone, &["mlp", "conv4"])?;
+        match (classification, self.model.backbone.as_str()) {
+            (false, "conv4") => {
+                return Err(err(
+                    "model.backbone",
+                    "sinusoid regression needs \"mlp\", got \"conv4\"",
+                ))
+            }
+            (true, "mlp") => {
+                return Err(err(
+                    "model.backbone",
+                    format!("{} needs \"conv4\", got \"mlp\"", self.task.kind),
+                ))
+            }
+            _ => {}
+        }
+        if self.model.backbone == "mlp" {
+            if self.model.hidden.is_empty() {
+                return Err(err("model.hidden", "must list at least one hidden width"));
+            }
+            if let Some(h) = self.model.hidden.iter().find(|h| **h < 1) {
+                return Err(err("model.hidden", format!("widths must be >= 1, got {h}")));
+            }
+        } else {
+            at_least("model.filters", self.model.filters, 1)?;
+        }
+
+        one_of(
+            "algorithm.name",
+            &self.algorithm.name,
+            &["maml", "fomaml", "metasgd", "anil", "reptile", "pretrain"],
+        )?;
+        at_least(
+            "algorithm.inner_steps",
+            self.algorithm.inner_steps as i64,
+            1,
+        )?;
+        positive("algorithm.inner_lr", self.algorithm.inner_lr)?;
+        let m = self.algorithm.inner_momentum;
+        if !(0.0..1.0).contains(&m) {
+            return Err(err(
+                "algorithm.inner_momentum",
+                format!("must be in [0, 1), got {m}"),
+            ));
+        }
+        if self.algorithm.name == "reptile"
+            && (self.algorithm.learn_lr
+                || self.algorithm.learn_momentum
+                || self.algorithm.multi_step_loss)
+        {
+            return Err(err("algorithm.name", "reptile has no meta-gradient: learn_lr, learn_momentum and multi_step_loss must be false"));
+        }
+        if self.algorithm.name == "fomaml"
+            && (self.algorithm.learn_lr
+                || self.algorithm.learn_momentum
+                || self.algorithm.multi_step_loss)
+        {
+            return Err(err("algorithm.name", "fomaml has no second-order path: learn_lr, learn_momentum and multi_step_loss need \"maml\" (or \"anil\", \"metasgd\")"));
+        }
+        if self.algorithm.name == "pretrain"
+            && (self.algorithm.learn_lr
+                || self.algorithm.learn_momentum
+                || self.algorithm.multi_step_loss)
+        {
+            return Err(err("algorithm.name", "pretrain (the joint-training baseline) has no inner loop to learn: learn_lr, learn_momentum and multi_step_loss must be false"));
+        }
+        if self.algorithm.name == "metasgd" && self.algorithm.learn_lr {
+            return Err(err(
+                "algorithm.learn_lr",
+                "metasgd already learns one lr per element; leave learn_lr false",
+            ));
+        }
+
+        one_of("outer.optimizer", &self.outer.optimizer, &["adam", "sgd"])?;
+        positive("outer.lr", self.outer.lr)?;
+        at_least("outer.meta_batch", self.outer.meta_batch as i64, 1)?;
+        at_least("outer.iterations", self.outer.iterations as i64, 1)?;
+
+        at_least("eval.test_tasks", self.eval.test_tasks as i64, 2)?;
+        if self.eval.every > 0 {
+            at_least("eval.val_tasks", self.eval.val_tasks as i64, 2)?;
+        }
+        at_least("log.every", self.log.every as i64, 1)?;
+        at_least("log.keep_checkpoints", self.log.keep_checkpoints as i64, 1)?;
+        Ok(())
+    }
+
+    /// Inner steps used at evaluation.
+    pub fn eval_inner_steps(&self) -> usize {
+        if self.eval.inner_steps == 0 {
+            self.algorithm.inner_steps
+        } else {
+            self.eval.inner_steps
+        }
+    }
+
+    /// True for classification tasks (accuracy is reported), false for regression (MSE).
+    pub fn is_classification(&self) -> bool {
+        self.task.kind != "sinusoid"
+    }
+}
