@@ -11,16 +11,23 @@ pub fn under_mpirun() -> bool {
 /// Runs the test `test_name` of this very test binary as `ranks` MPI ranks under mpirun and
 /// asserts that every rank passed. The ranks see `under_mpirun() == true` and run the real body.
 pub fn run_under_mpirun(ranks: usize, test_name: &str) {
+    run_under_mpirun_with_env(ranks, test_name, &[]);
+}
+
+/// [`run_under_mpirun`] with environment variables passed to every rank (`-x NAME=VALUE`).
+pub fn run_under_mpirun_with_env(ranks: usize, test_name: &str, env: &[(&str, &str)]) {
     let exe = std::env::current_exe().expect("the test binary's own path");
     let mut cmd = Command::new("mpirun");
     cmd.arg("-n").arg(ranks.to_string());
-    // Root on CI, and more ranks than the 2 cores of the CI machine.
     cmd.args([
         "--allow-run-as-root",
         "--oversubscribe",
         "--bind-to",
         "none",
     ]);
+    for (k, v) in env {
+        cmd.arg("-x").arg(format!("{k}={v}"));
+    }
     cmd.arg(&exe)
         .args(["--exact", test_name, "--nocapture", "--test-threads=1"]);
     let out = cmd.output().unwrap_or_else(|e| {
@@ -33,7 +40,6 @@ pub fn run_under_mpirun(ranks: usize, test_name: &str) {
         "mpirun -n {ranks} {test_name} failed ({}):\n{stdout}\n{stderr}",
         out.status
     );
-    // libtest prints one "1 passed" summary per rank; make sure every rank really ran the test.
     let passed = stdout.matches("test result: ok. 1 passed").count();
     assert_eq!(
         passed, ranks,
