@@ -92,3 +92,31 @@ fn same_parameters_on_1_2_and_3_ranks() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn ranks_that_diverge_are_stopped_with_the_iteration_named() {
+    if !common::under_mpirun() {
+        common::run_under_mpirun(2, "ranks_that_diverge_are_stopped_with_the_iteration_named");
+        return;
+    }
+    let mut cfg = config("f64");
+    cfg.run.consistency_every = 2;
+    let mut trainer = Trainer::new(&cfg, Box::new(Mpi::init().unwrap())).unwrap();
+    trainer.step().unwrap();
+    // Rank 1 resumes from a different state (e.g. a stale checkpoint): its θ0 differs.
+    if trainer.rank() == 1 {
+        let mut state = trainer.state().unwrap();
+        state[0].1 = &state[0].1 + 1e-3;
+        trainer.restore(1, &state).unwrap();
+    }
+    let err = trainer
+        .step()
+        .err()
+        .expect("every rank stops at the check")
+        .to_string();
+    assert!(
+        err.contains("iteration 2") && err.contains("differ across ranks") && err.contains("[1]"),
+        "rank {}: {err}",
+        trainer.rank()
+    );
+}

@@ -47,6 +47,9 @@ pub struct RunConfig {
     pub device: String,
     /// "f32" or "f64".
     pub dtype: String,
+    /// Compare a checksum of the meta-parameters across ranks every this many iterations
+    /// (0 = never); a mismatch stops every rank.
+    pub consistency_every: u64,
 }
 
 impl Default for RunConfig {
@@ -57,6 +60,7 @@ impl Default for RunConfig {
             seed: 0,
             device: "cpu".into(),
             dtype: "f32".into(),
+            consistency_every: 100,
         }
     }
 }
@@ -170,6 +174,9 @@ pub struct OuterConfig {
     pub meta_batch: usize,
     /// Outer iterations.
     pub iterations: u64,
+    /// Outer steps skipped in a row (a NaN or Inf in the meta-gradient or an inner loop) before
+    /// the run stops.
+    pub max_nonfinite_skips: u32,
 }
 
 impl Default for OuterConfig {
@@ -179,6 +186,7 @@ impl Default for OuterConfig {
             lr: 1e-3,
             meta_batch: 25,
             iterations: 1000,
+            max_nonfinite_skips: 5,
         }
     }
 }
@@ -386,6 +394,11 @@ impl TrainConfig {
         positive("outer.lr", self.outer.lr)?;
         at_least("outer.meta_batch", self.outer.meta_batch as i64, 1)?;
         at_least("outer.iterations", self.outer.iterations as i64, 1)?;
+        at_least(
+            "outer.max_nonfinite_skips",
+            self.outer.max_nonfinite_skips as i64,
+            1,
+        )?;
 
         at_least("eval.test_tasks", self.eval.test_tasks as i64, 2)?;
         if self.eval.every > 0 {

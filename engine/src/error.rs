@@ -24,6 +24,12 @@ pub enum Error {
     /// A resume state that does not fit the model or the run.
     #[error("resume state: {0}")]
     State(String),
+    /// Too many outer steps in a row had a NaN or Inf in the meta-gradient or an inner loop.
+    #[error("iteration {iteration}: {skips} outer steps in a row skipped for non-finite values (outer.max_nonfinite_skips); last tasks involved: {tasks:?}")]
+    NonFinite { iteration: u64, skips: u32, tasks: Vec<usize> },
+    /// The meta-parameters differ between ranks: the ranks no longer train the same model.
+    #[error("iteration {iteration}: meta-parameters differ across ranks (checksum of rank 0: {expected:e}; ranks that differ: {ranks:?})")]
+    RankMismatch { iteration: u64, expected: f64, ranks: Vec<usize> },
     /// A device that is not there (e.g. `cuda` on a machine without CUDA).
     #[error("run.device: {0}")]
     Device(String),
@@ -134,6 +140,20 @@ pub enum Error {
     /// The prefetch thread stopped (it panicked, or its source failed earlier).
     #[error("prefetch: {0}")]
     Prefetch(String),
+
+    // run directory and checkpoints
+    /// A checkpoint that cannot be used: truncated, corrupt, or not matching its manifest.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint { path: PathBuf, reason: String },
+    /// A checkpoint directory that holds checkpoints, none of them usable.
+    #[error("{dir}: no usable checkpoint: {reasons}")]
+    NoUsableCheckpoint { dir: PathBuf, reasons: String },
+    /// A run directory that already exists where a new run would be created.
+    #[error("{path}: run directory already exists (continue it with --resume, or choose another run.name)")]
+    RunDirExists { path: PathBuf },
+    /// A run directory that is not one, or a file of it that cannot be written.
+    #[error("{path}: {reason}")]
+    RunDir { path: PathBuf, reason: String },
 }
 
 /// `Result` with the engine's [`Error`].

@@ -77,6 +77,11 @@ pub struct StepMetrics {
     pub seconds: f64,
     /// Learned inner hyperparameters: their mean value.
     pub hparams: Vec<(String, f64)>,
+    /// True when a NaN or Inf in the meta-gradient or an inner loop made every rank skip this
+    /// outer step (the meta-parameters did not change).
+    pub skipped: bool,
+    /// The global indices of the tasks whose loss was not finite (when skipped).
+    pub nonfinite_tasks: Vec<usize>,
 }
 
 /// Meta-test or validation: before and after adaptation, over `tasks` tasks.
@@ -121,6 +126,8 @@ pub struct Trainer {
     outer_state: OptState,
     iteration: u64,
     prefetcher: Option<Prefetcher>,
+    /// Outer steps skipped in a row for non-finite values.
+    skips_in_a_row: u32,
 }
 
 /// Which GPU this rank uses: the local rank that mpirun or Slurm gives it.
@@ -336,6 +343,7 @@ impl Trainer {
             outer_hparams,
             iteration: 0,
             prefetcher: None,
+            skips_in_a_row: 0,
         };
         trainer.outer_state = trainer.outer.init_state(&trainer.meta_vector()?)?;
         Ok(trainer)
@@ -456,12 +464,12 @@ impl Trainer {
     }
 
     /// This rank's meta-gradient (summed over its tasks, divided by the global meta-batch size)
-    /// and [Σ query loss, Σ query accuracy] over its tasks.
+    /// [Σ query loss, Σ query accuracy] over its tasks, and each task's query loss `[T]`.
     fn local_meta_gradient(
         &self,
         batch: &MetaBatch,
         global_tasks: f64,
-    ) -> Result<(Tensor, [Tensor; 2])> {
+    ) -> Result<(Tensor, [Tensor; 2], Tensor)> {
         let t = batch.len() as i64;
         let cls = self.classification();
         let steps = self.cfg.algorithm.inner_steps;
@@ -613,7 +621,8 @@ impl Trainer {
             Some(a) => a.f_detach()?.f_sum(self.kind)?.f_reshape([1])?,
             None => Tensor::f_zeros([1], (self.kind, self.device))?,
         };
-        Ok((Tensor::f_cat(&flat, 0)?, [q_sum, acc_sum]))
+        let per_task = q_loss.f_detach()?.f_to_kind(self.kind)?;
+        Ok((Tensor::f_cat(&flat, 0)?, [q_sum, acc_sum], per_task))
     }
 
     fn next_train_batch(&mut self, range: Range<usize>) -> Result<MetaBatch> {
@@ -633,36 +642,78 @@ impl Trainer {
     }
 
     /// One outer iteration: sample, adapt, meta-gradient, all-reduce, outer step.
+    ///
+    /// A NaN or Inf in the all-reduced meta-gradient or in any task's inner loop makes every rank
+    /// skip the outer step alike (they all see the same reduced buffer); after
+    /// `outer.max_nonfinite_skips` skips in a row it is an error. Every `run.consistency_every`
+    /// iterations the ranks compare a checksum of their meta-parameters.
     pub fn step(&mut self) -> Result<StepMetrics> {
         let started = Instant::now();
         let global = self.cfg.outer.meta_batch;
         let range = rank_slice(global, self.rank(), self.size());
         let m = self.meta_vector()?.size()[0];
+        let opts = (self.kind, self.device);
+        // Flags of the tasks whose query loss is not finite, one slot per global task.
+        let mut flags = Tensor::f_zeros([global as i64], opts)?;
         let (grad, stats) = if range.is_empty() {
             (
-                Tensor::f_zeros([m], (self.kind, self.device))?,
-                [
-                    Tensor::f_zeros([1], (self.kind, self.device))?,
-                    Tensor::f_zeros([1], (self.kind, self.device))?,
-                ],
+                Tensor::f_zeros([m], opts)?,
+                [Tensor::f_zeros([1], opts)?, Tensor::f_zeros([1], opts)?],
             )
         } else {
             let batch = {
                 let _s = tracing::info_span!("sample", iteration = self.iteration).entered();
-                self.next_train_batch(range)?
+                self.next_train_batch(range.clone())?
             };
-            self.local_meta_gradient(&batch, global as f64)?
+            let (grad, stats, per_task) = self.local_meta_gradient(&batch, global as f64)?;
+            let bad = per_task
+                .f_isfinite()?
+                .f_logical_not()?
+                .f_to_kind(self.kind)?;
+            flags = flags.f_index_copy(
+                0,
+                &Tensor::f_arange_start(
+                    range.start as i64,
+                    range.end as i64,
+                    (Kind::Int64, self.device),
+                )?,
+                &bad,
+            )?;
+            (grad, stats)
         };
-        // One all-reduce: the meta-gradient and the loss statistics together.
+        // One all-reduce: the meta-gradient, the loss statistics and the non-finite flags together.
         let mut buffer = Tensor::f_cat(
-            &[grad, stats[0].shallow_clone(), stats[1].shallow_clone()],
+            &[
+                grad,
+                stats[0].shallow_clone(),
+                stats[1].shallow_clone(),
+                flags,
+            ],
             0,
         )?;
         self.comm.all_reduce_sum(&mut buffer)?;
         let grad = buffer.f_narrow(0, 0, m)?;
         let totals = to_f64s(&buffer.f_narrow(0, m, 2)?)?;
+        let nonfinite_tasks: Vec<usize> = to_f64s(&buffer.f_narrow(0, m + 2, global as i64)?)?
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| **f != 0.0)
+            .map(|(i, _)| i)
+            .collect();
         let grad_norm = grad.f_norm()?.f_double_value(&[])?;
-        {
+        let skipped = !grad_norm.is_finite() || !nonfinite_tasks.is_empty();
+        if skipped {
+            self.skips_in_a_row += 1;
+            tracing::warn!(iteration = self.iteration, tasks = ?nonfinite_tasks, "non-finite meta-gradient: outer step skipped");
+            if self.skips_in_a_row >= self.cfg.outer.max_nonfinite_skips {
+                return Err(Error::NonFinite {
+                    iteration: self.iteration,
+                    skips: self.skips_in_a_row,
+                    tasks: nonfinite_tasks,
+                });
+            }
+        } else {
+            self.skips_in_a_row = 0;
             let _s = tracing::info_span!("outer_step").entered();
             let (next, state) = tch::no_grad(|| {
                 self.outer
@@ -678,6 +729,10 @@ impl Trainer {
             self.outer_state = state;
         }
         self.iteration += 1;
+        let every = self.cfg.run.consistency_every;
+        if every > 0 && self.size() > 1 && self.iteration % every == 0 {
+            self.check_rank_consistency()?;
+        }
         let hparams = self
             .learned
             .iter()
@@ -691,7 +746,57 @@ impl Trainer {
             tasks: global,
             seconds: started.elapsed().as_secs_f64(),
             hparams,
+            skipped,
+            nonfinite_tasks,
         })
+    }
+
+    /// A checksum of the meta-parameters (two weighted sums in f64).
+    fn checksum(&self) -> Result<[f64; 2]> {
+        let v = self.meta_vector()?.f_to_kind(Kind::Double)?;
+        let n = v.size()[0];
+        let ramp = Tensor::f_arange(n, (Kind::Double, v.device()))?
+            .f_remainder(7.0)?
+            .f_add_scalar(1.0)?;
+        Ok([
+            v.f_sum(Kind::Double)?.f_double_value(&[])?,
+            v.f_mul(&ramp)?.f_sum(Kind::Double)?.f_double_value(&[])?,
+        ])
+    }
+
+    /// Compares this rank's checksum with rank 0's; every rank learns which ranks differ and all
+    /// return the same error.
+    pub fn check_rank_consistency(&self) -> Result<()> {
+        let mine = self.checksum()?;
+        let mut reference = Tensor::f_from_slice(&mine)?;
+        self.comm.broadcast(&mut reference, 0)?;
+        let expected = to_f64s(&reference)?;
+        // Equal arithmetic on equal inputs gives equal bits; the tolerance only absorbs a
+        // different summation order of the checksum itself on other hardware.
+        let differs = mine
+            .iter()
+            .zip(&expected)
+            .any(|(a, b)| (a - b).abs() > 1e-12 * (1.0 + b.abs()));
+        let mut who = Tensor::f_zeros([self.size() as i64], (Kind::Double, Device::Cpu))?;
+        if differs {
+            let _ = who.f_narrow(0, self.rank() as i64, 1)?.f_fill_(1.0)?;
+        }
+        self.comm.all_reduce_sum(&mut who)?;
+        let ranks: Vec<usize> = to_f64s(&who)?
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| **f != 0.0)
+            .map(|(i, _)| i)
+            .collect();
+        if ranks.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::RankMismatch {
+                iteration: self.iteration,
+                expected: expected[0],
+                ranks,
+            })
+        }
     }
 
     /// Meta-tests (or validates) on `tasks` tasks of `split`: query loss (and accuracy) before and
