@@ -10,6 +10,7 @@
 //! Each failure ends with one line saying what to do, and exit code 2 for bad input or a missing
 //! prerequisite that this tool cannot install.
 
+mod bench;
 mod setup;
 
 use std::process::{Command, ExitCode};
@@ -24,6 +25,7 @@ fn main() -> ExitCode {
         Some("demo") => demo(&args[1..]),
         Some("test") => test(&args[1..]),
         Some("fixtures") => fixtures(),
+        Some("bench") => bench::run(&args[1..]),
         Some("-h" | "--help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -47,7 +49,7 @@ fn main() -> ExitCode {
 }
 
 /// Runs a command inheriting stdio; returns its exit code as ours.
-fn run_status(cmd: &mut Command) -> anyhow::Result<ExitCode> {
+pub(crate) fn run_status(cmd: &mut Command) -> anyhow::Result<ExitCode> {
     let status = cmd
         .status()
         .map_err(|e| anyhow::anyhow!("cannot start {:?}: {e}", cmd.get_program()))?;
@@ -58,7 +60,7 @@ fn run_status(cmd: &mut Command) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(setup::repo_root());
     // mpirun refuses root unless told; CI runs as root. Tests pass --oversubscribe themselves.
