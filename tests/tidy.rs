@@ -43,7 +43,7 @@ fn only_runtime_comm_touches_mpi_or_nccl() {
     let mut offenders = Vec::new();
     for dir in ["runtime/src", "engine/src", "launcher/src"] {
         for (path, text) in sources(dir) {
-            if path.starts_with("runtime/src/comm") || path == Path::new("runtime/src/comm.rs") {
+            if path.starts_with("runtime/src/comm") {
                 continue;
             }
             for (n, line) in code_lines(&text) {
@@ -65,7 +65,11 @@ fn only_runtime_kernels_holds_unsafe_code() {
     let mut offenders = Vec::new();
     for dir in ["runtime/src", "engine/src", "launcher/src", "src"] {
         for (path, text) in sources(dir) {
-            if path.starts_with("runtime/src/kernels") {
+            // runtime::comm::nccl calls NCCL's C API (through cudarc's bindings), which takes raw
+            // device pointers: its unsafe blocks stay in that one file.
+            if path.starts_with("runtime/src/kernels")
+                || path == Path::new("runtime/src/comm/nccl.rs")
+            {
                 continue;
             }
             for (n, line) in code_lines(&text) {
@@ -77,7 +81,7 @@ fn only_runtime_kernels_holds_unsafe_code() {
     }
     assert!(
         offenders.is_empty(),
-        "only runtime::kernels may hold unsafe code:\n{}",
+        "only runtime::kernels (and runtime::comm::nccl, NCCL's C API) may hold unsafe code:\n{}",
         offenders.join("\n")
     );
 }

@@ -64,6 +64,9 @@ pub enum Error {
     /// A parameter layout that cannot be built: a duplicate name or a negative dimension.
     #[error("layout: {0}")]
     Layout(String),
+    /// NCCL cannot run on this rank: no library, no CUDA driver, or no such device.
+    #[error("NCCL not available: {0}")]
+    NcclUnavailable(String),
 }
 
 /// The runtime's result type.

@@ -46,3 +46,5 @@ pub fn run_under_mpirun_with_env(ranks: usize, test_name: &str, env: &[(&str, &s
         "expected {ranks} ranks to pass {test_name}:\n{stdout}\n{stderr}"
     );
 }
+
+pub mod netns;

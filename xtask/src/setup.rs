@@ -20,7 +20,8 @@ pub const TORCH_VERSION: &str = "2.11.0";
 const PEERS: &[&str] = &["higher==0.2.1", "torchopt==0.7.3"];
 /// Free space the venv needs: the CUDA-enabled wheel with its NVIDIA packages is about 4.6 GB.
 const VENV_BYTES: u64 = 7 << 30;
-const APT_PACKAGES: &str = "libopenmpi-dev openmpi-bin libclang-dev";
+// iproute2: `ip netns` for the two-host test (tests/multihost.rs).
+const APT_PACKAGES: &str = "libopenmpi-dev openmpi-bin libclang-dev iproute2";
 const STAMP: &str = ".metaloop-setup-complete";
 
 /// What set-up produced.
@@ -359,6 +360,13 @@ fn mpi_missing() -> Vec<&'static str> {
     }
     if !libclang_present() {
         missing.push("libclang");
+    }
+    if !Command::new("ip")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        missing.push("ip (iproute2)");
     }
     missing
 }
