@@ -1,9 +1,84 @@
-//! Puts libtorch on the rpath of runtime's own tests, and passes libtorch's lib dir on to the
-//! crates that depend on runtime (as DEP_METALOOP_RUNTIME_LIBTORCH_LIB).
+//! Puts libtorch on the rpath of runtime's own tests, passes libtorch's lib dir on to the crates
+//! that depend on runtime (as DEP_METALOOP_RUNTIME_LIBTORCH_LIB), and compiles the C++ shim of the
+//! fused optimizer steps (runtime/csrc/fused_step.cpp) against libtorch's headers.
 include!("link_libtorch.rs");
+
+use std::path::{Path, PathBuf};
 
 fn main() {
     let lib = libtorch_lib_from("DEP_TCH_LIBTORCH_LIB");
     link_libtorch(&lib);
     println!("cargo:libtorch_lib={lib}");
+    compile_shim(Path::new(&lib));
+}
+
+/// The directory holding `cuda_runtime_api.h`: the CUDA runtime of PyTorch's wheel
+/// (`site-packages/nvidia/cu13/include` or `cu12`) or `$CUDA_HOME/include`.
+fn cuda_include(libtorch_lib: &Path) -> Option<PathBuf> {
+    let site = libtorch_lib.join("../..");
+    let mut candidates = vec![
+        site.join("nvidia/cu13/include"),
+        site.join("nvidia/cuda_runtime/include"),
+    ];
+    for var in ["CUDA_HOME", "CUDA_PATH"] {
+        if let Ok(home) = std::env::var(var) {
+            candidates.push(PathBuf::from(home).join("include"));
+        }
+    }
+    candidates.push(PathBuf::from("/usr/local/cuda/include"));
+    candidates
+        .into_iter()
+        // The wheel's nvidia/cu13/include lacks crt/host_defines.h, which cuda_runtime_api.h needs.
+        .find(|d| d.join("cuda_runtime_api.h").exists() && d.join("crt/host_defines.h").exists())
+}
+
+/// Compiles the shim with the `cc` crate: C++17, the C++11 ABI of PyTorch's wheel. With
+/// libtorch's CUDA headers and a CUDA runtime header at hand it asks libtorch for its current
+/// CUDA stream (METALOOP_CUDA_STREAM, linking c10_cuda); otherwise kernels go to the legacy
+/// default stream.
+fn compile_shim(libtorch_lib: &Path) {
+    println!("cargo:rerun-if-changed=csrc/fused_step.cpp");
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    println!("cargo:rerun-if-env-changed=CUDA_PATH");
+    let include = libtorch_lib.join("../include");
+    let base = || {
+        let mut build = cc::Build::new();
+        build
+            .cpp(true)
+            .file("csrc/fused_step.cpp")
+            .include(&include)
+            .include(include.join("torch/csrc/api/include"))
+            .flag("-std=c++17")
+            .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+            .flag_if_supported("-Wno-unused-parameter")
+            .flag_if_supported("-Wno-deprecated-declarations")
+            .warnings(false);
+        build
+    };
+    let has_c10_cuda = libtorch_lib.join("libc10_cuda.so").exists()
+        && include.join("c10/cuda/CUDAStream.h").exists();
+    if has_c10_cuda {
+        if let Some(cuda) = cuda_include(libtorch_lib) {
+            let mut build = base();
+            build.include(cuda).define("METALOOP_CUDA_STREAM", None);
+            if build.try_compile("metaloop_fused_step").is_ok() {
+                println!("cargo:rustc-link-lib=c10_cuda");
+                return finish(libtorch_lib);
+            }
+            println!("cargo:warning=fused_step.cpp did not compile with the CUDA headers; CUDA kernels will use the legacy default stream");
+        }
+    }
+    base().compile("metaloop_fused_step");
+    finish(libtorch_lib);
+}
+
+fn finish(libtorch_lib: &Path) {
+    // Where PyTorch's wheel keeps libnvrtc (runtime::kernels::cuda loads it from there when the
+    // loader's search path lacks it).
+    let nvrtc_dir = libtorch_lib.join("../../nvidia/cu13/lib");
+    let nvrtc_dir = std::fs::canonicalize(&nvrtc_dir).unwrap_or(nvrtc_dir);
+    println!(
+        "cargo:rustc-env=METALOOP_WHEEL_CUDA_LIB={}",
+        nvrtc_dir.display()
+    );
 }

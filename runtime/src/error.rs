@@ -67,6 +67,13 @@ pub enum Error {
     /// NCCL cannot run on this rank: no library, no CUDA driver, or no such device.
     #[error("NCCL not available: {0}")]
     NcclUnavailable(String),
+    /// A fused optimizer kernel could not run (runtime::kernels): the shim's or the kernel's
+    /// message, with the optimizer's name.
+    #[error("fused {optimizer} step: {message}")]
+    Kernel {
+        optimizer: &'static str,
+        message: String,
+    },
 }
 
 /// The runtime's result type.

@@ -7,6 +7,7 @@
 pub mod comm;
 mod error;
 mod inner;
+pub mod kernels;
 pub mod nn;
 pub mod optim;
 mod params;

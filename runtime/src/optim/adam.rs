@@ -6,6 +6,7 @@ use super::{
     buffer_or_zeros, check_shapes, coupled_weight_decay, ema_of_squares, sqrt_finite_grad, HParams,
     HValue, OptState, Optimizer,
 };
+use crate::kernels::{self, Slot, StepKernel};
 use crate::Result;
 use tch::Tensor;
 
@@ -20,6 +21,7 @@ struct AdamConfig {
     eps: f64,
     weight_decay: f64,
     amsgrad: bool,
+    fused: bool,
 }
 
 impl AdamConfig {
@@ -66,6 +68,40 @@ impl AdamConfig {
         let eps = hp.value("eps", self.eps, theta)?;
         let weight_decay = hp.value("weight_decay", self.weight_decay, theta)?;
         let step = state.step() + 1;
+        if self.fused && kernels::supports(theta) {
+            let exp_avg = buffer_or_zeros(state, "exp_avg", theta)?;
+            let exp_avg_sq = buffer_or_zeros(state, "exp_avg_sq", theta)?;
+            let max_exp_avg_sq = if self.amsgrad {
+                Some(buffer_or_zeros(state, "max_exp_avg_sq", theta)?)
+            } else {
+                None
+            };
+            let flags = [
+                step as f64,
+                f64::from(u8::from(decoupled)),
+                f64::from(u8::from(self.amsgrad)),
+                f64::from(u8::from(weight_decay.is_zero_const())),
+            ];
+            let hparams = [
+                Slot::from(&lr),
+                Slot::from(&beta1),
+                Slot::from(&beta2),
+                Slot::from(&eps),
+                Slot::from(&weight_decay),
+            ];
+            let (theta, out) = kernels::fused_step(
+                StepKernel::Adam,
+                theta,
+                grad,
+                &[Some(&exp_avg), Some(&exp_avg_sq), max_exp_avg_sq.as_ref()],
+                &hparams,
+                &flags,
+                if self.amsgrad { 4 } else { 3 },
+            )?;
+            let names = ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"];
+            let tensors = names.iter().map(|n| n.to_string()).zip(out).collect();
+            return Ok((theta, OptState::new(step, tensors)));
+        }
 
         let mut decayed = theta.shallow_clone();
         let mut g = grad.shallow_clone();
@@ -127,6 +163,13 @@ macro_rules! adam_builders {
                 self.config.amsgrad = amsgrad;
                 self
             }
+            /// Take each step with one fused kernel (runtime::kernels) where it supports θ
+            /// (f32/f64 on the CPU or CUDA): the default. `false` takes the tensor-op path, the
+            /// reference (needed to differentiate through a step's backward).
+            pub fn fused(mut self, fused: bool) -> $t {
+                self.config.fused = fused;
+                self
+            }
         }
     };
 }
@@ -148,6 +191,7 @@ impl Adam {
                 eps: 1e-8,
                 weight_decay: 0.0,
                 amsgrad: false,
+                fused: true,
             },
         }
     }
@@ -199,6 +243,7 @@ impl AdamW {
                 eps: 1e-8,
                 weight_decay: 1e-2,
                 amsgrad: false,
+                fused: true,
             },
         }
     }

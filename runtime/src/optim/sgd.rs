@@ -3,6 +3,7 @@
 //! It computes one step as a pure function; it keeps nothing between calls.
 
 use super::{buffer_or_zeros, check_shapes, coupled_weight_decay, HParams, OptState, Optimizer};
+use crate::kernels::{self, Slot, StepKernel};
 use crate::Result;
 use tch::Tensor;
 
@@ -22,6 +23,7 @@ pub struct Sgd {
     dampening: f64,
     weight_decay: f64,
     nesterov: bool,
+    fused: bool,
 }
 
 impl Sgd {
@@ -33,6 +35,7 @@ impl Sgd {
             dampening: 0.0,
             weight_decay: 0.0,
             nesterov: false,
+            fused: true,
         }
     }
     pub fn momentum(mut self, momentum: f64) -> Sgd {
@@ -50,6 +53,13 @@ impl Sgd {
     }
     pub fn weight_decay(mut self, weight_decay: f64) -> Sgd {
         self.weight_decay = weight_decay;
+        self
+    }
+    /// Take each step with one fused kernel (runtime::kernels) where it supports θ (f32/f64 on
+    /// the CPU or CUDA): the default. `false` takes the tensor-op path, the reference (needed to
+    /// differentiate through a step's backward, i.e. third-order derivatives).
+    pub fn fused(mut self, fused: bool) -> Sgd {
+        self.fused = fused;
         self
     }
 }
@@ -96,6 +106,42 @@ impl Optimizer for Sgd {
         let momentum = hp.value("momentum", self.momentum, theta)?;
         let dampening = hp.value("dampening", self.dampening, theta)?;
         let weight_decay = hp.value("weight_decay", self.weight_decay, theta)?;
+        if self.fused && kernels::supports(theta) {
+            let momentum_path = !momentum.is_zero_const();
+            let prev = if momentum_path && state.step() > 0 {
+                state.get("momentum_buffer")
+            } else {
+                None
+            };
+            let flags = [
+                state.step() as f64,
+                f64::from(u8::from(self.nesterov)),
+                f64::from(u8::from(momentum_path)),
+                f64::from(u8::from(dampening.is_zero_const())),
+                f64::from(u8::from(weight_decay.is_zero_const())),
+            ];
+            let hparams = [
+                Slot::from(&lr),
+                Slot::from(&momentum),
+                Slot::from(&dampening),
+                Slot::from(&weight_decay),
+            ];
+            let n_out = if momentum_path { 2 } else { 1 };
+            let (theta, out) = kernels::fused_step(
+                StepKernel::Sgd,
+                theta,
+                grad,
+                &[prev],
+                &hparams,
+                &flags,
+                n_out,
+            )?;
+            let tensors = out
+                .into_iter()
+                .map(|b| ("momentum_buffer".to_string(), b))
+                .collect();
+            return Ok((theta, OptState::new(state.step() + 1, tensors)));
+        }
 
         let mut g = coupled_weight_decay(grad, theta, &weight_decay)?;
         let mut tensors = Vec::new();

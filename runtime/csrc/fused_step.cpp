@@ -1,0 +1,277 @@
+// metaloop's fused optimizer step as a libtorch autograd function.
+//
+// The shim owns the autograd bookkeeping only: it checks and lays out the tensors (contiguous,
+// broadcast hyperparameters expanded to θ's shape or passed as one element), allocates the
+// outputs, saves the inputs for backward, and reduces each hyperparameter's per-element
+// hypergradient back to the hyperparameter's shape (at::sum_to). The arithmetic of every step,
+// forward and backward, is done by the kernel function that Rust passes in (runtime::kernels):
+// Rust CPU loops, or CUDA kernels compiled with NVRTC and launched by Rust on the stream given
+// here. It never computes an update itself and never keeps a tensor between calls.
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <dlfcn.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#ifdef METALOOP_CUDA_STREAM
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+extern "C" {
+
+enum { METALOOP_MAX_IN = 16, METALOOP_MAX_OUT = 8, METALOOP_MAX_CONST = 16 };
+
+// One kernel launch, forward (pass 0) or backward (pass 1). Mirrored by runtime::kernels::ffi.
+struct MetaloopKernelCall {
+  int32_t op;
+  int32_t pass;
+  int32_t dtype;   // 0: f32, 1: f64
+  int32_t device;  // -1: CPU, else the CUDA device index
+  void* stream;    // the CUDA stream (null: the legacy default stream)
+  int64_t numel;
+  int32_t n_in;
+  int32_t n_out;
+  // Inputs: θ, g, the state buffers, the hyperparameter slots (null: undefined / a constant).
+  const void* in[METALOOP_MAX_IN];
+  // 1: one value per element; 0: one value for all (a tensor with one element).
+  int64_t in_stride[METALOOP_MAX_IN];
+  // Backward: the gradient of each forward output (null: none was produced).
+  const void* grad_out[METALOOP_MAX_OUT];
+  // Forward: the outputs (θ' and the new state). Backward: the gradient of each input, one value
+  // per element (null: not needed).
+  void* out[METALOOP_MAX_IN];
+  double consts[METALOOP_MAX_CONST];
+};
+
+// Returns 0 on success; otherwise writes a message (NUL-terminated) into err.
+typedef int32_t (*metaloop_kernel_fn)(const MetaloopKernelCall*, char* err, size_t err_len);
+}
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+struct Prepared {
+  std::vector<at::Tensor> tensors;  // what the kernel reads (kept alive during the call)
+  MetaloopKernelCall call;
+};
+
+void* stream_for(const at::Tensor& theta) {
+#ifdef METALOOP_CUDA_STREAM
+  if (theta.is_cuda()) {
+    return reinterpret_cast<void*>(c10::cuda::getCurrentCUDAStream(theta.get_device()).stream());
+  }
+#endif
+  (void)theta;
+  return nullptr;
+}
+
+// Lays out the inputs for the kernel: θ's dtype and device, contiguous; a one-element tensor
+// stays one element (stride 0), anything else is expanded to θ's shape.
+Prepared prepare(int64_t op, int32_t pass, const variable_list& inputs, const std::vector<double>& consts) {
+  TORCH_CHECK(inputs.size() >= 2 && inputs.size() <= METALOOP_MAX_IN,
+              "fused optimizer step: between 2 and ", METALOOP_MAX_IN, " inputs, got ", inputs.size());
+  TORCH_CHECK(consts.size() <= METALOOP_MAX_CONST, "fused optimizer step: too many constants");
+  const at::Tensor& theta = inputs[0];
+  TORCH_CHECK(theta.defined(), "fused optimizer step: θ is undefined");
+  auto dtype = theta.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble,
+              "fused optimizer step: θ must be f32 or f64, got ", dtype);
+  TORCH_CHECK(theta.is_cpu() || theta.is_cuda(), "fused optimizer step: θ must be on the CPU or CUDA, got ",
+              theta.device());
+  Prepared p;
+  std::memset(&p.call, 0, sizeof(p.call));
+  p.call.op = static_cast<int32_t>(op);
+  p.call.pass = pass;
+  p.call.dtype = dtype == at::kFloat ? 0 : 1;
+  p.call.device = theta.is_cuda() ? theta.get_device() : -1;
+  p.call.stream = stream_for(theta);
+  p.call.numel = theta.numel();
+  p.call.n_in = static_cast<int32_t>(inputs.size());
+  for (size_t i = 0; i < consts.size(); ++i) p.call.consts[i] = consts[i];
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const at::Tensor& t = inputs[i];
+    if (!t.defined()) {
+      p.tensors.emplace_back();
+      continue;
+    }
+    TORCH_CHECK(t.device() == theta.device(), "fused optimizer step: input ", i, " is on ", t.device(),
+                ", θ on ", theta.device());
+    TORCH_CHECK(t.scalar_type() == dtype, "fused optimizer step: input ", i, " is ", t.scalar_type(),
+                ", θ is ", dtype);
+    at::Tensor laid;
+    if (t.numel() == 1 && theta.numel() != 1) {
+      laid = t.reshape({1}).contiguous();
+      p.call.in_stride[i] = 0;
+    } else {
+      laid = t.expand(theta.sizes()).contiguous();
+      p.call.in_stride[i] = 1;
+    }
+    p.call.in[i] = laid.data_ptr();
+    p.tensors.push_back(std::move(laid));
+  }
+  return p;
+}
+
+void launch(metaloop_kernel_fn kernel, const MetaloopKernelCall& call) {
+  char err[1024];
+  err[0] = 0;
+  int32_t rc = kernel(&call, err, sizeof(err));
+  TORCH_CHECK(rc == 0, "fused optimizer step (op ", call.op, ", pass ", call.pass, "): ", err);
+}
+
+struct FusedStep : public torch::autograd::Function<FusedStep> {
+  // `present` comes first so that its indices are the autograd edge indices: the defined inputs
+  // only (autograd cannot take an undefined tensor as an input), in slot order; `slots` gives each
+  // one's slot, `n_slots` the number of slots. It is a TensorList: autograd's argument walk takes
+  // each element of a TensorList as an input (a std::vector would count as one non-tensor
+  // argument, and nothing would be tracked).
+  static variable_list forward(AutogradContext* ctx, at::TensorList present, std::vector<int64_t> slots,
+                               int64_t n_slots, int64_t op, std::vector<double> consts, int64_t n_out,
+                               int64_t kernel_addr) {
+    auto kernel = reinterpret_cast<metaloop_kernel_fn>(kernel_addr);
+    variable_list inputs(static_cast<size_t>(n_slots));
+    for (size_t k = 0; k < slots.size(); ++k) inputs[slots[k]] = present[k];
+    TORCH_CHECK(n_out >= 1 && n_out <= METALOOP_MAX_OUT, "fused optimizer step: 1 to ",
+                METALOOP_MAX_OUT, " outputs, got ", n_out);
+    Prepared p = prepare(op, 0, inputs, consts);
+    const at::Tensor& theta = inputs[0];
+    variable_list outputs;
+    for (int64_t j = 0; j < n_out; ++j) {
+      outputs.push_back(at::empty(theta.sizes(), theta.options()));
+      p.call.out[j] = outputs.back().data_ptr();
+    }
+    p.call.n_out = static_cast<int32_t>(n_out);
+    launch(kernel, p.call);
+    ctx->save_for_backward(present.vec());
+    ctx->saved_data["slots"] = slots;
+    ctx->saved_data["n_slots"] = n_slots;
+    ctx->saved_data["op"] = op;
+    ctx->saved_data["consts"] = consts;
+    ctx->saved_data["n_out"] = n_out;
+    ctx->saved_data["kernel"] = kernel_addr;
+    return outputs;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    variable_list present = ctx->get_saved_variables();
+    std::vector<int64_t> slots = ctx->saved_data["slots"].toIntVector();
+    variable_list inputs(static_cast<size_t>(ctx->saved_data["n_slots"].toInt()));
+    for (size_t k = 0; k < slots.size(); ++k) inputs[slots[k]] = present[k];
+    int64_t op = ctx->saved_data["op"].toInt();
+    std::vector<double> consts = ctx->saved_data["consts"].toDoubleVector();
+    int64_t n_out = ctx->saved_data["n_out"].toInt();
+    auto kernel = reinterpret_cast<metaloop_kernel_fn>(ctx->saved_data["kernel"].toInt());
+    if (at::GradMode::is_enabled()) {
+      bool tracked = false;
+      for (const auto& g : grad_outputs) tracked = tracked || (g.defined() && g.requires_grad());
+      for (const auto& t : inputs) tracked = tracked || (t.defined() && t.requires_grad());
+      TORCH_CHECK(!tracked,
+                  "the fused optimizer step's backward is not itself differentiable (create_graph "
+                  "through an optimizer step); build the optimizer with .fused(false) for that");
+    }
+    Prepared p = prepare(op, 1, inputs, consts);
+    const at::Tensor& theta = inputs[0];
+    TORCH_CHECK(static_cast<int64_t>(grad_outputs.size()) == n_out, "fused optimizer step: ",
+                grad_outputs.size(), " output gradients for ", n_out, " outputs");
+    std::vector<at::Tensor> gouts;
+    for (int64_t j = 0; j < n_out; ++j) {
+      at::Tensor g = grad_outputs[j];
+      if (g.defined()) {
+        g = g.to(theta.scalar_type()).expand(theta.sizes()).contiguous();
+        p.call.grad_out[j] = g.data_ptr();
+      }
+      gouts.push_back(g);
+    }
+    p.call.n_out = static_cast<int32_t>(n_out);
+    std::vector<at::Tensor> per_element(slots.size());
+    for (size_t k = 0; k < slots.size(); ++k) {
+      if (ctx->needs_input_grad(k)) {
+        per_element[k] = at::empty(theta.sizes(), theta.options());
+        p.call.out[slots[k]] = per_element[k].data_ptr();
+      }
+    }
+    launch(kernel, p.call);
+    // One gradient per forward argument: each present input, then the 6 non-tensor arguments.
+    variable_list grads;
+    for (size_t k = 0; k < slots.size(); ++k) {
+      if (!per_element[k].defined()) {
+        grads.emplace_back();
+      } else if (present[k].sizes() == theta.sizes()) {
+        grads.push_back(per_element[k]);
+      } else {
+        grads.push_back(at::sum_to(per_element[k], present[k].sizes()));
+      }
+    }
+    for (int k = 0; k < 6; ++k) grads.emplace_back();
+    return grads;
+  }
+};
+
+char* copy_message(const char* msg) {
+  size_t n = std::strlen(msg);
+  char* out = static_cast<char*>(std::malloc(n + 1));
+  if (out) std::memcpy(out, msg, n + 1);
+  return out;
+}
+
+}  // namespace
+
+extern "C" {
+
+// Runs one fused optimizer step through the autograd function. `inputs[i]` may be null (an
+// undefined tensor: an absent state buffer or a constant hyperparameter). On success writes
+// `n_out` new tensors (owned by the caller, freed by tch) into `outputs` and returns null; on
+// failure returns a message to free with metaloop_free_message.
+char* metaloop_fused_step(int32_t op, const at::Tensor* const* inputs, int32_t n_in, const double* consts,
+                          int32_t n_const, int32_t n_out, metaloop_kernel_fn kernel, at::Tensor** outputs) {
+  try {
+    variable_list present;
+    std::vector<int64_t> slots;
+    for (int32_t i = 0; i < n_in; ++i) {
+      if (inputs[i] && inputs[i]->defined()) {
+        present.push_back(*inputs[i]);
+        slots.push_back(i);
+      }
+    }
+    std::vector<double> cs(consts, consts + n_const);
+    variable_list out = FusedStep::apply(at::TensorList(present), slots, static_cast<int64_t>(n_in),
+                                         static_cast<int64_t>(op), cs, static_cast<int64_t>(n_out),
+                                         reinterpret_cast<int64_t>(kernel));
+    TORCH_CHECK(static_cast<int32_t>(out.size()) == n_out, "fused optimizer step: ", out.size(),
+                " outputs for ", n_out);
+    for (int32_t j = 0; j < n_out; ++j) outputs[j] = new at::Tensor(out[j]);
+    return nullptr;
+  } catch (const c10::Error& e) {
+    return copy_message(e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return copy_message(e.what());
+  } catch (...) {
+    return copy_message("fused optimizer step: unknown C++ exception");
+  }
+}
+
+void metaloop_free_message(char* msg) { std::free(msg); }
+
+// Loads a shared library by path, globally, so that a later dlopen by its soname (cudarc's
+// loader asking for libnvrtc.so.13) finds it. Returns 0 on success.
+int32_t metaloop_preload_library(const char* path) {
+  return dlopen(path, RTLD_NOW | RTLD_GLOBAL) ? 0 : 1;
+}
+
+// 1 when the shim was built with the CUDA headers and launches on libtorch's current stream;
+// 0 when it passes the legacy default stream.
+int32_t metaloop_shim_current_stream() {
+#ifdef METALOOP_CUDA_STREAM
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+}  // extern "C"

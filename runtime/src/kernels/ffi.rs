@@ -1,0 +1,58 @@
+//! The C ABI between runtime::kernels and the C++ shim (runtime/csrc/fused_step.cpp): the layout
+//! of one kernel call and the shim's entry points.
+//!
+//! It declares; it never calls anything itself. The struct mirrors `MetaloopKernelCall` field for
+//! field; a change on one side needs the same change on the other.
+
+use std::os::raw::{c_char, c_void};
+use torch_sys::C_tensor;
+
+pub(crate) const MAX_IN: usize = 16;
+pub(crate) const MAX_OUT: usize = 8;
+pub(crate) const MAX_CONST: usize = 16;
+
+/// One kernel launch, forward (`pass` 0) or backward (`pass` 1).
+#[repr(C)]
+pub(crate) struct KernelCall {
+    pub op: i32,
+    pub pass: i32,
+    /// 0: f32, 1: f64.
+    pub dtype: i32,
+    /// -1: CPU, else the CUDA device index.
+    pub device: i32,
+    /// The CUDA stream to launch on (null: the legacy default stream).
+    pub stream: *mut c_void,
+    pub numel: i64,
+    pub n_in: i32,
+    pub n_out: i32,
+    /// θ, g, the state buffers, the hyperparameter slots; null for an absent buffer or a
+    /// constant hyperparameter (its value is then `consts[slot]`).
+    pub input: [*const c_void; MAX_IN],
+    /// 1: one value per element; 0: one value for every element.
+    pub in_stride: [i64; MAX_IN],
+    /// Backward only: the gradient of each forward output.
+    pub grad_out: [*const c_void; MAX_OUT],
+    /// Forward: θ' and the new state. Backward: the gradient of each input, one value per
+    /// element (null: not needed).
+    pub out: [*mut c_void; MAX_IN],
+    pub consts: [f64; MAX_CONST],
+}
+
+/// The kernel entry point the shim calls: 0 on success, otherwise a message written into `err`.
+pub(crate) type KernelFn = unsafe extern "C" fn(*const KernelCall, *mut c_char, usize) -> i32;
+
+extern "C" {
+    pub(crate) fn metaloop_fused_step(
+        op: i32,
+        inputs: *const *const C_tensor,
+        n_in: i32,
+        consts: *const f64,
+        n_const: i32,
+        n_out: i32,
+        kernel: KernelFn,
+        outputs: *mut *mut C_tensor,
+    ) -> *mut c_char;
+    pub(crate) fn metaloop_free_message(msg: *mut c_char);
+    pub(crate) fn metaloop_shim_current_stream() -> i32;
+    pub(crate) fn metaloop_preload_library(path: *const c_char) -> i32;
+}

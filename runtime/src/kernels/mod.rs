@@ -1,0 +1,257 @@
+//! Fused optimizer kernels: one kernel per optimizer step over the flat `[P]` or `[T, P]`
+//! buffers, forward and backward, registered with libtorch's autograd so that differentiable
+//! inner steps inside the graph use them.
+//!
+//! How the pieces fit:
+//! - `runtime/csrc/fused_step.cpp` (compiled by runtime's build.rs against libtorch's headers) is a
+//!   `torch::autograd::Function`. Its forward lays out the inputs (θ, g, the state buffers, the
+//!   tensor hyperparameters; contiguous, in θ's dtype), allocates θ' and the new state, and calls
+//!   back into [`kernel_entry`] here; it saves the inputs. Its backward calls the same entry with
+//!   the output gradients and receives one per-element gradient for every input that needs one
+//!   (θ, g, each state buffer, each tensor hyperparameter: the hypergradient), which it reduces to
+//!   the hyperparameter's shape (`at::sum_to`). The backward recomputes the forward's intermediate
+//!   values from the saved inputs inside the same kernel, so nothing else is saved.
+//! - The arithmetic lives in Rust: `cpu` (loops over contiguous slices, rayon over chunks) and
+//!   `cuda` (CUDA C compiled with NVRTC at run time, cached per device, launched on the stream the
+//!   shim passes: libtorch's current stream when the shim was built with the CUDA headers, the
+//!   legacy default stream otherwise, see [`launches_on_current_stream`]).
+//! - The backward is differentiable once: enough for second-order MAML (the meta-gradient flows
+//!   through the step's backward into the gradient's own graph). Differentiating the backward
+//!   again (`create_graph` through a step) is refused with an error; build the optimizer with
+//!   `.fused(false)` for that.
+//!
+//! runtime::optim decides when to call [`fused_step`] (its tensor-op path stays the reference and
+//! the fallback). This module is the only one with unsafe code or raw pointers; it knows nothing
+//! of models, parameter names or hyperparameter names, and never prints.
+
+mod cpu;
+mod cuda;
+mod ffi;
+
+use crate::{Error, Result};
+use std::ffi::CStr;
+use std::os::raw::c_char;
+use tch::{Device, Kind, Tensor};
+
+/// The optimizer whose step a fused kernel computes. The inputs of a step are, in order, θ, g,
+/// [`StepKernel::state_slots`] state buffers, then [`StepKernel::hparam_count`] hyperparameter
+/// slots; the outputs are θ' and the new state buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StepKernel {
+    /// SGD with momentum, dampening, Nesterov and weight decay. State: momentum_buffer.
+    /// Hyperparameters: lr, momentum, dampening, weight_decay.
+    Sgd = 0,
+    /// Adam and AdamW (amsgrad included). State: exp_avg, exp_avg_sq, max_exp_avg_sq.
+    /// Hyperparameters: lr, beta1, beta2, eps, weight_decay.
+    Adam = 1,
+}
+
+impl StepKernel {
+    /// Every kernel, for tests and benchmarks.
+    pub const ALL: [StepKernel; 2] = [StepKernel::Sgd, StepKernel::Adam];
+
+    /// The name runtime::optim gives the optimizer.
+    pub fn name(self) -> &'static str {
+        match self {
+            StepKernel::Sgd => "SGD",
+            StepKernel::Adam => "Adam",
+        }
+    }
+
+    /// The number of state-buffer input slots (a slot may be absent).
+    pub fn state_slots(self) -> usize {
+        match self {
+            StepKernel::Sgd => 1,
+            StepKernel::Adam => 3,
+        }
+    }
+
+    /// The number of hyperparameter slots.
+    pub fn hparam_count(self) -> usize {
+        match self {
+            StepKernel::Sgd => 4,
+            StepKernel::Adam => 5,
+        }
+    }
+
+    /// The input slot of the first hyperparameter.
+    pub(crate) fn hparam_slot(self) -> usize {
+        2 + self.state_slots()
+    }
+
+    fn from_code(op: i32) -> Option<StepKernel> {
+        StepKernel::ALL.into_iter().find(|k| *k as i32 == op)
+    }
+}
+
+/// A hyperparameter slot of a fused step: a constant (passed as a double) or a tensor of shape
+/// `[]`/`[1]` or broadcastable to θ (`[P]`, `[T, 1]`, `[T, P]`), whose gradient is a hypergradient.
+#[derive(Debug)]
+pub enum Slot<'a> {
+    Const(f64),
+    Tensor(&'a Tensor),
+}
+
+impl<'a> From<&'a crate::optim::HValue> for Slot<'a> {
+    fn from(v: &'a crate::optim::HValue) -> Slot<'a> {
+        match v {
+            crate::optim::HValue::Const(c) => Slot::Const(*c),
+            crate::optim::HValue::Tensor(t) => Slot::Tensor(t),
+        }
+    }
+}
+
+/// True when a fused kernel can run a step on `theta`: f32 or f64, on the CPU, or on a CUDA
+/// device when this build has the CUDA kernels and NVRTC and the driver load.
+pub fn supports(theta: &Tensor) -> bool {
+    if !matches!(theta.kind(), Kind::Float | Kind::Double) {
+        return false;
+    }
+    match theta.device() {
+        Device::Cpu => true,
+        Device::Cuda(_) => cuda::available(),
+        _ => false,
+    }
+}
+
+/// True when the shim was compiled with libtorch's CUDA headers and launches CUDA kernels on
+/// libtorch's current stream; false when it launches them on the legacy default stream (which is
+/// libtorch's stream unless the caller set another one).
+pub fn launches_on_current_stream() -> bool {
+    // SAFETY: a plain C function with no arguments.
+    unsafe { ffi::metaloop_shim_current_stream() == 1 }
+}
+
+/// The CUDA C source of the kernels (compiled with NVRTC at run time).
+pub fn cuda_source() -> &'static str {
+    cuda::SOURCE
+}
+
+/// Compiles the CUDA source with NVRTC (no GPU needed, only libnvrtc) and returns the PTX's
+/// length; an error when NVRTC cannot be loaded or the source does not compile.
+pub fn compile_cuda_source() -> Result<usize> {
+    cuda::compile_check().map_err(|message| Error::Kernel {
+        optimizer: "all",
+        message,
+    })
+}
+
+/// One fused optimizer step through the autograd function. `states` has
+/// [`StepKernel::state_slots`] entries (None: absent, read as zeros where the step needs it),
+/// `hparams` [`StepKernel::hparam_count`]; `flags` are the kernel's further constants (step count,
+/// options; see runtime::optim's callers). Returns θ' and the `n_out - 1` new state buffers, each
+/// shaped like θ, tracked by autograd when any input is.
+pub fn fused_step(
+    kernel: StepKernel,
+    theta: &Tensor,
+    grad: &Tensor,
+    states: &[Option<&Tensor>],
+    hparams: &[Slot<'_>],
+    flags: &[f64],
+    n_out: usize,
+) -> Result<(Tensor, Vec<Tensor>)> {
+    let fail = |message: String| Error::Kernel {
+        optimizer: kernel.name(),
+        message,
+    };
+    if states.len() != kernel.state_slots() || hparams.len() != kernel.hparam_count() {
+        return Err(fail(format!(
+            "{} state buffers and {} hyperparameters given, {} and {} expected",
+            states.len(),
+            hparams.len(),
+            kernel.state_slots(),
+            kernel.hparam_count()
+        )));
+    }
+    let n_const = hparams.len() + flags.len();
+    if n_const > ffi::MAX_CONST || n_out == 0 || n_out > ffi::MAX_OUT {
+        return Err(fail(format!("{n_const} constants, {n_out} outputs")));
+    }
+    let mut inputs: Vec<*const torch_sys::C_tensor> = vec![theta.as_ptr(), grad.as_ptr()];
+    inputs.extend(
+        states
+            .iter()
+            .map(|s| s.map_or(std::ptr::null(), |t| t.as_ptr())),
+    );
+    let mut consts = Vec::with_capacity(n_const);
+    for h in hparams {
+        match h {
+            Slot::Const(c) => {
+                inputs.push(std::ptr::null());
+                consts.push(*c);
+            }
+            Slot::Tensor(t) => {
+                inputs.push(t.as_ptr());
+                consts.push(f64::NAN);
+            }
+        }
+    }
+    consts.extend_from_slice(flags);
+    let mut outputs: Vec<*mut torch_sys::C_tensor> = vec![std::ptr::null_mut(); n_out];
+    // SAFETY: every input pointer is null or a live tensor borrowed for this call; the shim copies
+    // the tensors it keeps (autograd holds its own references), writes `n_out` owned tensor
+    // pointers into `outputs` on success and returns an owned message on failure.
+    let message = unsafe {
+        ffi::metaloop_fused_step(
+            kernel as i32,
+            inputs.as_ptr(),
+            inputs.len() as i32,
+            consts.as_ptr(),
+            consts.len() as i32,
+            n_out as i32,
+            kernel_entry,
+            outputs.as_mut_ptr(),
+        )
+    };
+    if !message.is_null() {
+        // SAFETY: a NUL-terminated string the shim allocated; freed once, here.
+        let text = unsafe { CStr::from_ptr(message) }
+            .to_string_lossy()
+            .into_owned();
+        unsafe { ffi::metaloop_free_message(message) };
+        return Err(fail(text));
+    }
+    // SAFETY: each pointer is a fresh heap `at::Tensor` owned by us from now on (tch frees it).
+    let mut outputs = outputs.into_iter().map(|p| unsafe { Tensor::from_ptr(p) });
+    let theta = outputs
+        .next()
+        .ok_or_else(|| fail("the shim returned no θ'".to_string()))?;
+    Ok((theta, outputs.collect()))
+}
+
+/// The kernel function the shim calls, forward and backward, CPU and CUDA. Panics are caught
+/// (they must not unwind into C++) and reported as errors.
+unsafe extern "C" fn kernel_entry(
+    call: *const ffi::KernelCall,
+    err: *mut c_char,
+    len: usize,
+) -> i32 {
+    let result = std::panic::catch_unwind(|| {
+        // SAFETY: the shim passes a valid call for the duration of this function.
+        let call = unsafe { &*call };
+        let kernel =
+            StepKernel::from_code(call.op).ok_or_else(|| format!("unknown op {}", call.op))?;
+        if call.device < 0 {
+            // SAFETY: pointers laid out by the shim (see cpu::run).
+            unsafe { cpu::run(kernel, call) }
+        } else {
+            // SAFETY: device pointers laid out by the shim (see cuda::run).
+            unsafe { cuda::run(kernel, call) }
+        }
+    });
+    let message = match result {
+        Ok(Ok(())) => return 0,
+        Ok(Err(m)) => m,
+        Err(_) => "the kernel panicked".to_string(),
+    };
+    if !err.is_null() && len > 0 {
+        let bytes = message.as_bytes();
+        let n = bytes.len().min(len - 1);
+        // SAFETY: `err` has room for `len` bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), err.cast::<u8>(), n);
+            *err.add(n) = 0;
+        }
+    }
+    1
+}
