@@ -187,8 +187,8 @@ pub fn run(w: &Workload, iters: usize, warmup: usize, device: Device) -> Result<
             tch::no_grad(|| outer.update(theta.flat(), &g, &outer_state, &outer_hp))?;
         tch::no_grad(|| theta.flat().shallow_clone().f_copy_(&next))?;
         outer_state = state;
-        if let Device::Cuda(_) = device {
-            tch::Cuda::synchronize(device.index() as i64);
+        if let Device::Cuda(index) = device {
+            tch::Cuda::synchronize(index as i64);
         }
         if i >= warmup {
             times.push(started.elapsed().as_secs_f64());
@@ -209,7 +209,8 @@ pub fn run(w: &Workload, iters: usize, warmup: usize, device: Device) -> Result<
         threads: tch::get_num_threads(),
         device: match device {
             Device::Cpu => "cpu".into(),
-            d => format!("cuda:{}", d.index()),
+            Device::Cuda(index) => format!("cuda:{index}"),
+            other => format!("{other:?}"),
         },
     })
 }
