@@ -85,7 +85,23 @@ struct Slots<T> {
     consts: [f64; super::ffi::MAX_CONST],
     /// The input slot of the first hyperparameter.
     hp0: usize,
+    /// True when every hyperparameter is one value for all elements (a constant or a one-element
+    /// tensor): then `hv` holds them and `derived` what the step derives from them, computed once
+    /// per call instead of once per element.
+    uniform: bool,
+    hv: [T; 8],
+    derived: [T; 6],
+    derived_ready: bool,
 }
+
+impl<T: Copy> Clone for Slots<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+// Each chunk works on its own copy, which the compiler keeps in registers (the shared one's
+// address escapes to the thread pool, so its fields would be reloaded after every store).
+impl<T: Copy> Copy for Slots<T> {}
 
 // SAFETY: the pointers are only dereferenced at indices below `numel` during one call; every
 // element index is written by exactly one task (chunks are disjoint).
@@ -101,6 +117,10 @@ impl<T: Real> Slots<T> {
             grad_out: [std::ptr::null(); MAX_OUT],
             consts: call.consts,
             hp0,
+            uniform: false,
+            hv: [T::of(0.0); 8],
+            derived: [T::of(0.0); 6],
+            derived_ready: false,
         };
         for k in 0..MAX_IN {
             s.input[k] = call.input[k] as *const T;
@@ -111,6 +131,23 @@ impl<T: Real> Slots<T> {
             s.grad_out[j] = call.grad_out[j] as *const T;
         }
         s
+    }
+
+    /// Reads the hyperparameters once when every one is uniform (see `uniform`).
+    fn prepare_uniform(&mut self, n_hparams: usize) {
+        let slots = self.hp0..(self.hp0 + n_hparams).min(MAX_IN);
+        if n_hparams > self.hv.len()
+            || slots
+                .clone()
+                .any(|k| !self.input[k].is_null() && self.stride[k] != 0)
+        {
+            return;
+        }
+        for k in 0..n_hparams {
+            // SAFETY: element 0 exists for a constant (none read) and for a one-element tensor.
+            self.hv[k] = unsafe { self.h(k, 0) };
+        }
+        self.uniform = true;
     }
 
     /// Input `k` at element `i`.
@@ -133,6 +170,9 @@ impl<T: Real> Slots<T> {
     /// Hyperparameter `k` at element `i`: its tensor, or its constant.
     #[inline(always)]
     unsafe fn h(&self, k: usize, i: usize) -> T {
+        if self.uniform {
+            return self.hv[k];
+        }
         let slot = self.hp0 + k;
         if self.input[slot].is_null() {
             T::of(self.consts[k])
@@ -147,6 +187,9 @@ impl<T: Real> Slots<T> {
     #[inline(always)]
     unsafe fn hf(&self, k: usize, i: usize, c: impl Fn(f64) -> f64, t: impl Fn(T) -> T) -> T {
         let slot = self.hp0 + k;
+        if self.uniform && !self.input[slot].is_null() {
+            return t(self.hv[k]);
+        }
         if self.input[slot].is_null() {
             T::of(c(self.consts[k]))
         } else {
@@ -185,15 +228,21 @@ impl<T: Real> Slots<T> {
     }
 }
 
-/// Runs `f` on every element index below `n`, in parallel chunks when `n` is large.
-fn for_each<F: Fn(usize) + Sync + Send>(n: usize, f: F) {
+/// Runs `f(slots, i)` on every element index below `n`, in parallel chunks when `n` is large;
+/// each chunk on its own copy of `slots`.
+fn for_each<T: Real, F: Fn(&Slots<T>, usize) + Sync + Send>(slots: &Slots<T>, n: usize, f: F) {
+    let chunk = |range: std::ops::Range<usize>| {
+        let local = *slots;
+        for i in range {
+            f(&local, i);
+        }
+    };
     if n < PARALLEL_MIN {
-        (0..n).for_each(f);
+        chunk(0..n);
     } else {
-        (0..n.div_ceil(CHUNK)).into_par_iter().for_each(|c| {
-            let end = ((c + 1) * CHUNK).min(n);
-            (c * CHUNK..end).for_each(&f);
-        });
+        (0..n.div_ceil(CHUNK))
+            .into_par_iter()
+            .for_each(|c| chunk(c * CHUNK..((c + 1) * CHUNK).min(n)));
     }
 }
 
@@ -223,14 +272,20 @@ pub(crate) unsafe fn run(kernel: StepKernel, call: &KernelCall) -> Result<(), St
 
 unsafe fn run_typed<T: Real>(kernel: StepKernel, call: &KernelCall) -> Result<(), String> {
     let n = usize::try_from(call.numel).map_err(|_| format!("numel {}", call.numel))?;
-    let s = Slots::<T>::new(call, kernel.hparam_slot());
+    let mut s = Slots::<T>::new(call, kernel.hparam_slot());
+    s.prepare_uniform(kernel.hparam_count());
+    if s.uniform && kernel == StepKernel::Adam {
+        // SAFETY: uniform hyperparameters are read from `hv`; no element is touched.
+        s.derived = unsafe { adam_derived(&s, 0) };
+        s.derived_ready = true;
+    }
     let backward = call.pass == 1;
     // SAFETY (all arms): indices stay below n; see `run`.
     match (kernel, backward) {
-        (StepKernel::Sgd, false) => for_each(n, |i| unsafe { sgd_forward(&s, i) }),
-        (StepKernel::Sgd, true) => for_each(n, |i| unsafe { sgd_backward(&s, i) }),
-        (StepKernel::Adam, false) => for_each(n, |i| unsafe { adam_forward(&s, i) }),
-        (StepKernel::Adam, true) => for_each(n, |i| unsafe { adam_backward(&s, i) }),
+        (StepKernel::Sgd, false) => for_each(&s, n, |s, i| unsafe { sgd_forward(s, i) }),
+        (StepKernel::Sgd, true) => for_each(&s, n, |s, i| unsafe { sgd_backward(s, i) }),
+        (StepKernel::Adam, false) => for_each(&s, n, |s, i| unsafe { adam_forward(s, i) }),
+        (StepKernel::Adam, true) => for_each(&s, n, |s, i| unsafe { adam_backward(s, i) }),
     }
     Ok(())
 }
@@ -357,6 +412,9 @@ unsafe fn sgd_backward<T: Real>(s: &Slots<T>, i: usize) {
 /// tensor-op path computes them.
 #[inline(always)]
 unsafe fn adam_derived<T: Real>(s: &Slots<T>, i: usize) -> [T; 6] {
+    if s.derived_ready {
+        return s.derived;
+    }
     unsafe {
         let one = T::of(1.0);
         let t64 = s.consts[5];
