@@ -4,6 +4,7 @@
 //! optimizer steps, and exchanges meta-gradients between ranks (`comm`). It knows nothing of
 //! datasets, configs, files of a run or the command line; it never prints.
 
+pub mod adjoint;
 pub mod comm;
 mod error;
 mod inner;
