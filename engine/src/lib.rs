@@ -3,10 +3,12 @@
 //! It builds on the runtime's InnerLoop and never parses command-line arguments or prints to
 //! the terminal: the launcher does both.
 
+pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod demo;
 mod error;
+pub mod rundir;
 pub mod train;
 
 pub use error::{Error, Result};

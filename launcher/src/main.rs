@@ -1,11 +1,23 @@
 //! `metaloop`: the command researchers run. Parses arguments, shows progress, prints reports.
 //! The work itself is the engine's.
+//!
+//! Exit codes: 0 success; 2 bad input (one line on stderr naming the file or key and what was
+//! expected, and nothing written); 1 any other failure.
+
+mod config;
+mod plot;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
-use metaloop_engine::demo::{self, DemoConfig};
-use std::process::ExitCode;
+
+use crate::config::BadInput;
+
+/// The demo's config, embedded so that `metaloop demo` runs from anywhere.
+const DEMO_CONFIG: &str = include_str!("../../configs/sinusoid.toml");
 
 #[derive(Parser)]
 #[command(
@@ -20,21 +32,62 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// A first meta-training on CPU: second-order MAML on sinusoid regression (MAML paper values).
+    /// Meta-trains a config into <run.out_dir>/<run.name>/.
+    Train {
+        /// The TOML config (see configs/).
+        #[arg(long)]
+        config: PathBuf,
+        /// Overrides a config value: dotted key = TOML value (outer.iterations=50, run.name="x").
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Continues the run directory from its latest checkpoint.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Meta-tests a checkpoint (a ckpt-*.json / .safetensors file, or a run directory: its latest).
+    Eval {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Meta-test tasks (default: the run's eval.test_tasks).
+        #[arg(long)]
+        tasks: Option<usize>,
+    },
+    /// Writes PNG learning curves of a run into RUN_DIR/plots/.
+    Plot { run_dir: PathBuf },
+    /// A first meta-training on CPU: second-order MAML on sinusoid regression (configs/sinusoid.toml,
+    /// the MAML paper's values) into runs/sinusoid-demo*/.
     Demo {
-        /// Outer iterations (meta-batches of 25 tasks).
-        #[arg(long, default_value_t = DemoConfig::default().iterations)]
-        iterations: u64,
-        /// Seed of initialisation and task sampling.
-        #[arg(long, default_value_t = 0)]
-        seed: i64,
+        /// Outer iterations (meta-batches of 25 tasks); default: the embedded config's.
+        #[arg(long)]
+        iterations: Option<u64>,
+        /// Seed of initialisation and task sampling; default: the embedded config's.
+        #[arg(long)]
+        seed: Option<u64>,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    if std::env::var_os("RUST_LOG").is_some() {
+        // Phase spans (sample, inner_loop, meta_gradient, outer_step, validate, checkpoint,
+        // meta_test) with their times when they close.
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<BadInput>().is_some() => {
+            eprintln!(
+                "metaloop: {}",
+                e.downcast_ref::<BadInput>()
+                    .map(|b| b.0.as_str())
+                    .unwrap_or_default()
+            );
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("metaloop: {e:#}");
             ExitCode::FAILURE
@@ -42,49 +95,63 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
-    match cli.command {
-        Command::Demo { iterations, seed } => run_demo(DemoConfig {
-            iterations,
-            seed,
-            ..DemoConfig::default()
-        }),
+fn dispatch(command: Command) -> Result<()> {
+    match command {
+        Command::Train {
+            config,
+            sets,
+            resume,
+        } => {
+            let cfg = config::load(&config, &sets)?;
+            let done = run::train(&cfg, resume)?;
+            run::print_finished(&done);
+            Ok(())
+        }
+        Command::Eval { checkpoint, tasks } => {
+            let (path, report) = run::eval(&checkpoint, tasks)?;
+            println!("checkpoint: {}", path.display());
+            println!("meta-test: {}", run::summary(&report));
+            Ok(())
+        }
+        Command::Plot { run_dir } => {
+            for p in plot::write(&run_dir)? {
+                println!("{}", p.display());
+            }
+            Ok(())
+        }
+        Command::Demo { iterations, seed } => demo(iterations, seed),
     }
 }
 
-fn run_demo(cfg: DemoConfig) -> Result<()> {
+/// `metaloop demo`: trains the embedded sinusoid config into the first free
+/// `runs/sinusoid-demo[-N]`.
+fn demo(iterations: Option<u64>, seed: Option<u64>) -> Result<()> {
+    let mut sets = Vec::new();
+    if let Some(n) = iterations {
+        sets.push(format!("outer.iterations={n}"));
+    }
+    if let Some(s) = seed {
+        sets.push(format!("run.seed={s}"));
+    }
+    let mut cfg = config::resolve("configs/sinusoid.toml (embedded)", DEMO_CONFIG, &sets)?;
+    let base = format!("{}-demo", cfg.run.name);
+    cfg.run.name = base.clone();
+    let mut n = 2;
+    while run::run_root(&cfg).exists() {
+        cfg.run.name = format!("{base}-{n}");
+        n += 1;
+    }
     println!(
-        "MAML (second order) on sinusoid regression: MLP 1-40-40-1, K={} shots, 1 inner step of lr {}, meta-batch {}, {} iterations, CPU",
-        cfg.shots, cfg.inner_lr, cfg.meta_batch, cfg.iterations
+        "MAML (second order) on sinusoid regression: MLP 1-{}-1, K={} shots, {} inner step of lr {}, meta-batch {}, {} iterations, {}",
+        cfg.model.hidden.iter().map(|h| h.to_string()).collect::<Vec<_>>().join("-"),
+        cfg.task.shots,
+        cfg.algorithm.inner_steps,
+        cfg.algorithm.inner_lr,
+        cfg.outer.meta_batch,
+        cfg.outer.iterations,
+        cfg.run.device
     );
-    let bar = ProgressBar::new(cfg.iterations);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} iterations  {msg}  [{elapsed_precise} < {eta_precise}]",
-        )
-        .expect("a valid progress template"),
-    );
-    let tasks_per_iteration = cfg.meta_batch as f64;
-    let started = std::time::Instant::now();
-    let report = demo::run(&cfg, |it, loss| {
-        bar.set_position(it);
-        if it % 20 == 0 {
-            let tasks_per_s = it as f64 * tasks_per_iteration / started.elapsed().as_secs_f64();
-            bar.set_message(format!("meta-loss {loss:.4}  {tasks_per_s:.0} tasks/s"));
-        }
-    })?;
-    bar.finish();
-    println!(
-        "final meta-loss (query MSE after adaptation, last meta-batch): {:.4}",
-        report.final_meta_loss
-    );
-    println!(
-        "meta-test over {} new tasks: MSE before adaptation {:.3} ± {:.3}, after 1 step {:.3} ± {:.3} (mean ± 95% CI)",
-        cfg.test_tasks,
-        report.pre_adaptation_mse.mean,
-        report.pre_adaptation_mse.ci95,
-        report.post_adaptation_mse.mean,
-        report.post_adaptation_mse.ci95
-    );
+    let done = run::train(&cfg, false)?;
+    run::print_finished(&done);
     Ok(())
 }

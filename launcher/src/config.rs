@@ -1,0 +1,388 @@
+//! Reading a TOML config, applying `--set key=value` overrides, and turning every mistake into
+//! one line that names the file or `--set`, the dotted key, and what was expected.
+//!
+//! This module reads the config file and nothing else; it never writes.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::Path;
+
+use metaloop_engine::config::TrainConfig;
+use toml::{Table, Value};
+
+/// Bad input from the user: a one-line message; the command exits with code 2 and writes nothing.
+#[derive(Debug)]
+pub struct BadInput(pub String);
+
+impl fmt::Display for BadInput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadInput {}
+
+/// Shorthand for a [`BadInput`] wrapped in `anyhow`.
+pub fn bad(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(BadInput(message.into().replace('\n', " ")))
+}
+
+/// Reads `path`, applies `sets` and validates: the config a run uses.
+pub fn load(path: &Path, sets: &[String]) -> anyhow::Result<TrainConfig> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| bad(format!("{}: {}", path.display(), io_words(&e))))?;
+    resolve(&path.display().to_string(), &text, sets)
+}
+
+/// "no such file" and friends, without the OS error number.
+pub fn io_words(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// Parses `text` (from `origin`, a file name used in messages), applies `sets` and validates.
+pub fn resolve(origin: &str, text: &str, sets: &[String]) -> anyhow::Result<TrainConfig> {
+    let mut table: Table = text.parse().map_err(|e: toml::de::Error| {
+        let at = e
+            .span()
+            .map(|s| line_col(text, s.start))
+            .map(|(l, c)| format!("line {l}, column {c}: "))
+            .unwrap_or_default();
+        bad(format!("{origin}: {at}{}", e.message().trim()))
+    })?;
+    let mut from_set = HashSet::new();
+    for s in sets {
+        let (key, value) = apply_set(&mut table, s)?;
+        from_set.insert(key.clone());
+        // `--set outer={...}` sets every key under it.
+        let mut under = Vec::new();
+        leaves(&value, &key, &mut under);
+        from_set.extend(under.into_iter().map(|(k, _)| k));
+    }
+    let origin_of = |key: &str| -> String {
+        if from_set
+            .iter()
+            .any(|k| key == k || key.starts_with(&format!("{k}.")))
+        {
+            "--set".to_string()
+        } else {
+            origin.to_string()
+        }
+    };
+    // Each leaf alone, so that an error names its key (serde's messages do not).
+    let mut all = Vec::new();
+    leaves(&Value::Table(table.clone()), "", &mut all);
+    for (key, value) in &all {
+        let path: Vec<&str> = key.split('.').collect();
+        if let Err(e) = nested(&path, value.clone()).try_into::<TrainConfig>() {
+            let message = e.message().trim().to_string();
+            if let Some(field) = unknown_field(&message) {
+                let unknown = unknown_prefix(&path, field);
+                let expected = expected_fields(&message);
+                return Err(bad(format!(
+                    "{}: unknown key `{unknown}` (expected {expected})",
+                    origin_of(&unknown)
+                )));
+            }
+            return Err(bad(format!("{}: {key}: {message}", origin_of(key))));
+        }
+    }
+    let cfg: TrainConfig = Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| bad(format!("{origin}: {}", e.message().trim())))?;
+    cfg.validate()
+        .map_err(|e| bad(format!("{}: {e}", origin_of(&e.key))))?;
+    Ok(cfg)
+}
+
+/// The resolved config as TOML, for the run directory's `config.toml`.
+pub fn to_toml(cfg: &TrainConfig) -> anyhow::Result<String> {
+    let body = toml::to_string(cfg)?;
+    Ok(format!(
+        "# The resolved config of this run (file + --set overrides), written by `metaloop train`.\n\
+         # `metaloop eval` and `metaloop train --resume` read it back.\n\n{body}"
+    ))
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
+    (line, col)
+}
+
+/// Applies one `key=value` to `table`; returns the dotted key and the value set.
+fn apply_set(table: &mut Table, s: &str) -> anyhow::Result<(String, Value)> {
+    let Some((key, raw)) = s.split_once('=') else {
+        return Err(bad(format!(
+            "--set {s}: expected key=value (e.g. outer.iterations=50)"
+        )));
+    };
+    let key = key.trim();
+    let path: Vec<&str> = key.split('.').collect();
+    if path.iter().any(|p| p.is_empty() || p.trim() != *p) {
+        return Err(bad(format!(
+            "--set {s}: `{key}` is not a dotted key (e.g. outer.iterations)"
+        )));
+    }
+    // A TOML value (50, 1e-3, true, [40, 40], "x"); anything else is taken as a plain string.
+    let raw = raw.trim();
+    let value = format!("v = {raw}")
+        .parse::<Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| Value::String(raw.to_string()));
+    let mut at = table;
+    for (i, part) in path[..path.len() - 1].iter().enumerate() {
+        let entry = at
+            .entry(part.to_string())
+            .or_insert_with(|| Value::Table(Table::new()));
+        at = match entry {
+            Value::Table(t) => t,
+            _ => {
+                return Err(bad(format!(
+                    "--set {s}: `{}` is a value, not a table",
+                    path[..=i].join(".")
+                )))
+            }
+        };
+    }
+    at.insert(path[path.len() - 1].to_string(), value.clone());
+    Ok((key.to_string(), value))
+}
+
+/// Every non-table value under `value`, with its dotted key. An empty table counts as a leaf.
+fn leaves(value: &Value, prefix: &str, out: &mut Vec<(String, Value)>) {
+    match value {
+        Value::Table(t) if !t.is_empty() => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                leaves(v, &key, out);
+            }
+        }
+        _ if prefix.is_empty() => {}
+        _ => out.push((prefix.to_string(), value.clone())),
+    }
+}
+
+/// `{a = {b = value}}` for the path `a.b`.
+fn nested(path: &[&str], value: Value) -> Value {
+    path.iter().rev().fold(value, |inner, part| {
+        let mut t = Table::new();
+        t.insert(part.to_string(), inner);
+        Value::Table(t)
+    })
+}
+
+/// The field of serde's "unknown field `x`, expected ..." message.
+fn unknown_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split('`').next()
+}
+
+/// The shortest prefix of `path` that the config does not know (the unknown key itself).
+fn unknown_prefix(path: &[&str], field: &str) -> String {
+    for k in 1..=path.len() {
+        if path[k - 1] != field {
+            continue;
+        }
+        let probe = nested(&path[..k], Value::Table(Table::new()));
+        if let Err(e) = probe.try_into::<TrainConfig>() {
+            if unknown_field(e.message()).is_some() {
+                return path[..k].join(".");
+            }
+        }
+    }
+    path.join(".")
+}
+
+/// "one of a, b, c" from serde's "..., expected one of `a`, `b`, `c`".
+fn expected_fields(message: &str) -> String {
+    match message.split_once(", expected ") {
+        Some((_, list)) => list.replace('`', ""),
+        None => "no other key here".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str, sets: &[&str]) -> String {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        resolve("c.toml", text, &sets).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn an_unknown_key_names_its_dotted_path_and_the_allowed_keys() {
+        let e = err("[outer]\nlrr = 0.1\n", &[]);
+        assert!(e.starts_with("c.toml: unknown key `outer.lrr` (expected one of optimizer, lr, meta_batch, iterations"), "{e}");
+        assert!(e.ends_with(')') && e.matches('`').count() == 2, "{e}");
+        assert!(err("[outerr]\nlr = 0.1\n", &[])
+            .starts_with("c.toml: unknown key `outerr` (expected one of run, task,"));
+        assert!(err("", &["run.run=1"])
+            .starts_with("--set: unknown key `run.run` (expected one of name,"));
+    }
+
+    #[test]
+    fn a_wrong_type_or_range_names_the_key() {
+        let e = err("[outer]\niterations = \"many\"\n", &[]);
+        assert!(
+            e.starts_with("c.toml: outer.iterations: invalid type: string \"many\""),
+            "{e}"
+        );
+        assert_eq!(
+            err("[algorithm]\ninner_lr = -1\n", &[]),
+            "c.toml: algorithm.inner_lr: must be a finite number > 0, got -1"
+        );
+        assert_eq!(
+            err("", &["algorithm.inner_lr=-1"]),
+            "--set: algorithm.inner_lr: must be a finite number > 0, got -1"
+        );
+    }
+
+    #[test]
+    fn a_syntax_error_gives_line_and_column_on_one_line() {
+        let e = err("[outer]\nlr = = 1\n", &[]);
+        assert!(e.starts_with("c.toml: line 2, column "), "{e}");
+        assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn sets_parse_toml_values_and_plain_strings() {
+        let sets: Vec<String> = [
+            "outer.iterations=50",
+            "run.name=\"x\"",
+            "run.out_dir=somewhere",
+            "model.hidden=[8, 8]",
+            "algorithm.learn_lr=true",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let cfg = resolve("c.toml", "[outer]\niterations = 7\n", &sets).unwrap();
+        assert_eq!(cfg.outer.iterations, 50);
+        assert_eq!(cfg.run.name, "x");
+        assert_eq!(cfg.run.out_dir, "somewhere");
+        assert_eq!(cfg.model.hidden, vec![8, 8]);
+        assert!(cfg.algorithm.learn_lr);
+        assert!(err("", &["outer.iterations"])
+            .starts_with("--set outer.iterations: expected key=value"));
+        assert!(err("[outer]\nlr = 0.1\n", &["outer.lr.x=1"])
+            .contains("`outer.lr` is a value, not a table"));
+    }
+
+    #[test]
+    fn every_committed_config_parses_and_validates() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let cfg = load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                // Each config names its own run.
+                assert_eq!(path.file_stem().unwrap().to_str().unwrap(), cfg.run.name);
+                names.push(cfg.run.name);
+            }
+        }
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "miniimagenet_5way_1shot",
+                "miniimagenet_5way_5shot",
+                "omniglot_20way_1shot",
+                "omniglot_20way_5shot",
+                "omniglot_5way_1shot",
+                "omniglot_5way_5shot",
+                "sinusoid"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_configs_carry_the_maml_papers_values() {
+        let get = |name: &str| {
+            load(
+                &Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../configs")
+                    .join(name),
+                &[],
+            )
+            .unwrap()
+        };
+        let s = get("sinusoid.toml");
+        assert_eq!(
+            (
+                s.task.shots,
+                s.algorithm.inner_steps,
+                s.algorithm.inner_lr,
+                s.outer.meta_batch
+            ),
+            (10, 1, 0.01, 25)
+        );
+        assert_eq!(s.model.hidden, vec![40, 40]);
+        for (name, ways, shots, steps, lr, test_steps, batch) in [
+            ("omniglot_5way_1shot.toml", 5, 1, 1, 0.4, 3, 32),
+            ("omniglot_5way_5shot.toml", 5, 5, 1, 0.4, 3, 32),
+            ("omniglot_20way_1shot.toml", 20, 1, 5, 0.1, 5, 16),
+            ("omniglot_20way_5shot.toml", 20, 5, 5, 0.1, 5, 16),
+            ("miniimagenet_5way_1shot.toml", 5, 1, 5, 0.01, 10, 4),
+            ("miniimagenet_5way_5shot.toml", 5, 5, 5, 0.01, 10, 2),
+        ] {
+            let c = get(name);
+            assert_eq!(
+                (
+                    c.task.ways,
+                    c.task.shots,
+                    c.algorithm.inner_steps,
+                    c.algorithm.inner_lr,
+                    c.eval_inner_steps(),
+                    c.outer.meta_batch
+                ),
+                (ways, shots, steps, lr, test_steps, batch),
+                "{name}"
+            );
+            assert_eq!(
+                (c.outer.iterations, c.outer.lr, c.eval.test_tasks),
+                (60000, 1e-3, 600),
+                "{name}"
+            );
+            let (filters, size) = if name.starts_with("omniglot") {
+                (64, 28)
+            } else {
+                (32, 84)
+            };
+            assert_eq!(
+                (c.model.filters, c.task.image_size),
+                (filters, size),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_resolved_toml_reads_back_to_the_same_config() {
+        let mut cfg = TrainConfig::default();
+        cfg.task.val_root = Some("v".into());
+        cfg.outer.lr = 3e-4;
+        let text = to_toml(&cfg).unwrap();
+        assert_eq!(resolve("r.toml", &text, &[]).unwrap(), cfg);
+        let plain = to_toml(&TrainConfig::default()).unwrap();
+        assert_eq!(
+            resolve("r.toml", &plain, &[]).unwrap(),
+            TrainConfig::default()
+        );
+    }
+}

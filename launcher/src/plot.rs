@@ -1,0 +1,284 @@
+//! `metaloop plot`: PNG learning curves from a run's `metrics.jsonl`, drawn with plotters.
+//!
+//! One figure, `plots/learning_curves.png`, with a panel per available series: the meta-loss
+//! (training query loss after adaptation) with validation before/after adaptation, the query
+//! accuracy (classification), and the learned inner hyperparameters. Text is drawn with the
+//! DejaVu Sans font embedded in the binary, so no system font is needed. Reads metrics, writes
+//! PNGs, prints nothing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+use anyhow::{Context, Result};
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+use serde::Deserialize;
+
+use crate::config::bad;
+
+/// DejaVu Sans (Bitstream Vera license, see launcher/assets/DejaVuSans-LICENSE.txt).
+static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+
+#[derive(Deserialize)]
+struct MeanCi {
+    mean: f64,
+}
+
+#[derive(Deserialize)]
+struct Val {
+    metric: String,
+    loss_before: MeanCi,
+    loss_after: MeanCi,
+    accuracy_after: Option<MeanCi>,
+}
+
+#[derive(Deserialize)]
+struct Line {
+    iteration: u64,
+    meta_loss: f64,
+    query_accuracy: Option<f64>,
+    #[serde(default)]
+    hparams: BTreeMap<String, f64>,
+    val: Option<Val>,
+}
+
+type Series = Vec<(f64, f64)>;
+
+struct Panel {
+    title: String,
+    y_label: String,
+    log_y: bool,
+    series: Vec<(String, Series)>,
+}
+
+fn register_font() -> Result<()> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        result = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
+            .map_err(|_| anyhow::anyhow!("the embedded DejaVu Sans font cannot be read"));
+    });
+    result
+}
+
+/// Reads `run_dir/metrics.jsonl` and writes the learning curves under `run_dir/plots/`.
+/// Returns the paths of the PNG files written.
+pub fn write(run_dir: &Path) -> Result<Vec<PathBuf>> {
+    let metrics = run_dir.join(metaloop_engine::rundir::METRICS);
+    let text = std::fs::read_to_string(&metrics).map_err(|e| {
+        bad(format!(
+            "{}: {}",
+            metrics.display(),
+            crate::config::io_words(&e)
+        ))
+    })?;
+    let mut lines = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        if raw.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Line>(raw) {
+            Ok(l) => lines.push(l),
+            // A torn last line (a killed run) is skipped; anything else is an error.
+            Err(_) if i + 1 == text.lines().count() => {}
+            Err(e) => return Err(bad(format!("{} line {}: {e}", metrics.display(), i + 1))),
+        }
+    }
+    if lines.is_empty() {
+        return Err(bad(format!("{}: no metrics logged yet", metrics.display())));
+    }
+    let panels = panels(&lines);
+    let dir = run_dir.join(metaloop_engine::rundir::PLOTS);
+    std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
+    let path = dir.join("learning_curves.png");
+    draw(&path, &panels).with_context(|| format!("{}: cannot draw the plot", path.display()))?;
+    Ok(vec![path])
+}
+
+fn panels(lines: &[Line]) -> Vec<Panel> {
+    let x = |l: &Line| l.iteration as f64;
+    let regression = lines.iter().all(|l| l.query_accuracy.is_none());
+    let loss_name = if regression { "MSE" } else { "cross-entropy" };
+    let mut loss = Panel {
+        title: "Meta-loss (query loss after adaptation)".into(),
+        y_label: loss_name.into(),
+        log_y: lines.iter().all(|l| l.meta_loss > 0.0),
+        series: vec![(
+            "train meta-batch".into(),
+            lines.iter().map(|l| (x(l), l.meta_loss)).collect(),
+        )],
+    };
+    let vals: Vec<(&Line, &Val)> = lines
+        .iter()
+        .filter_map(|l| l.val.as_ref().map(|v| (l, v)))
+        .collect();
+    if !vals.is_empty() {
+        loss.log_y &= vals
+            .iter()
+            .all(|(_, v)| v.loss_before.mean > 0.0 && v.loss_after.mean > 0.0);
+        loss.series.push((
+            "validation, before adaptation".into(),
+            vals.iter()
+                .map(|(l, v)| (x(l), v.loss_before.mean))
+                .collect(),
+        ));
+        loss.series.push((
+            "validation, after adaptation".into(),
+            vals.iter()
+                .map(|(l, v)| (x(l), v.loss_after.mean))
+                .collect(),
+        ));
+    }
+    let mut out = vec![loss];
+    if !regression {
+        let mut acc = Panel {
+            title: "Query accuracy after adaptation".into(),
+            y_label: "accuracy".into(),
+            log_y: false,
+            series: vec![(
+                "train meta-batch".into(),
+                lines
+                    .iter()
+                    .filter_map(|l| l.query_accuracy.map(|a| (x(l), a)))
+                    .collect(),
+            )],
+        };
+        let val_acc: Series = vals
+            .iter()
+            .filter(|(_, v)| v.metric == "accuracy")
+            .filter_map(|(l, v)| v.accuracy_after.as_ref().map(|a| (x(l), a.mean)))
+            .collect();
+        if !val_acc.is_empty() {
+            acc.series.push(("validation".into(), val_acc));
+        }
+        out.push(acc);
+    }
+    let mut names: Vec<&String> = lines.iter().flat_map(|l| l.hparams.keys()).collect();
+    names.sort();
+    names.dedup();
+    if !names.is_empty() {
+        out.push(Panel {
+            title: "Learned inner hyperparameters (mean)".into(),
+            y_label: "value".into(),
+            log_y: false,
+            series: names
+                .iter()
+                .map(|n| {
+                    (
+                        (*n).clone(),
+                        lines
+                            .iter()
+                            .filter_map(|l| l.hparams.get(*n).map(|v| (x(l), *v)))
+                            .collect(),
+                    )
+                })
+                .collect(),
+        });
+    }
+    out
+}
+
+fn range(series: &[(String, Series)], log: bool) -> ((f64, f64), (f64, f64)) {
+    let pts = series
+        .iter()
+        .flat_map(|(_, s)| s.iter())
+        .filter(|(_, y)| y.is_finite());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in pts {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if x0 > x1 {
+        return ((0.0, 1.0), (0.0, 1.0));
+    }
+    if x1 <= x0 {
+        x1 = x0 + 1.0;
+    }
+    if log {
+        ((x0, x1), (y0 / 1.1, y1 * 1.1))
+    } else {
+        let pad = ((y1 - y0) * 0.05).max(1e-9 + y1.abs() * 1e-3);
+        ((x0, x1), (y0 - pad, y1 + pad))
+    }
+}
+
+/// An axis label with about three significant digits.
+fn tick(y: f64) -> String {
+    let a = y.abs();
+    if a == 0.0 {
+        "0".into()
+    } else if !(1e-3..1000.0).contains(&a) {
+        format!("{y:.2e}")
+    } else if a >= 100.0 {
+        format!("{y:.0}")
+    } else if a >= 10.0 {
+        format!("{y:.1}")
+    } else if a >= 1.0 {
+        format!("{y:.2}")
+    } else {
+        format!("{y:.3}")
+    }
+}
+
+fn draw(path: &Path, panels: &[Panel]) -> Result<()> {
+    register_font()?;
+    let height = 360 * panels.len() as u32;
+    let root = BitMapBackend::new(path, (960, height)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let areas = root.split_evenly((panels.len(), 1));
+    for (panel, area) in panels.iter().zip(areas) {
+        // A log axis only when the values span more than a decade: plotters labels a log axis
+        // at powers of ten, which a narrower range would leave without labels.
+        let ((_, _), (ly0, ly1)) = range(&panel.series, false);
+        let log_y = panel.log_y && ly0 > 0.0 && ly1 / ly0 > 10.0;
+        let ((x0, x1), (y0, y1)) = range(&panel.series, log_y);
+        let mut builder = ChartBuilder::on(&area);
+        builder
+            .caption(&panel.title, ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70);
+        let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+        macro_rules! plot_on {
+            ($chart:expr) => {{
+                let mut chart = $chart;
+                chart
+                    .configure_mesh()
+                    .x_desc("outer iteration")
+                    .x_label_formatter(&|x| format!("{x:.0}"))
+                    .y_label_formatter(&|y| tick(*y))
+                    .y_desc(panel.y_label.as_str())
+                    .label_style(("sans-serif", 14))
+                    .axis_desc_style(("sans-serif", 16))
+                    .draw()?;
+                for (i, (name, series)) in panel.series.iter().enumerate() {
+                    let color = colors[i % colors.len()];
+                    let pts = series.iter().copied().filter(|(_, y)| y.is_finite());
+                    chart
+                        .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
+                        .label(name.as_str())
+                        .legend(move |(x, y)| {
+                            PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                        });
+                }
+                chart
+                    .configure_series_labels()
+                    .position(SeriesLabelPosition::UpperRight)
+                    .background_style(WHITE.mix(0.8))
+                    .border_style(BLACK)
+                    .label_font(("sans-serif", 14))
+                    .draw()?;
+            }};
+        }
+        if log_y {
+            plot_on!(builder.build_cartesian_2d(x0..x1, (y0..y1).log_scale())?);
+        } else {
+            plot_on!(builder.build_cartesian_2d(x0..x1, y0..y1)?);
+        }
+    }
+    root.present()?;
+    Ok(())
+}

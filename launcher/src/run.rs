@@ -1,0 +1,440 @@
+//! `metaloop train`, `eval` and `demo`: the meta-training loop around the engine's `Trainer`,
+//! with the run directory, checkpoints, validation, progress bar and final report.
+//!
+//! Everything that can be checked is checked before the run directory is created (config, run
+//! directory name, resume checkpoint, datasets), so bad input leaves nothing behind. Only
+//! this module and `main` print.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use metaloop_engine::checkpoint::{self, Checkpoint, SamplerState};
+use metaloop_engine::config::TrainConfig;
+use metaloop_engine::data::Split;
+use metaloop_engine::rundir::{self, RunDir};
+use metaloop_engine::train::{EvalReport, StepMetrics, Trainer};
+use metaloop_engine::Error as EngineError;
+use metaloop_runtime::comm::Local;
+use serde::Serialize;
+
+use crate::config::{self, bad};
+
+/// Engine errors that come from the user's input (config, datasets, checkpoints) become
+/// [`crate::config::BadInput`] (exit code 2); the rest stay failures (exit code 1).
+pub fn setup_error(e: EngineError) -> anyhow::Error {
+    use EngineError::*;
+    match e {
+        Config(_)
+        | Device(_)
+        | State(_)
+        | MissingDirectory { .. }
+        | MissingFile { .. }
+        | EmptyFolder { .. }
+        | UnreadableImage { .. }
+        | ImageSize { .. }
+        | CsvHeader { .. }
+        | CsvRow { .. }
+        | CsvMissingImage { .. }
+        | Zip { .. }
+        | DatasetSplit { .. }
+        | NoSplit { .. }
+        | TooFewClasses { .. }
+        | TooFewImages { .. }
+        | InvalidSetting { .. }
+        | Checkpoint { .. }
+        | NoUsableCheckpoint { .. }
+        | RunDirExists { .. } => bad(e.to_string()),
+        other => anyhow::Error::new(other),
+    }
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Serialize)]
+struct MetricsLine<'a> {
+    iteration: u64,
+    meta_loss: f64,
+    query_accuracy: Option<f64>,
+    tasks_per_s: f64,
+    grad_norm: f64,
+    /// Seconds of this iteration's step.
+    step_seconds: f64,
+    /// Learned inner hyperparameters (mean value), by name.
+    hparams: BTreeMap<String, f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    val: Option<&'a EvalReport>,
+}
+
+/// `report.json`.
+#[derive(Serialize)]
+struct Report {
+    config_hash: String,
+    iterations: u64,
+    /// The iteration this invocation resumed from (absent for a fresh run).
+    resumed_from: Option<u64>,
+    /// Wall time of this invocation (training, validation, meta-test).
+    wall_seconds: f64,
+    test: EvalReport,
+    /// Validation reports logged during training: `{iteration, report}`.
+    val: Vec<serde_json::Value>,
+    model: String,
+}
+
+/// What a finished `train` leaves for the caller to print.
+pub struct Finished {
+    pub run_dir: PathBuf,
+    pub test: EvalReport,
+    pub plots: Vec<PathBuf>,
+}
+
+/// The run directory of a config.
+pub fn run_root(cfg: &TrainConfig) -> PathBuf {
+    Path::new(&cfg.run.out_dir).join(&cfg.run.name)
+}
+
+/// Keys whose values differ between two configs (dotted, sorted).
+fn differing_keys(a: &TrainConfig, b: &TrainConfig) -> Vec<String> {
+    fn walk(a: &serde_json::Value, b: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+        match (a, b) {
+            (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+                let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+                keys.sort();
+                keys.dedup();
+                for k in keys {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    let null = serde_json::Value::Null;
+                    walk(
+                        x.get(k).unwrap_or(&null),
+                        y.get(k).unwrap_or(&null),
+                        &key,
+                        out,
+                    );
+                }
+            }
+            _ if a != b => out.push(prefix.to_string()),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(
+        &serde_json::to_value(a).unwrap_or_default(),
+        &serde_json::to_value(b).unwrap_or_default(),
+        "",
+        &mut out,
+    );
+    out
+}
+
+/// The checkpoint `--resume` continues from, after checking that the run was made by `cfg`.
+fn resume_checkpoint(cfg: &TrainConfig, root: &Path) -> Result<Checkpoint> {
+    let dir = root.join(rundir::CHECKPOINTS);
+    let stored_path = root.join(rundir::CONFIG);
+    if let Ok(text) = std::fs::read_to_string(&stored_path) {
+        let stored = config::resolve(&stored_path.display().to_string(), &text, &[])?;
+        let diff = differing_keys(&stored, cfg);
+        if !diff.is_empty() {
+            return Err(bad(format!(
+                "--resume: the config differs from {} in {} (resume with the run's own config)",
+                stored_path.display(),
+                diff.join(", ")
+            )));
+        }
+    }
+    let ckpt = match checkpoint::latest(&dir) {
+        Ok(Some(c)) => c,
+        Ok(None) => return Err(bad(format!("--resume: no checkpoint in {}", dir.display()))),
+        Err(e) => return Err(bad(format!("--resume: {e}"))),
+    };
+    if ckpt.manifest.config_hash != rundir::config_hash(cfg) {
+        return Err(bad(format!(
+            "--resume: {} was written by another config (hash {}) than this one",
+            ckpt.path.display(),
+            ckpt.manifest.config_hash
+        )));
+    }
+    Ok(ckpt)
+}
+
+fn warn(message: &str) {
+    eprintln!("metaloop: warning: {message}");
+}
+
+/// The progress bar: iterations, meta-loss, tasks/s, elapsed and ETA. Hidden when stderr is not
+/// a terminal.
+fn progress(total: u64, start: u64) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} it  {msg}  [{elapsed_precise} < {eta_precise}]",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_position(start);
+    bar.reset_eta();
+    bar
+}
+
+/// Meta-trains `cfg` (fresh, or continuing its run directory with `resume`), meta-tests, writes
+/// the report and the plot.
+// `%` rather than `is_multiple_of`: the workspace's rust-version is 1.85, older than it.
+#[allow(clippy::manual_is_multiple_of)]
+pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Finished> {
+    let started = Instant::now();
+    let root = run_root(cfg);
+    let hash = rundir::config_hash(cfg);
+    // Checks before anything is written.
+    let from = if resume {
+        Some(resume_checkpoint(cfg, &root)?)
+    } else {
+        if root.exists() {
+            return Err(setup_error(EngineError::RunDirExists {
+                path: root.clone(),
+            }));
+        }
+        None
+    };
+    let mut trainer = {
+        let _s = tracing::info_span!("setup").entered();
+        Trainer::new(cfg, Box::new(Local)).map_err(setup_error)?
+    };
+    if let Some(ckpt) = &from {
+        for w in &ckpt.warnings {
+            warn(w);
+        }
+        trainer
+            .restore(ckpt.manifest.iteration, &ckpt.tensors)
+            .map_err(|e| bad(format!("{}: {e}", ckpt.path.display())))?;
+    }
+    let mut run = match &from {
+        Some(ckpt) => {
+            let mut run = RunDir::open(&root).map_err(setup_error)?;
+            run.truncate_metrics_after(ckpt.manifest.iteration)?;
+            run
+        }
+        None => RunDir::create(&root, &config::to_toml(cfg)?).map_err(setup_error)?,
+    };
+
+    let total = cfg.outer.iterations;
+    let first = trainer.iteration();
+    let bar = progress(total, first);
+    let loop_started = Instant::now();
+    let mut tasks_done = 0usize;
+    let mut validate = cfg.eval.every > 0;
+    while trainer.iteration() < total {
+        let m: StepMetrics = trainer.step()?;
+        let it = m.iteration;
+        tasks_done += m.tasks;
+        let tasks_per_s = tasks_done as f64 / loop_started.elapsed().as_secs_f64().max(1e-9);
+        let mut val = None;
+        if validate && it % cfg.eval.every == 0 {
+            let _s = tracing::info_span!("validate", iteration = it).entered();
+            match trainer.evaluate(Split::Val, cfg.eval.val_tasks) {
+                Ok(r) => val = Some(r),
+                Err(e @ EngineError::NoSplit { .. }) => {
+                    bar.suspend(|| warn(&format!("{e}: validation is skipped")));
+                    validate = false;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if it % cfg.log.every == 0 || it == total || val.is_some() {
+            run.log(&MetricsLine {
+                iteration: it,
+                meta_loss: m.meta_loss,
+                query_accuracy: m.query_accuracy,
+                tasks_per_s,
+                grad_norm: m.grad_norm,
+                step_seconds: m.seconds,
+                hparams: m.hparams.iter().cloned().collect(),
+                val: val.as_ref(),
+            })?;
+        }
+        if let Some(v) = &val {
+            bar.suspend(|| println!("iteration {it}: validation {}", summary(v)));
+        }
+        if (cfg.log.checkpoint_every > 0 && it % cfg.log.checkpoint_every == 0) || it == total {
+            save_checkpoint(&trainer, &run, cfg, &hash)?;
+        }
+        bar.set_position(it);
+        let acc = m
+            .query_accuracy
+            .map(|a| format!("  acc {:.1}%", 100.0 * a))
+            .unwrap_or_default();
+        bar.set_message(format!(
+            "meta-loss {:.4}{acc}  {tasks_per_s:.0} tasks/s",
+            m.meta_loss
+        ));
+    }
+    bar.finish_and_clear();
+
+    let test = {
+        let _s = tracing::info_span!("meta_test", tasks = cfg.eval.test_tasks).entered();
+        trainer.evaluate(Split::Test, cfg.eval.test_tasks)?
+    };
+    let model = run.write_model(trainer.model_params())?;
+    let report = Report {
+        config_hash: hash,
+        iterations: trainer.iteration(),
+        resumed_from: from.as_ref().map(|c| c.manifest.iteration),
+        wall_seconds: started.elapsed().as_secs_f64(),
+        test: test.clone(),
+        val: logged_validations(&run.metrics_path())?,
+        model: model.display().to_string(),
+    };
+    run.write_report(&report)?;
+    let plots = crate::plot::write(run.path())?;
+    Ok(Finished {
+        run_dir: run.path().to_path_buf(),
+        test,
+        plots,
+    })
+}
+
+fn save_checkpoint(
+    trainer: &Trainer,
+    run: &RunDir,
+    cfg: &TrainConfig,
+    hash: &str,
+) -> Result<PathBuf> {
+    let _s = tracing::info_span!("checkpoint", iteration = trainer.iteration()).entered();
+    run.sync_metrics()?;
+    let it = trainer.iteration();
+    let path = checkpoint::write(
+        &run.checkpoints_dir(),
+        it,
+        &trainer.state()?,
+        hash,
+        SamplerState {
+            seed: cfg.run.seed,
+            iteration: it,
+        },
+        cfg.log.keep_checkpoints,
+    )?;
+    Ok(path)
+}
+
+/// The validation reports in `metrics.jsonl`, as `{iteration, report}`.
+fn logged_validations(metrics: &Path) -> Result<Vec<serde_json::Value>> {
+    let text = std::fs::read_to_string(metrics).with_context(|| metrics.display().to_string())?;
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            let val = v.get("val")?.clone();
+            Some(serde_json::json!({ "iteration": v.get("iteration")?.clone(), "report": val }))
+        })
+        .collect())
+}
+
+/// "MSE before adaptation 2.871 ± 0.210, after 0.412 ± 0.031 (mean ± 95% CI over 600 tasks)".
+pub fn summary(r: &EvalReport) -> String {
+    match (&r.accuracy_before, &r.accuracy_after) {
+        (Some(b), Some(a)) => format!(
+            "accuracy before adaptation {:.2}% ± {:.2}%, after {:.2}% ± {:.2}% (query loss {:.3} → {:.3}; mean ± 95% CI over {} tasks, {} inner steps)",
+            100.0 * b.mean,
+            100.0 * b.ci95,
+            100.0 * a.mean,
+            100.0 * a.ci95,
+            r.loss_before.mean,
+            r.loss_after.mean,
+            r.tasks,
+            r.inner_steps
+        ),
+        _ => format!(
+            "MSE before adaptation {:.3} ± {:.3}, after {:.3} ± {:.3} (mean ± 95% CI over {} tasks, {} inner step{})",
+            r.loss_before.mean,
+            r.loss_before.ci95,
+            r.loss_after.mean,
+            r.loss_after.ci95,
+            r.tasks,
+            r.inner_steps,
+            if r.inner_steps == 1 { "" } else { "s" }
+        ),
+    }
+}
+
+/// Prints what a finished run measured and where its files are.
+pub fn print_finished(f: &Finished) {
+    println!("meta-test: {}", summary(&f.test));
+    println!("run directory: {}", f.run_dir.display());
+    for p in &f.plots {
+        println!("plot: {}", p.display());
+    }
+}
+
+/// The run directory and checkpoint that `eval --checkpoint PATH` names: a manifest, a tensors
+/// file, a `checkpoints/` directory or a run directory (the latter two: its latest checkpoint).
+fn locate(path: &Path) -> Result<(PathBuf, Checkpoint)> {
+    if !path.exists() {
+        return Err(bad(format!(
+            "--checkpoint {}: no such file or directory",
+            path.display()
+        )));
+    }
+    let (root, ckpt) = if path.is_dir() {
+        let (root, dir) = if path.join(rundir::CHECKPOINTS).is_dir() {
+            (path.to_path_buf(), path.join(rundir::CHECKPOINTS))
+        } else {
+            (
+                path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+                path.to_path_buf(),
+            )
+        };
+        let ckpt = checkpoint::latest(&dir)
+            .map_err(setup_error)?
+            .ok_or_else(|| bad(format!("--checkpoint: no checkpoint in {}", dir.display())))?;
+        (root, ckpt)
+    } else {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let root = dir.parent().unwrap_or(Path::new(".")).to_path_buf();
+        (root, checkpoint::read(path).map_err(setup_error)?)
+    };
+    Ok((root, ckpt))
+}
+
+/// `metaloop eval`: rebuilds the trainer from the run's `config.toml`, restores the checkpoint,
+/// meta-tests on `tasks` tasks (default: the config's `eval.test_tasks`).
+pub fn eval(path: &Path, tasks: Option<usize>) -> Result<(PathBuf, EvalReport)> {
+    let (root, ckpt) = locate(path)?;
+    for w in &ckpt.warnings {
+        warn(w);
+    }
+    let config_path = root.join(rundir::CONFIG);
+    let text = std::fs::read_to_string(&config_path).map_err(|e| {
+        bad(format!(
+            "{}: {} (the checkpoint's run directory needs it)",
+            config_path.display(),
+            config::io_words(&e)
+        ))
+    })?;
+    let cfg = config::resolve(&config_path.display().to_string(), &text, &[])?;
+    if ckpt.manifest.config_hash != rundir::config_hash(&cfg) {
+        return Err(bad(format!(
+            "{}: written by another config (hash {}) than {}",
+            ckpt.path.display(),
+            ckpt.manifest.config_hash,
+            config_path.display()
+        )));
+    }
+    let tasks = tasks.unwrap_or(cfg.eval.test_tasks);
+    if tasks < 2 {
+        return Err(bad(format!(
+            "--tasks: must be >= 2 (a confidence interval needs two tasks), got {tasks}"
+        )));
+    }
+    let mut trainer = Trainer::new(&cfg, Box::new(Local)).map_err(setup_error)?;
+    trainer
+        .restore(ckpt.manifest.iteration, &ckpt.tensors)
+        .map_err(|e| bad(format!("{}: {e}", ckpt.path.display())))?;
+    let report = {
+        let _s = tracing::info_span!("meta_test", tasks).entered();
+        trainer.evaluate(Split::Test, tasks)?
+    };
+    Ok((ckpt.path, report))
+}

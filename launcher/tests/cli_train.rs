@@ -1,0 +1,254 @@
+//! `metaloop train`, `--resume`, `eval` and `plot` end to end on a tiny sinusoid run: the run
+//! directory's files, resuming to the same parameters as an uninterrupted run, and evaluating a
+//! checkpoint.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("metaloop-cli-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A tiny second-order MAML run: 6 iterations of 4 tasks, f64 so that a resume can be compared
+/// bit for bit.
+const TINY: &str = r#"
+[run]
+name = "tiny"
+dtype = "f64"
+[task]
+kind = "sinusoid"
+shots = 5
+queries = 5
+[model]
+hidden = [8, 8]
+[outer]
+meta_batch = 4
+iterations = 6
+[eval]
+every = 3
+val_tasks = 3
+test_tasks = 4
+[log]
+every = 2
+checkpoint_every = 3
+keep_checkpoints = 2
+"#;
+
+fn metaloop(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_metaloop"))
+        .current_dir(cwd)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn train_writes_config_metrics_checkpoints_report_model_and_plot() {
+    let dir = scratch("train");
+    fs::write(dir.join("tiny.toml"), TINY).unwrap();
+    let stdout = ok(&metaloop(&dir, &["train", "--config", "tiny.toml"]));
+    assert!(
+        stdout.contains("meta-test: MSE before adaptation"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("mean ± 95% CI over 4 tasks"), "{stdout}");
+    let run = dir.join("runs/tiny");
+    assert!(
+        stdout.contains(&format!(
+            "plot: {}",
+            Path::new("runs/tiny/plots/learning_curves.png").display()
+        )),
+        "{stdout}"
+    );
+
+    // config.toml: the resolved config, which reads back to the same values.
+    let config = fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(
+        config.contains("iterations = 6") && config.contains("dtype = \"f64\""),
+        "{config}"
+    );
+
+    // metrics.jsonl: every log.every = 2 iterations, plus validation at 3 and 6.
+    let lines = metrics(&run);
+    let its: Vec<u64> = lines
+        .iter()
+        .map(|l| l["iteration"].as_u64().unwrap())
+        .collect();
+    assert_eq!(its, vec![2, 3, 4, 6]);
+    for l in &lines {
+        assert!(l["meta_loss"].as_f64().unwrap().is_finite());
+        assert!(l["tasks_per_s"].as_f64().unwrap() > 0.0);
+        assert!(l["grad_norm"].as_f64().unwrap() >= 0.0);
+        assert!(l["query_accuracy"].is_null());
+    }
+    assert!(lines[0].get("val").is_none());
+    assert_eq!(lines[1]["val"]["split"], "val");
+    assert_eq!(lines[1]["val"]["tasks"], 3);
+
+    // Checkpoints at 3 and 6, each with a manifest naming its tensors' sha256.
+    for it in [3, 6] {
+        let manifest = json(&run.join(format!("checkpoints/ckpt-{it:09}.json")));
+        assert_eq!(manifest["iteration"], it);
+        assert_eq!(manifest["sampler"]["iteration"], it);
+        assert_eq!(manifest["sha256"].as_str().unwrap().len(), 64);
+        assert!(run
+            .join(format!("checkpoints/ckpt-{it:09}.safetensors"))
+            .is_file());
+    }
+
+    // report.json: the meta-test, the validations, the config hash.
+    let report = json(&run.join("report.json"));
+    assert_eq!(report["iterations"], 6);
+    assert_eq!(report["test"]["split"], "test");
+    assert_eq!(report["test"]["tasks"], 4);
+    assert_eq!(report["test"]["metric"], "mse");
+    assert!(report["test"]["loss_after"]["ci95"].as_f64().unwrap() >= 0.0);
+    assert_eq!(report["val"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        report["config_hash"],
+        json(&run.join("checkpoints/ckpt-000000006.json"))["config_hash"]
+    );
+
+    // θ0 with PyTorch state_dict names.
+    let model = tch::Tensor::read_safetensors(run.join("model.safetensors")).unwrap();
+    let mut names: Vec<String> = model.into_iter().map(|(n, _)| n).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec!["0.bias", "0.weight", "2.bias", "2.weight", "4.bias", "4.weight"]
+    );
+
+    let png = fs::read(run.join("plots/learning_curves.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+
+    // `metaloop plot` redraws it and prints its path.
+    let stdout = ok(&metaloop(&dir, &["plot", "runs/tiny"]));
+    assert_eq!(
+        stdout.trim(),
+        Path::new("runs/tiny/plots/learning_curves.png")
+            .display()
+            .to_string()
+    );
+
+    // `eval` on a manifest, and on the run directory (its latest checkpoint).
+    let stdout = ok(&metaloop(
+        &dir,
+        &[
+            "eval",
+            "--checkpoint",
+            "runs/tiny/checkpoints/ckpt-000000003.json",
+            "--tasks",
+            "5",
+        ],
+    ));
+    assert!(
+        stdout.contains("ckpt-000000003.json") && stdout.contains("MSE before adaptation"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("over 5 tasks"), "{stdout}");
+    let stdout = ok(&metaloop(&dir, &["eval", "--checkpoint", "runs/tiny"]));
+    assert!(
+        stdout.contains("ckpt-000000006.json") && stdout.contains("over 4 tasks"),
+        "{stdout}"
+    );
+    // The test split and seed are fixed: evaluating the final checkpoint repeats the report.
+    let mean = report["test"]["loss_after"]["mean"].as_f64().unwrap();
+    assert!(
+        stdout.contains(&format!("after {mean:.3}")),
+        "{stdout} vs {mean}"
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn resume_continues_from_the_latest_checkpoint_to_the_same_parameters() {
+    let dir = scratch("resume");
+    fs::write(dir.join("tiny.toml"), TINY).unwrap();
+    ok(&metaloop(&dir, &["train", "--config", "tiny.toml"]));
+    let run = dir.join("runs/tiny");
+    let uninterrupted = fs::read(run.join("model.safetensors")).unwrap();
+    let lines_before = metrics(&run);
+
+    // As if killed after iteration 5: the checkpoint of 6 and the final files never written,
+    // and a torn metrics line.
+    for f in [
+        "checkpoints/ckpt-000000006.json",
+        "checkpoints/ckpt-000000006.safetensors",
+        "model.safetensors",
+        "report.json",
+    ] {
+        fs::remove_file(run.join(f)).unwrap();
+    }
+    let mut text = fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    text.push_str("{\"iteration\": 7, \"meta_lo");
+    fs::write(run.join("metrics.jsonl"), text).unwrap();
+
+    let stdout = ok(&metaloop(
+        &dir,
+        &["train", "--config", "tiny.toml", "--resume"],
+    ));
+    assert!(stdout.contains("meta-test: MSE"), "{stdout}");
+    let report = json(&run.join("report.json"));
+    assert_eq!(report["resumed_from"], 3);
+    assert_eq!(report["iterations"], 6);
+    // Lines after the checkpoint were redone once, not duplicated.
+    let its: Vec<u64> = metrics(&run)
+        .iter()
+        .map(|l| l["iteration"].as_u64().unwrap())
+        .collect();
+    assert_eq!(its, vec![2, 3, 4, 6]);
+    assert_eq!(metrics(&run)[3]["meta_loss"], lines_before[3]["meta_loss"]);
+    // f64 on CPU: bit-identical to the uninterrupted run.
+    assert_eq!(
+        fs::read(run.join("model.safetensors")).unwrap(),
+        uninterrupted
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn resume_skips_a_corrupt_newest_checkpoint_with_a_warning() {
+    let dir = scratch("resume-corrupt");
+    fs::write(dir.join("tiny.toml"), TINY).unwrap();
+    ok(&metaloop(&dir, &["train", "--config", "tiny.toml"]));
+    let run = dir.join("runs/tiny");
+    let newest = run.join("checkpoints/ckpt-000000006.safetensors");
+    let bytes = fs::read(&newest).unwrap();
+    fs::write(&newest, &bytes[..bytes.len() - 10]).unwrap();
+    let out = metaloop(&dir, &["train", "--config", "tiny.toml", "--resume"]);
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning") && stderr.contains("ckpt-000000006.safetensors"),
+        "{stderr}"
+    );
+    assert_eq!(json(&run.join("report.json"))["resumed_from"], 3);
+    fs::remove_dir_all(&dir).unwrap();
+}
