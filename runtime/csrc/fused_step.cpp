@@ -8,6 +8,7 @@
 // Rust CPU loops, or CUDA kernels compiled with NVRTC and launched by Rust on the stream given
 // here. It never computes an update itself and never keeps a tensor between calls.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <dlfcn.h>
@@ -33,6 +34,11 @@ struct MetaloopKernelCall {
   int32_t device;  // -1: CPU, else the CUDA device index
   void* stream;    // the CUDA stream (null: the legacy default stream)
   int64_t numel;
+  // CPU: the element range [begin, end) this call covers (libtorch's intra-op threads split the
+  // buffers with at::parallel_for, so the kernels share libtorch's thread pool instead of
+  // competing with it). CUDA: 0 and numel.
+  int64_t begin;
+  int64_t end;
   int32_t n_in;
   int32_t n_out;
   // Inputs: θ, g, the state buffers, the hyperparameter slots (null: undefined / a constant).
@@ -118,11 +124,25 @@ Prepared prepare(int64_t op, int32_t pass, const variable_list& inputs, const st
   return p;
 }
 
-void launch(metaloop_kernel_fn kernel, const MetaloopKernelCall& call) {
+void launch_range(metaloop_kernel_fn kernel, MetaloopKernelCall call, int64_t begin, int64_t end) {
+  call.begin = begin;
+  call.end = end;
   char err[1024];
   err[0] = 0;
   int32_t rc = kernel(&call, err, sizeof(err));
   TORCH_CHECK(rc == 0, "fused optimizer step (op ", call.op, ", pass ", call.pass, "): ", err);
+}
+
+// Elements per task of at::parallel_for on the CPU.
+constexpr int64_t kGrain = 1 << 15;
+
+void launch(metaloop_kernel_fn kernel, const MetaloopKernelCall& call) {
+  if (call.device >= 0) {
+    launch_range(kernel, call, 0, call.numel);
+  } else {
+    at::parallel_for(0, call.numel, kGrain,
+                     [&](int64_t begin, int64_t end) { launch_range(kernel, call, begin, end); });
+  }
 }
 
 struct FusedStep : public torch::autograd::Function<FusedStep> {

@@ -1,7 +1,8 @@
 //! The CPU kernels of the fused optimizer steps: one pass over contiguous f32/f64 buffers per
 //! step, forward (θ', new state) and backward (the vector-Jacobian product w.r.t. θ, g, every state
-//! buffer and every tensor hyperparameter), parallel over chunks with rayon when the buffers are
-//! large.
+//! buffer and every tensor hyperparameter), over the element range the shim hands each of
+//! libtorch's intra-op threads (at::parallel_for): sharing libtorch's OpenMP pool instead of
+//! starting a second one, whose threads would fight OpenMP's spinning workers for the cores.
 //!
 //! Each element's arithmetic follows runtime::optim's tensor-op update operation for operation (the
 //! reference), so fused and unfused agree to rounding. These loops never allocate, never call
@@ -9,13 +10,7 @@
 
 use super::ffi::{KernelCall, MAX_IN, MAX_OUT};
 use super::StepKernel;
-use rayon::prelude::*;
 use std::ops::{Add, Div, Mul, Neg, Sub};
-
-/// Below this many elements a step runs on the calling thread.
-const PARALLEL_MIN: usize = 1 << 15;
-/// Elements per rayon task.
-const CHUNK: usize = 1 << 14;
 
 /// The float arithmetic the kernels need, for f32 and f64.
 pub(crate) trait Real:
@@ -99,14 +94,9 @@ impl<T: Copy> Clone for Slots<T> {
         *self
     }
 }
-// Each chunk works on its own copy, which the compiler keeps in registers (the shared one's
-// address escapes to the thread pool, so its fields would be reloaded after every store).
+// Each range works on its own copy, which the compiler keeps in registers (through a shared
+// reference its fields would be reloaded after every store through an output pointer).
 impl<T: Copy> Copy for Slots<T> {}
-
-// SAFETY: the pointers are only dereferenced at indices below `numel` during one call; every
-// element index is written by exactly one task (chunks are disjoint).
-unsafe impl<T: Send> Send for Slots<T> {}
-unsafe impl<T: Sync> Sync for Slots<T> {}
 
 impl<T: Real> Slots<T> {
     fn new(call: &KernelCall, hp0: usize) -> Slots<T> {
@@ -228,21 +218,16 @@ impl<T: Real> Slots<T> {
     }
 }
 
-/// Runs `f(slots, i)` on every element index below `n`, in parallel chunks when `n` is large;
-/// each chunk on its own copy of `slots`.
-fn for_each<T: Real, F: Fn(&Slots<T>, usize) + Sync + Send>(slots: &Slots<T>, n: usize, f: F) {
-    let chunk = |range: std::ops::Range<usize>| {
-        let local = *slots;
-        for i in range {
-            f(&local, i);
-        }
-    };
-    if n < PARALLEL_MIN {
-        chunk(0..n);
-    } else {
-        (0..n.div_ceil(CHUNK))
-            .into_par_iter()
-            .for_each(|c| chunk(c * CHUNK..((c + 1) * CHUNK).min(n)));
+/// Runs `f(slots, i)` on every element index of `range`, on a copy of `slots` that the compiler
+/// can keep in registers.
+fn for_each<T: Real, F: Fn(&Slots<T>, usize)>(
+    slots: &Slots<T>,
+    range: std::ops::Range<usize>,
+    f: F,
+) {
+    let local = *slots;
+    for i in range {
+        f(&local, i);
     }
 }
 
@@ -271,7 +256,13 @@ pub(crate) unsafe fn run(kernel: StepKernel, call: &KernelCall) -> Result<(), St
 }
 
 unsafe fn run_typed<T: Real>(kernel: StepKernel, call: &KernelCall) -> Result<(), String> {
-    let n = usize::try_from(call.numel).map_err(|_| format!("numel {}", call.numel))?;
+    let bad = || format!("range {}..{} of {}", call.begin, call.end, call.numel);
+    let begin = usize::try_from(call.begin).map_err(|_| bad())?;
+    let end = usize::try_from(call.end).map_err(|_| bad())?;
+    if begin > end || call.end > call.numel {
+        return Err(bad());
+    }
+    let n = begin..end;
     let mut s = Slots::<T>::new(call, kernel.hparam_slot());
     s.prepare_uniform(kernel.hparam_count());
     if s.uniform && kernel == StepKernel::Adam {
@@ -282,10 +273,10 @@ unsafe fn run_typed<T: Real>(kernel: StepKernel, call: &KernelCall) -> Result<()
     let backward = call.pass == 1;
     // SAFETY (all arms): indices stay below n; see `run`.
     match (kernel, backward) {
-        (StepKernel::Sgd, false) => for_each(&s, n, |s, i| unsafe { sgd_forward(s, i) }),
-        (StepKernel::Sgd, true) => for_each(&s, n, |s, i| unsafe { sgd_backward(s, i) }),
-        (StepKernel::Adam, false) => for_each(&s, n, |s, i| unsafe { adam_forward(s, i) }),
-        (StepKernel::Adam, true) => for_each(&s, n, |s, i| unsafe { adam_backward(s, i) }),
+        (StepKernel::Sgd, false) => for_each(&s, n.clone(), |s, i| unsafe { sgd_forward(s, i) }),
+        (StepKernel::Sgd, true) => for_each(&s, n.clone(), |s, i| unsafe { sgd_backward(s, i) }),
+        (StepKernel::Adam, false) => for_each(&s, n.clone(), |s, i| unsafe { adam_forward(s, i) }),
+        (StepKernel::Adam, true) => for_each(&s, n.clone(), |s, i| unsafe { adam_backward(s, i) }),
     }
     Ok(())
 }

@@ -23,6 +23,10 @@ pub(crate) struct KernelCall {
     /// The CUDA stream to launch on (null: the legacy default stream).
     pub stream: *mut c_void,
     pub numel: i64,
+    /// CPU: the element range this call covers (the shim splits the buffers over libtorch's
+    /// intra-op threads). CUDA: 0 and numel.
+    pub begin: i64,
+    pub end: i64,
     pub n_in: i32,
     pub n_out: i32,
     /// θ, g, the state buffers, the hyperparameter slots; null for an absent buffer or a

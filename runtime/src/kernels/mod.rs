@@ -11,8 +11,8 @@
 //!   (θ, g, each state buffer, each tensor hyperparameter: the hypergradient), which it reduces to
 //!   the hyperparameter's shape (`at::sum_to`). The backward recomputes the forward's intermediate
 //!   values from the saved inputs inside the same kernel, so nothing else is saved.
-//! - The arithmetic lives in Rust: `cpu` (loops over contiguous slices, rayon over chunks) and
-//!   `cuda` (CUDA C compiled with NVRTC at run time, cached per device, launched on the stream the
+//! - The arithmetic lives in Rust: `cpu` (loops over contiguous slices, which the shim splits over
+//!   libtorch's intra-op threads with at::parallel_for) and `cuda` (CUDA C compiled with NVRTC at run time, cached per device, launched on the stream the
 //!   shim passes: libtorch's current stream when the shim was built with the CUDA headers, the
 //!   legacy default stream otherwise, see [`launches_on_current_stream`]).
 //! - The backward is differentiable once: enough for second-order MAML (the meta-gradient flows
