@@ -194,3 +194,40 @@ fn non_finite_meta_gradients_skip_the_outer_step_and_stop_after_k_in_a_row() {
         "{err}"
     );
 }
+
+#[test]
+fn recompute_and_adjoint_meta_gradients_train_exactly_like_full_tracking() {
+    for name in ["maml", "metasgd", "anil"] {
+        let mut cfg = config(name);
+        cfg.run.dtype = "f64".into();
+        cfg.algorithm.inner_steps = 3;
+        cfg.algorithm.inner_momentum = 0.5;
+        cfg.algorithm.learn_momentum = true;
+        cfg.outer.iterations = 3;
+        let run = |memory: &str| {
+            let mut c = cfg.clone();
+            c.algorithm.memory = memory.into();
+            let mut t = Trainer::new(&c, Box::new(Local)).unwrap();
+            let losses: Vec<f64> = (0..3).map(|_| t.step().unwrap().meta_loss).collect();
+            (losses, t.state().unwrap())
+        };
+        let (full_losses, full) = run("full");
+        let (re_losses, re) = run("recompute");
+        for (a, b) in full_losses.iter().zip(&re_losses) {
+            assert!(
+                (a - b).abs() <= 1e-10 * (1.0 + a.abs()),
+                "{name}: meta-loss {a} vs {b}"
+            );
+        }
+        for ((n, a), (_, b)) in full.iter().zip(re.iter()) {
+            let d = (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double))
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(
+                d <= 1e-10,
+                "{name}: `{n}` differs by {d:e} between full tracking and recompute"
+            );
+        }
+    }
+}

@@ -146,6 +146,11 @@ pub struct AlgorithmConfig {
     pub learn_momentum: bool,
     /// MAML++'s multi-step loss: the query loss after every inner step, weighted.
     pub multi_step_loss: bool,
+    /// How second-order meta-gradients keep the unroll: "full" (every step's graph, as higher)
+    /// or "recompute" (only the parameter and optimizer-state trajectory; each step's graph is
+    /// rebuilt in the backward pass: memory independent of activations × steps, about 1.5× the
+    /// compute).
+    pub memory: String,
 }
 
 impl Default for AlgorithmConfig {
@@ -158,6 +163,7 @@ impl Default for AlgorithmConfig {
             learn_lr: false,
             learn_momentum: false,
             multi_step_loss: false,
+            memory: "full".into(),
         }
     }
 }
@@ -382,6 +388,17 @@ impl TrainConfig {
                 || self.algorithm.multi_step_loss)
         {
             return Err(err("algorithm.name", "pretrain (the joint-training baseline) has no inner loop to learn: learn_lr, learn_momentum and multi_step_loss must be false"));
+        }
+        one_of(
+            "algorithm.memory",
+            &self.algorithm.memory,
+            &["full", "recompute"],
+        )?;
+        if self.algorithm.memory == "recompute"
+            && (!["maml", "metasgd", "anil"].contains(&self.algorithm.name.as_str())
+                || self.algorithm.multi_step_loss)
+        {
+            return Err(err("algorithm.memory", "\"recompute\" applies to second-order maml, metasgd and anil without multi_step_loss"));
         }
         if self.algorithm.name == "metasgd" && self.algorithm.learn_lr {
             return Err(err(

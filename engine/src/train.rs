@@ -26,11 +26,13 @@ use crate::data::{
     self, FewShot, ImageSpec, MetaBatch, PrefetchConfig, Prefetcher, Sinusoid, Split, TaskSource,
 };
 use crate::{Error, Result};
+use metaloop_runtime::adjoint::MetaGradient;
 use metaloop_runtime::comm::Communicator;
 use metaloop_runtime::nn::{self, Module};
 use metaloop_runtime::optim::{Adam, HParams, OptState, Optimizer, Sgd};
 use metaloop_runtime::{InnerLoop, Params};
 use serde::Serialize;
+use std::cell::RefCell;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -233,7 +235,7 @@ fn task_losses(
     pred: &Tensor,
     y: &Tensor,
     classification: bool,
-) -> Result<(Tensor, Option<Tensor>)> {
+) -> std::result::Result<(Tensor, Option<Tensor>), tch::TchError> {
     if !classification {
         let l = pred
             .f_sub(y)?
@@ -477,6 +479,10 @@ impl Trainer {
         inputs.extend(self.learned.iter().map(|(_, h)| h.shallow_clone()));
         let zeros_like = |x: &Tensor| x.f_zeros_like();
         let (grads, q_loss, q_acc): (Vec<Tensor>, Tensor, Option<Tensor>) = match self.algorithm {
+            Algorithm::Maml { .. } | Algorithm::Anil if self.recompute() => {
+                let (g, q, acc) = self.recompute_meta_gradient(batch, global_tasks)?;
+                (g, q, acc)
+            }
             Algorithm::Maml { first_order } => {
                 let mut inner = {
                     let _s = tracing::info_span!("inner_loop", steps).entered();
@@ -572,8 +578,12 @@ impl Trainer {
                         task_losses(&inner.forward(&batch.support_x)?, &batch.support_y, cls)?;
                     inner.step(&l.f_sum(self.kind)?)?;
                 }
-                let (q, acc) = tch::no_grad(|| {
-                    task_losses(&inner.forward(&batch.query_x)?, &batch.query_y, cls)
+                let (q, acc) = tch::no_grad(|| -> Result<_> {
+                    Ok(task_losses(
+                        &inner.forward(&batch.query_x)?,
+                        &batch.query_y,
+                        cls,
+                    )?)
                 })?;
                 // Σ_t (θ0 − φ_t) / B.
                 let phi = inner.params().flat().f_detach()?;
@@ -623,6 +633,65 @@ impl Trainer {
         };
         let per_task = q_loss.f_detach()?.f_to_kind(self.kind)?;
         Ok((Tensor::f_cat(&flat, 0)?, [q_sum, acc_sum], per_task))
+    }
+
+    /// Second-order meta-gradients by recompute-and-adjoint (`algorithm.memory = "recompute"`).
+    fn recompute(&self) -> bool {
+        self.cfg.algorithm.memory == "recompute"
+    }
+
+    /// The meta-gradient of MAML / Meta-SGD / ANIL with only the trajectory stored
+    /// (runtime::adjoint): the same values as full tracking, memory independent of steps ×
+    /// activations. Returns the gradients (θ0, then each learned hyperparameter), the per-task
+    /// query losses and accuracies.
+    fn recompute_meta_gradient(
+        &self,
+        batch: &MetaBatch,
+        global_tasks: f64,
+    ) -> Result<(Vec<Tensor>, Tensor, Option<Tensor>)> {
+        let _s = tracing::info_span!(
+            "inner_loop",
+            steps = self.cfg.algorithm.inner_steps,
+            memory = "recompute"
+        )
+        .entered();
+        let a = &self.cfg.algorithm;
+        let cls = self.classification();
+        let mut mg = MetaGradient::new(Sgd::new(a.inner_lr).momentum(a.inner_momentum))
+            .tasks(batch.len() as i64)
+            .freeze(&self.frozen);
+        for (name, t) in &self.learned {
+            mg = mg.override_hparam(name, t);
+        }
+        let query: RefCell<Option<(Tensor, Option<Tensor>)>> = RefCell::new(None);
+        let grads = mg.compute(
+            &self.theta,
+            a.inner_steps,
+            |theta, _| {
+                let (l, _) = task_losses(
+                    &self.model.forward(theta, &batch.support_x, true)?,
+                    &batch.support_y,
+                    cls,
+                )?;
+                Ok(l.f_sum(self.kind)?)
+            },
+            |theta| {
+                let (q, acc) = task_losses(
+                    &self.model.forward(theta, &batch.query_x, true)?,
+                    &batch.query_y,
+                    cls,
+                )?;
+                let objective = q.f_sum(self.kind)?.f_div_scalar(global_tasks)?;
+                *query.borrow_mut() = Some((q.f_detach()?, acc.map(|a| a.f_detach()).transpose()?));
+                Ok(objective)
+            },
+        )?;
+        let (q, acc) = query
+            .into_inner()
+            .ok_or_else(|| Error::State("the adjoint pass evaluated no meta-loss".into()))?;
+        let mut out = vec![grads.theta0];
+        out.extend(grads.hypergradients.into_iter().map(|(_, g)| g));
+        Ok((out, q, acc))
     }
 
     fn next_train_batch(&mut self, range: Range<usize>) -> Result<MetaBatch> {
@@ -819,20 +888,25 @@ impl Trainer {
                 )?;
             let t = batch.len() as i64;
             let theta = self.theta.expand_tasks(t)?;
-            let (l0, a0) = tch::no_grad(|| {
-                task_losses(
+            let (l0, a0) = tch::no_grad(|| -> Result<_> {
+                Ok(task_losses(
                     &self.model.forward(&theta, &batch.query_x, true)?,
                     &batch.query_y,
                     cls,
-                )
+                )?)
             })?;
             let mut inner = self.inner_loop(t, false)?;
             for _ in 0..steps {
                 let (l, _) = task_losses(&inner.forward(&batch.support_x)?, &batch.support_y, cls)?;
                 inner.step(&l.f_sum(self.kind)?)?;
             }
-            let (l1, a1) =
-                tch::no_grad(|| task_losses(&inner.forward(&batch.query_x)?, &batch.query_y, cls))?;
+            let (l1, a1) = tch::no_grad(|| -> Result<_> {
+                Ok(task_losses(
+                    &inner.forward(&batch.query_x)?,
+                    &batch.query_y,
+                    cls,
+                )?)
+            })?;
             let zeros = Tensor::f_zeros([t], (self.kind, self.device))?;
             let cols = [
                 l0,
