@@ -9,8 +9,12 @@
 //! `create_graph`, the optimizer update; one vector-Jacobian product with the incoming adjoints
 //! (λ_θ, λ_state) gives the adjoints at t and adds this step's share to the hypergradient of every
 //! override tensor. At t = 0, λ_θ is the meta-gradient w.r.t. θ0. The result equals full tracking's
-//! (same operations, summed in another order), at about 1.5× the compute (the support loss and its
-//! first-order gradient are evaluated twice).
+//! (the same operations; tests/adjoint.rs finds them equal to the last bit or within 1e-15), at
+//! the cost of one more first-order pass (the support loss and its gradient are computed twice).
+//!
+//! Peak memory is the trajectory plus one step's graph plus the meta-loss's graph. Tasks are
+//! independent, so a caller short of memory can also split a meta-batch into chunks of tasks, one
+//! `compute` per chunk, and sum the results.
 //!
 //! With `checkpoint_interval(k)` only every k-th θ_t and state are stored, and each segment of k
 //! steps is recomputed (without a graph) just before its adjoint pass: memory O((N/k + k)·P) at
