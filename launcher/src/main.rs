@@ -28,6 +28,11 @@ const DEMO_CONFIG: &str = include_str!("../../configs/sinusoid.toml");
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// libtorch's CPU threads per process (default: libtorch's choice; `demo`: 1). Small models
+    /// (the sinusoid MLP) run fastest on 1: their ops are too small to pay for a thread team,
+    /// and on a busy machine waiting threads spin.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -77,7 +82,13 @@ fn main() -> ExitCode {
             .with_writer(std::io::stderr)
             .init();
     }
-    match dispatch(cli.command) {
+    let threads = match (&cli.command, cli.threads) {
+        (_, Some(n)) => Some(n),
+        (Command::Demo { .. }, None) => Some(1),
+        _ => None,
+    };
+    let result = set_threads(threads).and_then(|()| dispatch(cli.command));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<BadInput>().is_some() => {
             eprintln!(
@@ -92,6 +103,17 @@ fn main() -> ExitCode {
             eprintln!("metaloop: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn set_threads(threads: Option<usize>) -> Result<()> {
+    match threads {
+        Some(0) => Err(config::bad("--threads: must be >= 1, got 0")),
+        Some(n) => {
+            tch::set_num_threads(n as i32);
+            Ok(())
+        }
+        None => Ok(()),
     }
 }
 

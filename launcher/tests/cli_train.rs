@@ -38,10 +38,13 @@ checkpoint_every = 3
 keep_checkpoints = 2
 "#;
 
+/// Runs the binary with one libtorch thread (tests run side by side; small ops gain nothing from
+/// a thread team).
 fn metaloop(cwd: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_metaloop"))
         .current_dir(cwd)
         .args(args)
+        .args(["--threads", "1"])
         .output()
         .unwrap()
 }
