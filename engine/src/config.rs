@@ -50,6 +50,9 @@ pub struct RunConfig {
     /// Compare a checksum of the meta-parameters across ranks every this many iterations
     /// (0 = never); a mismatch stops every rank.
     pub consistency_every: u64,
+    /// libtorch's CPU threads per rank (0 = libtorch's choice). Small models (the sinusoid MLP)
+    /// run fastest on 1; under mpirun, cores / ranks per node.
+    pub threads: usize,
 }
 
 impl Default for RunConfig {
@@ -61,6 +64,7 @@ impl Default for RunConfig {
             device: "cpu".into(),
             dtype: "f32".into(),
             consistency_every: 100,
+            threads: 0,
         }
     }
 }

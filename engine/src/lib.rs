@@ -4,9 +4,9 @@
 //! the terminal: the launcher does both.
 
 pub mod checkpoint;
+pub mod bench;
 pub mod config;
 pub mod data;
-pub mod demo;
 mod error;
 pub mod rundir;
 pub mod train;

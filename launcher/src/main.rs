@@ -59,6 +59,34 @@ enum Command {
     },
     /// Writes PNG learning curves of a run into RUN_DIR/plots/.
     Plot { run_dir: PathBuf },
+    /// Starts N ranks of a metaloop command under mpirun, with the flags this machine needs
+    /// (root, more ranks than cores, no core binding): `metaloop launch -n 2 -- train --config c.toml`.
+    Launch {
+        /// Ranks to start.
+        #[arg(short = 'n', long = "ranks")]
+        ranks: usize,
+        /// A hostfile for several hosts (Open MPI's format; see cluster/hostfile.example).
+        #[arg(long)]
+        hostfile: Option<PathBuf>,
+        /// The metaloop command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Times a benchmark workload (second-order MAML on random inputs of its shapes):
+    /// sinusoid, omniglot or omniglot20. `cargo xtask bench --peers` compares with the peers.
+    Bench {
+        #[arg(long, default_value = "sinusoid")]
+        workload: String,
+        /// Timed iterations (after 3 warm-up ones); the median is reported.
+        #[arg(long, default_value_t = 10)]
+        iters: usize,
+        /// "cpu" or "cuda".
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// One JSON line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// A first meta-training on CPU: second-order MAML on sinusoid regression (configs/sinusoid.toml,
     /// the MAML paper's values) into runs/sinusoid-demo*/.
     Demo {
@@ -87,7 +115,7 @@ fn main() -> ExitCode {
         (Command::Demo { .. }, None) => Some(1),
         _ => None,
     };
-    let result = set_threads(threads).and_then(|()| dispatch(cli.command));
+    let result = set_threads(threads).and_then(|()| dispatch(cli.command, threads.is_some()));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<BadInput>().is_some() => {
@@ -117,7 +145,7 @@ fn set_threads(threads: Option<usize>) -> Result<()> {
     }
 }
 
-fn dispatch(command: Command) -> Result<()> {
+fn dispatch(command: Command, threads_given: bool) -> Result<()> {
     match command {
         Command::Train {
             config,
@@ -125,16 +153,32 @@ fn dispatch(command: Command) -> Result<()> {
             resume,
         } => {
             let cfg = config::load(&config, &sets)?;
-            let done = run::train(&cfg, resume)?;
-            run::print_finished(&done);
+            if !threads_given && cfg.run.threads > 0 {
+                tch::set_num_threads(cfg.run.threads as i32);
+            }
+            if let Some(done) = run::train(&cfg, resume)? {
+                run::print_finished(&done);
+            }
             Ok(())
         }
         Command::Eval { checkpoint, tasks } => {
-            let (path, report) = run::eval(&checkpoint, tasks)?;
-            println!("checkpoint: {}", path.display());
-            println!("meta-test: {}", run::summary(&report));
+            if let Some((path, report)) = run::eval(&checkpoint, tasks)? {
+                println!("checkpoint: {}", path.display());
+                println!("meta-test: {}", run::summary(&report));
+            }
             Ok(())
         }
+        Command::Launch {
+            ranks,
+            hostfile,
+            command,
+        } => launch(ranks, hostfile, &command),
+        Command::Bench {
+            workload,
+            iters,
+            device,
+            json,
+        } => bench(&workload, iters, &device, json),
         Command::Plot { run_dir } => {
             for p in plot::write(&run_dir)? {
                 println!("{}", p.display());
@@ -173,7 +217,99 @@ fn demo(iterations: Option<u64>, seed: Option<u64>) -> Result<()> {
         cfg.outer.iterations,
         cfg.run.device
     );
-    let done = run::train(&cfg, false)?;
-    run::print_finished(&done);
+    if let Some(done) = run::train(&cfg, false)? {
+        run::print_finished(&done);
+    }
+    Ok(())
+}
+
+/// `metaloop launch`: replaces this process with mpirun starting `ranks` copies of this binary.
+fn launch(ranks: usize, hostfile: Option<PathBuf>, command: &[String]) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    if ranks == 0 {
+        return Err(config::bad("--ranks: must be >= 1, got 0"));
+    }
+    if command.first().is_some_and(|c| c == "launch") {
+        return Err(config::bad(
+            "launch: the command after `--` cannot be `launch` itself",
+        ));
+    }
+    if let Some(h) = &hostfile {
+        if !h.is_file() {
+            return Err(config::bad(format!(
+                "--hostfile {}: no such file",
+                h.display()
+            )));
+        }
+    }
+    let exe = std::env::current_exe()?;
+    let mut mpirun = std::process::Command::new("mpirun");
+    mpirun.arg("-n").arg(ranks.to_string());
+    // Rank threads, data loaders and libtorch's pools need every core, not one bound core.
+    mpirun.args(["--bind-to", "none"]);
+    if is_root() {
+        mpirun.arg("--allow-run-as-root");
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if hostfile.is_none() && ranks > cores {
+        mpirun.arg("--oversubscribe");
+    }
+    if let Some(h) = hostfile {
+        mpirun.arg("--hostfile").arg(h);
+    }
+    mpirun.arg(exe).args(command);
+    let err = mpirun.exec();
+    Err(anyhow::anyhow!(
+        "cannot start mpirun ({err}): install Open MPI (cargo xtask setup)"
+    ))
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// `metaloop bench`: one workload, printed as text or one JSON line.
+fn bench(workload: &str, iters: usize, device: &str, json: bool) -> Result<()> {
+    use metaloop_engine::bench;
+    let w = bench::workload(workload).map_err(|e| config::bad(format!("--workload: {e}")))?;
+    let device = match device {
+        "cpu" => tch::Device::Cpu,
+        "cuda" if tch::Cuda::is_available() => tch::Device::Cuda(0),
+        "cuda" => {
+            return Err(config::bad(
+                "--device cuda: libtorch sees no CUDA device here",
+            ))
+        }
+        other => {
+            return Err(config::bad(format!(
+                "--device: must be \"cpu\" or \"cuda\", got {other:?}"
+            )))
+        }
+    };
+    if iters == 0 {
+        return Err(config::bad("--iters: must be >= 1, got 0"));
+    }
+    let r = bench::run(&w, iters, 3, device)?;
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "{}: {:.1} tasks/s (median {:.2} ms per meta-batch of {}), peak RSS {:.0} MiB, {} threads, {}",
+            r.workload,
+            r.tasks_per_s,
+            1e3 * r.median_s,
+            w.meta_batch,
+            r.peak_mib,
+            r.threads,
+            r.device
+        );
+    }
     Ok(())
 }

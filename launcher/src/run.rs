@@ -17,8 +17,9 @@ use metaloop_engine::data::Split;
 use metaloop_engine::rundir::{self, RunDir};
 use metaloop_engine::train::{EvalReport, StepMetrics, Trainer};
 use metaloop_engine::Error as EngineError;
-use metaloop_runtime::comm::Local;
+use metaloop_runtime::comm::{Communicator, Local, Mpi, Nccl};
 use serde::Serialize;
+use tch::Device;
 
 use crate::config::{self, bad};
 
@@ -161,6 +162,33 @@ fn resume_checkpoint(cfg: &TrainConfig, root: &Path) -> Result<Checkpoint> {
     Ok(ckpt)
 }
 
+/// True when mpirun or srun started this process as one of several ranks.
+fn launched_by_mpi() -> bool {
+    let var = |name: &str| std::env::var(name).ok();
+    var("OMPI_COMM_WORLD_SIZE").is_some()
+        || var("PMI_SIZE").is_some()
+        || var("PMIX_RANK").is_some()
+        || var("SLURM_NTASKS")
+            .and_then(|n| n.parse::<usize>().ok())
+            .is_some_and(|n| n > 1)
+}
+
+/// This process's communicator: MPI when started by mpirun or srun, with NCCL on top when the
+/// config runs on CUDA (GPU `cuda:<local rank>`); one rank alone otherwise.
+pub fn communicator(cfg: &TrainConfig) -> Result<Box<dyn Communicator>> {
+    if !launched_by_mpi() {
+        return Ok(Box::new(Local));
+    }
+    let mpi = Mpi::init()?;
+    let cuda = tch::Cuda::device_count() as usize;
+    let wants_cuda = cfg.run.device == "cuda" || (cfg.run.device == "auto" && cuda > 0);
+    if wants_cuda && cuda > 0 && mpi.size() > 1 {
+        let device = Device::Cuda(mpi.local_rank() % cuda);
+        return Ok(Box::new(Nccl::init(mpi, device)?));
+    }
+    Ok(Box::new(mpi))
+}
+
 fn warn(message: &str) {
     eprintln!("metaloop: warning: {message}");
 }
@@ -184,15 +212,19 @@ fn progress(total: u64, start: u64) -> ProgressBar {
 /// the report and the plot.
 // `%` rather than `is_multiple_of`: the workspace's rust-version is 1.85, older than it.
 #[allow(clippy::manual_is_multiple_of)]
-pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Finished> {
+pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Option<Finished>> {
     let started = Instant::now();
     let root = run_root(cfg);
     let hash = rundir::config_hash(cfg);
+    let comm = communicator(cfg)?;
+    // Rank 0 alone writes the run directory, logs, checkpoints and shows progress; every rank
+    // runs the same steps (the all-reduces are collective).
+    let rank0 = comm.rank() == 0;
     // Checks before anything is written.
     let from = if resume {
         Some(resume_checkpoint(cfg, &root)?)
     } else {
-        if root.exists() {
+        if rank0 && root.exists() {
             return Err(setup_error(EngineError::RunDirExists {
                 path: root.clone(),
             }));
@@ -201,28 +233,33 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Finished> {
     };
     let mut trainer = {
         let _s = tracing::info_span!("setup").entered();
-        Trainer::new(cfg, Box::new(Local)).map_err(setup_error)?
+        Trainer::new(cfg, comm).map_err(setup_error)?
     };
     if let Some(ckpt) = &from {
-        for w in &ckpt.warnings {
+        for w in ckpt.warnings.iter().filter(|_| rank0) {
             warn(w);
         }
         trainer
             .restore(ckpt.manifest.iteration, &ckpt.tensors)
             .map_err(|e| bad(format!("{}: {e}", ckpt.path.display())))?;
     }
-    let mut run = match &from {
-        Some(ckpt) => {
+    let mut run = match (&from, rank0) {
+        (_, false) => None,
+        (Some(ckpt), true) => {
             let mut run = RunDir::open(&root).map_err(setup_error)?;
             run.truncate_metrics_after(ckpt.manifest.iteration)?;
-            run
+            Some(run)
         }
-        None => RunDir::create(&root, &config::to_toml(cfg)?).map_err(setup_error)?,
+        (None, true) => Some(RunDir::create(&root, &config::to_toml(cfg)?).map_err(setup_error)?),
     };
 
     let total = cfg.outer.iterations;
     let first = trainer.iteration();
-    let bar = progress(total, first);
+    let bar = if rank0 {
+        progress(total, first)
+    } else {
+        ProgressBar::hidden()
+    };
     let loop_started = Instant::now();
     let mut tasks_done = 0usize;
     let mut validate = cfg.eval.every > 0;
@@ -237,12 +274,15 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Finished> {
             match trainer.evaluate(Split::Val, cfg.eval.val_tasks) {
                 Ok(r) => val = Some(r),
                 Err(e @ EngineError::NoSplit { .. }) => {
-                    bar.suspend(|| warn(&format!("{e}: validation is skipped")));
+                    if rank0 {
+                        bar.suspend(|| warn(&format!("{e}: validation is skipped")));
+                    }
                     validate = false;
                 }
                 Err(e) => return Err(e.into()),
             }
         }
+        let Some(run) = run.as_mut() else { continue };
         if it % cfg.log.every == 0 || it == total || val.is_some() {
             run.log(&MetricsLine {
                 iteration: it,
@@ -259,7 +299,7 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Finished> {
             bar.suspend(|| println!("iteration {it}: validation {}", summary(v)));
         }
         if (cfg.log.checkpoint_every > 0 && it % cfg.log.checkpoint_every == 0) || it == total {
-            save_checkpoint(&trainer, &run, cfg, &hash)?;
+            save_checkpoint(&trainer, run, cfg, &hash)?;
         }
         bar.set_position(it);
         let acc = m
@@ -277,6 +317,7 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Finished> {
         let _s = tracing::info_span!("meta_test", tasks = cfg.eval.test_tasks).entered();
         trainer.evaluate(Split::Test, cfg.eval.test_tasks)?
     };
+    let Some(run) = run else { return Ok(None) };
     let model = run.write_model(trainer.model_params())?;
     let report = Report {
         config_hash: hash,
@@ -289,11 +330,11 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Finished> {
     };
     run.write_report(&report)?;
     let plots = crate::plot::write(run.path())?;
-    Ok(Finished {
+    Ok(Some(Finished {
         run_dir: run.path().to_path_buf(),
         test,
         plots,
-    })
+    }))
 }
 
 fn save_checkpoint(
@@ -400,7 +441,7 @@ fn locate(path: &Path) -> Result<(PathBuf, Checkpoint)> {
 
 /// `metaloop eval`: rebuilds the trainer from the run's `config.toml`, restores the checkpoint,
 /// meta-tests on `tasks` tasks (default: the config's `eval.test_tasks`).
-pub fn eval(path: &Path, tasks: Option<usize>) -> Result<(PathBuf, EvalReport)> {
+pub fn eval(path: &Path, tasks: Option<usize>) -> Result<Option<(PathBuf, EvalReport)>> {
     let (root, ckpt) = locate(path)?;
     for w in &ckpt.warnings {
         warn(w);
@@ -428,7 +469,9 @@ pub fn eval(path: &Path, tasks: Option<usize>) -> Result<(PathBuf, EvalReport)> 
             "--tasks: must be >= 2 (a confidence interval needs two tasks), got {tasks}"
         )));
     }
-    let mut trainer = Trainer::new(&cfg, Box::new(Local)).map_err(setup_error)?;
+    let comm = communicator(&cfg)?;
+    let rank0 = comm.rank() == 0;
+    let mut trainer = Trainer::new(&cfg, comm).map_err(setup_error)?;
     trainer
         .restore(ckpt.manifest.iteration, &ckpt.tensors)
         .map_err(|e| bad(format!("{}: {e}", ckpt.path.display())))?;
@@ -436,5 +479,5 @@ pub fn eval(path: &Path, tasks: Option<usize>) -> Result<(PathBuf, EvalReport)> 
         let _s = tracing::info_span!("meta_test", tasks).entered();
         trainer.evaluate(Split::Test, tasks)?
     };
-    Ok((ckpt.path, report))
+    Ok(rank0.then_some((ckpt.path, report)))
 }
