@@ -28,8 +28,13 @@ pub fn run_under_mpirun_with_env(ranks: usize, test_name: &str, env: &[(&str, &s
     for (k, v) in env {
         cmd.arg("-x").arg(format!("{k}={v}"));
     }
-    cmd.arg(&exe)
-        .args(["--exact", test_name, "--nocapture", "--test-threads=1", "--color=never"]);
+    cmd.arg(&exe).args([
+        "--exact",
+        test_name,
+        "--nocapture",
+        "--test-threads=1",
+        "--color=never",
+    ]);
     let out = cmd.output().unwrap_or_else(|e| {
         panic!("cannot start mpirun ({e}); install Open MPI with `cargo xtask setup`")
     });
