@@ -96,6 +96,12 @@ fn demo(extra: &[String]) -> anyhow::Result<ExitCode> {
 /// plain `cargo test`.
 fn test(extra: &[String]) -> anyhow::Result<ExitCode> {
     setup::run(false)?;
+    // Tests run in parallel, one process each, on few cores: libtorch's default thread team per
+    // process oversubscribes them and its spinning workers then slow every test many times over.
+    // One intra-op thread per test process (unless the caller chose otherwise).
+    if std::env::var_os("OMP_NUM_THREADS").is_none() {
+        std::env::set_var("OMP_NUM_THREADS", "1");
+    }
     let has_nextest = cargo()
         .args(["nextest", "--version"])
         .output()
