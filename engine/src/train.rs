@@ -820,6 +820,18 @@ impl Trainer {
         })
     }
 
+    /// True on every rank when `flag` is true on at least one rank: one all-reduce of one number,
+    /// so it is also a barrier. The launcher's stop requests (a SIGTERM that reached some ranks)
+    /// become one decision taken after the same iteration everywhere.
+    pub fn any_rank(&self, flag: bool) -> Result<bool> {
+        if self.size() == 1 {
+            return Ok(flag);
+        }
+        let mut votes = Tensor::f_from_slice(&[f64::from(u8::from(flag))])?;
+        self.comm.all_reduce_sum(&mut votes)?;
+        Ok(votes.f_double_value(&[0])? != 0.0)
+    }
+
     /// A checksum of the meta-parameters (two weighted sums in f64).
     fn checksum(&self) -> Result<[f64; 2]> {
         let v = self.meta_vector()?.f_to_kind(Kind::Double)?;

@@ -2,11 +2,13 @@
 //! The work itself is the engine's.
 //!
 //! Exit codes: 0 success; 2 bad input (one line on stderr naming the file or key and what was
-//! expected, and nothing written); 1 any other failure.
+//! expected, and nothing written); 143 / 130 a training stopped by SIGTERM / SIGINT after writing
+//! the checkpoint of its last completed iteration (see `signals`); 1 any other failure.
 
 mod config;
 mod plot;
 mod run;
+mod signals;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -126,6 +128,15 @@ fn main() -> ExitCode {
                     .unwrap_or_default()
             );
             ExitCode::from(2)
+        }
+        Err(e) if e.downcast_ref::<signals::Interrupted>().is_some() => {
+            let Some(stop) = e.downcast_ref::<signals::Interrupted>() else {
+                return ExitCode::FAILURE;
+            };
+            if stop.print {
+                eprintln!("metaloop: {stop}");
+            }
+            ExitCode::from(stop.exit_code())
         }
         Err(e) => {
             eprintln!("metaloop: {e:#}");
@@ -247,6 +258,13 @@ fn launch(ranks: usize, hostfile: Option<PathBuf>, command: &[String]) -> Result
     mpirun.arg("-n").arg(ranks.to_string());
     // Rank threads, data loaders and libtorch's pools need every core, not one bound core.
     mpirun.args(["--bind-to", "none"]);
+    // When a rank dies, or mpirun itself gets SIGTERM/SIGINT, mpirun sends the other ranks
+    // SIGCONT, waits this many seconds, sends SIGTERM, waits again, then SIGKILL. Open MPI's 1 s
+    // leaves a rank stopping on SIGTERM too little time for its last iteration and checkpoint;
+    // 5 s gives it 5 s, and a dead rank still ends the job in about 10 s.
+    if std::env::var_os("OMPI_MCA_odls_base_sigkill_timeout").is_none() {
+        mpirun.args(["--mca", "odls_base_sigkill_timeout", "5"]);
+    }
     if is_root() {
         mpirun.arg("--allow-run-as-root");
     }

@@ -22,6 +22,7 @@ use serde::Serialize;
 use tch::Device;
 
 use crate::config::{self, bad};
+use crate::signals::{self, Interrupted, StopSignals};
 
 /// Engine errors that come from the user's input (config, datasets, checkpoints) become
 /// [`crate::config::BadInput`] (exit code 2); the rest stay failures (exit code 1).
@@ -263,7 +264,14 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Option<Finished>> {
     let loop_started = Instant::now();
     let mut tasks_done = 0usize;
     let mut validate = cfg.eval.every > 0;
+    // SIGTERM/SIGINT from here on: stop between iterations, on every rank alike, with a checkpoint.
+    let stop = StopSignals::install()?;
+    let mut saved = from.as_ref().map(|c| c.manifest.iteration);
     while trainer.iteration() < total {
+        if let Some(signal) = stop.agreed(&trainer)? {
+            bar.finish_and_clear();
+            return Err(stopped(signal, &trainer, run.as_ref(), saved, cfg, &hash)?);
+        }
         let m: StepMetrics = trainer.step()?;
         let it = m.iteration;
         tasks_done += m.tasks;
@@ -300,6 +308,7 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Option<Finished>> {
         }
         if (cfg.log.checkpoint_every > 0 && it % cfg.log.checkpoint_every == 0) || it == total {
             save_checkpoint(&trainer, run, cfg, &hash)?;
+            saved = Some(it);
         }
         bar.set_position(it);
         let acc = m
@@ -312,6 +321,11 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Option<Finished>> {
         ));
     }
     bar.finish_and_clear();
+    if let Some(signal) = stop.agreed(&trainer)? {
+        return Err(stopped(signal, &trainer, run.as_ref(), saved, cfg, &hash)?);
+    }
+    // The last checkpoint holds everything the rest needs: a signal now ends the process at once.
+    stop.exit_at_once();
 
     let test = {
         let _s = tracing::info_span!("meta_test", tasks = cfg.eval.test_tasks).entered();
@@ -334,6 +348,36 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Option<Finished>> {
         run_dir: run.path().to_path_buf(),
         test,
         plots,
+    }))
+}
+
+/// After a stop signal that every rank agreed on: rank 0 writes the checkpoint of the last
+/// completed iteration (unless it was just written), and no rank exits before it is on disk
+/// (mpirun ends the whole job when the first rank exits). The error to end the command with.
+fn stopped(
+    signal: i32,
+    trainer: &Trainer,
+    run: Option<&RunDir>,
+    saved: Option<u64>,
+    cfg: &TrainConfig,
+    hash: &str,
+) -> Result<anyhow::Error> {
+    let it = trainer.iteration();
+    let path = match run {
+        Some(run) if saved == Some(it) => run.checkpoints_dir().join(checkpoint::manifest_name(it)),
+        Some(run) => save_checkpoint(trainer, run, cfg, hash)?,
+        None => PathBuf::new(),
+    };
+    trainer.any_rank(false)?;
+    Ok(anyhow::Error::new(Interrupted {
+        signal,
+        message: format!(
+            "stopped by {} after iteration {it} of {}; checkpoint {}; continue with --resume",
+            signals::name(signal),
+            cfg.outer.iterations,
+            path.display()
+        ),
+        print: run.is_some(),
     }))
 }
 
