@@ -188,3 +188,256 @@ fn an_existing_run_directory_is_not_overwritten() {
     assert_eq!(left, vec![std::ffi::OsString::from("mine.txt")]);
     fs::remove_dir_all(&dir).unwrap();
 }
+
+// Bad datasets and checkpoints. The dataset (and any earlier run) lives in the scratch directory
+// beside the config; the command must leave every file there as it was: no run directory, no
+// decode cache, no checkpoint.
+
+/// Every file under `dir` with its size and modification time, sorted.
+fn tree(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = fs::metadata(&path).unwrap();
+            if meta.is_dir() {
+                stack.push(path.clone());
+            }
+            out.push((path, meta.len(), meta.modified().unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Runs `metaloop args` in `dir`; asserts exit code 2, one stderr line, and that no file under
+/// `dir` was added, removed or changed. Returns the line.
+fn rejects_in(dir: &Path, args: &[&str]) -> String {
+    let before = tree(dir);
+    let out = Command::new(env!("CARGO_BIN_EXE_metaloop"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "stderr: {stderr}\nstdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr:?}");
+    assert_eq!(tree(dir), before, "files were written or changed");
+    stderr.trim().to_string()
+}
+
+fn png(path: &Path, width: u32, height: u32) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    image::RgbImage::from_fn(width, height, |x, y| image::Rgb([x as u8, y as u8, 128]))
+        .save(path)
+        .unwrap();
+}
+
+/// A 2-way 1-shot folder dataset config over `data/train` (Conv-4 on 8×8 images).
+const FOLDER: &str = "[run]\nname = \"f\"\n[task]\nkind = \"folder\"\nroot = \"data/train\"\nways = 2\nshots = 1\nqueries = 1\nimage_size = 8\n[model]\nbackbone = \"conv4\"\nfilters = 4\n[outer]\nmeta_batch = 2\niterations = 2\n[eval]\nevery = 0\ntest_tasks = 2\n";
+
+/// `data/train/<class>/<i>.png` for classes a, b, c with 3 images of 10×12 each.
+fn folder_dataset(name: &str) -> PathBuf {
+    let dir = scratch(name);
+    fs::write(dir.join("c.toml"), FOLDER).unwrap();
+    for class in ["a", "b", "c"] {
+        for i in 0..3 {
+            png(&dir.join(format!("data/train/{class}/{i}.png")), 10, 12);
+        }
+    }
+    dir
+}
+
+#[test]
+fn an_empty_class_folder_is_named() {
+    let dir = folder_dataset("empty-class");
+    fs::create_dir(dir.join("data/train/d")).unwrap();
+    let line = rejects_in(&dir, &train(&[]));
+    assert_eq!(
+        line,
+        format!(
+            "metaloop: class folder {} is empty (expected *.png, *.jpg or *.jpeg images)",
+            Path::new("data/train/d").display()
+        )
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_unreadable_image_is_named() {
+    let dir = folder_dataset("unreadable");
+    fs::write(dir.join("data/train/b/1.png"), b"not a png at all").unwrap();
+    let line = rejects_in(&dir, &train(&[]));
+    assert!(
+        line.starts_with(&format!(
+            "metaloop: {}: unreadable image: ",
+            Path::new("data/train/b/1.png").display()
+        )),
+        "{line}"
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_truncated_image_is_named() {
+    let dir = folder_dataset("truncated");
+    let path = dir.join("data/train/c/2.png");
+    let bytes = fs::read(&path).unwrap();
+    fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let line = rejects_in(&dir, &train(&[]));
+    assert!(
+        line.starts_with(&format!(
+            "metaloop: {}: unreadable image: ",
+            Path::new("data/train/c/2.png").display()
+        )),
+        "{line}"
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_wrongly_sized_image_is_named_with_the_sizes_allowed() {
+    // The folder layout resizes any source size; Omniglot allows its 105×105 scans and images
+    // already at the target size (28×28) only. MAML's split needs 1200 characters: 1200 folders
+    // of one 28×28 drawing each, one of them 50×50.
+    let dir = scratch("wrong-size");
+    let config = "[run]\nname = \"o\"\n[task]\nkind = \"omniglot\"\nroot = \"omni\"\nways = 5\nshots = 1\nqueries = 1\n[model]\nbackbone = \"conv4\"\nfilters = 4\n[outer]\nmeta_batch = 2\niterations = 2\n[eval]\nevery = 0\ntest_tasks = 2\n";
+    fs::write(dir.join("c.toml"), config).unwrap();
+    for (set, alphabet) in [
+        ("images_background", "Alpha"),
+        ("images_evaluation", "Beta"),
+    ] {
+        for c in 0..600 {
+            let file = dir.join(format!("omni/{set}/{alphabet}/character{c:03}/1.png"));
+            fs::create_dir_all(file.parent().unwrap()).unwrap();
+            image::GrayImage::from_pixel(28, 28, image::Luma([255]))
+                .save(&file)
+                .unwrap();
+        }
+    }
+    let bad = Path::new("omni/images_evaluation/Beta/character123/1.png");
+    image::GrayImage::from_pixel(50, 50, image::Luma([255]))
+        .save(dir.join(bad))
+        .unwrap();
+    let line = rejects_in(&dir, &train(&[]));
+    assert_eq!(
+        line,
+        format!(
+            "metaloop: {}: 50×50 image, expected 105×105 or 28×28 (to be resized to 28×28)",
+            bad.display()
+        )
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_csv_naming_a_missing_image_is_named_with_its_line() {
+    let dir = scratch("csv-missing");
+    let config = "[run]\nname = \"m\"\n[task]\nkind = \"miniimagenet\"\nroot = \"mini\"\nways = 2\nshots = 1\nqueries = 1\nimage_size = 8\n[model]\nbackbone = \"conv4\"\nfilters = 4\n[outer]\nmeta_batch = 2\niterations = 2\n[eval]\nevery = 0\ntest_tasks = 2\n";
+    fs::write(dir.join("c.toml"), config).unwrap();
+    png(&dir.join("mini/images/n01a.png"), 12, 12);
+    png(&dir.join("mini/images/n02a.png"), 12, 12);
+    fs::write(
+        dir.join("mini/train.csv"),
+        "filename,label\nn01a.png,n01\nn01b.png,n01\nn02a.png,n02\n",
+    )
+    .unwrap();
+    for split in ["val", "test"] {
+        fs::write(
+            dir.join(format!("mini/{split}.csv")),
+            "filename,label\nn01a.png,n01\nn02a.png,n02\n",
+        )
+        .unwrap();
+    }
+    let line = rejects_in(&dir, &train(&[]));
+    assert_eq!(
+        line,
+        format!(
+            "metaloop: miniimagenet: {} line 3 names images/n01b.png, which does not exist",
+            Path::new("mini/train.csv").display()
+        )
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A finished 2-iteration sinusoid run `runs/<name>` with MLP widths `hidden`, config `<name>.toml`.
+fn finished_run(dir: &Path, name: &str, hidden: &str) {
+    let config = TINY
+        .replace("name = \"tiny\"", &format!("name = \"{name}\""))
+        .replace("hidden = [4]", &format!("hidden = {hidden}"));
+    fs::write(dir.join(format!("{name}.toml")), config).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_metaloop"))
+        .current_dir(dir)
+        .args([
+            "--threads",
+            "1",
+            "train",
+            "--config",
+            &format!("{name}.toml"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_checkpoint_whose_shapes_do_not_match_the_model_is_refused() {
+    let dir = scratch("shapes");
+    finished_run(&dir, "small", "[4]");
+    finished_run(&dir, "wide", "[8]");
+    let ckpt =
+        |run: &str, ext: &str| dir.join(format!("runs/{run}/checkpoints/ckpt-000000002.{ext}"));
+    // A foreign checkpoint under `wide`'s name: `small`'s tensors, with the manifest's config
+    // hash set to `wide`'s (as a hand-copied checkpoint would be), so only the shapes differ.
+    let wide_manifest: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(ckpt("wide", "json")).unwrap()).unwrap();
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(ckpt("small", "json")).unwrap()).unwrap();
+    manifest["config_hash"] = wide_manifest["config_hash"].clone();
+    fs::copy(ckpt("small", "safetensors"), ckpt("wide", "safetensors")).unwrap();
+    fs::write(
+        ckpt("wide", "json"),
+        serde_json::to_vec_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
+    // θ of 1-4-1 has 4 + 4 + 4 + 1 = 13 values; 1-8-1 needs 25.
+    let expected = format!(
+        "metaloop: {}: resume state: tensor `theta` has shape [13], the model needs [25]",
+        Path::new("runs/wide/checkpoints/ckpt-000000002.json").display()
+    );
+    assert_eq!(
+        rejects_in(&dir, &["eval", "--checkpoint", "runs/wide"]),
+        expected
+    );
+    assert_eq!(
+        rejects_in(&dir, &["train", "--config", "wide.toml", "--resume"]),
+        expected
+    );
+
+    // A run whose config.toml was edited after the fact: the checkpoint names another config.
+    let config = dir.join("runs/small/config.toml");
+    let text = fs::read_to_string(&config).unwrap();
+    fs::write(&config, text.replace("hidden = [4]", "hidden = [8]")).unwrap();
+    let line = rejects_in(&dir, &["eval", "--checkpoint", "runs/small"]);
+    assert!(
+        line.starts_with(&format!(
+            "metaloop: {}: written by another config (hash ",
+            Path::new("runs/small/checkpoints/ckpt-000000002.json").display()
+        )) && line.ends_with(&format!(
+            "than {}",
+            Path::new("runs/small/config.toml").display()
+        )),
+        "{line}"
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
