@@ -531,3 +531,79 @@ fn task_batched_loop_equals_separate_loops() {
         assert_close(what, &g[i], &sums[i], 1e-6 * scale);
     }
 }
+
+/// Meta-SGD's per-element learning rates ([P]) and a learned per-parameter momentum ([G]), as the
+/// engine meta-learns them (task-batched, the sum of the tasks' losses): their hypergradients
+/// match central finite differences of the meta-loss.
+#[test]
+fn meta_sgd_and_learned_momentum_hypergradients_match_finite_differences() {
+    tch::manual_seed(8);
+    let kind = Kind::Double;
+    let m = nn::mlp(&[1, 8, 8, 1]);
+    let params = Params::init(&m, 3, kind, Device::Cpu).unwrap();
+    let layout = params.layout().clone();
+    let (p, g) = (layout.numel(), layout.len() as i64);
+    let tasks = 2;
+    let xs = Tensor::rand([tasks, 6, 1], (kind, Device::Cpu)) * 10.0 - 5.0;
+    let ys = xs.sin() * 1.7;
+    let xq = Tensor::rand([tasks, 6, 1], (kind, Device::Cpu)) * 10.0 - 5.0;
+    let yq = xq.sin() * 1.7;
+    let per_task = |pred: &Tensor, y: &Tensor| {
+        (pred - y)
+            .square()
+            .mean_dim(&[1i64, 2][..], false, kind)
+            .sum(kind)
+    };
+    let meta_loss = |lr: &Tensor, momentum: &Tensor| -> Tensor {
+        let mut inner = InnerLoop::new(&m, &params, Sgd::new(0.01).momentum(0.5))
+            .copy_initial_weights(false)
+            .override_hparam("lr", lr)
+            .override_hparam("momentum", momentum)
+            .tasks(tasks)
+            .build()
+            .unwrap();
+        for _ in 0..3 {
+            let l = per_task(&inner.forward(&xs).unwrap(), &ys);
+            inner.step(&l).unwrap();
+        }
+        per_task(&inner.forward(&xq).unwrap(), &yq)
+    };
+    let lr = (Tensor::rand([p], (kind, Device::Cpu)) * 0.02 + 0.01).set_requires_grad(true);
+    let momentum = (Tensor::rand([g], (kind, Device::Cpu)) * 0.4 + 0.3).set_requires_grad(true);
+    let grads = Tensor::run_backward(
+        &[&meta_loss(&lr, &momentum)],
+        &[&lr, &momentum],
+        false,
+        false,
+    );
+    // Central differences, h = 1e-6: truncation O(h²) ≈ 1e-12 and rounding ≈ 1e-16 / h = 1e-10 of
+    // a meta-loss of order 1, hence 1e-7 relative to the gradient's scale.
+    let h = 1e-6;
+    let fd = |which: usize, i: i64| -> f64 {
+        let bump = |sign: f64| {
+            let (mut l, mut mo) = (lr.detach().copy(), momentum.detach().copy());
+            let t = if which == 0 { &mut l } else { &mut mo };
+            let _ = t.get(i).f_add_(&Tensor::from(sign * h)).unwrap();
+            meta_loss(&l, &mo).double_value(&[])
+        };
+        (bump(1.0) - bump(-1.0)) / (2.0 * h)
+    };
+    let scale = |t: &Tensor| 1.0 + t.abs().max().double_value(&[]);
+    for (which, name, count) in [
+        (0, "lr (per element)", p),
+        (1, "momentum (per parameter)", g),
+    ] {
+        let s = scale(&grads[which]);
+        for i in (0..count).step_by((count as usize / 12).max(1)) {
+            let (auto, numeric) = (grads[which].double_value(&[i]), fd(which, i));
+            assert!(
+                (auto - numeric).abs() <= 1e-7 * s,
+                "{name}[{i}]: autograd {auto} vs finite difference {numeric}"
+            );
+        }
+    }
+    assert!(
+        grads[0].abs().max().double_value(&[]) > 0.0
+            && grads[1].abs().max().double_value(&[]) > 0.0
+    );
+}
