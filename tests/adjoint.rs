@@ -407,7 +407,7 @@ fn per_step_meta_losses_match_full_tracking() {
     for t in 0..steps {
         let loss = w.support_loss(inner.params(), t).unwrap();
         inner.step(&loss).unwrap();
-        meta = meta + w.query_loss(inner.params()).unwrap() * weight(t + 1);
+        meta += w.query_loss(inner.params()).unwrap() * weight(t + 1);
     }
     let inputs = [
         w.params.flat().shallow_clone(),
@@ -511,7 +511,7 @@ fn errors_name_the_problem() {
         MetaGradient::new(Sgd::new(0.1))
             .tasks(w.tasks)
             .forward(&w.params, 2, |theta, _| {
-                Ok(w.model.forward(theta, &w.support[0].0, true)?)
+                w.model.forward(theta, &w.support[0].0, true)
             });
     assert!(matches!(non_scalar, Err(Error::Shape { .. })));
     let unknown = MetaGradient::new(Sgd::new(0.1))
