@@ -6,17 +6,19 @@
 //! - `demo`: the main job on its embedded default (a meta-training on CPU).
 //! - `test`: every test, the mpirun ones included.
 //! - `fixtures`: regenerates the committed PyTorch fixtures (needs higher and TorchOpt in the venv).
+//! - `fuzz [SECONDS] [TARGET...]`: runs the cargo-fuzz targets of `fuzz/` (60 s each by default).
 //!
 //! Each failure ends with one line saying what to do, and exit code 2 for bad input or a missing
 //! prerequisite that this tool cannot install.
 
 mod bench;
+mod fuzz;
 mod setup;
 
 use std::process::{Command, ExitCode};
 
 const USAGE: &str =
-    "usage: cargo xtask <setup [--peers] | demo | test [cargo test args...] | fixtures>";
+    "usage: cargo xtask <setup [--peers] | demo | test [cargo test args...] | fixtures | fuzz [seconds] [target...]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -26,6 +28,7 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("fixtures") => fixtures(),
         Some("bench") => bench::run(&args[1..]),
+        Some("fuzz") => fuzz::run(&args[1..]),
         Some("-h" | "--help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
