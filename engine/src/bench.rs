@@ -155,8 +155,15 @@ fn task_loss(pred: &Tensor, y: &Tensor, ways: i64) -> Result<Tensor> {
         .f_div_scalar(s[1] as f64)?)
 }
 
-/// Runs `iters` timed iterations (after `warmup`) of workload `w` on `device`.
-pub fn run(w: &Workload, iters: usize, warmup: usize, device: Device) -> Result<BenchResult> {
+/// Runs `iters` timed iterations (after `warmup`) of workload `w` on `device`; `fused` picks the
+/// fused optimizer kernels (runtime::kernels) or the tensor-op reference path for the inner steps.
+pub fn run(
+    w: &Workload,
+    iters: usize,
+    warmup: usize,
+    device: Device,
+    fused: bool,
+) -> Result<BenchResult> {
     tch::manual_seed(0);
     let model: Box<dyn Module> = if w.ways == 0 {
         Box::new(nn::mlp(&[1, 40, 40, 1]))
@@ -164,14 +171,14 @@ pub fn run(w: &Workload, iters: usize, warmup: usize, device: Device) -> Result<
         Box::new(nn::conv4(1, w.ways, 64))
     };
     let theta = Params::init(model.as_ref(), 0, Kind::Float, device)?;
-    let outer = Adam::new(1e-3);
+    let outer = Adam::new(1e-3).fused(fused);
     let outer_hp = HParams::defaults(&outer);
     let mut outer_state = outer.init_state(theta.flat())?;
     let batch = make_batch(w, device)?;
     let mut times = Vec::with_capacity(iters);
     for i in 0..warmup + iters {
         let started = Instant::now();
-        let mut inner = InnerLoop::new(model.as_ref(), &theta, Sgd::new(w.lr))
+        let mut inner = InnerLoop::new(model.as_ref(), &theta, Sgd::new(w.lr).fused(fused))
             .copy_initial_weights(false)
             .tasks(w.meta_batch)
             .build()?;
@@ -197,7 +204,11 @@ pub fn run(w: &Workload, iters: usize, warmup: usize, device: Device) -> Result<
     times.sort_by(|a, b| a.total_cmp(b));
     let median = times[times.len() / 2];
     Ok(BenchResult {
-        peer: "metaloop".into(),
+        peer: if fused {
+            "metaloop".into()
+        } else {
+            "metaloop-unfused".into()
+        },
         workload: w.name.into(),
         tasks_per_s: w.meta_batch as f64 / median,
         median_s: median,

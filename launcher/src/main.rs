@@ -88,6 +88,9 @@ enum Command {
         /// One JSON line instead of text.
         #[arg(long)]
         json: bool,
+        /// The tensor-op optimizer path instead of the fused kernels.
+        #[arg(long)]
+        unfused: bool,
     },
     /// A first meta-training on CPU: second-order MAML on sinusoid regression (configs/sinusoid.toml,
     /// the MAML paper's values) into runs/sinusoid-demo*/.
@@ -189,7 +192,8 @@ fn dispatch(command: Command, threads_given: bool) -> Result<()> {
             iters,
             device,
             json,
-        } => bench(&workload, iters, &device, json),
+            unfused,
+        } => bench(&workload, iters, &device, json, !unfused),
         Command::Plot { run_dir } => {
             for p in plot::write(&run_dir)? {
                 println!("{}", p.display());
@@ -294,7 +298,7 @@ fn is_root() -> bool {
 }
 
 /// `metaloop bench`: one workload, printed as text or one JSON line.
-fn bench(workload: &str, iters: usize, device: &str, json: bool) -> Result<()> {
+fn bench(workload: &str, iters: usize, device: &str, json: bool, fused: bool) -> Result<()> {
     use metaloop_engine::bench;
     let w = bench::workload(workload).map_err(|e| config::bad(format!("--workload: {e}")))?;
     let device = match device {
@@ -314,7 +318,7 @@ fn bench(workload: &str, iters: usize, device: &str, json: bool) -> Result<()> {
     if iters == 0 {
         return Err(config::bad("--iters: must be >= 1, got 0"));
     }
-    let r = bench::run(&w, iters, 3, device)?;
+    let r = bench::run(&w, iters, 3, device, fused)?;
     if json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
