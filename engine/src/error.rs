@@ -26,10 +26,18 @@ pub enum Error {
     State(String),
     /// Too many outer steps in a row had a NaN or Inf in the meta-gradient or an inner loop.
     #[error("iteration {iteration}: {skips} outer steps in a row skipped for non-finite values (outer.max_nonfinite_skips); last tasks involved: {tasks:?}")]
-    NonFinite { iteration: u64, skips: u32, tasks: Vec<usize> },
+    NonFinite {
+        iteration: u64,
+        skips: u32,
+        tasks: Vec<usize>,
+    },
     /// The meta-parameters differ between ranks: the ranks no longer train the same model.
     #[error("iteration {iteration}: meta-parameters differ across ranks (checksum of rank 0: {expected:e}; ranks that differ: {ranks:?})")]
-    RankMismatch { iteration: u64, expected: f64, ranks: Vec<usize> },
+    RankMismatch {
+        iteration: u64,
+        expected: f64,
+        ranks: Vec<usize>,
+    },
     /// A device that is not there (e.g. `cuda` on a machine without CUDA).
     #[error("run.device: {0}")]
     Device(String),

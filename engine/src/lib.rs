@@ -3,8 +3,8 @@
 //! It builds on the runtime's InnerLoop and never parses command-line arguments or prints to
 //! the terminal: the launcher does both.
 
-pub mod checkpoint;
 pub mod bench;
+pub mod checkpoint;
 pub mod config;
 pub mod data;
 mod error;

@@ -15,5 +15,5 @@ mod params;
 
 pub use error::{Error, Result};
 pub use inner::{GradCallback, InnerLoop, InnerLoopBuilder, StepOptions};
-pub use params::{Layout, Params, ParamSpec};
+pub use params::{Layout, ParamSpec, Params};
 pub use tch::{Device, Kind, Tensor};
