@@ -120,7 +120,11 @@ fn library_code_has_no_stubs() {
     for dir in ["runtime/src", "engine/src", "launcher/src"] {
         for (path, text) in sources(dir) {
             for (n, line) in code_lines(&text) {
-                if line.contains("todo!(") || line.contains("unimplemented!(") {
+                // The macro names are built so that this file does not contain them itself.
+                if [concat!("todo", "!("), concat!("unimplemented", "!(")]
+                    .iter()
+                    .any(|m| line.contains(m))
+                {
                     offenders.push(format!("{}:{n}: {}", path.display(), line.trim()));
                 }
             }
