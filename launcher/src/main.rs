@@ -88,9 +88,9 @@ enum Command {
         /// One JSON line instead of text.
         #[arg(long)]
         json: bool,
-        /// The tensor-op optimizer path instead of the fused kernels.
+        /// The fused optimizer kernels instead of the tensor-op path (the library's default).
         #[arg(long)]
-        unfused: bool,
+        fused: bool,
     },
     /// A first meta-training on CPU: second-order MAML on sinusoid regression (configs/sinusoid.toml,
     /// the MAML paper's values) into runs/sinusoid-demo*/.
@@ -192,8 +192,8 @@ fn dispatch(command: Command, threads_given: bool) -> Result<()> {
             iters,
             device,
             json,
-            unfused,
-        } => bench(&workload, iters, &device, json, !unfused),
+            fused,
+        } => bench(&workload, iters, &device, json, fused),
         Command::Plot { run_dir } => {
             for p in plot::write(&run_dir)? {
                 println!("{}", p.display());

@@ -164,8 +164,10 @@ macro_rules! adam_builders {
                 self
             }
             /// Take each step with one fused kernel (runtime::kernels) where it supports θ
-            /// (f32/f64 on the CPU or CUDA): the default. `false` takes the tensor-op path, the
-            /// reference (needed to differentiate through a step's backward).
+            /// (f32/f64 on the CPU or CUDA). Off by default: on this project's 2-core CPU the
+            /// fused CPU kernels measured slower than the tensor-op path (benches/README.md).
+            /// The tensor-op path is the reference, and the one that can differentiate through a
+            /// step's backward.
             pub fn fused(mut self, fused: bool) -> $t {
                 self.config.fused = fused;
                 self
@@ -191,7 +193,7 @@ impl Adam {
                 eps: 1e-8,
                 weight_decay: 0.0,
                 amsgrad: false,
-                fused: true,
+                fused: false,
             },
         }
     }
@@ -243,7 +245,7 @@ impl AdamW {
                 eps: 1e-8,
                 weight_decay: 1e-2,
                 amsgrad: false,
-                fused: true,
+                fused: false,
             },
         }
     }

@@ -35,7 +35,7 @@ impl Sgd {
             dampening: 0.0,
             weight_decay: 0.0,
             nesterov: false,
-            fused: true,
+            fused: false,
         }
     }
     pub fn momentum(mut self, momentum: f64) -> Sgd {
@@ -56,8 +56,10 @@ impl Sgd {
         self
     }
     /// Take each step with one fused kernel (runtime::kernels) where it supports θ (f32/f64 on
-    /// the CPU or CUDA): the default. `false` takes the tensor-op path, the reference (needed to
-    /// differentiate through a step's backward, i.e. third-order derivatives).
+    /// the CPU or CUDA). Off by default: on this project's 2-core CPU the fused CPU kernels
+    /// measured slower than the tensor-op path (benches/README.md, `cargo bench --bench
+    /// optim_step`). The tensor-op path is the reference, and the one that can differentiate
+    /// through a step's backward (third-order derivatives).
     pub fn fused(mut self, fused: bool) -> Sgd {
         self.fused = fused;
         self
