@@ -378,7 +378,7 @@ fn first_order_steps_agree() {
 /// error naming the way out, instead of silently losing the third-order terms.
 #[test]
 fn double_backward_through_a_fused_step_is_an_error() {
-    let opt = optim::Sgd::new(0.1).momentum(0.9);
+    let opt = optim::Sgd::new(0.1).momentum(0.9).fused(true);
     let hp = HParams::defaults(&opt);
     let theta = Tensor::randn([P], (Kind::Double, Device::Cpu)).set_requires_grad(true);
     let grad = (&theta * 2.0).sin();
