@@ -126,6 +126,19 @@ fn errors_name_the_csv_line_and_file() {
         )
     );
 
+    // A row naming a path outside images/ (line 4).
+    let mut lines: Vec<&str> = good.lines().collect();
+    lines[3] = "../train.csv,n0153";
+    std::fs::write(&train, lines.join("\n")).unwrap();
+    let err = miniimagenet::load(&config).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "miniimagenet: {} line 4: \"../train.csv\" is not a plain file name inside images/",
+            train.display()
+        )
+    );
+
     // A bad header.
     std::fs::write(&train, good.replacen("filename,label", "file,class", 1)).unwrap();
     let err = miniimagenet::load(&config).unwrap_err().to_string();

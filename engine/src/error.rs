@@ -124,6 +124,14 @@ pub enum Error {
         dataset: &'static str,
         split: crate::data::Split,
     },
+    /// A CSV row whose file name is a path rather than a plain name inside `images/`.
+    #[error("{dataset}: {path} line {line}: {file:?} is not a plain file name inside images/")]
+    CsvPath {
+        dataset: &'static str,
+        path: PathBuf,
+        line: usize,
+        file: String,
+    },
     /// An episode asks for more classes than the split has.
     #[error("{dataset}: the {split} split has {classes} classes, an episode needs {ways} (ways)")]
     TooFewClasses {

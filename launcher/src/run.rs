@@ -40,6 +40,7 @@ pub fn setup_error(e: EngineError) -> anyhow::Error {
         | CsvHeader { .. }
         | CsvRow { .. }
         | CsvMissingImage { .. }
+        | CsvPath { .. }
         | Zip { .. }
         | DatasetSplit { .. }
         | NoSplit { .. }

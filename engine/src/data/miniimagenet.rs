@@ -124,6 +124,16 @@ fn read_csv(
                 found: row.to_string(),
             });
         }
+        // Names are plain file names inside images/: a path (`../x`, `/etc/x`) would read files
+        // outside the dataset.
+        if file.contains(['/', '\\']) || file == "." || file == ".." {
+            return Err(Error::CsvPath {
+                dataset: NAME,
+                path: csv.to_path_buf(),
+                line: line_no,
+                file: file.to_string(),
+            });
+        }
         let path = images_dir.join(file);
         if !path.is_file() {
             return Err(Error::CsvMissingImage {
