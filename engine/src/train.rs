@@ -483,7 +483,9 @@ impl Trainer {
                 let (g, q, acc) = self.recompute_meta_gradient(batch, global_tasks)?;
                 (g, q, acc)
             }
-            Algorithm::Maml { first_order } => {
+            // ANIL is second-order MAML whose inner loop leaves the body frozen (`self.frozen`).
+            Algorithm::Maml { .. } | Algorithm::Anil => {
+                let first_order = self.algorithm == (Algorithm::Maml { first_order: true });
                 let mut inner = {
                     let _s = tracing::info_span!("inner_loop", steps).entered();
                     let mut inner = self.inner_loop(t, !first_order)?;
@@ -544,31 +546,6 @@ impl Trainer {
                         .collect::<Result<Vec<_>>>()?
                 };
                 (grads, q, acc)
-            }
-            Algorithm::Anil => {
-                let _s = tracing::info_span!("inner_loop", steps).entered();
-                let mut inner = self.inner_loop(t, true)?;
-                for _ in 0..steps {
-                    let (l, _) =
-                        task_losses(&inner.forward(&batch.support_x)?, &batch.support_y, cls)?;
-                    inner.step(&l.f_sum(self.kind)?)?;
-                }
-                let (q, acc) = task_losses(&inner.forward(&batch.query_x)?, &batch.query_y, cls)?;
-                let objective = q.f_sum(self.kind)?.f_div_scalar(global_tasks)?;
-                let refs: Vec<&Tensor> = inputs.iter().collect();
-                let g = Tensor::f_run_backward(&[&objective], &refs, false, false)?;
-                let g = g
-                    .into_iter()
-                    .zip(&inputs)
-                    .map(|(g, x)| {
-                        if g.defined() {
-                            Ok(g)
-                        } else {
-                            zeros_like(x).map_err(Error::from)
-                        }
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                (g, q, acc)
             }
             Algorithm::Reptile => {
                 let _s = tracing::info_span!("inner_loop", steps).entered();

@@ -62,14 +62,7 @@ impl Optimizer for Adadelta {
         }
     }
     fn init_state(&self, theta: &Tensor) -> Result<OptState> {
-        let zeros = || -> Result<Tensor> { Ok(theta.f_zeros_like()?.f_detach()?) };
-        Ok(OptState::new(
-            0,
-            vec![
-                ("square_avg".to_string(), zeros()?),
-                ("acc_delta".to_string(), zeros()?),
-            ],
-        ))
+        OptState::zeros(theta, &["square_avg", "acc_delta"])
     }
     fn update(
         &self,

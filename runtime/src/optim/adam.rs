@@ -37,15 +37,12 @@ impl AdamConfig {
     }
 
     fn init_state(&self, theta: &Tensor) -> Result<OptState> {
-        let zeros = || -> Result<Tensor> { Ok(theta.f_zeros_like()?.f_detach()?) };
-        let mut tensors = vec![
-            ("exp_avg".to_string(), zeros()?),
-            ("exp_avg_sq".to_string(), zeros()?),
-        ];
-        if self.amsgrad {
-            tensors.push(("max_exp_avg_sq".to_string(), zeros()?));
-        }
-        Ok(OptState::new(0, tensors))
+        let names: &[&str] = if self.amsgrad {
+            &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"]
+        } else {
+            &["exp_avg", "exp_avg_sq"]
+        };
+        OptState::zeros(theta, names)
     }
 
     /// torch's `_single_tensor_adam` (non-differentiable branch, the one `foreach=False` runs):
@@ -335,14 +332,7 @@ impl Optimizer for Adamax {
         }
     }
     fn init_state(&self, theta: &Tensor) -> Result<OptState> {
-        let zeros = || -> Result<Tensor> { Ok(theta.f_zeros_like()?.f_detach()?) };
-        Ok(OptState::new(
-            0,
-            vec![
-                ("exp_avg".to_string(), zeros()?),
-                ("exp_inf".to_string(), zeros()?),
-            ],
-        ))
+        OptState::zeros(theta, &["exp_avg", "exp_inf"])
     }
     fn update(
         &self,

@@ -80,15 +80,14 @@ impl Optimizer for RMSprop {
         }
     }
     fn init_state(&self, theta: &Tensor) -> Result<OptState> {
-        let zeros = || -> Result<Tensor> { Ok(theta.f_zeros_like()?.f_detach()?) };
-        let mut tensors = vec![("square_avg".to_string(), zeros()?)];
+        let mut names = vec!["square_avg"];
         if self.momentum > 0.0 {
-            tensors.push(("momentum_buffer".to_string(), zeros()?));
+            names.push("momentum_buffer");
         }
         if self.centered {
-            tensors.push(("grad_avg".to_string(), zeros()?));
+            names.push("grad_avg");
         }
-        Ok(OptState::new(0, tensors))
+        OptState::zeros(theta, &names)
     }
     fn update(
         &self,

@@ -35,6 +35,15 @@ impl OptState {
         OptState { step, tensors }
     }
 
+    /// The state before the first step: a zero buffer shaped like `theta` (detached) per name.
+    pub fn zeros(theta: &Tensor, names: &[&str]) -> Result<OptState> {
+        let tensors = names
+            .iter()
+            .map(|n| Ok((n.to_string(), theta.f_zeros_like()?.f_detach()?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(OptState::new(0, tensors))
+    }
+
     /// The number of steps taken (torch's `state["step"]`).
     pub fn step(&self) -> i64 {
         self.step
