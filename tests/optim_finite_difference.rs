@@ -20,6 +20,12 @@ struct Problem {
     query_y: Tensor,
 }
 
+/// libtorch's random generator is global and the tests of this file run on parallel threads:
+/// each seeds and draws its data while holding this lock, so their draws never interleave (they
+/// did, and Adam with amsgrad then sometimes met a kink of its max between the finite-difference
+/// points).
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl Problem {
     fn new() -> Problem {
         tch::manual_seed(3);
@@ -232,8 +238,14 @@ fn cases() -> Vec<Case> {
 
 #[test]
 fn meta_gradients_match_finite_differences_for_every_optimizer() {
-    let problem = Problem::new();
-    let theta0 = (Tensor::randn([P], OPTS) * 0.5).set_requires_grad(true);
+    let (problem, theta0) = {
+        let _draws = RNG.lock().unwrap_or_else(|e| e.into_inner());
+        let problem = Problem::new();
+        (
+            problem,
+            (Tensor::randn([P], OPTS) * 0.5).set_requires_grad(true),
+        )
+    };
     // Central differences in f64, with h = 1e-5 for θ0 and, for a hyperparameter x, a step scaled
     // to its size, h = 1e-5·min(1, 10·x) (eps = 1e-3 gets 1e-7), so that h/x ≤ 1e-4. Truncation error ~ h²·|f'''| ≈ 1e-10 and rounding
     // error ~ ε·|M|/h ≈ 1e-11, so the two agree to ~1e-9; 1e-7 (relative, with an absolute floor
@@ -345,6 +357,7 @@ fn hypergradients_stay_finite_where_the_gradient_is_zero() {
             .square()
             .mean(Kind::Double)
     };
+    let draws = RNG.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(5);
     let support_x = Tensor::cat(
         &[Tensor::randn([5, 3], OPTS), Tensor::zeros([5, 1], OPTS)],
@@ -354,6 +367,7 @@ fn hypergradients_stay_finite_where_the_gradient_is_zero() {
     let query_x = Tensor::randn([7, 4], OPTS);
     let query_y = Tensor::randn([7, 2], OPTS) * 0.5;
     let theta0 = (Tensor::randn([p], OPTS) * 0.5).set_requires_grad(true);
+    drop(draws);
 
     let optimizers: Vec<Box<dyn Optimizer>> = vec![
         Box::new(optim::Sgd::new(0.1).momentum(0.9)),
