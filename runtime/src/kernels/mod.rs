@@ -27,6 +27,9 @@
 mod cpu;
 mod cuda;
 mod ffi;
+mod host_memory;
+
+pub use host_memory::{retain_freed_host_memory, HostMemory};
 
 use crate::{Error, Result};
 use std::ffi::CStr;
