@@ -108,7 +108,7 @@ fn check(model: &dyn Module, input: &[i64], device: Device, with_state: bool) {
 fn conv_model(how: ConvTasks) -> nn::Sequential {
     nn::Sequential::new()
         .push(nn::Conv2d::new(2, 4, 3).padding(1).task_batching(how))
-        .push(nn::BatchNorm2d::new(4))
+        .push(nn::BatchNorm2d::new(4).task_batching(how))
         .push(nn::Relu)
         .push(nn::MaxPool2d::new(2))
         .push(
@@ -148,12 +148,9 @@ fn grouped_and_per_task_convolutions_match_separate_calls() {
 fn batchnorm_running_statistics_are_kept_per_task() {
     for device in devices() {
         check(&nn::conv4(1, 5, 8), &[5, 1, 28, 28], device, true);
-        check(
-            &conv_model(ConvTasks::Grouped),
-            &[4, 2, 10, 10],
-            device,
-            true,
-        );
+        for how in [ConvTasks::Grouped, ConvTasks::PerTask] {
+            check(&conv_model(how), &[4, 2, 10, 10], device, true);
+        }
     }
 }
 

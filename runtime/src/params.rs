@@ -353,6 +353,32 @@ impl Params {
         self.view_of(&self.flat, spec)
     }
 
+    /// Every parameter's view, in layout order, from one split of the flat tensor. In a graph,
+    /// the backward of one split is one concatenation of the parameters' gradients, where a
+    /// [`get`](Params::get) per parameter costs a zero-filled `[T, P]` gradient each.
+    pub fn views(&self) -> Result<Vec<Tensor>> {
+        let dim = self.flat.dim() as i64 - 1;
+        let sizes: Vec<i64> = self.layout.specs.iter().map(|s| s.numel).collect();
+        let pieces = self.flat.f_split_with_sizes(sizes.as_slice(), dim)?;
+        let tasks = self.tasks();
+        pieces
+            .iter()
+            .zip(&self.layout.specs)
+            .map(|(piece, spec)| {
+                let mut shape = Vec::with_capacity(spec.shape.len() + 1);
+                shape.extend(tasks);
+                shape.extend_from_slice(&spec.shape);
+                Ok(piece.f_view(shape.as_slice())?)
+            })
+            .collect()
+    }
+
+    /// The position of parameter `name` in layout order (the index into [`views`](Params::views)).
+    pub fn index_of(&self, name: &str) -> Result<usize> {
+        self.layout.spec(name)?;
+        Ok(self.layout.index[name])
+    }
+
     /// Copies `value` into parameter `name` without recording it in the autograd graph.
     /// `value` has the view's shape, or for task-batched parameters also `[*shape]` (then every
     /// task gets it). Do not use it on parameters that a pending backward pass still needs.

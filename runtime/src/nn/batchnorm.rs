@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use tch::Tensor;
+use tch::{Device, Tensor};
 
-use super::{Module, ParamDef, Scope};
+use super::{ConvTasks, Module, ParamDef, Scope};
 use crate::params::Init;
 use crate::{Error, Result};
 
@@ -21,6 +21,7 @@ pub struct BatchNorm2d {
     channels: i64,
     eps: f64,
     momentum: f64,
+    tasks: ConvTasks,
 }
 
 impl BatchNorm2d {
@@ -29,7 +30,15 @@ impl BatchNorm2d {
             channels,
             eps: 1e-5,
             momentum: 0.1,
+            tasks: ConvTasks::Auto,
         }
+    }
+
+    /// How task-batched inputs run: one batch_norm per task, or one for all tasks folded into
+    /// the channels (default [`ConvTasks::Auto`]: folded on CUDA, per task elsewhere).
+    pub fn task_batching(mut self, how: ConvTasks) -> BatchNorm2d {
+        self.tasks = how;
+        self
     }
 
     /// Added to the variance (default 1e-5).
@@ -143,8 +152,11 @@ impl Module for BatchNorm2d {
         ]
     }
 
-    /// `[B, C, H, W]`, or task-batched `[T, B, C, H, W]` with statistics per task (the tasks are
-    /// moved into the channel dimension, `[B, T·C, H, W]`, for one batch_norm kernel).
+    /// `[B, C, H, W]`, or task-batched `[T, B, C, H, W]` with statistics per task: one
+    /// batch_norm per task on views of x ([`ConvTasks::PerTask`], the CPU default), or one for
+    /// all tasks with the tasks moved into the channels, `[B, T·C, H, W]`
+    /// ([`ConvTasks::Grouped`], the CUDA default: one kernel, at the price of two transposing
+    /// copies, which on the CPU cost more than the per-task calls save).
     fn forward_scoped(&self, scope: &mut Scope<'_>, x: &Tensor) -> Result<Tensor> {
         let expected = format!("[batch, {}, height, width]", self.channels);
         let per_task = scope.check_input("BatchNorm2d", x, 4, &expected)?;
@@ -157,77 +169,114 @@ impl Module for BatchNorm2d {
         }
         let weight = scope.param("weight")?;
         let bias = scope.param("bias")?;
-        let tasks = scope.tasks();
-        let (b, c, h, w) = (per_task[0], per_task[1], per_task[2], per_task[3]);
-        let folded_channels = tasks.unwrap_or(1) * c;
-        let (x2, weight, bias) = match tasks {
-            None => (x.shallow_clone(), weight, bias),
-            Some(_) => (
-                x.f_transpose(0, 1)?.f_reshape([b, folded_channels, h, w])?,
-                weight.f_reshape([folded_channels])?,
-                bias.f_reshape([folded_channels])?,
-            ),
-        };
-        let cudnn = true;
         let use_batch_stats = scope.train() || scope.state().is_none();
-        let y = if use_batch_stats {
-            let y = x2.f_batch_norm(
-                Some(&weight),
-                Some(&bias),
-                None::<&Tensor>,
-                None::<&Tensor>,
-                true,
-                self.momentum,
-                self.eps,
-                cudnn,
-            )?;
+        let (mean, var) = if use_batch_stats {
             if scope.state().is_some() {
-                // Running statistics as PyTorch updates them: unbiased batch variance.
-                let mean_name = scope.name("running_mean");
-                let var_name = scope.name("running_var");
-                let old_mean = self.running(scope, &mean_name, 0.0, x)?;
-                let old_var = self.running(scope, &var_name, 1.0, x)?;
-                let xd = x2.f_detach()?;
-                let dims: &[i64] = &[0, 2, 3];
-                let batch_mean = xd.f_mean_dim(dims, false, Some(xd.kind()))?;
-                let batch_var = xd.f_var_dim(dims, true, false)?;
-                let shape = old_mean.size();
-                let m = self.momentum;
-                let blend = |old: &Tensor, batch: &Tensor| -> Result<Tensor> {
-                    let batch = batch.f_reshape(shape.as_slice())?.f_mul_scalar(m)?;
-                    Ok(old.f_mul_scalar(1.0 - m)?.f_add(&batch)?)
-                };
-                let new_mean = blend(&old_mean, &batch_mean)?;
-                let new_var = blend(&old_var, &batch_var)?;
-                if let Some(state) = scope.state() {
-                    state.insert(mean_name, new_mean);
-                    state.insert(var_name, new_var);
-                }
+                self.update_running(scope, x)?;
             }
-            y
+            (None, None)
         } else {
             let mean_name = scope.name("running_mean");
             let var_name = scope.name("running_var");
-            let mean = self
-                .running(scope, &mean_name, 0.0, x)?
-                .f_reshape([folded_channels])?;
-            let var = self
-                .running(scope, &var_name, 1.0, x)?
-                .f_reshape([folded_channels])?;
-            x2.f_batch_norm(
-                Some(&weight),
-                Some(&bias),
-                Some(&mean),
-                Some(&var),
-                false,
+            (
+                Some(self.running(scope, &mean_name, 0.0, x)?),
+                Some(self.running(scope, &var_name, 1.0, x)?),
+            )
+        };
+        let norm = |x: &Tensor,
+                    w: &Tensor,
+                    b: &Tensor,
+                    mean: Option<&Tensor>,
+                    var: Option<&Tensor>|
+         -> Result<Tensor> {
+            Ok(x.f_batch_norm(
+                Some(w),
+                Some(b),
+                mean,
+                var,
+                use_batch_stats,
                 self.momentum,
                 self.eps,
-                cudnn,
-            )?
+                true,
+            )?)
         };
-        match tasks {
-            None => Ok(y),
-            Some(t) => Ok(y.f_reshape([b, t, c, h, w])?.f_transpose(0, 1)?),
+        let Some(tasks) = scope.tasks() else {
+            return norm(x, &weight, &bias, mean.as_ref(), var.as_ref());
+        };
+        let (b, c, h, w) = (per_task[0], per_task[1], per_task[2], per_task[3]);
+        let grouped = match self.tasks {
+            ConvTasks::Grouped => true,
+            ConvTasks::PerTask => false,
+            ConvTasks::Auto => matches!(x.device(), Device::Cuda(_)),
+        };
+        if grouped {
+            let folded = [tasks * c];
+            let fold = |t: Option<Tensor>| -> Result<Option<Tensor>> {
+                Ok(match t {
+                    Some(t) => Some(t.f_reshape(folded)?),
+                    None => None,
+                })
+            };
+            let y = norm(
+                &x.f_transpose(0, 1)?.f_reshape([b, tasks * c, h, w])?,
+                &weight.f_reshape(folded)?,
+                &bias.f_reshape(folded)?,
+                fold(mean)?.as_ref(),
+                fold(var)?.as_ref(),
+            )?;
+            return Ok(y.f_reshape([b, tasks, c, h, w])?.f_transpose(0, 1)?);
         }
+        let per = |t: Option<Tensor>| -> Result<Vec<Option<Tensor>>> {
+            Ok(match t {
+                Some(t) => t.f_unbind(0)?.into_iter().map(Some).collect(),
+                None => (0..tasks).map(|_| None).collect(),
+            })
+        };
+        let (means, vars) = (per(mean)?, per(var)?);
+        let xs = x.f_flatten(0, 1)?.f_split(b, 0)?;
+        let (ws, bs) = (weight.f_unbind(0)?, bias.f_unbind(0)?);
+        let mut ys = Vec::with_capacity(tasks as usize);
+        for t in 0..tasks as usize {
+            ys.push(norm(
+                &xs[t],
+                &ws[t],
+                &bs[t],
+                means[t].as_ref(),
+                vars[t].as_ref(),
+            )?);
+        }
+        let y = Tensor::f_cat(&ys, 0)?;
+        Ok(y.f_view(x.size().as_slice())?)
+    }
+}
+
+impl BatchNorm2d {
+    /// Blends this batch's statistics into the running ones, as PyTorch does (unbiased batch
+    /// variance), per task.
+    fn update_running(&self, scope: &mut Scope<'_>, x: &Tensor) -> Result<()> {
+        let mean_name = scope.name("running_mean");
+        let var_name = scope.name("running_var");
+        let old_mean = self.running(scope, &mean_name, 0.0, x)?;
+        let old_var = self.running(scope, &var_name, 1.0, x)?;
+        let xd = x.f_detach()?;
+        // [B, C, H, W]: over B, H, W; [T, B, C, H, W]: over B, H, W of each task.
+        let dims: &[i64] = if scope.tasks().is_some() {
+            &[1, 3, 4]
+        } else {
+            &[0, 2, 3]
+        };
+        let batch_mean = xd.f_mean_dim(dims, false, Some(xd.kind()))?;
+        let batch_var = xd.f_var_dim(dims, true, false)?;
+        let m = self.momentum;
+        let blend = |old: &Tensor, batch: &Tensor| -> Result<Tensor> {
+            Ok(old.f_mul_scalar(1.0 - m)?.f_add(&batch.f_mul_scalar(m)?)?)
+        };
+        let new_mean = blend(&old_mean, &batch_mean)?;
+        let new_var = blend(&old_var, &batch_var)?;
+        if let Some(state) = scope.state() {
+            state.insert(mean_name, new_mean);
+            state.insert(var_name, new_var);
+        }
+        Ok(())
     }
 }

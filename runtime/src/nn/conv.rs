@@ -133,15 +133,24 @@ impl Module for Conv2d {
             ConvTasks::Auto => matches!(x.device(), Device::Cuda(_)),
         };
         if !grouped {
+            // One convolution per task on views of x (split and unbind: their backward is one
+            // concatenation, where a `select` per task would zero-fill a whole [T, ...] gradient
+            // each), written back with one concatenation of the [B, O, H', W'] outputs.
+            let batch = per_task[0];
+            let xs = x.f_flatten(0, 1)?.f_split(batch, 0)?;
+            let ws = weight.f_unbind(0)?;
+            let bs = match &bias {
+                Some(b) => b.f_unbind(0)?.into_iter().map(Some).collect(),
+                None => (0..tasks).map(|_| None).collect::<Vec<Option<Tensor>>>(),
+            };
             let mut outs = Vec::with_capacity(tasks as usize);
-            for t in 0..tasks {
-                let b = match &bias {
-                    Some(b) => Some(b.f_select(0, t)?),
-                    None => None,
-                };
-                outs.push(self.conv(&x.f_select(0, t)?, &weight.f_select(0, t)?, b.as_ref(), 1)?);
+            for ((xt, wt), bt) in xs.iter().zip(&ws).zip(&bs) {
+                outs.push(self.conv(xt, wt, bt.as_ref(), 1)?);
             }
-            return Ok(Tensor::f_stack(&outs, 0)?);
+            let y = Tensor::f_cat(&outs, 0)?;
+            let mut shape = vec![tasks, batch];
+            shape.extend_from_slice(&y.size()[1..]);
+            return Ok(y.f_view(shape.as_slice())?);
         }
         // Tasks folded into channels: [T, B, C, H, W] -> [B, T·C, H, W], weights [T·O, C, k, k].
         let (batch, c, h, w) = (per_task[0], per_task[1], per_task[2], per_task[3]);

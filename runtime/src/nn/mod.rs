@@ -67,6 +67,9 @@ pub struct Scope<'a> {
     prefix: String,
     train: bool,
     state: Option<&'a mut BnState>,
+    /// Every parameter's view, split from the flat tensor on the first [`Scope::param`] call
+    /// (one split per forward pass, so one concatenation in its backward).
+    views: Option<Vec<Tensor>>,
 }
 
 impl<'a> Scope<'a> {
@@ -76,6 +79,7 @@ impl<'a> Scope<'a> {
             prefix: String::new(),
             train,
             state,
+            views: None,
         }
     }
 
@@ -98,8 +102,13 @@ impl<'a> Scope<'a> {
     }
 
     /// A view of this module's parameter `local`: `[*shape]` or `[T, *shape]`.
-    pub fn param(&self, local: &str) -> Result<Tensor> {
-        self.params.get(&self.name(local))
+    pub fn param(&mut self, local: &str) -> Result<Tensor> {
+        let index = self.params.index_of(&self.name(local))?;
+        if self.views.is_none() {
+            self.views = Some(self.params.views()?);
+        }
+        let views = self.views.as_ref().expect("views were just split");
+        Ok(views[index].shallow_clone())
     }
 
     /// The BatchNorm state, when the caller passed one.
