@@ -20,7 +20,7 @@ fn devices() -> Vec<Device> {
 /// Deterministic values of every sign and of varied size, without touching the global RNG.
 fn wavy(shape: &[i64], phase: f64, device: Device) -> Tensor {
     let n: i64 = shape.iter().product();
-    (Tensor::arange(n, (Kind::Float, device)) * 0.7311 + phase)
+    (Tensor::arange(n, (Kind::Double, device)) * 0.7311 + phase)
         .sin()
         .reshape(shape)
 }
@@ -42,7 +42,7 @@ fn task_params(model: &dyn Module, device: Device) -> (Arc<Layout>, Tensor) {
     let layout = Arc::new(model.layout().unwrap());
     let flats: Vec<Tensor> = (0..TASKS)
         .map(|t| {
-            Params::init_layout(layout.clone(), 100 + t as u64, Kind::Float, device)
+            Params::init_layout(layout.clone(), 100 + t as u64, Kind::Double, device)
                 .unwrap()
                 .flat()
                 .detach()
@@ -55,7 +55,7 @@ fn task_params(model: &dyn Module, device: Device) -> (Arc<Layout>, Tensor) {
     (layout, flat)
 }
 
-/// Runs the batched call and the per-task calls and compares outputs and gradients. With
+/// Runs the batched call and the per-task calls (f64) and compares outputs and gradients. With
 /// `state`, BatchNorm keeps running statistics per task (a train call, then an eval call).
 fn check(model: &dyn Module, input: &[i64], device: Device, with_state: bool) {
     let (layout, flat) = task_params(model, device);
@@ -78,9 +78,11 @@ fn check(model: &dyn Module, input: &[i64], device: Device, with_state: bool) {
     let y = run(&batched, &x, &mut state);
     assert_eq!(y.size()[0], TASKS);
     let weight = wavy(&y.size(), 2.0, device);
-    (&y * &weight).sum(Kind::Float).backward();
+    (&y * &weight).sum(Kind::Double).backward();
     let grads = flat.grad();
-    let tol = 1e-6;
+    // f64: the batched paths sum in other orders than the single-task ones (channels-last
+    // reductions, one split's concatenated gradient), which in f32 reaches a few 1e-6.
+    let tol = 1e-10;
     for t in 0..TASKS {
         let leaf = flat.get(t).detach().set_requires_grad(true);
         let single = Params::from_flat(layout.clone(), leaf.shallow_clone()).unwrap();
@@ -88,7 +90,7 @@ fn check(model: &dyn Module, input: &[i64], device: Device, with_state: bool) {
         let mut single_state = BnState::new();
         let y_t = run(&single, &x.get(t), &mut single_state);
         assert_close(&format!("task {t} output"), &y.get(t), &y_t, tol);
-        (&y_t * weight.get(t)).sum(Kind::Float).backward();
+        (&y_t * weight.get(t)).sum(Kind::Double).backward();
         assert_close(
             &format!("task {t} gradient"),
             &grads.get(t),
@@ -225,4 +227,79 @@ fn expand_tasks_sums_task_gradients_into_the_shared_parameters() {
         total += &g[0];
     }
     assert!((batched - total).abs().max().double_value(&[]) < 1e-12);
+}
+
+/// The block's own per-task path (pooling before the ReLU, channels-last, one concatenation)
+/// against the four plain layers in PyTorch's order, in f64: outputs, running statistics, the
+/// gradient, and a second-order gradient (gradient of a function of the gradient), to 1e-10.
+#[test]
+fn conv_block_equals_conv_bn_relu_pool_layers_to_second_order() {
+    let block = |how: ConvTasks| {
+        nn::Sequential::new()
+            .push(nn::ConvBlock::new(2, 6).task_batching(how))
+            .push(nn::ConvBlock::new(6, 6).task_batching(how))
+    };
+    let plain = |how: ConvTasks| {
+        let layer = |i: i64, o: i64| {
+            nn::Sequential::new()
+                .push(nn::Conv2d::new(i, o, 3).padding(1).task_batching(how))
+                .push(nn::BatchNorm2d::new(o).task_batching(how))
+                .push(nn::Relu)
+                .push(nn::MaxPool2d::new(2))
+        };
+        nn::Sequential::new().push(layer(2, 6)).push(layer(6, 6))
+    };
+    let tasks = 3;
+    let theta = Params::init(&block(ConvTasks::Auto), 5, Kind::Double, Device::Cpu)
+        .unwrap()
+        .flat()
+        .unsqueeze(0)
+        .expand([tasks, -1], false)
+        .contiguous();
+    // Different weights per task, and an input with ties after the ReLU (exact zeros).
+    let theta = (&theta + Tensor::randn_like(&theta) * 0.05)
+        .detach()
+        .set_requires_grad(true);
+    let x = Tensor::randn([tasks, 4, 2, 12, 12], (Kind::Double, Device::Cpu));
+    for how in [ConvTasks::PerTask, ConvTasks::Grouped] {
+        for with_state in [false, true] {
+            let run = |model: &dyn Module| {
+                let params =
+                    Params::from_flat(Arc::new(model.layout().unwrap()), theta.shallow_clone())
+                        .unwrap();
+                let mut state = BnState::new();
+                let y = if with_state {
+                    model
+                        .forward_with_state(&params, &x, true, &mut state)
+                        .unwrap()
+                } else {
+                    model.forward(&params, &x, true).unwrap()
+                };
+                let loss = (&y * &y).sum(Kind::Double);
+                let g = Tensor::run_backward(&[&loss], &[&theta], true, true).remove(0);
+                let gg =
+                    Tensor::run_backward(&[&(&g * &g).sum(Kind::Double)], &[&theta], false, false)
+                        .remove(0);
+                (y, g, gg, state)
+            };
+            let (y1, g1, gg1, s1) = run(&block(how));
+            let (y2, g2, gg2, s2) = run(&plain(how));
+            for (what, a, b) in [
+                ("output", &y1, &y2),
+                ("gradient", &g1, &g2),
+                ("second order", &gg1, &gg2),
+            ] {
+                assert_close(&format!("{how:?}, state {with_state}: {what}"), a, b, 1e-10);
+            }
+            assert_eq!(s1.len(), s2.len());
+            for (name, stat) in s1.iter() {
+                assert_close(
+                    &format!("{how:?}: {name}"),
+                    stat,
+                    s2.get(name).unwrap(),
+                    1e-10,
+                );
+            }
+        }
+    }
 }

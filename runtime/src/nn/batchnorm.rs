@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use tch::{Device, Tensor};
+use tch::Tensor;
 
 use super::{ConvTasks, Module, ParamDef, Scope};
 use crate::params::Init;
@@ -167,116 +167,170 @@ impl Module for BatchNorm2d {
                 got: x.size(),
             });
         }
-        let weight = scope.param("weight")?;
-        let bias = scope.param("bias")?;
-        let use_batch_stats = scope.train() || scope.state().is_none();
-        let (mean, var) = if use_batch_stats {
-            if scope.state().is_some() {
-                self.update_running(scope, x)?;
-            }
-            (None, None)
-        } else {
-            let mean_name = scope.name("running_mean");
-            let var_name = scope.name("running_var");
-            (
-                Some(self.running(scope, &mean_name, 0.0, x)?),
-                Some(self.running(scope, &var_name, 1.0, x)?),
-            )
-        };
-        let norm = |x: &Tensor,
-                    w: &Tensor,
-                    b: &Tensor,
-                    mean: Option<&Tensor>,
-                    var: Option<&Tensor>|
-         -> Result<Tensor> {
-            Ok(x.f_batch_norm(
-                Some(w),
-                Some(b),
-                mean,
-                var,
-                use_batch_stats,
-                self.momentum,
-                self.eps,
-                true,
-            )?)
-        };
-        let Some(tasks) = scope.tasks() else {
-            return norm(x, &weight, &bias, mean.as_ref(), var.as_ref());
-        };
-        let (b, c, h, w) = (per_task[0], per_task[1], per_task[2], per_task[3]);
-        let grouped = match self.tasks {
-            ConvTasks::Grouped => true,
-            ConvTasks::PerTask => false,
-            ConvTasks::Auto => matches!(x.device(), Device::Cuda(_)),
-        };
-        if grouped {
-            let folded = [tasks * c];
-            let fold = |t: Option<Tensor>| -> Result<Option<Tensor>> {
-                Ok(match t {
-                    Some(t) => Some(t.f_reshape(folded)?),
-                    None => None,
-                })
-            };
-            let y = norm(
-                &x.f_transpose(0, 1)?.f_reshape([b, tasks * c, h, w])?,
-                &weight.f_reshape(folded)?,
-                &bias.f_reshape(folded)?,
-                fold(mean)?.as_ref(),
-                fold(var)?.as_ref(),
-            )?;
-            return Ok(y.f_reshape([b, tasks, c, h, w])?.f_transpose(0, 1)?);
-        }
-        let per = |t: Option<Tensor>| -> Result<Vec<Option<Tensor>>> {
-            Ok(match t {
-                Some(t) => t.f_unbind(0)?.into_iter().map(Some).collect(),
-                None => (0..tasks).map(|_| None).collect(),
-            })
-        };
-        let (means, vars) = (per(mean)?, per(var)?);
-        let xs = x.f_flatten(0, 1)?.f_split(b, 0)?;
-        let (ws, bs) = (weight.f_unbind(0)?, bias.f_unbind(0)?);
-        let mut ys = Vec::with_capacity(tasks as usize);
-        for t in 0..tasks as usize {
-            ys.push(norm(
-                &xs[t],
-                &ws[t],
-                &bs[t],
-                means[t].as_ref(),
-                vars[t].as_ref(),
-            )?);
-        }
-        let y = Tensor::f_cat(&ys, 0)?;
-        Ok(y.f_view(x.size().as_slice())?)
-    }
-}
-
-impl BatchNorm2d {
-    /// Blends this batch's statistics into the running ones, as PyTorch does (unbiased batch
-    /// variance), per task.
-    fn update_running(&self, scope: &mut Scope<'_>, x: &Tensor) -> Result<()> {
-        let mean_name = scope.name("running_mean");
-        let var_name = scope.name("running_var");
-        let old_mean = self.running(scope, &mean_name, 0.0, x)?;
-        let old_var = self.running(scope, &var_name, 1.0, x)?;
-        let xd = x.f_detach()?;
-        // [B, C, H, W]: over B, H, W; [T, B, C, H, W]: over B, H, W of each task.
+        // Batch statistics over B, H, W ([B, C, H, W]) or over each task's B, H, W.
         let dims: &[i64] = if scope.tasks().is_some() {
             &[1, 3, 4]
         } else {
             &[0, 2, 3]
         };
-        let batch_mean = xd.f_mean_dim(dims, false, Some(xd.kind()))?;
-        let batch_var = xd.f_var_dim(dims, true, false)?;
-        let m = self.momentum;
-        let blend = |old: &Tensor, batch: &Tensor| -> Result<Tensor> {
-            Ok(old.f_mul_scalar(1.0 - m)?.f_add(&batch.f_mul_scalar(m)?)?)
+        let inputs = self.prepare(scope, x, || batch_moments(x, dims))?;
+        let Some(tasks) = scope.tasks() else {
+            return self.norm(x, &inputs.per_task(None)?[0]);
         };
-        let new_mean = blend(&old_mean, &batch_mean)?;
-        let new_var = blend(&old_var, &batch_var)?;
-        if let Some(state) = scope.state() {
-            state.insert(mean_name, new_mean);
-            state.insert(var_name, new_var);
+        let (b, c, h, w) = (per_task[0], per_task[1], per_task[2], per_task[3]);
+        if !self.tasks.per_task(x) {
+            let y = self.norm(
+                &x.f_transpose(0, 1)?.f_reshape([b, tasks * c, h, w])?,
+                &inputs.folded(tasks * c)?,
+            )?;
+            return Ok(y.f_reshape([b, tasks, c, h, w])?.f_transpose(0, 1)?);
         }
-        Ok(())
+        let xs = x.f_flatten(0, 1)?.f_split(b, 0)?;
+        let norms = inputs.per_task(Some(tasks))?;
+        let mut ys = Vec::with_capacity(tasks as usize);
+        for (xt, nt) in xs.iter().zip(&norms) {
+            ys.push(self.norm(xt, nt)?);
+        }
+        Ok(Tensor::f_cat(&ys, 0)?.f_view(x.size().as_slice())?)
+    }
+}
+
+/// The per-channel mean and unbiased variance of `x` over `dims`, without autograd.
+pub(super) fn batch_moments(x: &Tensor, dims: &[i64]) -> Result<(Tensor, Tensor)> {
+    let xd = x.f_detach()?;
+    Ok((
+        xd.f_mean_dim(dims, false, Some(xd.kind()))?,
+        xd.f_var_dim(dims, true, false)?,
+    ))
+}
+
+/// What one forward pass normalises with: the affine parameters (`[C]` or `[T, C]`) and, when
+/// it uses running statistics, those.
+pub(super) struct NormInputs {
+    weight: Tensor,
+    bias: Tensor,
+    running: Option<(Tensor, Tensor)>,
+}
+
+/// One task's (or one folded call's) share of [`NormInputs`].
+pub(super) struct Norm {
+    weight: Tensor,
+    bias: Tensor,
+    running: Option<(Tensor, Tensor)>,
+}
+
+impl NormInputs {
+    /// One [`Norm`] per task (`Some(T)`), or the whole as one.
+    pub(super) fn per_task(&self, tasks: Option<i64>) -> Result<Vec<Norm>> {
+        let Some(tasks) = tasks else {
+            return Ok(vec![Norm {
+                weight: self.weight.shallow_clone(),
+                bias: self.bias.shallow_clone(),
+                running: self
+                    .running
+                    .as_ref()
+                    .map(|(m, v)| (m.shallow_clone(), v.shallow_clone())),
+            }]);
+        };
+        let (ws, bs) = (self.weight.f_unbind(0)?, self.bias.f_unbind(0)?);
+        let running: Vec<Option<(Tensor, Tensor)>> = match &self.running {
+            Some((m, v)) => m
+                .f_unbind(0)?
+                .into_iter()
+                .zip(v.f_unbind(0)?)
+                .map(Some)
+                .collect(),
+            None => (0..tasks).map(|_| None).collect(),
+        };
+        Ok(ws
+            .into_iter()
+            .zip(bs)
+            .zip(running)
+            .map(|((weight, bias), running)| Norm {
+                weight,
+                bias,
+                running,
+            })
+            .collect())
+    }
+
+    /// The tasks folded into `channels` = T·C channels.
+    fn folded(&self, channels: i64) -> Result<Norm> {
+        let fold = |t: &Tensor| t.f_reshape([channels]);
+        Ok(Norm {
+            weight: fold(&self.weight)?,
+            bias: fold(&self.bias)?,
+            running: match &self.running {
+                Some((m, v)) => Some((fold(m)?, fold(v)?)),
+                None => None,
+            },
+        })
+    }
+}
+
+impl BatchNorm2d {
+    /// Reads the affine parameters and decides the statistics: batch statistics in training or
+    /// without a state (then, with a state, the running statistics are blended with
+    /// `moments()` = the batch's (mean, unbiased variance), as PyTorch does); else the running
+    /// statistics. `like` gives the default statistics' dtype and device.
+    pub(super) fn prepare(
+        &self,
+        scope: &mut Scope<'_>,
+        like: &Tensor,
+        moments: impl FnOnce() -> Result<(Tensor, Tensor)>,
+    ) -> Result<NormInputs> {
+        let weight = scope.param("weight")?;
+        let bias = scope.param("bias")?;
+        let mean_name = scope.name("running_mean");
+        let var_name = scope.name("running_var");
+        let use_batch_stats = scope.train() || scope.state().is_none();
+        let running = if use_batch_stats {
+            if scope.state().is_some() {
+                let old_mean = self.running(scope, &mean_name, 0.0, like)?;
+                let old_var = self.running(scope, &var_name, 1.0, like)?;
+                let (batch_mean, batch_var) = moments()?;
+                let m = self.momentum;
+                let blend = |old: &Tensor, batch: &Tensor| -> Result<Tensor> {
+                    Ok(old
+                        .f_mul_scalar(1.0 - m)?
+                        .f_add(&batch.f_reshape(old.size().as_slice())?.f_mul_scalar(m)?)?)
+                };
+                let new_mean = blend(&old_mean, &batch_mean)?;
+                let new_var = blend(&old_var, &batch_var)?;
+                if let Some(state) = scope.state() {
+                    state.insert(mean_name, new_mean);
+                    state.insert(var_name, new_var);
+                }
+            }
+            None
+        } else {
+            Some((
+                self.running(scope, &mean_name, 0.0, like)?,
+                self.running(scope, &var_name, 1.0, like)?,
+            ))
+        };
+        Ok(NormInputs {
+            weight,
+            bias,
+            running,
+        })
+    }
+
+    /// libtorch's batch_norm of `[B, C, H, W]` with one [`Norm`].
+    pub(super) fn norm(&self, x: &Tensor, n: &Norm) -> Result<Tensor> {
+        let (mean, var) = match &n.running {
+            Some((m, v)) => (Some(m), Some(v)),
+            None => (None, None),
+        };
+        Ok(x.f_batch_norm(
+            Some(&n.weight),
+            Some(&n.bias),
+            mean,
+            var,
+            n.running.is_none(),
+            self.momentum,
+            self.eps,
+            true,
+        )?)
     }
 }

@@ -24,6 +24,17 @@ pub enum ConvTasks {
 
 /// PyTorch's `nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding)` with a square
 /// kernel: parameters "weight" `[out, in, k, k]` and "bias" `[out]`.
+impl ConvTasks {
+    /// True when task-batched input `x` runs one kernel per task.
+    pub(super) fn per_task(self, x: &Tensor) -> bool {
+        match self {
+            ConvTasks::Grouped => false,
+            ConvTasks::PerTask => true,
+            ConvTasks::Auto => !matches!(x.device(), Device::Cuda(_)),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Conv2d {
     in_channels: i64,
@@ -71,7 +82,7 @@ impl Conv2d {
         self
     }
 
-    fn conv(
+    pub(super) fn conv(
         &self,
         x: &Tensor,
         weight: &Tensor,
@@ -127,30 +138,21 @@ impl Module for Conv2d {
         let Some(tasks) = scope.tasks() else {
             return self.conv(x, &weight, bias.as_ref(), 1);
         };
-        let grouped = match self.tasks {
-            ConvTasks::Grouped => true,
-            ConvTasks::PerTask => false,
-            ConvTasks::Auto => matches!(x.device(), Device::Cuda(_)),
-        };
-        if !grouped {
+        if self.tasks.per_task(x) {
             // One convolution per task on views of x (split and unbind: their backward is one
             // concatenation, where a `select` per task would zero-fill a whole [T, ...] gradient
-            // each), written back with one concatenation of the [B, O, H', W'] outputs.
+            // each), written back with one concatenation. Channels-last (NHWC) throughout:
+            // oneDNN's convolutions run on it directly, and libtorch's CPU max-pool and
+            // batch-norm kernels vectorize over channels in it (NCHW max-pool measured 10× slower
+            // on the omniglot workload's maps, benches/README.md); the layers after this one keep
+            // the layout their input has.
             let batch = per_task[0];
-            let xs = x.f_flatten(0, 1)?.f_split(batch, 0)?;
-            let ws = weight.f_unbind(0)?;
-            let bs = match &bias {
-                Some(b) => b.f_unbind(0)?.into_iter().map(Some).collect(),
-                None => (0..tasks).map(|_| None).collect::<Vec<Option<Tensor>>>(),
-            };
+            let (xs, ws, bs) = split_tasks(x, &weight, bias.as_ref(), tasks, batch)?;
             let mut outs = Vec::with_capacity(tasks as usize);
             for ((xt, wt), bt) in xs.iter().zip(&ws).zip(&bs) {
                 outs.push(self.conv(xt, wt, bt.as_ref(), 1)?);
             }
-            let y = Tensor::f_cat(&outs, 0)?;
-            let mut shape = vec![tasks, batch];
-            shape.extend_from_slice(&y.size()[1..]);
-            return Ok(y.f_view(shape.as_slice())?);
+            return join_tasks(&outs, tasks, batch);
         }
         // Tasks folded into channels: [T, B, C, H, W] -> [B, T·C, H, W], weights [T·O, C, k, k].
         let (batch, c, h, w) = (per_task[0], per_task[1], per_task[2], per_task[3]);
@@ -169,6 +171,47 @@ impl Module for Conv2d {
 }
 
 /// PyTorch's `nn.MaxPool2d(kernel_size)` (stride = kernel size unless set, no padding).
+/// A task-batched convolution's per-task pieces: each task's `[B, C, H, W]` input and
+/// `[O, C, k, k]` weights as channels-last views (split and unbind: their backward is one
+/// concatenation, where a `select` per task would zero-fill a whole `[T, ...]` gradient each),
+/// and its bias.
+pub(super) type TaskPieces = (Vec<Tensor>, Vec<Tensor>, Vec<Option<Tensor>>);
+
+pub(super) fn split_tasks(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    tasks: i64,
+    batch: i64,
+) -> Result<TaskPieces> {
+    let xs = channels_last(&x.f_flatten(0, 1)?, &[0, 2, 3, 1], &[0, 3, 1, 2])?.f_split(batch, 0)?;
+    let ws = channels_last(weight, &[0, 1, 3, 4, 2], &[0, 1, 4, 2, 3])?.f_unbind(0)?;
+    let bs = match bias {
+        Some(b) => b.f_unbind(0)?.into_iter().map(Some).collect(),
+        None => (0..tasks).map(|_| None).collect(),
+    };
+    Ok((xs, ws, bs))
+}
+
+/// Joins T per-task `[B, C, H, W]` outputs into `[T, B, C, H, W]` with one concatenation, in
+/// channels-last memory order whatever order the outputs have.
+pub(super) fn join_tasks(outs: &[Tensor], tasks: i64, batch: i64) -> Result<Tensor> {
+    let nhwc = outs
+        .iter()
+        .map(|y| y.f_permute([0, 2, 3, 1]))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let y = Tensor::f_cat(&nhwc, 0)?.f_permute([0, 3, 1, 2])?;
+    let mut shape = vec![tasks, batch];
+    shape.extend_from_slice(&y.size()[1..]);
+    Ok(y.f_view(shape.as_slice())?)
+}
+
+/// `x` in channels-last memory order with its logical shape unchanged: `to` moves the channel
+/// dimension last, `back` undoes it. No copy when x already is channels-last.
+pub(super) fn channels_last(x: &Tensor, to: &[i64], back: &[i64]) -> Result<Tensor> {
+    Ok(x.f_permute(to)?.f_contiguous()?.f_permute(back)?)
+}
+
 #[derive(Clone, Debug)]
 pub struct MaxPool2d {
     kernel: i64,

@@ -8,10 +8,12 @@
 //! caller-owned [`BnState`].
 
 mod batchnorm;
+mod block;
 mod conv;
 mod linear;
 
 pub use batchnorm::{BatchNorm2d, BnState};
+pub use block::ConvBlock;
 pub use conv::{Conv2d, ConvTasks, MaxPool2d};
 pub use linear::Linear;
 
@@ -300,7 +302,7 @@ pub fn conv4(in_channels: i64, ways: i64, filters: i64) -> Sequential {
 }
 
 /// MAML's Conv-4: four blocks of 3×3 convolution (padding 1) -> BatchNorm2d -> ReLU ->
-/// MaxPool2d(2), then Flatten -> Linear(filters · s², ways), where s is `image_hw` halved
+/// MaxPool2d(2) ([`ConvBlock`]), then Flatten -> Linear(filters · s², ways), where s is `image_hw` halved
 /// (rounding down) four times (84 -> 5 for miniImageNet). `image_hw` must be at least 16.
 /// PyTorch equivalent (names "0.0.weight", "0.1.bias", ..., "5.weight"):
 /// `nn.Sequential(block(in, f), block(f, f), block(f, f), block(f, f), nn.Flatten(),
@@ -311,13 +313,7 @@ pub fn conv4_sized(in_channels: i64, ways: i64, filters: i64, image_hw: i64) -> 
     let mut channels = in_channels;
     let mut side = image_hw;
     for _ in 0..4 {
-        model = model.push(
-            Sequential::new()
-                .push(Conv2d::new(channels, filters, 3).padding(1))
-                .push(BatchNorm2d::new(filters))
-                .push(Relu)
-                .push(MaxPool2d::new(2)),
-        );
+        model = model.push(ConvBlock::new(channels, filters));
         channels = filters;
         side /= 2;
     }
