@@ -10,6 +10,7 @@
 //! the InnerLoop), the meta-gradient, and an Adam outer step: what the peers time too. This module
 //! measures and returns numbers; it prints nothing.
 
+use crate::workers::Workers;
 use crate::{Error, Result};
 use metaloop_runtime::nn::{self, Module};
 use metaloop_runtime::optim::{Adam, HParams, Optimizer, Sgd};
@@ -66,7 +67,10 @@ pub struct BenchResult {
     pub median_s: f64,
     /// Peak resident memory of the process (CPU), MiB; NaN where not measured (CUDA).
     pub peak_mib: f64,
+    /// libtorch threads in all (workers × intra-op threads each).
     pub threads: i32,
+    /// Task-parallel worker threads (engine::workers).
+    pub workers: usize,
     pub device: String,
 }
 
@@ -101,6 +105,19 @@ struct Batch {
     ys: Tensor,
     xq: Tensor,
     yq: Tensor,
+}
+
+impl Batch {
+    /// Tasks `r` (views).
+    fn tasks(&self, r: &std::ops::Range<usize>) -> Result<Batch> {
+        let cut = |t: &Tensor| t.f_narrow(0, r.start as i64, r.len() as i64);
+        Ok(Batch {
+            xs: cut(&self.xs)?,
+            ys: cut(&self.ys)?,
+            xq: cut(&self.xq)?,
+            yq: cut(&self.yq)?,
+        })
+    }
 }
 
 fn make_batch(w: &Workload, device: Device) -> Result<Batch> {
@@ -156,13 +173,16 @@ fn task_loss(pred: &Tensor, y: &Tensor, ways: i64) -> Result<Tensor> {
 }
 
 /// Runs `iters` timed iterations (after `warmup`) of workload `w` on `device`; `fused` picks the
-/// fused optimizer kernels (runtime::kernels) or the tensor-op reference path for the inner steps.
+/// fused optimizer kernels (runtime::kernels) or the tensor-op reference path for the inner steps;
+/// `workers` spreads the meta-batch over task-parallel threads (engine::workers), as training
+/// does.
 pub fn run(
     w: &Workload,
     iters: usize,
     warmup: usize,
     device: Device,
     fused: bool,
+    workers: Workers,
 ) -> Result<BenchResult> {
     tch::manual_seed(0);
     let model: Box<dyn Module> = if w.ways == 0 {
@@ -178,18 +198,28 @@ pub fn run(
     let mut times = Vec::with_capacity(iters);
     for i in 0..warmup + iters {
         let started = Instant::now();
-        let mut inner = InnerLoop::new(model.as_ref(), &theta, Sgd::new(w.lr).fused(fused))
-            .copy_initial_weights(false)
-            .tasks(w.meta_batch)
-            .build()?;
-        for _ in 0..w.steps {
-            let loss = task_loss(&inner.forward(&batch.xs)?, &batch.ys, w.ways)?;
-            inner.step(&loss)?;
+        let chunks = workers.chunks(w.meta_batch as usize);
+        let inputs = chunks
+            .iter()
+            .map(|r| Ok((r.len() as i64, theta.clone(), batch.tasks(r)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let grads = workers.run(inputs, |(tasks, theta, b)| -> Result<Tensor> {
+            let mut inner = InnerLoop::new(model.as_ref(), &theta, Sgd::new(w.lr).fused(fused))
+                .copy_initial_weights(false)
+                .tasks(tasks)
+                .build()?;
+            for _ in 0..w.steps {
+                let loss = task_loss(&inner.forward(&b.xs)?, &b.ys, w.ways)?;
+                inner.step(&loss)?;
+            }
+            let meta = task_loss(&inner.forward(&b.xq)?, &b.yq, w.ways)?
+                .f_div_scalar(w.meta_batch as f64)?;
+            Ok(Tensor::f_run_backward(&[&meta], &[theta.flat()], false, false)?.remove(0))
+        })?;
+        let mut g = grads[0].shallow_clone();
+        for other in &grads[1..] {
+            g = g.f_add(other)?;
         }
-        let meta = task_loss(&inner.forward(&batch.xq)?, &batch.yq, w.ways)?
-            .f_div_scalar(w.meta_batch as f64)?;
-        let g = Tensor::f_run_backward(&[&meta], &[theta.flat()], false, false)?.remove(0);
-        drop(inner);
         let (next, state) =
             tch::no_grad(|| outer.update(theta.flat(), &g, &outer_state, &outer_hp))?;
         tch::no_grad(|| theta.flat().shallow_clone().f_copy_(&next))?;
@@ -217,7 +247,8 @@ pub fn run(
         } else {
             f64::NAN
         },
-        threads: tch::get_num_threads(),
+        threads: (workers.count * workers.intra_threads) as i32,
+        workers: workers.count,
         device: match device {
             Device::Cpu => "cpu".into(),
             Device::Cuda(index) => format!("cuda:{index}"),

@@ -10,5 +10,6 @@ pub mod data;
 mod error;
 pub mod rundir;
 pub mod train;
+pub mod workers;
 
 pub use error::{Error, Result};

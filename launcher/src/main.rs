@@ -91,6 +91,9 @@ enum Command {
         /// The fused optimizer kernels instead of the tensor-op path (the library's default).
         #[arg(long)]
         fused: bool,
+        /// Task-parallel worker threads (0: one per `--threads` thread on the CPU, one on CUDA).
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
     },
     /// A first meta-training on CPU: second-order MAML on sinusoid regression (configs/sinusoid.toml,
     /// the MAML paper's values) into runs/sinusoid-demo*/.
@@ -199,7 +202,8 @@ fn dispatch(command: Command, threads_given: bool) -> Result<()> {
             device,
             json,
             fused,
-        } => bench(&workload, iters, &device, json, fused),
+            workers,
+        } => bench(&workload, iters, &device, json, fused, workers),
         Command::Plot { run_dir } => {
             for p in plot::write(&run_dir)? {
                 println!("{}", p.display());
@@ -304,7 +308,14 @@ fn is_root() -> bool {
 }
 
 /// `metaloop bench`: one workload, printed as text or one JSON line.
-fn bench(workload: &str, iters: usize, device: &str, json: bool, fused: bool) -> Result<()> {
+fn bench(
+    workload: &str,
+    iters: usize,
+    device: &str,
+    json: bool,
+    fused: bool,
+    workers: usize,
+) -> Result<()> {
     use metaloop_engine::bench;
     let w = bench::workload(workload).map_err(|e| config::bad(format!("--workload: {e}")))?;
     let device = match device {
@@ -324,18 +335,22 @@ fn bench(workload: &str, iters: usize, device: &str, json: bool, fused: bool) ->
     if iters == 0 {
         return Err(config::bad("--iters: must be >= 1, got 0"));
     }
-    let r = bench::run(&w, iters, 3, device, fused)?;
+    let threads = tch::get_num_threads().max(1) as usize;
+    let workers =
+        metaloop_engine::workers::Workers::plan(workers, threads, w.meta_batch as usize, device);
+    let r = bench::run(&w, iters, 3, device, fused, workers)?;
     if json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "{}: {:.1} tasks/s (median {:.2} ms per meta-batch of {}), peak RSS {:.0} MiB, {} threads, {}",
+            "{}: {:.1} tasks/s (median {:.2} ms per meta-batch of {}), peak RSS {:.0} MiB, {} threads ({} workers), {}",
             r.workload,
             r.tasks_per_s,
             1e3 * r.median_s,
             w.meta_batch,
             r.peak_mib,
             r.threads,
+            r.workers,
             r.device
         );
     }

@@ -1,0 +1,140 @@
+//! Task-parallel workers inside one rank: the rank's tasks split into W contiguous chunks, each
+//! chunk's inner loops and meta-gradient on its own thread with its own libtorch intra-op
+//! threads, the chunks' results summed afterwards (as the ranks' are by the all-reduce).
+//!
+//! Why: on the CPU a meta-iteration is thousands of small ops (BatchNorm's double backward on a
+//! 5-image support set, the optimizer step, the autograd bookkeeping) that one intra-op thread
+//! team cannot split; on the omniglot benchmark workload 2 intra-op threads gave 1.4× one
+//! thread, 2 workers of 1 thread each about 1.9× (benches/README.md). Each worker builds its own
+//! autograd graph on the shared θ0 leaf; libtorch's autograd engine runs concurrent backward
+//! passes on the calling threads. On CUDA one worker drives the device (it is already parallel).
+
+use std::ops::Range;
+
+use tch::Device;
+
+use crate::{Error, Result};
+
+/// How a rank spreads its tasks over threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Workers {
+    /// Worker threads (the calling thread is the first).
+    pub count: usize,
+    /// libtorch intra-op threads per worker.
+    pub intra_threads: usize,
+}
+
+impl Workers {
+    /// One worker with `threads` intra-op threads: the plain single-thread-of-control path.
+    pub fn single(threads: usize) -> Workers {
+        Workers {
+            count: 1,
+            intra_threads: threads.max(1),
+        }
+    }
+
+    /// `requested` workers (0: automatic) for `threads` CPU threads in all and `tasks` tasks on
+    /// `device`. Automatic: on the CPU one worker per thread, each with one intra-op thread, but
+    /// never more workers than tasks; on CUDA one worker.
+    pub fn plan(requested: usize, threads: usize, tasks: usize, device: Device) -> Workers {
+        let threads = threads.max(1);
+        let count = match (requested, device) {
+            (0, Device::Cpu) => threads,
+            (0, _) => 1,
+            (n, _) => n,
+        }
+        .clamp(1, tasks.max(1));
+        Workers {
+            count,
+            intra_threads: (threads / count).max(1),
+        }
+    }
+
+    /// The contiguous task range of each worker (the first ones one task longer when `tasks`
+    /// does not divide).
+    pub fn chunks(&self, tasks: usize) -> Vec<Range<usize>> {
+        let (base, extra) = (tasks / self.count, tasks % self.count);
+        let mut start = 0;
+        (0..self.count)
+            .map(|i| {
+                let len = base + usize::from(i < extra);
+                let r = start..start + len;
+                start += len;
+                r
+            })
+            .filter(|r| !r.is_empty())
+            .collect()
+    }
+
+    /// Runs `f` on every input, the first on this thread and each other on its own scoped
+    /// thread, every one with [`Workers::intra_threads`] libtorch threads (a per-thread OpenMP
+    /// setting, so it is set on each). Returns the results in input order; the first error wins.
+    pub fn run<I: Send, R: Send>(
+        &self,
+        inputs: Vec<I>,
+        f: impl Fn(I) -> Result<R> + Sync,
+    ) -> Result<Vec<R>> {
+        let intra = self.intra_threads as i32;
+        let mut inputs = inputs.into_iter();
+        let Some(first) = inputs.next() else {
+            return Ok(Vec::new());
+        };
+        let f = &f;
+        std::thread::scope(|s| {
+            let handles: Vec<_> = inputs
+                .map(|input| {
+                    s.spawn(move || {
+                        tch::set_num_threads(intra);
+                        f(input)
+                    })
+                })
+                .collect();
+            tch::set_num_threads(intra);
+            let mut out = vec![f(first)];
+            for h in handles {
+                out.push(
+                    h.join().unwrap_or_else(|_| {
+                        Err(Error::State("a task worker thread panicked".into()))
+                    }),
+                );
+            }
+            out.into_iter().collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_and_chunks() {
+        let w = Workers::plan(0, 2, 8, Device::Cpu);
+        assert_eq!((w.count, w.intra_threads), (2, 1));
+        assert_eq!(w.chunks(8), vec![0..4, 4..8]);
+        let w = Workers::plan(0, 4, 3, Device::Cpu);
+        assert_eq!((w.count, w.intra_threads), (3, 1));
+        assert_eq!(w.chunks(3), vec![0..1, 1..2, 2..3]);
+        let w = Workers::plan(3, 2, 25, Device::Cpu);
+        assert_eq!(w.chunks(25), vec![0..9, 9..17, 17..25]);
+        assert_eq!(Workers::plan(0, 16, 32, Device::Cuda(0)).count, 1);
+        assert_eq!(Workers::plan(1, 2, 8, Device::Cpu).intra_threads, 2);
+    }
+
+    #[test]
+    fn runs_every_input_in_order() {
+        let w = Workers::plan(3, 3, 3, Device::Cpu);
+        let out = w.run(vec![1, 2, 3], |i| Ok(i * 10)).unwrap();
+        assert_eq!(out, vec![10, 20, 30]);
+        let err = w
+            .run(vec![1, 2], |i| {
+                if i == 2 {
+                    Err(Error::State("two".into()))
+                } else {
+                    Ok(i)
+                }
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("two"));
+    }
+}
