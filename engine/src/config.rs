@@ -53,6 +53,9 @@ pub struct RunConfig {
     /// libtorch's CPU threads per rank (0 = libtorch's choice). Small models (the sinusoid MLP)
     /// run fastest on 1; under mpirun, cores / ranks per node.
     pub threads: usize,
+    /// Task-parallel worker threads per rank, each with threads / workers intra-op threads
+    /// (0 = automatic: one per thread on the CPU, one on CUDA; engine::workers).
+    pub workers: usize,
 }
 
 impl Default for RunConfig {
@@ -65,6 +68,7 @@ impl Default for RunConfig {
             dtype: "f32".into(),
             consistency_every: 100,
             threads: 0,
+            workers: 0,
         }
     }
 }

@@ -25,6 +25,7 @@ use crate::config::TrainConfig;
 use crate::data::{
     self, FewShot, ImageSpec, MetaBatch, PrefetchConfig, Prefetcher, Sinusoid, Split, TaskSource,
 };
+use crate::workers::Workers;
 use crate::{Error, Result};
 use metaloop_runtime::adjoint::MetaGradient;
 use metaloop_runtime::comm::Communicator;
@@ -130,6 +131,262 @@ pub struct Trainer {
     prefetcher: Option<Prefetcher>,
     /// Outer steps skipped in a row for non-finite values.
     skips_in_a_row: u32,
+    /// How this rank's tasks spread over threads (`run.workers`).
+    workers: Workers,
+}
+
+/// What one task-parallel worker needs to compute the meta-gradient of a chunk of the rank's
+/// tasks: the configuration and model borrowed, θ0 and the learned hyperparameters as shallow
+/// clones (the same leaves, so every worker's gradients reach them).
+struct Shard<'a> {
+    cfg: &'a TrainConfig,
+    model: &'a dyn Module,
+    kind: Kind,
+    device: Device,
+    algorithm: Algorithm,
+    theta: Params,
+    learned: Vec<(String, Tensor)>,
+    frozen: &'a [String],
+    iteration: u64,
+}
+
+impl Shard<'_> {
+    fn classification(&self) -> bool {
+        self.cfg.is_classification()
+    }
+
+    fn inner_loop<'a>(&'a self, tasks: i64, track: bool) -> Result<InnerLoop<'a>> {
+        let a = &self.cfg.algorithm;
+        let sgd = Sgd::new(a.inner_lr).momentum(a.inner_momentum);
+        let mut builder = InnerLoop::new(self.model, &self.theta, sgd)
+            .copy_initial_weights(false)
+            .track_higher_grads(track)
+            .tasks(tasks)
+            .freeze(self.frozen);
+        for (name, t) in &self.learned {
+            builder = builder.override_hparam(name, t);
+        }
+        Ok(builder.build()?)
+    }
+
+    /// MAML++'s per-step loss weights at the current iteration: uniform at first, annealed
+    /// towards the last step over the first tenth of training (Antoniou et al. 2019).
+    fn multi_step_weights(&self, steps: usize) -> Vec<f64> {
+        let n = steps as f64;
+        let anneal = (self.cfg.outer.iterations as f64 / 10.0).max(1.0);
+        let decay = (self.iteration as f64 / anneal).min(1.0);
+        let min = 0.03 / n;
+        let other = (1.0 / n) * (1.0 - decay) + min * decay;
+        let mut w = vec![other; steps];
+        w[steps - 1] = 1.0 - other * (n - 1.0);
+        w
+    }
+
+    /// This rank's meta-gradient (summed over its tasks, divided by the global meta-batch size)
+    /// [Σ query loss, Σ query accuracy] over its tasks, and each task's query loss `[T]`.
+    fn local_meta_gradient(
+        &self,
+        batch: &MetaBatch,
+        global_tasks: f64,
+    ) -> Result<(Tensor, [Tensor; 2], Tensor)> {
+        let t = batch.len() as i64;
+        let cls = self.classification();
+        let steps = self.cfg.algorithm.inner_steps;
+        let mut inputs = vec![self.theta.flat().shallow_clone()];
+        inputs.extend(self.learned.iter().map(|(_, h)| h.shallow_clone()));
+        let zeros_like = |x: &Tensor| x.f_zeros_like();
+        let (grads, q_loss, q_acc): (Vec<Tensor>, Tensor, Option<Tensor>) = match self.algorithm {
+            Algorithm::Maml { .. } | Algorithm::Anil if self.recompute() => {
+                let (g, q, acc) = self.recompute_meta_gradient(batch, global_tasks)?;
+                (g, q, acc)
+            }
+            // ANIL is second-order MAML whose inner loop leaves the body frozen (`self.frozen`).
+            Algorithm::Maml { .. } | Algorithm::Anil => {
+                let first_order = self.algorithm == (Algorithm::Maml { first_order: true });
+                let mut inner = {
+                    let _s = tracing::info_span!("inner_loop", steps).entered();
+                    let mut inner = self.inner_loop(t, !first_order)?;
+                    let weights = if self.cfg.algorithm.multi_step_loss {
+                        self.multi_step_weights(steps)
+                    } else {
+                        Vec::new()
+                    };
+                    let mut multi: Option<Tensor> = None;
+                    for s in 0..steps {
+                        let (l, _) =
+                            task_losses(&inner.forward(&batch.support_x)?, &batch.support_y, cls)?;
+                        inner.step(&l.f_sum(self.kind)?)?;
+                        if !weights.is_empty() && s + 1 < steps {
+                            let (q, _) =
+                                task_losses(&inner.forward(&batch.query_x)?, &batch.query_y, cls)?;
+                            let term = q.f_sum(self.kind)?.f_mul_scalar(weights[s])?;
+                            multi = Some(match multi {
+                                Some(m) => m.f_add(&term)?,
+                                None => term,
+                            });
+                        }
+                    }
+                    (inner, multi, weights)
+                };
+                let (q, acc) = task_losses(&inner.0.forward(&batch.query_x)?, &batch.query_y, cls)?;
+                let _s = tracing::info_span!("meta_gradient").entered();
+                let mut objective = q.f_sum(self.kind)?;
+                if let Some(w_last) = inner.2.last() {
+                    objective = objective.f_mul_scalar(*w_last)?;
+                }
+                if let Some(m) = inner.1.take() {
+                    objective = objective.f_add(&m)?;
+                }
+                let objective = objective.f_div_scalar(global_tasks)?;
+                let grads = if first_order {
+                    // The query gradient at the adapted weights [T, P], summed over tasks.
+                    let adapted = inner.0.params().flat().shallow_clone();
+                    let g =
+                        Tensor::f_run_backward(&[&objective], &[&adapted], false, false)?.remove(0);
+                    let mut out = vec![g.f_sum_dim_intlist(&[0i64][..], false, self.kind)?];
+                    for h in &inputs[1..] {
+                        out.push(zeros_like(h)?);
+                    }
+                    out
+                } else {
+                    let refs: Vec<&Tensor> = inputs.iter().collect();
+                    let g = Tensor::f_run_backward(&[&objective], &refs, false, false)?;
+                    g.into_iter()
+                        .zip(&inputs)
+                        .map(|(g, x)| {
+                            if g.defined() {
+                                Ok(g)
+                            } else {
+                                zeros_like(x).map_err(Error::from)
+                            }
+                        })
+                        .collect::<Result<Vec<_>>>()?
+                };
+                (grads, q, acc)
+            }
+            Algorithm::Reptile => {
+                let _s = tracing::info_span!("inner_loop", steps).entered();
+                let mut inner = self.inner_loop(t, false)?;
+                for _ in 0..steps {
+                    let (l, _) =
+                        task_losses(&inner.forward(&batch.support_x)?, &batch.support_y, cls)?;
+                    inner.step(&l.f_sum(self.kind)?)?;
+                }
+                let (q, acc) = tch::no_grad(|| -> Result<_> {
+                    Ok(task_losses(
+                        &inner.forward(&batch.query_x)?,
+                        &batch.query_y,
+                        cls,
+                    )?)
+                })?;
+                // Σ_t (θ0 − φ_t) / B.
+                let phi = inner.params().flat().f_detach()?;
+                let g = self
+                    .theta
+                    .flat()
+                    .f_detach()?
+                    .f_unsqueeze(0)?
+                    .f_sub(&phi)?
+                    .f_sum_dim_intlist(&[0i64][..], false, self.kind)?
+                    .f_div_scalar(global_tasks)?;
+                let mut out = vec![g];
+                for h in &inputs[1..] {
+                    out.push(zeros_like(h)?);
+                }
+                (out, q, acc)
+            }
+            Algorithm::Pretrain => {
+                let theta = self.theta.expand_tasks(t)?;
+                let (ls, _) = task_losses(
+                    &self.model.forward(&theta, &batch.support_x, true)?,
+                    &batch.support_y,
+                    cls,
+                )?;
+                let (q, acc) = task_losses(
+                    &self.model.forward(&theta, &batch.query_x, true)?,
+                    &batch.query_y,
+                    cls,
+                )?;
+                let objective = ls
+                    .f_add(&q)?
+                    .f_sum(self.kind)?
+                    .f_div_scalar(2.0 * global_tasks)?;
+                let g = Tensor::f_run_backward(&[&objective], &[self.theta.flat()], false, false)?
+                    .remove(0);
+                (vec![g], q, acc)
+            }
+        };
+        let flat: Vec<Tensor> = grads
+            .iter()
+            .map(|g| g.f_detach()?.f_reshape([-1]))
+            .collect::<std::result::Result<_, _>>()?;
+        let q_sum = q_loss.f_detach()?.f_sum(self.kind)?.f_reshape([1])?;
+        let acc_sum = match q_acc {
+            Some(a) => a.f_detach()?.f_sum(self.kind)?.f_reshape([1])?,
+            None => Tensor::f_zeros([1], (self.kind, self.device))?,
+        };
+        let per_task = q_loss.f_detach()?.f_to_kind(self.kind)?;
+        Ok((Tensor::f_cat(&flat, 0)?, [q_sum, acc_sum], per_task))
+    }
+
+    /// Second-order meta-gradients by recompute-and-adjoint (`algorithm.memory = "recompute"`).
+    fn recompute(&self) -> bool {
+        self.cfg.algorithm.memory == "recompute"
+    }
+
+    /// The meta-gradient of MAML / Meta-SGD / ANIL with only the trajectory stored
+    /// (runtime::adjoint): the same values as full tracking, memory independent of steps ×
+    /// activations. Returns the gradients (θ0, then each learned hyperparameter), the per-task
+    /// query losses and accuracies.
+    fn recompute_meta_gradient(
+        &self,
+        batch: &MetaBatch,
+        global_tasks: f64,
+    ) -> Result<(Vec<Tensor>, Tensor, Option<Tensor>)> {
+        let _s = tracing::info_span!(
+            "inner_loop",
+            steps = self.cfg.algorithm.inner_steps,
+            memory = "recompute"
+        )
+        .entered();
+        let a = &self.cfg.algorithm;
+        let cls = self.classification();
+        let mut mg = MetaGradient::new(Sgd::new(a.inner_lr).momentum(a.inner_momentum))
+            .tasks(batch.len() as i64)
+            .freeze(self.frozen);
+        for (name, t) in &self.learned {
+            mg = mg.override_hparam(name, t);
+        }
+        let query: RefCell<Option<(Tensor, Option<Tensor>)>> = RefCell::new(None);
+        let grads = mg.compute(
+            &self.theta,
+            a.inner_steps,
+            |theta, _| {
+                let (l, _) = task_losses(
+                    &self.model.forward(theta, &batch.support_x, true)?,
+                    &batch.support_y,
+                    cls,
+                )?;
+                Ok(l.f_sum(self.kind)?)
+            },
+            |theta| {
+                let (q, acc) = task_losses(
+                    &self.model.forward(theta, &batch.query_x, true)?,
+                    &batch.query_y,
+                    cls,
+                )?;
+                let objective = q.f_sum(self.kind)?.f_div_scalar(global_tasks)?;
+                *query.borrow_mut() = Some((q.f_detach()?, acc.map(|a| a.f_detach()).transpose()?));
+                Ok(objective)
+            },
+        )?;
+        let (q, acc) = query
+            .into_inner()
+            .ok_or_else(|| Error::State("the adjoint pass evaluated no meta-loss".into()))?;
+        let mut out = vec![grads.theta0];
+        out.extend(grads.hypergradients.into_iter().map(|(_, g)| g));
+        Ok((out, q, acc))
+    }
 }
 
 /// Which GPU this rank uses: the local rank that mpirun or Slurm gives it.
@@ -329,6 +586,12 @@ impl Trainer {
             Box::new(Adam::new(cfg.outer.lr))
         };
         let outer_hparams = HParams::defaults(outer.as_ref());
+        let workers = Workers::plan(
+            cfg.run.workers,
+            tch::get_num_threads().max(1) as usize,
+            rank_slice(cfg.outer.meta_batch, comm.rank(), comm.size()).len(),
+            device,
+        );
         let mut trainer = Trainer {
             cfg: cfg.clone(),
             comm,
@@ -346,6 +609,7 @@ impl Trainer {
             iteration: 0,
             prefetcher: None,
             skips_in_a_row: 0,
+            workers,
         };
         trainer.outer_state = trainer.outer.init_state(&trainer.meta_vector()?)?;
         Ok(trainer)
@@ -438,237 +702,56 @@ impl Trainer {
         })
     }
 
-    fn inner_loop<'a>(&'a self, tasks: i64, track: bool) -> Result<InnerLoop<'a>> {
-        let a = &self.cfg.algorithm;
-        let sgd = Sgd::new(a.inner_lr).momentum(a.inner_momentum);
-        let mut builder = InnerLoop::new(self.model.as_ref(), &self.theta, sgd)
-            .copy_initial_weights(false)
-            .track_higher_grads(track)
-            .tasks(tasks)
-            .freeze(&self.frozen);
-        for (name, t) in &self.learned {
-            builder = builder.override_hparam(name, t);
+    /// A worker's view of this trainer (see [`Shard`]).
+    fn shard(&self) -> Shard<'_> {
+        Shard {
+            cfg: &self.cfg,
+            model: self.model.as_ref(),
+            kind: self.kind,
+            device: self.device,
+            algorithm: self.algorithm,
+            theta: self.theta.clone(),
+            learned: self
+                .learned
+                .iter()
+                .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                .collect(),
+            frozen: &self.frozen,
+            iteration: self.iteration,
         }
-        Ok(builder.build()?)
-    }
-
-    /// MAML++'s per-step loss weights at the current iteration: uniform at first, annealed
-    /// towards the last step over the first tenth of training (Antoniou et al. 2019).
-    fn multi_step_weights(&self, steps: usize) -> Vec<f64> {
-        let n = steps as f64;
-        let anneal = (self.cfg.outer.iterations as f64 / 10.0).max(1.0);
-        let decay = (self.iteration as f64 / anneal).min(1.0);
-        let min = 0.03 / n;
-        let other = (1.0 / n) * (1.0 - decay) + min * decay;
-        let mut w = vec![other; steps];
-        w[steps - 1] = 1.0 - other * (n - 1.0);
-        w
     }
 
     /// This rank's meta-gradient (summed over its tasks, divided by the global meta-batch size)
-    /// [Σ query loss, Σ query accuracy] over its tasks, and each task's query loss `[T]`.
+    /// [Σ query loss, Σ query accuracy] over its tasks, and each task's query loss `[T]`: the
+    /// tasks split over the task-parallel workers (engine::workers), their results summed.
     fn local_meta_gradient(
         &self,
         batch: &MetaBatch,
         global_tasks: f64,
     ) -> Result<(Tensor, [Tensor; 2], Tensor)> {
-        let t = batch.len() as i64;
-        let cls = self.classification();
-        let steps = self.cfg.algorithm.inner_steps;
-        let mut inputs = vec![self.theta.flat().shallow_clone()];
-        inputs.extend(self.learned.iter().map(|(_, h)| h.shallow_clone()));
-        let zeros_like = |x: &Tensor| x.f_zeros_like();
-        let (grads, q_loss, q_acc): (Vec<Tensor>, Tensor, Option<Tensor>) = match self.algorithm {
-            Algorithm::Maml { .. } | Algorithm::Anil if self.recompute() => {
-                let (g, q, acc) = self.recompute_meta_gradient(batch, global_tasks)?;
-                (g, q, acc)
-            }
-            // ANIL is second-order MAML whose inner loop leaves the body frozen (`self.frozen`).
-            Algorithm::Maml { .. } | Algorithm::Anil => {
-                let first_order = self.algorithm == (Algorithm::Maml { first_order: true });
-                let mut inner = {
-                    let _s = tracing::info_span!("inner_loop", steps).entered();
-                    let mut inner = self.inner_loop(t, !first_order)?;
-                    let weights = if self.cfg.algorithm.multi_step_loss {
-                        self.multi_step_weights(steps)
-                    } else {
-                        Vec::new()
-                    };
-                    let mut multi: Option<Tensor> = None;
-                    for s in 0..steps {
-                        let (l, _) =
-                            task_losses(&inner.forward(&batch.support_x)?, &batch.support_y, cls)?;
-                        inner.step(&l.f_sum(self.kind)?)?;
-                        if !weights.is_empty() && s + 1 < steps {
-                            let (q, _) =
-                                task_losses(&inner.forward(&batch.query_x)?, &batch.query_y, cls)?;
-                            let term = q.f_sum(self.kind)?.f_mul_scalar(weights[s])?;
-                            multi = Some(match multi {
-                                Some(m) => m.f_add(&term)?,
-                                None => term,
-                            });
-                        }
-                    }
-                    (inner, multi, weights)
-                };
-                let (q, acc) = task_losses(&inner.0.forward(&batch.query_x)?, &batch.query_y, cls)?;
-                let _s = tracing::info_span!("meta_gradient").entered();
-                let mut objective = q.f_sum(self.kind)?;
-                if let Some(w_last) = inner.2.last() {
-                    objective = objective.f_mul_scalar(*w_last)?;
-                }
-                if let Some(m) = inner.1.take() {
-                    objective = objective.f_add(&m)?;
-                }
-                let objective = objective.f_div_scalar(global_tasks)?;
-                let grads = if first_order {
-                    // The query gradient at the adapted weights [T, P], summed over tasks.
-                    let adapted = inner.0.params().flat().shallow_clone();
-                    let g =
-                        Tensor::f_run_backward(&[&objective], &[&adapted], false, false)?.remove(0);
-                    let mut out = vec![g.f_sum_dim_intlist(&[0i64][..], false, self.kind)?];
-                    for h in &inputs[1..] {
-                        out.push(zeros_like(h)?);
-                    }
-                    out
-                } else {
-                    let refs: Vec<&Tensor> = inputs.iter().collect();
-                    let g = Tensor::f_run_backward(&[&objective], &refs, false, false)?;
-                    g.into_iter()
-                        .zip(&inputs)
-                        .map(|(g, x)| {
-                            if g.defined() {
-                                Ok(g)
-                            } else {
-                                zeros_like(x).map_err(Error::from)
-                            }
-                        })
-                        .collect::<Result<Vec<_>>>()?
-                };
-                (grads, q, acc)
-            }
-            Algorithm::Reptile => {
-                let _s = tracing::info_span!("inner_loop", steps).entered();
-                let mut inner = self.inner_loop(t, false)?;
-                for _ in 0..steps {
-                    let (l, _) =
-                        task_losses(&inner.forward(&batch.support_x)?, &batch.support_y, cls)?;
-                    inner.step(&l.f_sum(self.kind)?)?;
-                }
-                let (q, acc) = tch::no_grad(|| -> Result<_> {
-                    Ok(task_losses(
-                        &inner.forward(&batch.query_x)?,
-                        &batch.query_y,
-                        cls,
-                    )?)
-                })?;
-                // Σ_t (θ0 − φ_t) / B.
-                let phi = inner.params().flat().f_detach()?;
-                let g = self
-                    .theta
-                    .flat()
-                    .f_detach()?
-                    .f_unsqueeze(0)?
-                    .f_sub(&phi)?
-                    .f_sum_dim_intlist(&[0i64][..], false, self.kind)?
-                    .f_div_scalar(global_tasks)?;
-                let mut out = vec![g];
-                for h in &inputs[1..] {
-                    out.push(zeros_like(h)?);
-                }
-                (out, q, acc)
-            }
-            Algorithm::Pretrain => {
-                let theta = self.theta.expand_tasks(t)?;
-                let (ls, _) = task_losses(
-                    &self.model.forward(&theta, &batch.support_x, true)?,
-                    &batch.support_y,
-                    cls,
-                )?;
-                let (q, acc) = task_losses(
-                    &self.model.forward(&theta, &batch.query_x, true)?,
-                    &batch.query_y,
-                    cls,
-                )?;
-                let objective = ls
-                    .f_add(&q)?
-                    .f_sum(self.kind)?
-                    .f_div_scalar(2.0 * global_tasks)?;
-                let g = Tensor::f_run_backward(&[&objective], &[self.theta.flat()], false, false)?
-                    .remove(0);
-                (vec![g], q, acc)
-            }
-        };
-        let flat: Vec<Tensor> = grads
+        let inputs = self
+            .workers
+            .chunks(batch.len())
             .iter()
-            .map(|g| g.f_detach()?.f_reshape([-1]))
-            .collect::<std::result::Result<_, _>>()?;
-        let q_sum = q_loss.f_detach()?.f_sum(self.kind)?.f_reshape([1])?;
-        let acc_sum = match q_acc {
-            Some(a) => a.f_detach()?.f_sum(self.kind)?.f_reshape([1])?,
-            None => Tensor::f_zeros([1], (self.kind, self.device))?,
-        };
-        let per_task = q_loss.f_detach()?.f_to_kind(self.kind)?;
-        Ok((Tensor::f_cat(&flat, 0)?, [q_sum, acc_sum], per_task))
-    }
-
-    /// Second-order meta-gradients by recompute-and-adjoint (`algorithm.memory = "recompute"`).
-    fn recompute(&self) -> bool {
-        self.cfg.algorithm.memory == "recompute"
-    }
-
-    /// The meta-gradient of MAML / Meta-SGD / ANIL with only the trajectory stored
-    /// (runtime::adjoint): the same values as full tracking, memory independent of steps ×
-    /// activations. Returns the gradients (θ0, then each learned hyperparameter), the per-task
-    /// query losses and accuracies.
-    fn recompute_meta_gradient(
-        &self,
-        batch: &MetaBatch,
-        global_tasks: f64,
-    ) -> Result<(Vec<Tensor>, Tensor, Option<Tensor>)> {
-        let _s = tracing::info_span!(
-            "inner_loop",
-            steps = self.cfg.algorithm.inner_steps,
-            memory = "recompute"
-        )
-        .entered();
-        let a = &self.cfg.algorithm;
-        let cls = self.classification();
-        let mut mg = MetaGradient::new(Sgd::new(a.inner_lr).momentum(a.inner_momentum))
-            .tasks(batch.len() as i64)
-            .freeze(&self.frozen);
-        for (name, t) in &self.learned {
-            mg = mg.override_hparam(name, t);
+            .map(|r| Ok((self.shard(), batch.slice(r.clone())?)))
+            .collect::<Result<Vec<_>>>()?;
+        let mut parts = self
+            .workers
+            .run(inputs, |(shard, b)| {
+                shard.local_meta_gradient(&b, global_tasks)
+            })?
+            .into_iter();
+        let (mut grad, [mut loss, mut acc], first) = parts
+            .next()
+            .ok_or_else(|| Error::State("a meta-batch without tasks".into()))?;
+        let mut per_task = vec![first];
+        for (g, [l, a], q) in parts {
+            grad = grad.f_add(&g)?;
+            loss = loss.f_add(&l)?;
+            acc = acc.f_add(&a)?;
+            per_task.push(q);
         }
-        let query: RefCell<Option<(Tensor, Option<Tensor>)>> = RefCell::new(None);
-        let grads = mg.compute(
-            &self.theta,
-            a.inner_steps,
-            |theta, _| {
-                let (l, _) = task_losses(
-                    &self.model.forward(theta, &batch.support_x, true)?,
-                    &batch.support_y,
-                    cls,
-                )?;
-                Ok(l.f_sum(self.kind)?)
-            },
-            |theta| {
-                let (q, acc) = task_losses(
-                    &self.model.forward(theta, &batch.query_x, true)?,
-                    &batch.query_y,
-                    cls,
-                )?;
-                let objective = q.f_sum(self.kind)?.f_div_scalar(global_tasks)?;
-                *query.borrow_mut() = Some((q.f_detach()?, acc.map(|a| a.f_detach()).transpose()?));
-                Ok(objective)
-            },
-        )?;
-        let (q, acc) = query
-            .into_inner()
-            .ok_or_else(|| Error::State("the adjoint pass evaluated no meta-loss".into()))?;
-        let mut out = vec![grads.theta0];
-        out.extend(grads.hypergradients.into_iter().map(|(_, g)| g));
-        Ok((out, q, acc))
+        Ok((grad, [loss, acc], Tensor::f_cat(&per_task, 0)?))
     }
 
     fn next_train_batch(&mut self, range: Range<usize>) -> Result<MetaBatch> {
@@ -884,7 +967,8 @@ impl Trainer {
                     cls,
                 )?)
             })?;
-            let mut inner = self.inner_loop(t, false)?;
+            let shard = self.shard();
+            let mut inner = shard.inner_loop(t, false)?;
             for _ in 0..steps {
                 let (l, _) = task_losses(&inner.forward(&batch.support_x)?, &batch.support_y, cls)?;
                 inner.step(&l.f_sum(self.kind)?)?;

@@ -10,18 +10,22 @@
 //! passes on the calling threads. On CUDA one worker drives the device (it is already parallel).
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use tch::Device;
 
 use crate::{Error, Result};
 
-/// How a rank spreads its tasks over threads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a rank spreads its tasks over threads. The threads other than the caller's live as long
+/// as the `Workers` (a thread pool): starting threads per iteration, each with fresh libtorch
+/// thread-local state, cost more than a small workload's iteration saves.
+#[derive(Debug, Clone)]
 pub struct Workers {
     /// Worker threads (the calling thread is the first).
     pub count: usize,
     /// libtorch intra-op threads per worker.
     pub intra_threads: usize,
+    pool: Option<Arc<rayon::ThreadPool>>,
 }
 
 impl Workers {
@@ -30,6 +34,7 @@ impl Workers {
         Workers {
             count: 1,
             intra_threads: threads.max(1),
+            pool: None,
         }
     }
 
@@ -44,9 +49,23 @@ impl Workers {
             (n, _) => n,
         }
         .clamp(1, tasks.max(1));
+        let intra = (threads / count).max(1);
+        // A pool that cannot start leaves the work on the calling thread.
+        let pool = (count > 1)
+            .then(|| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(count - 1)
+                    .thread_name(|i| format!("metaloop-worker-{}", i + 1))
+                    .start_handler(move |_| tch::set_num_threads(intra as i32))
+                    .build()
+                    .ok()
+            })
+            .flatten()
+            .map(Arc::new);
         Workers {
-            count,
-            intra_threads: (threads / count).max(1),
+            count: if pool.is_some() { count } else { 1 },
+            intra_threads: intra,
+            pool,
         }
     }
 
@@ -66,40 +85,44 @@ impl Workers {
             .collect()
     }
 
-    /// Runs `f` on every input, the first on this thread and each other on its own scoped
-    /// thread, every one with [`Workers::intra_threads`] libtorch threads (a per-thread OpenMP
-    /// setting, so it is set on each). Returns the results in input order; the first error wins.
+    /// Runs `f` on every input, the first on this thread and the others on the pool's threads,
+    /// every one with [`Workers::intra_threads`] libtorch threads (a per-thread OpenMP setting,
+    /// so each thread sets its own). Returns the results in input order; the first error wins.
     pub fn run<I: Send, R: Send>(
         &self,
         inputs: Vec<I>,
         f: impl Fn(I) -> Result<R> + Sync,
     ) -> Result<Vec<R>> {
-        let intra = self.intra_threads as i32;
         let mut inputs = inputs.into_iter();
         let Some(first) = inputs.next() else {
             return Ok(Vec::new());
         };
-        let f = &f;
-        std::thread::scope(|s| {
-            let handles: Vec<_> = inputs
-                .map(|input| {
-                    s.spawn(move || {
-                        tch::set_num_threads(intra);
-                        f(input)
-                    })
-                })
-                .collect();
-            tch::set_num_threads(intra);
-            let mut out = vec![f(first)];
-            for h in handles {
-                out.push(
-                    h.join().unwrap_or_else(|_| {
-                        Err(Error::State("a task worker thread panicked".into()))
-                    }),
-                );
+        tch::set_num_threads(self.intra_threads as i32);
+        let rest: Vec<I> = inputs.collect();
+        let Some(pool) = self.pool.as_ref().filter(|_| !rest.is_empty()) else {
+            let mut out = vec![f(first)?];
+            for input in rest {
+                out.push(f(input)?);
             }
-            out.into_iter().collect()
-        })
+            return Ok(out);
+        };
+        let f = &f;
+        let mut slots: Vec<Option<Result<R>>> = (0..rest.len()).map(|_| None).collect();
+        let first_out = pool.in_place_scope(|s| {
+            for (input, slot) in rest.into_iter().zip(slots.iter_mut()) {
+                s.spawn(move |_| *slot = Some(f(input)));
+            }
+            f(first)
+        });
+        let mut out = vec![first_out?];
+        for slot in slots {
+            out.push(slot.unwrap_or_else(|| {
+                Err(Error::State(
+                    "a task worker finished without a result".into(),
+                ))
+            })?);
+        }
+        Ok(out)
     }
 }
 
@@ -118,6 +141,7 @@ mod tests {
         let w = Workers::plan(3, 2, 25, Device::Cpu);
         assert_eq!(w.chunks(25), vec![0..9, 9..17, 17..25]);
         assert_eq!(Workers::plan(0, 16, 32, Device::Cuda(0)).count, 1);
+        assert_eq!(Workers::single(2).count, 1);
         assert_eq!(Workers::plan(1, 2, 8, Device::Cpu).intra_threads, 2);
     }
 

@@ -116,6 +116,19 @@ pub struct MetaBatch {
 }
 
 impl MetaBatch {
+    /// The tasks at positions `r` of this batch (views).
+    pub fn slice(&self, r: Range<usize>) -> Result<MetaBatch> {
+        let cut = |t: &Tensor| t.f_narrow(0, r.start as i64, r.len() as i64);
+        Ok(MetaBatch {
+            support_x: cut(&self.support_x)?,
+            support_y: cut(&self.support_y)?,
+            query_x: cut(&self.query_x)?,
+            query_y: cut(&self.query_y)?,
+            iteration: self.iteration,
+            tasks: self.tasks.start + r.start..self.tasks.start + r.end,
+        })
+    }
+
     /// Stacks episodes (all of the same shapes) into a meta-batch.
     pub fn stack(episodes: &[Episode], iteration: u64, tasks: Range<usize>) -> Result<MetaBatch> {
         if episodes.len() != tasks.len() {
