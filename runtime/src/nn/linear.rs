@@ -86,6 +86,9 @@ impl Module for Linear {
         let x3 = x.f_reshape([tasks, -1, self.in_features])?;
         let weight_t = weight.f_transpose(1, 2)?;
         let y = match bias {
+            // One input feature (the sinusoid regressor's first layer): an outer product, as
+            // one broadcast multiply-add instead of T matrix products of inner size 1.
+            Some(b) if self.in_features == 1 => b.f_unsqueeze(1)?.f_addcmul(&x3, &weight_t)?,
             Some(b) => b.f_unsqueeze(1)?.f_baddbmm(&x3, &weight_t, 1.0, 1.0)?,
             None => x3.f_bmm(&weight_t)?,
         };
