@@ -1,6 +1,7 @@
 //! Puts libtorch on the rpath of runtime's own tests, passes libtorch's lib dir on to the crates
 //! that depend on runtime (as DEP_METALOOP_RUNTIME_LIBTORCH_LIB), and compiles the C++ shim of the
-//! fused optimizer steps (runtime/csrc/fused_step.cpp) against libtorch's headers.
+//! fused optimizer steps (runtime/csrc/fused_step.cpp) and the caching CPU allocator
+//! (runtime/csrc/host_allocator.cpp) against libtorch's headers.
 include!("link_libtorch.rs");
 
 use std::path::{Path, PathBuf};
@@ -10,6 +11,23 @@ fn main() {
     link_libtorch(&lib);
     println!("cargo:libtorch_lib={lib}");
     compile_shim(Path::new(&lib));
+    compile_host_allocator(Path::new(&lib));
+}
+
+/// Compiles the caching CPU allocator (runtime/csrc/host_allocator.cpp, runtime::kernels::
+/// host_memory) against libtorch's headers.
+fn compile_host_allocator(libtorch_lib: &Path) {
+    println!("cargo:rerun-if-changed=csrc/host_allocator.cpp");
+    let include = libtorch_lib.join("../include");
+    cc::Build::new()
+        .cpp(true)
+        .file("csrc/host_allocator.cpp")
+        .include(&include)
+        .flag("-std=c++17")
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .flag_if_supported("-Wno-unused-parameter")
+        .warnings(false)
+        .compile("metaloop_host_allocator");
 }
 
 /// The directory holding `cuda_runtime_api.h`: the CUDA runtime of PyTorch's wheel

@@ -29,7 +29,10 @@ mod cuda;
 mod ffi;
 mod host_memory;
 
-pub use host_memory::{retain_freed_host_memory, HostMemory};
+pub use host_memory::{
+    cache_host_allocations, empty_host_cache, host_cache_bytes, retain_freed_host_memory,
+    HostMemory,
+};
 
 use crate::{Error, Result};
 use std::ffi::CStr;
