@@ -71,6 +71,8 @@ pub struct BenchResult {
     pub threads: i32,
     /// Task-parallel worker threads (engine::workers).
     pub workers: usize,
+    /// Fused optimizer kernels (else libtorch's tensor ops) in the inner and outer steps.
+    pub fused: bool,
     pub device: String,
 }
 
@@ -234,11 +236,8 @@ pub fn run(
     times.sort_by(|a, b| a.total_cmp(b));
     let median = times[times.len() / 2];
     Ok(BenchResult {
-        peer: if fused {
-            "metaloop".into()
-        } else {
-            "metaloop-unfused".into()
-        },
+        peer: "metaloop".into(),
+        fused,
         workload: w.name.into(),
         tasks_per_s: w.meta_batch as f64 / median,
         median_s: median,

@@ -56,7 +56,7 @@ impl Workers {
                 rayon::ThreadPoolBuilder::new()
                     .num_threads(count - 1)
                     .thread_name(|i| format!("metaloop-worker-{}", i + 1))
-                    .start_handler(move |_| tch::set_num_threads(intra as i32))
+                    .start_handler(move |_| set_intra_threads(intra))
                     .build()
                     .ok()
             })
@@ -97,7 +97,7 @@ impl Workers {
         let Some(first) = inputs.next() else {
             return Ok(Vec::new());
         };
-        tch::set_num_threads(self.intra_threads as i32);
+        set_intra_threads(self.intra_threads);
         let rest: Vec<I> = inputs.collect();
         let Some(pool) = self.pool.as_ref().filter(|_| !rest.is_empty()) else {
             let mut out = vec![f(first)?];
@@ -124,6 +124,23 @@ impl Workers {
         }
         Ok(out)
     }
+}
+
+thread_local! {
+    /// The intra-op thread count this thread last set (0: never).
+    static INTRA_THREADS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Sets this thread's libtorch intra-op threads (OpenMP's setting is per thread), only when it
+/// changes: libtorch's set_num_threads also empties oneDNN's cache of compiled convolution
+/// primitives, which then have to be compiled again.
+fn set_intra_threads(n: usize) {
+    INTRA_THREADS.with(|current| {
+        if current.get() != n {
+            tch::set_num_threads(n as i32);
+            current.set(n);
+        }
+    });
 }
 
 #[cfg(test)]
