@@ -176,15 +176,16 @@ fn task_loss(pred: &Tensor, y: &Tensor, ways: i64) -> Result<Tensor> {
 
 /// Runs `iters` timed iterations (after `warmup`) of workload `w` on `device`; `fused` picks the
 /// fused optimizer kernels (runtime::kernels) or the tensor-op reference path for the inner steps;
-/// `workers` spreads the meta-batch over task-parallel threads (engine::workers), as training
-/// does.
+/// `workers` (0: automatic) spreads the meta-batch over task-parallel threads with `threads`
+/// libtorch threads in all (engine::workers), as training does.
 pub fn run(
     w: &Workload,
     iters: usize,
     warmup: usize,
     device: Device,
     fused: bool,
-    workers: Workers,
+    workers: usize,
+    threads: usize,
 ) -> Result<BenchResult> {
     tch::manual_seed(0);
     let model: Box<dyn Module> = if w.ways == 0 {
@@ -193,6 +194,13 @@ pub fn run(
         Box::new(nn::conv4(1, w.ways, 64))
     };
     let theta = Params::init(model.as_ref(), 0, Kind::Float, device)?;
+    let workers = Workers::plan(
+        workers,
+        threads,
+        w.meta_batch as usize,
+        theta.layout().numel(),
+        device,
+    );
     let outer = Adam::new(1e-3).fused(fused);
     let outer_hp = HParams::defaults(&outer);
     let mut outer_state = outer.init_state(theta.flat())?;

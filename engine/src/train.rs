@@ -590,6 +590,7 @@ impl Trainer {
             cfg.run.workers,
             tch::get_num_threads().max(1) as usize,
             rank_slice(cfg.outer.meta_batch, comm.rank(), comm.size()).len(),
+            theta.layout().numel(),
             device,
         );
         let mut trainer = Trainer {

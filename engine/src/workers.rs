@@ -29,6 +29,12 @@ pub struct Workers {
 }
 
 impl Workers {
+    /// The smallest model (parameters per task) that automatic planning spreads over workers.
+    /// Measured on the 2-core machine: the sinusoid MLP (1,761 parameters, 0.8 ms per
+    /// meta-batch of 25) ran no faster on 2 workers than on 1, the Conv-4 (112,005) about 1.9×
+    /// faster than on one thread (benches/README.md).
+    pub const MIN_AUTO_PARAMS: i64 = 10_000;
+
     /// One worker with `threads` intra-op threads: the plain single-thread-of-control path.
     pub fn single(threads: usize) -> Workers {
         Workers {
@@ -38,13 +44,21 @@ impl Workers {
         }
     }
 
-    /// `requested` workers (0: automatic) for `threads` CPU threads in all and `tasks` tasks on
-    /// `device`. Automatic: on the CPU one worker per thread, each with one intra-op thread, but
-    /// never more workers than tasks; on CUDA one worker.
-    pub fn plan(requested: usize, threads: usize, tasks: usize, device: Device) -> Workers {
+    /// `requested` workers (0: automatic) for `threads` CPU threads in all and `tasks` tasks of a
+    /// model with `params` parameters per task on `device`. Automatic: on the CPU, for models of
+    /// at least [`Workers::MIN_AUTO_PARAMS`] parameters, one worker per thread, each with one
+    /// intra-op thread, never more workers than tasks; otherwise (CUDA, or a model so small that
+    /// its iteration is dispatch overhead) one worker.
+    pub fn plan(
+        requested: usize,
+        threads: usize,
+        tasks: usize,
+        params: i64,
+        device: Device,
+    ) -> Workers {
         let threads = threads.max(1);
         let count = match (requested, device) {
-            (0, Device::Cpu) => threads,
+            (0, Device::Cpu) if params >= Self::MIN_AUTO_PARAMS => threads,
             (0, _) => 1,
             (n, _) => n,
         }
@@ -149,22 +163,25 @@ mod tests {
 
     #[test]
     fn plans_and_chunks() {
-        let w = Workers::plan(0, 2, 8, Device::Cpu);
+        let conv = 112_005;
+        let w = Workers::plan(0, 2, 8, conv, Device::Cpu);
         assert_eq!((w.count, w.intra_threads), (2, 1));
         assert_eq!(w.chunks(8), vec![0..4, 4..8]);
-        let w = Workers::plan(0, 4, 3, Device::Cpu);
+        let w = Workers::plan(0, 4, 3, conv, Device::Cpu);
         assert_eq!((w.count, w.intra_threads), (3, 1));
         assert_eq!(w.chunks(3), vec![0..1, 1..2, 2..3]);
-        let w = Workers::plan(3, 2, 25, Device::Cpu);
+        let w = Workers::plan(3, 2, 25, 1761, Device::Cpu);
         assert_eq!(w.chunks(25), vec![0..9, 9..17, 17..25]);
-        assert_eq!(Workers::plan(0, 16, 32, Device::Cuda(0)).count, 1);
+        let small = Workers::plan(0, 2, 25, 1761, Device::Cpu);
+        assert_eq!((small.count, small.intra_threads), (1, 2));
+        assert_eq!(Workers::plan(0, 16, 32, conv, Device::Cuda(0)).count, 1);
         assert_eq!(Workers::single(2).count, 1);
-        assert_eq!(Workers::plan(1, 2, 8, Device::Cpu).intra_threads, 2);
+        assert_eq!(Workers::plan(1, 2, 8, conv, Device::Cpu).intra_threads, 2);
     }
 
     #[test]
     fn runs_every_input_in_order() {
-        let w = Workers::plan(3, 3, 3, Device::Cpu);
+        let w = Workers::plan(3, 3, 3, 1, Device::Cpu);
         let out = w.run(vec![1, 2, 3], |i| Ok(i * 10)).unwrap();
         assert_eq!(out, vec![10, 20, 30]);
         let err = w

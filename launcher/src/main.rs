@@ -91,7 +91,8 @@ enum Command {
         /// The fused optimizer kernels instead of the tensor-op path (the library's default).
         #[arg(long)]
         fused: bool,
-        /// Task-parallel worker threads (0: one per `--threads` thread on the CPU, one on CUDA).
+        /// Task-parallel worker threads (0: automatic, as `run.workers`: one per `--threads`
+        /// thread for CPU models of at least 10,000 parameters, else one).
         #[arg(long, default_value_t = 0)]
         workers: usize,
     },
@@ -338,9 +339,7 @@ fn bench(
         return Err(config::bad("--iters: must be >= 1, got 0"));
     }
     let threads = tch::get_num_threads().max(1) as usize;
-    let workers =
-        metaloop_engine::workers::Workers::plan(workers, threads, w.meta_batch as usize, device);
-    let r = bench::run(&w, iters, 3, device, fused, workers)?;
+    let r = bench::run(&w, iters, 3, device, fused, workers, threads)?;
     if json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
