@@ -15,14 +15,18 @@ fn main() {
 }
 
 /// Compiles the caching CPU allocator (runtime/csrc/host_allocator.cpp, runtime::kernels::
-/// host_memory) against libtorch's headers.
+/// host_memory) and BatchNorm's autograd function (runtime/csrc/batch_norm.cpp,
+/// runtime::kernels::batch_norm) against libtorch's headers.
 fn compile_host_allocator(libtorch_lib: &Path) {
     println!("cargo:rerun-if-changed=csrc/host_allocator.cpp");
+    println!("cargo:rerun-if-changed=csrc/batch_norm.cpp");
     let include = libtorch_lib.join("../include");
     cc::Build::new()
         .cpp(true)
         .file("csrc/host_allocator.cpp")
+        .file("csrc/batch_norm.cpp")
         .include(&include)
+        .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .flag_if_supported("-Wno-unused-parameter")

@@ -24,11 +24,13 @@
 //! the fallback). This module is the only one with unsafe code or raw pointers; it knows nothing
 //! of models, parameter names or hyperparameter names, and never prints.
 
+mod batch_norm;
 mod cpu;
 mod cuda;
 mod ffi;
 mod host_memory;
 
+pub use batch_norm::batch_norm_train;
 pub use host_memory::{
     cache_host_allocations, empty_host_cache, host_cache_bytes, retain_freed_host_memory,
     HostMemory,
