@@ -16,7 +16,7 @@
 //   g_w  = L / w  (computed as r N (...))
 //   G    = (p - w r A) dy - w r M a
 //   g_x  = r (G - mean(G) - x^ mean(G x^)) - (L r / N) x^
-// where mean(G) and mean(G x^) follow from the sums above without another pass. The derivation
+// (mean(G) and mean(G x^) come with libtorch's fused backward kernel applied to G). The derivation
 // uses d x^_j / d x_i = r (delta_ij - 1/N - x^_i x^_j / N) and d r / d x_i = -r^2 x^_i / N.
 
 #include <ATen/ATen.h>
@@ -52,9 +52,16 @@ struct BatchNormBackward : public Function<BatchNormBackward> {
     ctx->save_for_backward({dy, x, weight});
     ctx->saved_data["mean"] = mean;
     ctx->saved_data["invstd"] = invstd;
+    ctx->saved_data["eps"] = eps;
+    // sum dy x^ and sum dy, which the double backward needs again.
+    ctx->saved_data["sum_dy_xhat"] = std::get<1>(out).detach();
+    ctx->saved_data["sum_dy"] = std::get<2>(out).detach();
     return {std::get<0>(out), std::get<1>(out), std::get<2>(out)};
   }
 
+  // The closed form of the file's header. libtorch's fused backward kernel computes the two
+  // projections r (v - mean(v) - x^ mean(v x^)) (times w for v = a) and, for v = a, the sums
+  // sum a x^ and sum a: two fused calls instead of a dozen elementwise ops and reductions.
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
     const at::Tensor& dy = saved[0];
@@ -62,6 +69,7 @@ struct BatchNormBackward : public Function<BatchNormBackward> {
     const at::Tensor& w = saved[2];
     at::Tensor mean = ctx->saved_data["mean"].toTensor();
     at::Tensor r = ctx->saved_data["invstd"].toTensor();
+    const double eps = ctx->saved_data["eps"].toDouble();
     const at::Tensor& a = grads[0];
     const at::Tensor& p = grads[1];
     const at::Tensor& q = grads[2];
@@ -69,46 +77,46 @@ struct BatchNormBackward : public Function<BatchNormBackward> {
     const auto red = reduced_dims(x);
     const double n = static_cast<double>(x.numel() / x.size(1));
     auto bc = [dims](const at::Tensor& v) { return per_channel(v, dims); };
+    at::Tensor m = ctx->saved_data["sum_dy_xhat"].toTensor() / n;
+    at::Tensor dy_mean = ctx->saved_data["sum_dy"].toTensor() / n;
+    at::Tensor xhat;
+    auto get_xhat = [&]() -> const at::Tensor& {
+      if (!xhat.defined()) xhat = (x - bc(mean)) * bc(r);
+      return xhat;
+    };
 
-    at::Tensor xhat = (x - bc(mean)) * bc(r);
-    at::Tensor dy_mean = dy.mean(red);
-    at::Tensor m = (dy * xhat).mean(red);
-    at::Tensor wr = w * r;
-    at::Tensor g_dy, g_x, g_w;
-    // G = c1 dy + c2 a; L = w r N (mean(a dy) - mean(a) mean(dy) - M A).
-    at::Tensor c1 = p.defined() ? p.clone() : at::zeros_like(m);
-    at::Tensor g_mean, gx_mean, l;
+    at::Tensor g_dy, g_x, g_w, l;
+    // G = c1 dy + c2 a.
+    at::Tensor c1 = p.defined() ? p : at::zeros_like(m);
     at::Tensor g;
     if (a.defined()) {
-      at::Tensor a_mean = a.mean(red);
-      at::Tensor big_a = (a * xhat).mean(red);
+      auto nb = at::native_batch_norm_backward(a, x, w, at::Tensor(), at::Tensor(), mean, r,
+                                               /*train=*/true, eps, {true, true, true});
+      g_dy = std::get<0>(nb);  // w r (a - mean(a) - x^ A)
+      at::Tensor big_a = std::get<1>(nb) / n;
+      at::Tensor a_mean = std::get<2>(nb) / n;
       at::Tensor ady = (a * dy).mean(red);
       at::Tensor l_over_w = r * n * (ady - a_mean * dy_mean - m * big_a);
       g_w = l_over_w;
       l = w * l_over_w;
+      at::Tensor wr = w * r;
       c1 = c1 - wr * big_a;
-      at::Tensor c2 = -wr * m;
-      g = bc(c1) * dy + bc(c2) * a;
-      g_mean = c1 * dy_mean + c2 * a_mean;
-      gx_mean = c1 * m + c2 * big_a;
-      g_dy = bc(wr) * (a - bc(a_mean) - xhat * bc(big_a));
-    } else {
+      g = bc(c1) * dy + bc(-wr * m) * a;
+    } else if (p.defined()) {
       g = bc(c1) * dy;
-      g_mean = c1 * dy_mean;
-      gx_mean = c1 * m;
-      l = at::zeros_like(m);
     }
-    g_x = bc(r) * (g - bc(g_mean) - xhat * bc(gx_mean)) - xhat * bc(l * r / n);
+    if (g.defined()) {
+      auto nb = at::native_batch_norm_backward(g, x, at::ones_like(w), at::Tensor(), at::Tensor(), mean, r,
+                                               /*train=*/true, eps, {true, false, false});
+      g_x = std::get<0>(nb);  // r (G - mean(G) - x^ mean(G x^))
+      if (l.defined()) g_x = g_x - get_xhat() * bc(l * r / n);
+    }
     if (p.defined()) {
-      at::Tensor t = bc(p) * xhat;
+      at::Tensor t = bc(p) * get_xhat();
       g_dy = g_dy.defined() ? g_dy + t : t;
     }
     if (q.defined()) {
-      at::Tensor t = bc(q).expand_as(dy);
-      g_dy = g_dy.defined() ? g_dy + t : t.clone();
-    }
-    if (!a.defined() && !p.defined()) {
-      g_x = at::Tensor();
+      g_dy = g_dy.defined() ? g_dy + bc(q) : bc(q).expand_as(dy).clone();
     }
     return {g_dy, g_x, g_w, at::Tensor(), at::Tensor(), at::Tensor()};
   }
