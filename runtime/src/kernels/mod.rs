@@ -44,33 +44,64 @@ pub enum StepKernel {
     /// Adam and AdamW (amsgrad included). State: exp_avg, exp_avg_sq, max_exp_avg_sq.
     /// Hyperparameters: lr, beta1, beta2, eps, weight_decay.
     Adam = 1,
+    /// Adamax. State: exp_avg, exp_inf. Hyperparameters: lr, beta1, beta2, eps, weight_decay.
+    Adamax = 2,
+    /// Adagrad. State: sum (absent at the first step). Hyperparameters: lr, lr_decay,
+    /// weight_decay, initial_accumulator_value, eps.
+    Adagrad = 3,
+    /// RMSprop, plain or centered, with or without momentum. State: square_avg,
+    /// momentum_buffer, grad_avg. Hyperparameters: lr, alpha, eps, weight_decay, momentum.
+    RMSprop = 4,
+    /// Adadelta. State: square_avg, acc_delta. Hyperparameters: lr, rho, eps, weight_decay.
+    Adadelta = 5,
+    /// Rprop. State: prev, step_size (absent at the first step). Hyperparameters: lr,
+    /// eta_minus, eta_plus, step_size_min, step_size_max.
+    Rprop = 6,
 }
 
 impl StepKernel {
     /// Every kernel, for tests and benchmarks.
-    pub const ALL: [StepKernel; 2] = [StepKernel::Sgd, StepKernel::Adam];
+    pub const ALL: [StepKernel; 7] = [
+        StepKernel::Sgd,
+        StepKernel::Adam,
+        StepKernel::Adamax,
+        StepKernel::Adagrad,
+        StepKernel::RMSprop,
+        StepKernel::Adadelta,
+        StepKernel::Rprop,
+    ];
 
     /// The name runtime::optim gives the optimizer.
     pub fn name(self) -> &'static str {
         match self {
             StepKernel::Sgd => "SGD",
             StepKernel::Adam => "Adam",
+            StepKernel::Adamax => "Adamax",
+            StepKernel::Adagrad => "Adagrad",
+            StepKernel::RMSprop => "RMSprop",
+            StepKernel::Adadelta => "Adadelta",
+            StepKernel::Rprop => "Rprop",
         }
     }
 
     /// The number of state-buffer input slots (a slot may be absent).
     pub fn state_slots(self) -> usize {
         match self {
-            StepKernel::Sgd => 1,
-            StepKernel::Adam => 3,
+            StepKernel::Sgd | StepKernel::Adagrad => 1,
+            StepKernel::Adamax | StepKernel::Adadelta | StepKernel::Rprop => 2,
+            StepKernel::Adam | StepKernel::RMSprop => 3,
         }
     }
 
     /// The number of hyperparameter slots.
     pub fn hparam_count(self) -> usize {
         match self {
-            StepKernel::Sgd => 4,
-            StepKernel::Adam => 5,
+            StepKernel::Sgd | StepKernel::Adadelta => 4,
+            StepKernel::Adam
+            | StepKernel::Adamax
+            | StepKernel::Adagrad
+            | StepKernel::RMSprop
+            | StepKernel::Rprop => 5,
         }
     }
 

@@ -119,8 +119,6 @@ impl Optimizer for Sgd {
                 state.step() as f64,
                 f64::from(u8::from(self.nesterov)),
                 f64::from(u8::from(momentum_path)),
-                f64::from(u8::from(dampening.is_zero_const())),
-                f64::from(u8::from(weight_decay.is_zero_const())),
             ];
             let hparams = [
                 Slot::from(&lr),
