@@ -585,7 +585,12 @@ fn fused_step_rejects_bad_inputs() {
 /// it); the equivalence tests above run the kernels when a GPU is present.
 #[test]
 fn cuda_source_compiles_with_nvrtc() {
-    assert!(kernels::cuda_source().contains("metaloop_adam_backward_f64"));
+    for kernel in [
+        "sgd", "adam", "adamax", "adagrad", "rmsprop", "adadelta", "rprop",
+    ] {
+        let name = format!("metaloop_{kernel}_backward_f64");
+        assert!(kernels::cuda_source().contains(&name), "{name}");
+    }
     match kernels::compile_cuda_source() {
         Ok(len) => assert!(len > 1000, "PTX of {len} bytes"),
         Err(e)
