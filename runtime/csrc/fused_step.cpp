@@ -28,6 +28,9 @@
 extern "C" {
 
 enum { METALOOP_MAX_IN = 16, METALOOP_MAX_OUT = 8, METALOOP_MAX_CONST = 16 };
+// A bit of the op code given to metaloop_fused_step: the gradient of θ is the gradient of θ' (no
+// weight decay), so the backward passes it on instead of having the kernel write a copy.
+enum { METALOOP_THETA_GRAD_PASSES = 1 << 8 };
 
 // One kernel launch, forward (pass 0) or backward (pass 1). Mirrored by runtime::kernels::ffi.
 struct MetaloopKernelCall {
@@ -108,7 +111,7 @@ Prepared prepare(int64_t op, int32_t pass, const variable_list& inputs, const st
               theta.device());
   Prepared p;
   std::memset(&p.call, 0, sizeof(p.call));
-  p.call.op = static_cast<int32_t>(op);
+  p.call.op = static_cast<int32_t>(op & 0xff);
   p.call.pass = pass;
   p.call.dtype = dtype == at::kFloat ? 0 : 1;
   p.call.device = theta.is_cuda() ? theta.get_device() : -1;
@@ -246,8 +249,10 @@ struct FusedStep : public torch::autograd::Function<FusedStep> {
     p.call.n_out = static_cast<int32_t>(n_out);
     std::vector<at::Tensor> per_element(slots.size());
     std::vector<at::Tensor> partial(slots.size());
+    const bool theta_passes = (op & METALOOP_THETA_GRAD_PASSES) != 0;
     for (size_t k = 0; k < slots.size(); ++k) {
       if (!ctx->needs_input_grad(k)) continue;
+      if (slots[k] == 0 && theta_passes) continue;
       int64_t slot = slots[k];
       int64_t mode = p.call.in_mode[slot];
       if (p.call.device < 0 && (mode == 0 || mode == 3)) {
@@ -263,7 +268,9 @@ struct FusedStep : public torch::autograd::Function<FusedStep> {
     // One gradient per forward argument: each present input, then the 6 non-tensor arguments.
     variable_list grads;
     for (size_t k = 0; k < slots.size(); ++k) {
-      if (partial[k].defined()) {
+      if (slots[k] == 0 && theta_passes && ctx->needs_input_grad(k)) {
+        grads.push_back(grad_outputs[0]);
+      } else if (partial[k].defined()) {
         grads.push_back(partial[k].sum(0).to(theta.scalar_type()).reshape(present[k].sizes()));
       } else if (!per_element[k].defined()) {
         grads.emplace_back();

@@ -134,6 +134,27 @@ fn d_max<T: Real>(a: T, b: T, d: T) -> (T, T) {
     (da, db)
 }
 
+/// Coupled weight decay `g + wd·θ`; without weight decay (the constant 0, which the tensor-op path
+/// skips) θ is not read.
+#[inline(always)]
+fn coupled<T: Real, const WD: bool>(g: T, wd: T, theta: T) -> T {
+    if WD {
+        g + wd * theta
+    } else {
+        g
+    }
+}
+
+/// The backward of θ' = … (g + wd·θ) …: (∂θ, ∂wd) from ∂θ' and the gradient reaching g.
+#[inline(always)]
+fn d_coupled<T: Real, const WD: bool>(d_new: T, wd: T, theta: T, d_g: T) -> (T, T) {
+    if WD {
+        (d_new + wd * d_g, theta * d_g)
+    } else {
+        (d_new, T::of(0.0))
+    }
+}
+
 /// torch's `sign`.
 #[inline(always)]
 fn sign<T: Real>(x: T) -> T {
@@ -380,6 +401,10 @@ impl<T: Real> Env<T> {
     fn flag(&self, k: usize) -> bool {
         self.consts[k] != 0.0
     }
+    /// False when hyperparameter `h` (a weight decay) is the constant 0.
+    fn decays(&self, h: usize) -> bool {
+        !matches!(self.input[self.hp0 + h], Src::Zero) || self.consts[h] != 0.0
+    }
     /// The hyperparameters at element `i` of row `row`, for `derive`.
     ///
     /// # Safety
@@ -483,9 +508,9 @@ unsafe fn drive<T: Real, const NX: usize, const NY: usize, const D: usize>(
             let n = BLOCK.min(seg_end - j);
             for k in 0..NX {
                 if let (true, Src::Derived(d)) = (per_element_derived[k], xs[k]) {
-                    for e in 0..n {
+                    for (e, v) in fill[k][..n].iter_mut().enumerate() {
                         // SAFETY: j + e is in range.
-                        fill[k][e] = (derive.f)(d, unsafe { &env.hvs(j + e, row) }, &env.consts);
+                        *v = (derive.f)(d, unsafe { &env.hvs(j + e, row) }, &env.consts);
                     }
                 }
             }
@@ -497,6 +522,7 @@ unsafe fn drive<T: Real, const NX: usize, const NY: usize, const D: usize>(
                     fill[k].as_ptr()
                 }
             });
+            #[allow(clippy::needless_range_loop)] // e indexes every operand and every result
             for e in 0..n {
                 // SAFETY: each pointer has n elements from here (a buffer, or a filled block).
                 let x: [T; NX] = std::array::from_fn(|k| unsafe { *ptr[k].add(e) });
@@ -591,11 +617,18 @@ fn sgd_derive<T: Real>(_: usize, h: &[Hv<T>; 8], _: &[f64; MAX_CONST]) -> T {
 
 unsafe fn sgd<T: Real>(env: &Env<T>) {
     let (momentum, nesterov, first) = (env.flag(6), env.flag(5), env.consts[4] == 0.0);
-    unsafe { specialise!(sgd_go::<T>(env) [momentum, nesterov, first] []) }
+    let wd = env.decays(3);
+    unsafe { specialise!(sgd_go::<T>(env) [momentum, nesterov, first, wd] []) }
 }
 
 #[inline(never)]
-unsafe fn sgd_go<T: Real, const MOMENTUM: bool, const NESTEROV: bool, const FIRST: bool>(
+unsafe fn sgd_go<
+    T: Real,
+    const MOMENTUM: bool,
+    const NESTEROV: bool,
+    const FIRST: bool,
+    const WD: bool,
+>(
     env: &Env<T>,
 ) {
     let derive = Derive {
@@ -614,7 +647,7 @@ unsafe fn sgd_go<T: Real, const MOMENTUM: bool, const NESTEROV: bool, const FIRS
                 &derive,
                 ys,
                 |&[theta, g0, prev, lr, mu, wd, keep]| {
-                    let g = g0 + wd * theta;
+                    let g = coupled::<T, WD>(g0, wd, theta);
                     let buf = if FIRST { g } else { prev * mu + keep * g };
                     let dir = if !MOMENTUM {
                         g
@@ -654,7 +687,7 @@ unsafe fn sgd_go<T: Real, const MOMENTUM: bool, const NESTEROV: bool, const FIRS
                 ys,
                 |&[theta, g0, prev, lr, mu, wd, keep, d_new, d_buf_out]| {
                     let zero = T::of(0.0);
-                    let g = g0 + wd * theta;
+                    let g = coupled::<T, WD>(g0, wd, theta);
                     let buf = if FIRST { g } else { prev * mu + keep * g };
                     let dir = if !MOMENTUM {
                         g
@@ -681,8 +714,7 @@ unsafe fn sgd_go<T: Real, const MOMENTUM: bool, const NESTEROV: bool, const FIRS
                             d_damp = -(g * d_buf);
                         }
                     }
-                    let d_theta = d_new + wd * d_g;
-                    let d_wd = theta * d_g;
+                    let (d_theta, d_wd) = d_coupled::<T, WD>(d_new, wd, theta, d_g);
                     [d_theta, d_g, d_prev, d_lr, d_mu, d_damp, d_wd]
                 },
             );
@@ -719,11 +751,14 @@ fn adam_derive<T: Real>(k: usize, h: &[Hv<T>; 8], c: &[f64; MAX_CONST]) -> T {
 
 unsafe fn adam<T: Real>(env: &Env<T>) {
     let (decoupled, amsgrad) = (env.flag(6), env.flag(7));
-    unsafe { specialise!(adam_go::<T>(env) [decoupled, amsgrad] []) }
+    let wd = env.decays(4);
+    unsafe { specialise!(adam_go::<T>(env) [decoupled, amsgrad, wd] []) }
 }
 
 #[inline(never)]
-unsafe fn adam_go<T: Real, const DECOUPLED: bool, const AMSGRAD: bool>(env: &Env<T>) {
+unsafe fn adam_go<T: Real, const DECOUPLED: bool, const AMSGRAD: bool, const WD: bool>(
+    env: &Env<T>,
+) {
     let derive = Derive {
         f: adam_derive::<T>,
         deps: [2, 4, 2, 3, 4, 17, 2, 4, 4],
@@ -760,7 +795,9 @@ unsafe fn adam_go<T: Real, const DECOUPLED: bool, const AMSGRAD: bool>(env: &Env
                 &derive,
                 ys,
                 |&[theta, g0, m, v, vmax, beta2, eps, wd, w1, omb2, step, bc2s, decay, _lr]| {
-                    let (decayed, g) = if DECOUPLED {
+                    let (decayed, g) = if !WD {
+                        (theta, g0)
+                    } else if DECOUPLED {
                         (decay * theta, g0)
                     } else {
                         (theta, g0 + wd * theta)
@@ -826,7 +863,7 @@ unsafe fn adam_go<T: Real, const DECOUPLED: bool, const AMSGRAD: bool>(env: &Env
                 |&[theta, g0, m, v, vmax, beta2, eps, wd, w1, omb2, step, bc2s, decay, lr, bc1, pow1, pow2, half_rsqrt_bc2, d_new, d_m_out, d_v_out, d_vmax_out]| {
                     let zero = T::of(0.0);
                     let one = T::of(1.0);
-                    let g = if DECOUPLED { g0 } else { g0 + wd * theta };
+                    let g = if DECOUPLED { g0 } else { coupled::<T, WD>(g0, wd, theta) };
                     let exp_avg = lerp(m, g, w1);
                     let exp_avg_sq = v * beta2 + omb2 * (g * g);
                     let second = if AMSGRAD {
@@ -869,12 +906,14 @@ unsafe fn adam_go<T: Real, const DECOUPLED: bool, const AMSGRAD: bool>(env: &Env
                     d_g = d_g + d_exp_avg * w1;
                     d_beta1 = d_beta1 - d_exp_avg * (g - m);
                     // Weight decay.
-                    let (d_theta, d_wd) = if DECOUPLED {
+                    let (d_theta, d_wd) = if !WD {
+                        (d_new, T::of(0.0))
+                    } else if DECOUPLED {
                         let d_factor = theta * d_new;
                         d_lr = d_lr - wd * d_factor;
                         (decay * d_new, -(lr * d_factor))
                     } else {
-                        (d_new + wd * d_g, theta * d_g)
+                        d_coupled::<T, WD>(d_new, wd, theta, d_g)
                     };
                     [d_theta, d_g, d_m, d_v, d_vmax, d_lr, d_beta1, d_beta2, d_eps, d_wd]
                 },
@@ -901,6 +940,12 @@ fn adamax_derive<T: Real>(k: usize, h: &[Hv<T>; 8], c: &[f64; MAX_CONST]) -> T {
 }
 
 unsafe fn adamax<T: Real>(env: &Env<T>) {
+    let wd = env.decays(4);
+    unsafe { specialise!(adamax_go::<T>(env) [wd] []) }
+}
+
+#[inline(never)]
+unsafe fn adamax_go<T: Real, const WD: bool>(env: &Env<T>) {
     let derive = Derive {
         f: adamax_derive::<T>,
         deps: [2, 2, 3, 2],
@@ -917,7 +962,7 @@ unsafe fn adamax<T: Real>(env: &Env<T>) {
                 &derive,
                 ys,
                 |&[theta, g0, m, u, beta2, eps, wd, w1, clr]| {
-                    let g = g0 + wd * theta;
+                    let g = coupled::<T, WD>(g0, wd, theta);
                     let exp_avg = lerp(m, g, w1);
                     let (a, b) = (u * beta2, g.abs() + eps);
                     let exp_inf = pick(a > b, a, b);
@@ -958,7 +1003,7 @@ unsafe fn adamax<T: Real>(env: &Env<T>) {
                 &derive,
                 ys,
                 |&[theta, g0, m, u, beta2, eps, wd, w1, clr, bc, dbc, d_new, d_m_out, d_u_out]| {
-                    let g = g0 + wd * theta;
+                    let g = coupled::<T, WD>(g0, wd, theta);
                     let exp_avg = lerp(m, g, w1);
                     let (a, b) = (u * beta2, g.abs() + eps);
                     let exp_inf = pick(a > b, a, b);
@@ -980,8 +1025,7 @@ unsafe fn adamax<T: Real>(env: &Env<T>) {
                     let d_lr = d_clr / bc;
                     let d_bc = -(d_clr * clr / bc);
                     let d_beta1 = d_bc * dbc - d_exp_avg * (g - m);
-                    let d_theta = d_new + wd * d_g;
-                    let d_wd = theta * d_g;
+                    let (d_theta, d_wd) = d_coupled::<T, WD>(d_new, wd, theta, d_g);
                     [d_theta, d_g, d_m, d_u, d_lr, d_beta1, d_beta2, d_eps, d_wd]
                 },
             );
@@ -1006,11 +1050,12 @@ fn adagrad_derive<T: Real>(k: usize, h: &[Hv<T>; 8], c: &[f64; MAX_CONST]) -> T 
 
 unsafe fn adagrad<T: Real>(env: &Env<T>) {
     let first = env.flag(6);
-    unsafe { specialise!(adagrad_go::<T>(env) [first] []) }
+    let wd = env.decays(2);
+    unsafe { specialise!(adagrad_go::<T>(env) [first, wd] []) }
 }
 
 #[inline(never)]
-unsafe fn adagrad_go<T: Real, const FIRST: bool>(env: &Env<T>) {
+unsafe fn adagrad_go<T: Real, const FIRST: bool, const WD: bool>(env: &Env<T>) {
     let derive = Derive {
         f: adagrad_derive::<T>,
         deps: [2, 3],
@@ -1027,7 +1072,7 @@ unsafe fn adagrad_go<T: Real, const FIRST: bool>(env: &Env<T>) {
                 &derive,
                 ys,
                 |&[theta, g0, s, wd, init, eps, clr]| {
-                    let g = g0 + wd * theta;
+                    let g = coupled::<T, WD>(g0, wd, theta);
                     let sum = if FIRST { init } else { s } + g * g;
                     let std = sum.sqrt() + eps;
                     [theta - (g / std) * clr, sum]
@@ -1063,7 +1108,7 @@ unsafe fn adagrad_go<T: Real, const FIRST: bool>(env: &Env<T>) {
                 ys,
                 |&[theta, g0, s, wd, init, eps, clr, den, d_new, d_sum_out]| {
                     let zero = T::of(0.0);
-                    let g = g0 + wd * theta;
+                    let g = coupled::<T, WD>(g0, wd, theta);
                     let sum = if FIRST { init } else { s } + g * g;
                     let root = sum.sqrt();
                     let std = root + eps;
@@ -1079,8 +1124,7 @@ unsafe fn adagrad_go<T: Real, const FIRST: bool>(env: &Env<T>) {
                     let d_lr = d_clr / den;
                     let d_den = -(d_clr * clr / den);
                     let d_lr_decay = d_den * T::of(env.consts[5] - 1.0);
-                    let d_theta = d_new + wd * d_g;
-                    let d_wd = theta * d_g;
+                    let (d_theta, d_wd) = d_coupled::<T, WD>(d_new, wd, theta, d_g);
                     [d_theta, d_g, d_s, d_lr, d_lr_decay, d_wd, d_init, d_std]
                 },
             );
@@ -1101,11 +1145,14 @@ fn rmsprop_derive<T: Real>(_: usize, h: &[Hv<T>; 8], _: &[f64; MAX_CONST]) -> T 
 
 unsafe fn rmsprop<T: Real>(env: &Env<T>) {
     let (centered, momentum) = (env.flag(5), env.flag(6));
-    unsafe { specialise!(rmsprop_go::<T>(env) [centered, momentum] []) }
+    let wd = env.decays(3);
+    unsafe { specialise!(rmsprop_go::<T>(env) [centered, momentum, wd] []) }
 }
 
 #[inline(never)]
-unsafe fn rmsprop_go<T: Real, const CENTERED: bool, const MOMENTUM: bool>(env: &Env<T>) {
+unsafe fn rmsprop_go<T: Real, const CENTERED: bool, const MOMENTUM: bool, const WD: bool>(
+    env: &Env<T>,
+) {
     let derive = Derive {
         f: rmsprop_derive::<T>,
         deps: [2],
@@ -1128,7 +1175,7 @@ unsafe fn rmsprop_go<T: Real, const CENTERED: bool, const MOMENTUM: bool>(env: &
         d(0),
     ];
     let forward = |&[theta, g0, v, b, avg_prev, lr, alpha, eps, wd, mu, w]: &[T; 11]| {
-        let g = g0 + wd * theta;
+        let g = coupled::<T, WD>(g0, wd, theta);
         let square_avg = v * alpha + (g * g) * w;
         let grad_avg = lerp(avg_prev, g, w);
         let var = if CENTERED {
@@ -1232,8 +1279,7 @@ unsafe fn rmsprop_go<T: Real, const CENTERED: bool, const MOMENTUM: bool>(env: &
                 let d_v = alpha * d_square_avg;
                 d_alpha = d_alpha + v * d_square_avg - (g * g) * d_square_avg;
                 d_g = d_g + T::of(2.0) * g * (w * d_square_avg);
-                let d_theta = d_new + wd * d_g;
-                let d_wd = theta * d_g;
+                let (d_theta, d_wd) = d_coupled::<T, WD>(d_new, wd, theta, d_g);
                 [
                     d_theta,
                     d_g,
@@ -1261,6 +1307,12 @@ fn adadelta_derive<T: Real>(_: usize, h: &[Hv<T>; 8], _: &[f64; MAX_CONST]) -> T
 }
 
 unsafe fn adadelta<T: Real>(env: &Env<T>) {
+    let wd = env.decays(3);
+    unsafe { specialise!(adadelta_go::<T>(env) [wd] []) }
+}
+
+#[inline(never)]
+unsafe fn adadelta_go<T: Real, const WD: bool>(env: &Env<T>) {
     let derive = Derive {
         f: adadelta_derive::<T>,
         deps: [2],
@@ -1277,7 +1329,7 @@ unsafe fn adadelta<T: Real>(env: &Env<T>) {
                 &derive,
                 ys,
                 |&[theta, g0, v, a, lr, rho, eps, wd, w]| {
-                    let g = g0 + wd * theta;
+                    let g = coupled::<T, WD>(g0, wd, theta);
                     let square_avg = v * rho + (g * g) * w;
                     let std = (square_avg + eps).sqrt();
                     let delta = (a + eps).sqrt() / std * g;
@@ -1316,7 +1368,7 @@ unsafe fn adadelta<T: Real>(env: &Env<T>) {
                 &derive,
                 ys,
                 |&[theta, g0, v, a, lr, rho, eps, wd, w, d_new, d_v_out, d_a_out]| {
-                    let g = g0 + wd * theta;
+                    let g = coupled::<T, WD>(g0, wd, theta);
                     let square_avg = v * rho + (g * g) * w;
                     let (sq_eps, a_eps) = (square_avg + eps, a + eps);
                     let std = sq_eps.sqrt();
@@ -1343,8 +1395,7 @@ unsafe fn adadelta<T: Real>(env: &Env<T>) {
                     let d_v = rho * d_square_avg;
                     d_rho = d_rho + v * d_square_avg - (g * g) * d_square_avg;
                     d_g = d_g + T::of(2.0) * g * (w * d_square_avg);
-                    let d_theta = d_new + wd * d_g;
-                    let d_wd = theta * d_g;
+                    let (d_theta, d_wd) = d_coupled::<T, WD>(d_new, wd, theta, d_g);
                     [d_theta, d_g, d_v, d_a, d_lr, d_rho, d_eps, d_wd]
                 },
             );

@@ -10,6 +10,9 @@ use torch_sys::C_tensor;
 pub(crate) const MAX_IN: usize = 16;
 pub(crate) const MAX_OUT: usize = 8;
 pub(crate) const MAX_CONST: usize = 16;
+/// A bit of the op code given to `metaloop_fused_step`: the gradient of θ is the gradient of θ'
+/// (no weight decay), so the backward passes it on and the kernel does not write it.
+pub(crate) const THETA_GRAD_PASSES: i32 = 1 << 8;
 
 /// One kernel launch, forward (`pass` 0) or backward (`pass` 1).
 #[repr(C)]

@@ -105,6 +105,16 @@ impl StepKernel {
         }
     }
 
+    /// The hyperparameter index of the weight decay, if the optimizer has one.
+    fn weight_decay(self) -> Option<usize> {
+        match self {
+            StepKernel::Sgd | StepKernel::RMSprop | StepKernel::Adadelta => Some(3),
+            StepKernel::Adam | StepKernel::Adamax => Some(4),
+            StepKernel::Adagrad => Some(2),
+            StepKernel::Rprop => None,
+        }
+    }
+
     /// The input slot of the first hyperparameter.
     pub(crate) fn hparam_slot(self) -> usize {
         2 + self.state_slots()
@@ -218,13 +228,25 @@ pub fn fused_step(
         }
     }
     consts.extend_from_slice(flags);
+    // Without weight decay θ' = θ − (terms without θ), so ∂θ = ∂θ': the shim hands the output
+    // gradient through instead of having the kernel copy it.
+    let theta_passes = match kernel.weight_decay() {
+        None => true,
+        Some(h) => matches!(hparams[h], Slot::Const(c) if c == 0.0),
+    };
+    let op = kernel as i32
+        | if theta_passes {
+            ffi::THETA_GRAD_PASSES
+        } else {
+            0
+        };
     let mut outputs: Vec<*mut torch_sys::C_tensor> = vec![std::ptr::null_mut(); n_out];
     // SAFETY: every input pointer is null or a live tensor borrowed for this call; the shim copies
     // the tensors it keeps (autograd holds its own references), writes `n_out` owned tensor
     // pointers into `outputs` on success and returns an owned message on failure.
     let message = unsafe {
         ffi::metaloop_fused_step(
-            kernel as i32,
+            op,
             inputs.as_ptr(),
             inputs.len() as i32,
             consts.as_ptr(),
