@@ -1,24 +1,35 @@
 //! Fused optimizer kernels: one kernel per optimizer step over the flat `[P]` or `[T, P]`
 //! buffers, forward and backward, registered with libtorch's autograd so that differentiable
-//! inner steps inside the graph use them.
+//! inner steps inside the graph use them. Every optimizer of runtime::optim has one (SGD,
+//! Adam/AdamW, Adamax, Adagrad, RMSprop, Adadelta, Rprop), with every option of its tensor-op
+//! path.
 //!
 //! How the pieces fit:
 //! - `runtime/csrc/fused_step.cpp` (compiled by runtime's build.rs against libtorch's headers) is a
 //!   `torch::autograd::Function`. Its forward lays out the inputs (θ, g, the state buffers, the
-//!   tensor hyperparameters; contiguous, in θ's dtype), allocates θ' and the new state, and calls
-//!   back into [`kernel_entry`] here; it saves the inputs. Its backward calls the same entry with
-//!   the output gradients and receives one per-element gradient for every input that needs one
-//!   (θ, g, each state buffer, each tensor hyperparameter: the hypergradient), which it reduces to
-//!   the hyperparameter's shape (`at::sum_to`). The backward recomputes the forward's intermediate
-//!   values from the saved inputs inside the same kernel, so nothing else is saved.
-//! - The arithmetic lives in Rust: `cpu` (loops over contiguous slices, which the shim splits over
-//!   libtorch's intra-op threads with at::parallel_for) and `cuda` (CUDA C compiled with NVRTC at run time, cached per device, launched on the stream the
-//!   shim passes: libtorch's current stream when the shim was built with the CUDA headers, the
-//!   legacy default stream otherwise, see [`launches_on_current_stream`]).
+//!   tensor hyperparameters; contiguous, in θ's dtype; a hyperparameter stays one value, one per
+//!   task row (`[T, 1]`) or one per element of a row (`[P]` for θ `[T, P]`) instead of being
+//!   expanded to θ's shape), allocates θ' and the new state, and calls back into
+//!   [`kernel_entry`] here; it saves the inputs. Its backward calls the same entry with the output
+//!   gradients and receives the gradient of every input that needs one (θ, g, each state buffer,
+//!   each tensor hyperparameter: the hypergradient). On the CPU the kernel sums the hypergradient
+//!   of a one-value or per-row hyperparameter itself (f64 partial sums per chunk and row, which
+//!   the shim adds); other hyperparameters get a per-element buffer that the shim reduces to their
+//!   shape (`at::sum_to`). Without weight decay ∂θ = ∂θ', which the shim passes on as it is. The
+//!   backward recomputes the forward's intermediate values from the saved inputs inside the same
+//!   kernel, so nothing else is saved.
+//! - The arithmetic lives in Rust: `cpu` (one loop per option set, over blocks of contiguous
+//!   operands, which LLVM vectorizes with baseline x86-64 SIMD; the shim splits the buffers into
+//!   chunks of 32,768 elements over libtorch's intra-op threads with at::parallel_for, so a
+//!   smaller buffer runs on one thread) and `cuda` (CUDA C compiled with NVRTC at run time,
+//!   cached per device, launched on the stream the shim passes: libtorch's current stream when
+//!   the shim was built with the CUDA headers, the legacy default stream otherwise, see
+//!   [`launches_on_current_stream`]).
 //! - The backward is differentiable once: enough for second-order MAML (the meta-gradient flows
 //!   through the step's backward into the gradient's own graph). Differentiating the backward
 //!   again (`create_graph` through a step) is refused with an error; build the optimizer with
 //!   `.fused(false)` for that.
+//! - Speed on the CPU (benches/README.md, `cargo bench -p metaloop --bench optim_step`): OPTIM_STEP_SUMMARY
 //!
 //! runtime::optim decides when to call [`fused_step`] (its tensor-op path stays the reference and
 //! the fallback). This module is the only one with unsafe code or raw pointers; it knows nothing
