@@ -17,9 +17,11 @@
 //! correction). Results go to on-stack blocks that are then copied out (or, for the gradient of a
 //! uniform hyperparameter, summed in f64 into one partial sum per chunk and row, which the shim
 //! adds up: no per-element hypergradient buffer and no `sum_to`). The loop body has no branches
-//! besides selects and no calls besides `sqrt`, so LLVM vectorizes it with the baseline x86-64
-//! SIMD (SSE2); no `target-cpu` flag is needed. Quantities that need `powf` (bias corrections)
-//! are derived per row, or per element only for a per-element tensor they depend on.
+//! besides selects and no calls besides `sqrt`, so LLVM vectorizes it: with the baseline x86-64
+//! SIMD (SSE2), and in a second copy compiled for AVX2 that runs where the CPU has it (detected at
+//! run time; no `target-cpu` flag, the binary runs on any x86-64). Neither uses FMA, so both round
+//! every operation alike. Quantities that need `powf` (bias corrections) are derived per row, or
+//! per element only for a per-element tensor they depend on.
 
 use super::ffi::{KernelCall, MAX_CONST, MAX_IN, MAX_OUT};
 use super::StepKernel;
@@ -292,6 +294,9 @@ struct Env<T> {
     /// The input slot of the first hyperparameter.
     hp0: usize,
     n_hp: usize,
+    /// The CPU has AVX2 (checked once per call; the loops then use 256-bit vectors).
+    #[cfg(target_arch = "x86_64")]
+    avx2: bool,
 }
 
 impl<T: Real> Env<T> {
@@ -351,6 +356,8 @@ impl<T: Real> Env<T> {
             consts: call.consts,
             hp0: kernel.hparam_slot(),
             n_hp: kernel.hparam_count(),
+            #[cfg(target_arch = "x86_64")]
+            avx2: std::arch::is_x86_feature_detected!("avx2"),
         })
     }
 
@@ -451,12 +458,52 @@ fn lane_sum<T: Real>(v: &[T]) -> f64 {
 }
 
 /// Runs the element function `f` over the call's range: `xs` are its operands, `ys` where its
-/// results go. See the module documentation for the blocking.
+/// results go. See the module documentation for the blocking. On a CPU with AVX2 the loop is
+/// compiled for it (256-bit vectors; no FMA, so every operation rounds as in the baseline build).
 ///
 /// # Safety
 /// Every pointer in `xs`, `ys` and `env` is valid for the elements the call covers.
 #[inline(always)]
 unsafe fn drive<T: Real, const NX: usize, const NY: usize, const D: usize>(
+    env: &Env<T>,
+    xs: [Src<T>; NX],
+    derive: &Derive<T, D>,
+    ys: [Sink<T>; NY],
+    f: impl Fn(&[T; NX]) -> [T; NY],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if env.avx2 {
+        // SAFETY: the CPU has AVX2; the rest is this function's contract.
+        unsafe { drive_avx2(env, xs, derive, ys, f) };
+        return;
+    }
+    // SAFETY: this function's contract.
+    unsafe { drive_blocks(env, xs, derive, ys, f) }
+}
+
+/// `drive_blocks` compiled with AVX2.
+///
+/// # Safety
+/// As `drive`; the CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn drive_avx2<T: Real, const NX: usize, const NY: usize, const D: usize>(
+    env: &Env<T>,
+    xs: [Src<T>; NX],
+    derive: &Derive<T, D>,
+    ys: [Sink<T>; NY],
+    f: impl Fn(&[T; NX]) -> [T; NY],
+) {
+    // SAFETY: this function's contract.
+    unsafe { drive_blocks(env, xs, derive, ys, f) }
+}
+
+/// The blocked loop of `drive`.
+///
+/// # Safety
+/// As `drive`.
+#[inline(always)]
+unsafe fn drive_blocks<T: Real, const NX: usize, const NY: usize, const D: usize>(
     env: &Env<T>,
     xs: [Src<T>; NX],
     derive: &Derive<T, D>,
