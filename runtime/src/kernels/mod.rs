@@ -33,7 +33,8 @@
 //!   tasks × P = 112,261 f32): one fused pass reads and writes each buffer once where the tensor
 //!   ops make a dozen passes, so the fused step measured faster than the tensor ops for every
 //!   optimizer forward, and forward + backward for all but SGD with momentum, whose tensor-op
-//!   step is only a few cheap passes (there the two measured about even).
+//!   step is only a few cheap passes (there the two measured about even, or the fused one slower
+//!   when glibc's page faults on fresh buffers hit it harder).
 //!
 //! runtime::optim decides when to call [`fused_step`] (its tensor-op path stays the reference and
 //! the fallback). This module is the only one with unsafe code or raw pointers; it knows nothing

@@ -58,7 +58,7 @@ impl Sgd {
     /// Take each step with one fused kernel (runtime::kernels) where it supports θ (f32/f64 on
     /// the CPU or CUDA): one pass over the buffers forward and one backward instead of a dozen
     /// tensor ops each. On this project's CPU it measured faster than the tensor-op path for the
-    /// step alone and about even with it forward + backward (SGD's tensor ops are few and cheap;
+    /// step alone and about even with it, or slower, forward + backward (SGD's tensor ops are few and cheap;
     /// benches/README.md, `cargo bench -p metaloop --bench optim_step`), and it equals the
     /// tensor-op path to rounding (tests/fused_optim.rs). Off by default all the same: the fused backward cannot
     /// itself be differentiated (`create_graph` through a step's backward: third-order
