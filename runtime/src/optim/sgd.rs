@@ -56,12 +56,12 @@ impl Sgd {
         self
     }
     /// Take each step with one fused kernel (runtime::kernels) where it supports θ (f32/f64 on
-    /// the CPU or CUDA): one pass over the buffers forward and one backward instead of a dozen
+    /// the CPU or CUDA): one pass over the buffers forward and one backward instead of several
     /// tensor ops each. On this project's CPU it measured faster than the tensor-op path for the
-    /// step alone and about even with it, or slower, forward + backward (SGD's tensor ops are few and cheap;
-    /// benches/README.md, `cargo bench -p metaloop --bench optim_step`), and it equals the
-    /// tensor-op path to rounding (tests/fused_optim.rs). Off by default all the same: the fused backward cannot
-    /// itself be differentiated (`create_graph` through a step's backward: third-order
+    /// step alone, and about even with it, or slower, forward + backward (SGD's tensor ops are few
+    /// and cheap; benches/README.md, `cargo bench -p metaloop --bench optim_step`); it equals the
+    /// tensor-op path to rounding (tests/fused_optim.rs). Off by default: the fused backward
+    /// cannot itself be differentiated (`create_graph` through a step's backward: third-order
     /// derivatives), which the tensor-op path, the reference, can.
     pub fn fused(mut self, fused: bool) -> Sgd {
         self.fused = fused;
