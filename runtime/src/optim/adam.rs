@@ -159,13 +159,14 @@ macro_rules! adam_builders {
                 self.config.amsgrad = amsgrad;
                 self
             }
-            /// Take each step with one fused kernel (runtime::kernels) where it supports θ (f32/f64 on
-            /// the CPU or CUDA): one pass over the buffers forward and one backward instead of a dozen
-            /// tensor ops each. Measured faster than the tensor-op path on this project's CPU
-            /// (benches/README.md, `cargo bench -p metaloop --bench optim_step`), and equal to it to
-            /// rounding (tests/fused_optim.rs). Off by default all the same: the fused backward cannot
-            /// itself be differentiated (`create_graph` through a step's backward: third-order
-            /// derivatives), which the tensor-op path, the reference, can.
+            /// Take each step with one fused kernel (runtime::kernels) where it supports θ
+            /// (f32/f64 on the CPU or CUDA): one pass over the buffers forward and one backward
+            /// instead of a dozen tensor ops each. Measured faster than the tensor-op path on
+            /// this project's CPU (benches/README.md, `cargo bench -p metaloop --bench
+            /// optim_step`), and equal to it to rounding (tests/fused_optim.rs). Off by default
+            /// all the same: the fused backward cannot itself be differentiated (`create_graph`
+            /// through a step's backward: third-order derivatives), which the tensor-op path,
+            /// the reference, can.
             pub fn fused(mut self, fused: bool) -> $t {
                 self.config.fused = fused;
                 self
