@@ -1,5 +1,6 @@
 //! One optimizer step, fused kernel (runtime::kernels) against the tensor-op path
-//! (`.fused(false)`): SGD with momentum and Adam, on the flat parameters of Conv-4 with 64 filters
+//! (`.fused(false)`): every optimizer of runtime::optim (SGD with momentum, Adam, Adamax, Adagrad,
+//! RMSprop, Adadelta, Rprop), on the flat parameters of Conv-4 with 64 filters
 //! (P = 112,261 for 5 ways, the "113k") for T = 8 tasks at once, f32 on the CPU (and on CUDA when present);
 //! forward only (a first-order step / the outer step) and forward + backward (a differentiable
 //! step whose meta-gradient flows back through it, hypergradient w.r.t. a learned lr included).
@@ -22,6 +23,11 @@ fn optimizers(fused: bool) -> Vec<(&'static str, Box<dyn Optimizer>)> {
             Box::new(optim::Sgd::new(0.4).momentum(0.9).fused(fused)),
         ),
         ("adam", Box::new(optim::Adam::new(1e-3).fused(fused))),
+        ("adamax", Box::new(optim::Adamax::new(2e-3).fused(fused))),
+        ("adagrad", Box::new(optim::Adagrad::new(1e-2).fused(fused))),
+        ("rmsprop", Box::new(optim::RMSprop::new(1e-2).fused(fused))),
+        ("adadelta", Box::new(optim::Adadelta::new(1.0).fused(fused))),
+        ("rprop", Box::new(optim::Rprop::new(1e-2).fused(fused))),
     ]
 }
 

@@ -72,6 +72,10 @@ fn compile_shim(libtorch_lib: &Path) {
             .include(include.join("torch/csrc/api/include"))
             .flag("-std=c++17")
             .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+            // at::parallel_for is inline: without OpenMP it runs the whole range on the calling
+            // thread. With it, the shim's parallel regions go to libtorch's own libgomp (the
+            // soname libtorch_cpu needs, found beside it; see `finish`), one OpenMP runtime.
+            .flag("-fopenmp")
             .flag_if_supported("-Wno-unused-parameter")
             .flag_if_supported("-Wno-deprecated-declarations")
             .warnings(false);
@@ -95,6 +99,10 @@ fn compile_shim(libtorch_lib: &Path) {
 }
 
 fn finish(libtorch_lib: &Path) {
+    // The OpenMP runtime of the shim's parallel regions: libgomp.so.1, which libtorch_cpu also
+    // needs (PyTorch's wheel ships it beside libtorch; the rpath finds it there first).
+    println!("cargo:rustc-link-search=native={}", libtorch_lib.display());
+    println!("cargo:rustc-link-lib=dylib=gomp");
     // Where PyTorch's wheel keeps libnvrtc (runtime::kernels::cuda loads it from there when the
     // loader's search path lacks it).
     let nvrtc_dir = libtorch_lib.join("../../nvidia/cu13/lib");

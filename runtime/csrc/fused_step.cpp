@@ -1,9 +1,11 @@
 // metaloop's fused optimizer step as a libtorch autograd function.
 //
-// The shim owns the autograd bookkeeping only: it checks and lays out the tensors (contiguous,
-// broadcast hyperparameters expanded to θ's shape or passed as one element), allocates the
-// outputs, saves the inputs for backward, and reduces each hyperparameter's per-element
-// hypergradient back to the hyperparameter's shape (at::sum_to). The arithmetic of every step,
+// The shim owns the autograd bookkeeping only: it checks and lays out the tensors (contiguous; a
+// hyperparameter passed as one element, one per row ([T, 1]), one per element of a row ([P] for θ
+// [T, P]) or expanded to θ's shape), allocates the outputs, saves the inputs for backward, and
+// reduces each hyperparameter's hypergradient to the hyperparameter's shape: on the CPU the
+// kernels sum the gradient of a one-value or per-row hyperparameter themselves (f64 partial sums
+// per chunk, added up here); otherwise a per-element buffer goes through at::sum_to. The arithmetic of every step,
 // forward and backward, is done by the kernel function that Rust passes in (runtime::kernels):
 // Rust CPU loops, or CUDA kernels compiled with NVRTC and launched by Rust on the stream given
 // here. It never computes an update itself and never keeps a tensor between calls.
@@ -13,6 +15,7 @@
 
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -25,6 +28,9 @@
 extern "C" {
 
 enum { METALOOP_MAX_IN = 16, METALOOP_MAX_OUT = 8, METALOOP_MAX_CONST = 16 };
+// A bit of the op code given to metaloop_fused_step: the gradient of θ is the gradient of θ' (no
+// weight decay), so the backward passes it on instead of having the kernel write a copy.
+enum { METALOOP_THETA_GRAD_PASSES = 1 << 8 };
 
 // One kernel launch, forward (pass 0) or backward (pass 1). Mirrored by runtime::kernels::ffi.
 struct MetaloopKernelCall {
@@ -34,22 +40,28 @@ struct MetaloopKernelCall {
   int32_t device;  // -1: CPU, else the CUDA device index
   void* stream;    // the CUDA stream (null: the legacy default stream)
   int64_t numel;
-  // CPU: the element range [begin, end) this call covers (libtorch's intra-op threads split the
-  // buffers with at::parallel_for, so the kernels share libtorch's thread pool instead of
-  // competing with it). CUDA: 0 and numel.
+  int64_t row_len;  // θ's last dimension (1 for a 0-d θ)
+  // CPU: the element range [begin, end) this call covers, chunk `chunk` of kGrain elements
+  // (libtorch's intra-op threads split the chunks with at::parallel_for, so the kernels share
+  // libtorch's thread pool instead of competing with it). CUDA: 0, numel and 0.
   int64_t begin;
   int64_t end;
+  int64_t chunk;
   int32_t n_in;
   int32_t n_out;
   // Inputs: θ, g, the state buffers, the hyperparameter slots (null: undefined / a constant).
   const void* in[METALOOP_MAX_IN];
-  // 1: one value per element; 0: one value for all (a tensor with one element).
-  int64_t in_stride[METALOOP_MAX_IN];
+  // 0: one value for all (a tensor with one element); 1: one value per element, laid out like θ;
+  // 2: one per element of a row (element i % row_len); 3: one per row (element i / row_len).
+  int64_t in_mode[METALOOP_MAX_IN];
   // Backward: the gradient of each forward output (null: none was produced).
   const void* grad_out[METALOOP_MAX_OUT];
   // Forward: the outputs (θ' and the new state). Backward: the gradient of each input, one value
-  // per element (null: not needed).
+  // per element, or f64 partial sums where out_reduced (null: not needed).
   void* out[METALOOP_MAX_IN];
+  // Backward, CPU: 1 where out is a zeroed f64 [chunks, 1] (layout 0) or [chunks, rows] (layout 3)
+  // buffer of partial sums, each chunk adding into its own row.
+  int64_t out_reduced[METALOOP_MAX_IN];
   double consts[METALOOP_MAX_CONST];
 };
 
@@ -65,7 +77,12 @@ using torch::autograd::variable_list;
 struct Prepared {
   std::vector<at::Tensor> tensors;  // what the kernel reads (kept alive during the call)
   MetaloopKernelCall call;
+  int64_t rows = 1;
+  int64_t n_chunks = 1;
 };
+
+// Elements per chunk (one at::parallel_for task) on the CPU: buffers below it run on one thread.
+constexpr int64_t kGrain = 1 << 15;
 
 void* stream_for(const at::Tensor& theta) {
 #ifdef METALOOP_CUDA_STREAM
@@ -77,8 +94,10 @@ void* stream_for(const at::Tensor& theta) {
   return nullptr;
 }
 
-// Lays out the inputs for the kernel: θ's dtype and device, contiguous; a one-element tensor
-// stays one element (stride 0), anything else is expanded to θ's shape.
+// Lays out the inputs for the kernel: θ's dtype and device, contiguous, without expanding what
+// the kernel can index directly: a one-element tensor stays one element (layout 0), a tensor of
+// one value per row ([T, 1]) or one per element of a row ([P], [1, P]) stays as it is (layouts 3
+// and 2); anything else is expanded to θ's shape (layout 1).
 Prepared prepare(int64_t op, int32_t pass, const variable_list& inputs, const std::vector<double>& consts) {
   TORCH_CHECK(inputs.size() >= 2 && inputs.size() <= METALOOP_MAX_IN,
               "fused optimizer step: between 2 and ", METALOOP_MAX_IN, " inputs, got ", inputs.size());
@@ -92,12 +111,18 @@ Prepared prepare(int64_t op, int32_t pass, const variable_list& inputs, const st
               theta.device());
   Prepared p;
   std::memset(&p.call, 0, sizeof(p.call));
-  p.call.op = static_cast<int32_t>(op);
+  p.call.op = static_cast<int32_t>(op & 0xff);
   p.call.pass = pass;
   p.call.dtype = dtype == at::kFloat ? 0 : 1;
   p.call.device = theta.is_cuda() ? theta.get_device() : -1;
   p.call.stream = stream_for(theta);
   p.call.numel = theta.numel();
+  p.call.row_len = theta.dim() > 0 ? theta.size(-1) : 1;
+  if (p.call.row_len == 0) p.call.row_len = 1;
+  p.rows = p.call.numel / p.call.row_len;
+  if (p.call.device < 0) p.n_chunks = std::max<int64_t>(1, (p.call.numel + kGrain - 1) / kGrain);
+  std::vector<int64_t> per_row(theta.sizes().begin(), theta.sizes().end());
+  if (!per_row.empty()) per_row.back() = 1;
   p.call.n_in = static_cast<int32_t>(inputs.size());
   for (size_t i = 0; i < consts.size(); ++i) p.call.consts[i] = consts[i];
   for (size_t i = 0; i < inputs.size(); ++i) {
@@ -113,10 +138,20 @@ Prepared prepare(int64_t op, int32_t pass, const variable_list& inputs, const st
     at::Tensor laid;
     if (t.numel() == 1 && theta.numel() != 1) {
       laid = t.reshape({1}).contiguous();
-      p.call.in_stride[i] = 0;
+      p.call.in_mode[i] = 0;
+    } else if (t.sizes() == theta.sizes()) {
+      laid = t.contiguous();
+      p.call.in_mode[i] = 1;
+    } else if (p.rows > 1 && t.dim() <= theta.dim() && t.numel() == p.call.row_len &&
+               t.size(-1) == p.call.row_len) {
+      laid = t.contiguous();
+      p.call.in_mode[i] = 2;
+    } else if (p.rows > 1 && t.sizes() == at::IntArrayRef(per_row)) {
+      laid = t.contiguous();
+      p.call.in_mode[i] = 3;
     } else {
       laid = t.expand(theta.sizes()).contiguous();
-      p.call.in_stride[i] = 1;
+      p.call.in_mode[i] = 1;
     }
     p.call.in[i] = laid.data_ptr();
     p.tensors.push_back(std::move(laid));
@@ -124,24 +159,27 @@ Prepared prepare(int64_t op, int32_t pass, const variable_list& inputs, const st
   return p;
 }
 
-void launch_range(metaloop_kernel_fn kernel, MetaloopKernelCall call, int64_t begin, int64_t end) {
+void launch_range(metaloop_kernel_fn kernel, MetaloopKernelCall call, int64_t begin, int64_t end,
+                  int64_t chunk) {
   call.begin = begin;
   call.end = end;
+  call.chunk = chunk;
   char err[1024];
   err[0] = 0;
   int32_t rc = kernel(&call, err, sizeof(err));
   TORCH_CHECK(rc == 0, "fused optimizer step (op ", call.op, ", pass ", call.pass, "): ", err);
 }
 
-// Elements per task of at::parallel_for on the CPU.
-constexpr int64_t kGrain = 1 << 15;
-
-void launch(metaloop_kernel_fn kernel, const MetaloopKernelCall& call) {
-  if (call.device >= 0) {
-    launch_range(kernel, call, 0, call.numel);
+void launch(metaloop_kernel_fn kernel, const Prepared& p) {
+  const MetaloopKernelCall& call = p.call;
+  if (call.device >= 0 || p.n_chunks == 1) {
+    launch_range(kernel, call, 0, call.numel, 0);
   } else {
-    at::parallel_for(0, call.numel, kGrain,
-                     [&](int64_t begin, int64_t end) { launch_range(kernel, call, begin, end); });
+    at::parallel_for(0, p.n_chunks, 1, [&](int64_t first, int64_t last) {
+      for (int64_t c = first; c < last; ++c) {
+        launch_range(kernel, call, c * kGrain, std::min(call.numel, (c + 1) * kGrain), c);
+      }
+    });
   }
 }
 
@@ -167,7 +205,7 @@ struct FusedStep : public torch::autograd::Function<FusedStep> {
       p.call.out[j] = outputs.back().data_ptr();
     }
     p.call.n_out = static_cast<int32_t>(n_out);
-    launch(kernel, p.call);
+    launch(kernel, p);
     ctx->save_for_backward(present.vec());
     ctx->saved_data["slots"] = slots;
     ctx->saved_data["n_slots"] = n_slots;
@@ -210,17 +248,31 @@ struct FusedStep : public torch::autograd::Function<FusedStep> {
     }
     p.call.n_out = static_cast<int32_t>(n_out);
     std::vector<at::Tensor> per_element(slots.size());
+    std::vector<at::Tensor> partial(slots.size());
+    const bool theta_passes = (op & METALOOP_THETA_GRAD_PASSES) != 0;
     for (size_t k = 0; k < slots.size(); ++k) {
-      if (ctx->needs_input_grad(k)) {
+      if (!ctx->needs_input_grad(k)) continue;
+      if (slots[k] == 0 && theta_passes) continue;
+      int64_t slot = slots[k];
+      int64_t mode = p.call.in_mode[slot];
+      if (p.call.device < 0 && (mode == 0 || mode == 3)) {
+        partial[k] = at::zeros({p.n_chunks, mode == 0 ? 1 : p.rows}, theta.options().dtype(at::kDouble));
+        p.call.out[slot] = partial[k].data_ptr();
+        p.call.out_reduced[slot] = 1;
+      } else {
         per_element[k] = at::empty(theta.sizes(), theta.options());
-        p.call.out[slots[k]] = per_element[k].data_ptr();
+        p.call.out[slot] = per_element[k].data_ptr();
       }
     }
-    launch(kernel, p.call);
+    launch(kernel, p);
     // One gradient per forward argument: each present input, then the 6 non-tensor arguments.
     variable_list grads;
     for (size_t k = 0; k < slots.size(); ++k) {
-      if (!per_element[k].defined()) {
+      if (slots[k] == 0 && theta_passes && ctx->needs_input_grad(k)) {
+        grads.push_back(grad_outputs[0]);
+      } else if (partial[k].defined()) {
+        grads.push_back(partial[k].sum(0).to(theta.scalar_type()).reshape(present[k].sizes()));
+      } else if (!per_element[k].defined()) {
         grads.emplace_back();
       } else if (present[k].sizes() == theta.sizes()) {
         grads.push_back(per_element[k]);

@@ -1,239 +1,515 @@
 // metaloop's fused optimizer steps in CUDA C, compiled at run time with NVRTC (runtime::kernels::cuda).
-// Each element's arithmetic is the same as runtime/src/kernels/cpu.rs, operation for operation.
-// The argument layout mirrors runtime::kernels::cuda::Args.
+// Each element's arithmetic is the same as runtime/src/kernels/cpu.rs, operation for operation (the
+// options are runtime flags here, uniform over a launch; the CPU code makes them const generics).
+// The argument layout mirrors runtime::kernels::cuda::Args. On CUDA the shim never asks for partial
+// sums: every gradient is one value per element (reduced by the shim with at::sum_to).
 
 struct Args {
   const void* in[16];
-  long long stride[16];
+  long long mode[16];  // 0 one value, 1 per element, 2 element i % row_len, 3 element i / row_len
   const void* grad_out[8];
   void* out[16];
   double consts[16];
   long long numel;
+  long long row_len;
   long long hp0;
 };
+
+// A hyperparameter value as runtime::optim's HValue: a constant in double (c), or a tensor's
+// element in T.
+template <typename T> struct Hv {
+  bool c;
+  double cv;
+  T tv;
+};
+
+__device__ float ml_pow(float b, float e) { return powf(b, e); }
+__device__ double ml_pow(double b, double e) { return pow(b, e); }
+__device__ float ml_sqrt(float v) { return sqrtf(v); }
+__device__ double ml_sqrt(double v) { return sqrt(v); }
+template <typename T> __device__ T ml_abs(T v) { return v < T(0) ? -v : v; }
+
+template <typename T> __device__ Hv<T> hc(double v) { Hv<T> h; h.c = true; h.cv = v; h.tv = T(0); return h; }
+template <typename T> __device__ Hv<T> ht(T v) { Hv<T> h; h.c = false; h.cv = 0.0; h.tv = v; return h; }
+template <typename T> __device__ T hval(Hv<T> a) { return a.c ? (T)a.cv : a.tv; }
+template <typename T> __device__ Hv<T> hrsub(Hv<T> a, double c) { return a.c ? hc<T>(c - a.cv) : ht<T>(-a.tv + (T)c); }
+template <typename T> __device__ Hv<T> hadd_scalar(Hv<T> a, double c) { return a.c ? hc<T>(a.cv + c) : ht<T>(a.tv + (T)c); }
+template <typename T> __device__ Hv<T> hmul_scalar(Hv<T> a, double c) { return a.c ? hc<T>(a.cv * c) : ht<T>(a.tv * (T)c); }
+template <typename T> __device__ Hv<T> hpow(Hv<T> a, double p) { return a.c ? hc<T>(pow(a.cv, p)) : ht<T>(ml_pow(a.tv, (T)p)); }
+template <typename T> __device__ Hv<T> hmul(Hv<T> a, Hv<T> b) {
+  if (a.c && b.c) return hc<T>(a.cv * b.cv);
+  if (a.c) return ht<T>(b.tv * (T)a.cv);
+  if (b.c) return ht<T>(a.tv * (T)b.cv);
+  return ht<T>(a.tv * b.tv);
+}
+template <typename T> __device__ Hv<T> hdiv(Hv<T> a, Hv<T> b) {
+  if (a.c && b.c) return hc<T>(a.cv / b.cv);
+  if (a.c) return ht<T>(T(1) / b.tv * (T)a.cv);
+  if (b.c) return ht<T>(a.tv / (T)b.cv);
+  return ht<T>(a.tv / b.tv);
+}
 
 template <typename T> struct S {
   const Args& a;
   __device__ S(const Args& a) : a(a) {}
-  __device__ T x(int k, long long i) const { return ((const T*)a.in[k])[i * a.stride[k]]; }
-  __device__ T x_or_zero(int k, long long i) const { return a.in[k] ? x(k, i) : T(0); }
+  __device__ long long at(int k, long long i) const {
+    long long m = a.mode[k];
+    return m == 0 ? 0 : m == 1 ? i : m == 2 ? i % a.row_len : i / a.row_len;
+  }
+  // Input k at element i (0 for an absent input).
+  __device__ T x(int k, long long i) const { return a.in[k] ? ((const T*)a.in[k])[at(k, i)] : T(0); }
+  // Hyperparameter k: its tensor, or its constant.
   __device__ T h(int k, long long i) const {
     int slot = (int)a.hp0 + k;
     return a.in[slot] ? x(slot, i) : (T)a.consts[k];
   }
-  // A quantity derived from hyperparameter k alone: from a constant in double, rounded once; from
-  // a tensor in T (as cpu.rs and the tensor-op path).
-  template <typename C, typename F> __device__ T hf(int k, long long i, C c, F f) const {
+  __device__ Hv<T> hv(int k, long long i) const {
     int slot = (int)a.hp0 + k;
-    return a.in[slot] ? f(x(slot, i)) : (T)c(a.consts[k]);
+    return a.in[slot] ? ht<T>(x(slot, i)) : hc<T>(a.consts[k]);
   }
-  __device__ bool is_const(int k) const { return a.in[(int)a.hp0 + k] == 0; }
   __device__ T dy(int j, long long i) const { return a.grad_out[j] ? ((const T*)a.grad_out[j])[i] : T(0); }
   __device__ void put(int k, long long i, T v) const { if (a.out[k]) ((T*)a.out[k])[i] = v; }
   __device__ bool flag(int k) const { return a.consts[k] != 0.0; }
 };
 
-template <typename T> __device__ T ml_abs(T v) { return v < T(0) ? -v : v; }
-__device__ float ml_pow(float b, float e) { return powf(b, e); }
-__device__ double ml_pow(double b, double e) { return pow(b, e); }
-__device__ float ml_sqrt(float v) { return sqrtf(v); }
-__device__ double ml_sqrt(double v) { return sqrt(v); }
-
 template <typename T> __device__ T ml_lerp(T start, T end, T w) {
-  return ml_abs(w) < T(0.5) ? start + w * (end - start) : end - (end - start) * (T(1) - w);
+  T diff = end - start;
+  return ml_abs(w) < T(0.5) ? start + w * diff : end - diff * (T(1) - w);
 }
+// The derivative of the masked square root r = √x: 0 where x is exactly 0.
+template <typename T> __device__ T d_sqrt(T x, T root, T d_root) { return x == T(0) ? T(0) : d_root / (T(2) * root); }
+// torch.maximum's backward: to the larger side, halves at a tie.
+template <typename T> __device__ void d_max(T a, T b, T d, T* da, T* db) {
+  if (a == b) { *da = d * T(0.5); *db = d * T(0.5); }
+  else if (a > b) { *da = d; *db = T(0); }
+  else { *da = T(0); *db = d; }
+}
+template <typename T> __device__ T ml_sign(T x) { return x > T(0) ? T(1) : (x < T(0) ? T(-1) : T(0)); }
 
+// ---- SGD: inputs θ, g, buf, lr, momentum, dampening, weight_decay; consts 4 previous step count,
+// 5 nesterov, 6 momentum path.
 template <typename T> __device__ void sgd_forward(const S<T>& s, long long i) {
-  T theta = s.x(0, i);
-  T lr = s.h(0, i);
-  T g = s.x(1, i);
-  if (!s.flag(8)) g = g + s.h(3, i) * theta;
-  if (s.flag(6)) {
-    T momentum = s.h(1, i);
-    T buf;
-    if (s.a.consts[4] == 0.0) {
-      buf = g;
-    } else {
-      T fresh = s.flag(7) ? g : s.hf(2, i, [](double d) { return 1.0 - d; }, [](T d) { return T(1) - d; }) * g;
-      buf = s.x_or_zero(2, i) * momentum + fresh;
-    }
-    g = s.flag(5) ? g + buf * momentum : buf;
-    s.put(1, i, buf);
-  }
-  s.put(0, i, theta - g * lr);
+  bool momentum_path = s.flag(6), nesterov = s.flag(5), first = s.a.consts[4] == 0.0;
+  T theta = s.x(0, i), lr = s.h(0, i), mu = s.h(1, i), wd = s.h(3, i);
+  T keep = hval(hrsub(s.hv(2, i), 1.0));
+  T g = s.x(1, i) + wd * theta;
+  T buf = first ? g : s.x(2, i) * mu + keep * g;
+  T dir = !momentum_path ? g : (nesterov ? g + buf * mu : buf);
+  s.put(0, i, theta - dir * lr);
+  if (momentum_path) s.put(1, i, buf);
 }
 
 template <typename T> __device__ void sgd_backward(const S<T>& s, long long i) {
-  T theta = s.x(0, i);
-  T lr = s.h(0, i);
-  T momentum = s.h(1, i);
-  T weight_decay = s.h(3, i);
-  bool first = s.a.consts[4] == 0.0;
-  bool nesterov = s.flag(5), momentum_path = s.flag(6);
-  T g = s.x(1, i);
-  if (!s.flag(8)) g = g + weight_decay * theta;
-  T fresh_scale = s.flag(7) ? T(1) : s.hf(2, i, [](double d) { return 1.0 - d; }, [](T d) { return T(1) - d; });
-  T prev = (momentum_path && !first) ? s.x_or_zero(2, i) : T(0);
-  T buf = first ? g : prev * momentum + fresh_scale * g;
-  T step_dir = !momentum_path ? g : (nesterov ? g + buf * momentum : buf);
-  T d_theta_new = s.dy(0, i);
-  T d_dir = -(lr * d_theta_new);
-  T d_lr = -(step_dir * d_theta_new);
-  T d_theta = d_theta_new, d_g, d_momentum = T(0), d_prev = T(0), d_dampening = T(0);
+  bool momentum_path = s.flag(6), nesterov = s.flag(5), first = s.a.consts[4] == 0.0;
+  T zero = T(0);
+  T theta = s.x(0, i), prev = s.x(2, i), lr = s.h(0, i), mu = s.h(1, i), wd = s.h(3, i);
+  T keep = hval(hrsub(s.hv(2, i), 1.0));
+  T g = s.x(1, i) + wd * theta;
+  T buf = first ? g : prev * mu + keep * g;
+  T dir = !momentum_path ? g : (nesterov ? g + buf * mu : buf);
+  T d_new = s.dy(0, i);
+  T d_dir = -(lr * d_new);
+  T d_lr = -(dir * d_new);
+  T d_g = d_dir, d_mu = zero, d_prev = zero, d_damp = zero;
   if (momentum_path) {
-    T d_buf = s.dy(1, i) + (nesterov ? momentum * d_dir : d_dir);
-    d_g = nesterov ? d_dir : T(0);
-    if (nesterov) d_momentum = buf * d_dir;
+    T d_buf = s.dy(1, i) + (nesterov ? mu * d_dir : d_dir);
+    d_g = nesterov ? d_dir : zero;
+    if (nesterov) d_mu = buf * d_dir;
     if (first) {
       d_g = d_g + d_buf;
     } else {
-      d_momentum = d_momentum + prev * d_buf;
-      d_prev = momentum * d_buf;
-      d_g = d_g + fresh_scale * d_buf;
-      d_dampening = -(g * d_buf);
+      d_mu = d_mu + prev * d_buf;
+      d_prev = mu * d_buf;
+      d_g = d_g + keep * d_buf;
+      d_damp = -(g * d_buf);
     }
-  } else {
-    d_g = d_dir;
   }
-  T d_weight_decay = T(0);
-  if (!s.flag(8)) {
-    d_theta = d_theta + weight_decay * d_g;
-    d_weight_decay = theta * d_g;
-  }
-  s.put(0, i, d_theta);
+  s.put(0, i, d_new + wd * d_g);
   s.put(1, i, d_g);
   s.put(2, i, d_prev);
   s.put(3, i, d_lr);
-  s.put(4, i, d_momentum);
-  s.put(5, i, d_dampening);
-  s.put(6, i, d_weight_decay);
+  s.put(4, i, d_mu);
+  s.put(5, i, d_damp);
+  s.put(6, i, theta * d_g);
 }
 
-// (1 − β1, 1 − β2, 1 − β1ᵗ, lr/(1 − β1ᵗ), √(1 − β2ᵗ), 1 − lr·wd), as adam_derived in cpu.rs.
-template <typename T> __device__ void adam_derived(const S<T>& s, long long i, T* d) {
-  T one = T(1);
-  double t64 = s.a.consts[5];
-  T t = (T)t64;
-  d[0] = s.hf(1, i, [](double b) { return 1.0 - b; }, [](T b) { return T(1) - b; });
-  d[1] = s.hf(2, i, [](double b) { return 1.0 - b; }, [](T b) { return T(1) - b; });
-  d[2] = s.hf(1, i, [=](double b) { return 1.0 - pow(b, t64); }, [=](T b) { return one - ml_pow(b, t); });
-  d[3] = (s.is_const(0) && s.is_const(1)) ? (T)(s.a.consts[0] / (1.0 - pow(s.a.consts[1], t64)))
-                                          : s.h(0, i) / d[2];
-  d[4] = s.hf(2, i, [=](double b) { return pow(1.0 - pow(b, t64), 0.5); },
-              [=](T b) { return ml_pow(one - ml_pow(b, t), T(0.5)); });
-  d[5] = (s.is_const(0) && s.is_const(4)) ? (T)(1.0 - s.a.consts[0] * s.a.consts[4])
-                                          : one - s.h(0, i) * s.h(4, i);
+// ---- Adam / AdamW: inputs θ, g, m, v, v̂, lr, β1, β2, eps, wd; consts 5 t, 6 decoupled, 7 amsgrad.
+template <typename T> struct AdamD {
+  T w1, omb2, bc1, step, bc2s, decay;
+};
+template <typename T> __device__ AdamD<T> adam_derived(const S<T>& s, long long i) {
+  double t = s.a.consts[5];
+  Hv<T> lr = s.hv(0, i), beta1 = s.hv(1, i), beta2 = s.hv(2, i), wd = s.hv(4, i);
+  Hv<T> bc1 = hrsub(hpow(beta1, t), 1.0);
+  AdamD<T> d;
+  d.w1 = hval(hrsub(beta1, 1.0));
+  d.omb2 = hval(hrsub(beta2, 1.0));
+  d.bc1 = hval(bc1);
+  d.step = hval(hdiv(lr, bc1));
+  d.bc2s = hval(hpow(hrsub(hpow(beta2, t), 1.0), 0.5));
+  d.decay = hval(hrsub(hmul(lr, wd), 1.0));
+  return d;
 }
 
 template <typename T> __device__ void adam_forward(const S<T>& s, long long i) {
-  T theta = s.x(0, i);
-  T beta2 = s.h(2, i), eps = s.h(3, i);
-  T d[6];
-  adam_derived(s, i, d);
-  T step_size = d[3], bias_correction2_sqrt = d[4];
-  T decayed = theta;
-  T g = s.x(1, i);
-  if (!s.flag(8)) {
-    if (s.flag(6)) decayed = d[5] * theta;
-    else g = g + s.h(4, i) * theta;
-  }
-  T exp_avg = ml_lerp(s.x(2, i), g, d[0]);
-  T exp_avg_sq = s.x(3, i) * beta2 + d[1] * (g * g);
-  T second_moment = exp_avg_sq;
-  if (s.flag(7)) {
-    T prev = s.x(4, i);
-    second_moment = prev > exp_avg_sq ? prev : exp_avg_sq;
-    s.put(3, i, second_moment);
-  }
-  T denom = ml_sqrt(second_moment) / bias_correction2_sqrt + eps;
-  s.put(0, i, decayed - step_size * (exp_avg / denom));
+  bool decoupled = s.flag(6), amsgrad = s.flag(7);
+  AdamD<T> d = adam_derived(s, i);
+  T theta = s.x(0, i), g0 = s.x(1, i), m = s.x(2, i), v = s.x(3, i), vmax = s.x(4, i);
+  T beta2 = s.h(2, i), eps = s.h(3, i), wd = s.h(4, i);
+  T decayed = decoupled ? d.decay * theta : theta;
+  T g = decoupled ? g0 : g0 + wd * theta;
+  T exp_avg = ml_lerp(m, g, d.w1);
+  T exp_avg_sq = v * beta2 + d.omb2 * (g * g);
+  T second = (amsgrad && vmax > exp_avg_sq) ? vmax : exp_avg_sq;
+  T denom = ml_sqrt(second) / d.bc2s + eps;
+  s.put(0, i, decayed - d.step * (exp_avg / denom));
   s.put(1, i, exp_avg);
   s.put(2, i, exp_avg_sq);
+  if (amsgrad) s.put(3, i, second);
 }
 
 template <typename T> __device__ void adam_backward(const S<T>& s, long long i) {
-  T zero = T(0), one = T(1), half = T(0.5);
-  T theta = s.x(0, i);
-  T lr = s.h(0, i), beta1 = s.h(1, i), beta2 = s.h(2, i), eps = s.h(3, i);
-  T weight_decay = s.h(4, i);
+  bool decoupled = s.flag(6), amsgrad = s.flag(7);
+  T zero = T(0), one = T(1);
+  AdamD<T> d = adam_derived(s, i);
   T t = (T)s.a.consts[5];
-  bool decoupled = s.flag(6), amsgrad = s.flag(7), no_decay = s.flag(8);
-  T g = s.x(1, i);
-  if (!no_decay && !decoupled) g = g + weight_decay * theta;
-  T m_prev = s.x(2, i), v_prev = s.x(3, i);
-  T d[6];
-  adam_derived(s, i, d);
-  T w = d[0], one_minus_beta2 = d[1], bias_correction1 = d[2], step_size = d[3];
-  T bias_correction2_sqrt = d[4], decay_factor = d[5];
-  T exp_avg = ml_lerp(m_prev, g, w);
-  T exp_avg_sq = v_prev * beta2 + one_minus_beta2 * (g * g);
-  T bias_correction2 = one - ml_pow(beta2, t);
-  T max_prev = amsgrad ? s.x(4, i) : zero;
-  T second_moment = (amsgrad && max_prev > exp_avg_sq) ? max_prev : exp_avg_sq;
-  T root = ml_sqrt(second_moment);
-  T scaled_root = root / bias_correction2_sqrt;
+  T theta = s.x(0, i), g0 = s.x(1, i), m = s.x(2, i), v = s.x(3, i), vmax = s.x(4, i);
+  T lr = s.h(0, i), beta1 = s.h(1, i), beta2 = s.h(2, i), eps = s.h(3, i), wd = s.h(4, i);
+  T g = decoupled ? g0 : g0 + wd * theta;
+  T exp_avg = ml_lerp(m, g, d.w1);
+  T exp_avg_sq = v * beta2 + d.omb2 * (g * g);
+  T second = (amsgrad && vmax > exp_avg_sq) ? vmax : exp_avg_sq;
+  T root = ml_sqrt(second);
+  T scaled_root = root / d.bc2s;
   T denom = scaled_root + eps;
   T ratio = exp_avg / denom;
-
-  T d_theta_new = s.dy(0, i);
-  T d_decayed = d_theta_new;
-  T d_step_size = -(ratio * d_theta_new);
-  T d_ratio = -(step_size * d_theta_new);
+  T d_new = s.dy(0, i);
+  T d_step = -(ratio * d_new);
+  T d_ratio = -(d.step * d_new);
   T d_exp_avg = s.dy(1, i) + d_ratio / denom;
   T d_denom = -(d_ratio * ratio / denom);
   T d_eps = d_denom;
-  T d_root = d_denom / bias_correction2_sqrt;
-  T d_bc2_sqrt = -(d_denom * scaled_root / bias_correction2_sqrt);
-  T d_second = second_moment == zero ? zero : d_root / (T(2) * root);
-  T d_exp_avg_sq = s.dy(2, i);
-  T d_max_prev = zero;
+  T d_root = d_denom / d.bc2s;
+  T d_bc2s = -(d_denom * scaled_root / d.bc2s);
+  T d_second = d_sqrt(second, root, d_root);
+  T d_vmax = zero, d_exp_avg_sq;
   if (amsgrad) {
-    d_second = d_second + s.dy(3, i);
-    if (max_prev == exp_avg_sq) {
-      d_max_prev = d_second * half;
-      d_exp_avg_sq = d_exp_avg_sq + d_second * half;
-    } else if (max_prev > exp_avg_sq) {
-      d_max_prev = d_second;
-    } else {
-      d_exp_avg_sq = d_exp_avg_sq + d_second;
-    }
+    T a, b;
+    d_max(vmax, exp_avg_sq, d_second + s.dy(3, i), &a, &b);
+    d_vmax = a;
+    d_exp_avg_sq = s.dy(2, i) + b;
   } else {
-    d_exp_avg_sq = d_exp_avg_sq + d_second;
+    d_exp_avg_sq = s.dy(2, i) + d_second;
   }
-  T d_bc2 = d_bc2_sqrt * half * ml_pow(bias_correction2, -half);
-  T d_beta2 = -(d_bc2 * t * ml_pow(beta2, t - one));
-  T d_lr = d_step_size / bias_correction1;
-  T d_bc1 = -(d_step_size * step_size / bias_correction1);
+  T d_lr = d_step / d.bc1;
+  T d_bc1 = -(d_step * d.step / d.bc1);
   T d_beta1 = -(d_bc1 * t * ml_pow(beta1, t - one));
-  d_beta2 = d_beta2 + d_exp_avg_sq * v_prev - d_exp_avg_sq * (g * g);
-  T d_v_prev = beta2 * d_exp_avg_sq;
-  T d_g = T(2) * g * (one_minus_beta2 * d_exp_avg_sq);
-  T d_m_prev = d_exp_avg * (one - w);
-  d_g = d_g + d_exp_avg * w;
-  d_beta1 = d_beta1 - d_exp_avg * (g - m_prev);
-  T d_theta = d_decayed;
-  T d_weight_decay = zero;
-  if (!no_decay) {
-    if (decoupled) {
-      d_theta = decay_factor * d_decayed;
-      T d_factor = theta * d_decayed;
-      d_lr = d_lr - weight_decay * d_factor;
-      d_weight_decay = -(lr * d_factor);
-    } else {
-      d_theta = d_theta + weight_decay * d_g;
-      d_weight_decay = theta * d_g;
-    }
+  T d_bc2 = d_bc2s * (ml_pow(one - ml_pow(beta2, t), T(-0.5)) * T(0.5));
+  T d_beta2 = -(d_bc2 * t * ml_pow(beta2, t - one));
+  d_beta2 = d_beta2 + d_exp_avg_sq * v - d_exp_avg_sq * (g * g);
+  T d_v = beta2 * d_exp_avg_sq;
+  T d_g = T(2) * g * (d.omb2 * d_exp_avg_sq);
+  T d_m = d_exp_avg * (one - d.w1);
+  d_g = d_g + d_exp_avg * d.w1;
+  d_beta1 = d_beta1 - d_exp_avg * (g - m);
+  T d_theta, d_wd;
+  if (decoupled) {
+    T d_factor = theta * d_new;
+    d_lr = d_lr - wd * d_factor;
+    d_theta = d.decay * d_new;
+    d_wd = -(lr * d_factor);
+  } else {
+    d_theta = d_new + wd * d_g;
+    d_wd = theta * d_g;
   }
   s.put(0, i, d_theta);
   s.put(1, i, d_g);
-  s.put(2, i, d_m_prev);
-  s.put(3, i, d_v_prev);
-  s.put(4, i, d_max_prev);
+  s.put(2, i, d_m);
+  s.put(3, i, d_v);
+  s.put(4, i, d_vmax);
   s.put(5, i, d_lr);
   s.put(6, i, d_beta1);
   s.put(7, i, d_beta2);
   s.put(8, i, d_eps);
-  s.put(9, i, d_weight_decay);
+  s.put(9, i, d_wd);
+}
+
+// ---- Adamax: inputs θ, g, m, u, lr, β1, β2, eps, wd; consts 5 t.
+template <typename T> __device__ void adamax_forward(const S<T>& s, long long i) {
+  double t = s.a.consts[5];
+  Hv<T> beta1 = s.hv(1, i);
+  T w1 = hval(hrsub(beta1, 1.0));
+  T clr = hval(hdiv(s.hv(0, i), hrsub(hpow(beta1, t), 1.0)));
+  T theta = s.x(0, i), m = s.x(2, i), u = s.x(3, i);
+  T beta2 = s.h(2, i), eps = s.h(3, i), wd = s.h(4, i);
+  T g = s.x(1, i) + wd * theta;
+  T exp_avg = ml_lerp(m, g, w1);
+  T a = u * beta2, b = ml_abs(g) + eps;
+  T exp_inf = a > b ? a : b;
+  s.put(0, i, theta - (exp_avg / exp_inf) * clr);
+  s.put(1, i, exp_avg);
+  s.put(2, i, exp_inf);
+}
+
+template <typename T> __device__ void adamax_backward(const S<T>& s, long long i) {
+  double t64 = s.a.consts[5];
+  T t = (T)t64;
+  Hv<T> beta1 = s.hv(1, i);
+  T w1 = hval(hrsub(beta1, 1.0));
+  Hv<T> bch = hrsub(hpow(beta1, t64), 1.0);
+  T bc = hval(bch);
+  T clr = hval(hdiv(s.hv(0, i), bch));
+  T theta = s.x(0, i), m = s.x(2, i), u = s.x(3, i);
+  T beta2 = s.h(2, i), wd = s.h(4, i), eps = s.h(3, i);
+  T g = s.x(1, i) + wd * theta;
+  T exp_avg = ml_lerp(m, g, w1);
+  T a = u * beta2, b = ml_abs(g) + eps;
+  T exp_inf = a > b ? a : b;
+  T r = exp_avg / exp_inf;
+  T d_new = s.dy(0, i);
+  T d_clr = -(r * d_new);
+  T d_r = -(clr * d_new);
+  T d_exp_avg = s.dy(1, i) + d_r / exp_inf;
+  T d_exp_inf = s.dy(2, i) - d_r * r / exp_inf;
+  T d_a, d_b;
+  d_max(a, b, d_exp_inf, &d_a, &d_b);
+  T d_g = ml_sign(g) * d_b;
+  T d_m = d_exp_avg * (T(1) - w1);
+  d_g = d_g + d_exp_avg * w1;
+  T d_lr = d_clr / bc;
+  T d_bc = -(d_clr * clr / bc);
+  T d_beta1 = d_bc * (-(t * ml_pow(hval(beta1), t - T(1)))) - d_exp_avg * (g - m);
+  s.put(0, i, d_new + wd * d_g);
+  s.put(1, i, d_g);
+  s.put(2, i, d_m);
+  s.put(3, i, beta2 * d_a);
+  s.put(4, i, d_lr);
+  s.put(5, i, d_beta1);
+  s.put(6, i, u * d_a);
+  s.put(7, i, d_b);
+  s.put(8, i, theta * d_g);
+}
+
+// ---- Adagrad: inputs θ, g, sum, lr, lr_decay, wd, initial_accumulator_value, eps; consts 5 t,
+// 6 first step.
+template <typename T> __device__ void adagrad_forward(const S<T>& s, long long i) {
+  bool first = s.flag(6);
+  Hv<T> den = hadd_scalar(hmul_scalar(s.hv(1, i), s.a.consts[5] - 1.0), 1.0);
+  T clr = hval(hdiv(s.hv(0, i), den));
+  T theta = s.x(0, i), wd = s.h(2, i), eps = s.h(4, i);
+  T g = s.x(1, i) + wd * theta;
+  T sum = (first ? s.h(3, i) : s.x(2, i)) + g * g;
+  T std = ml_sqrt(sum) + eps;
+  s.put(0, i, theta - (g / std) * clr);
+  s.put(1, i, sum);
+}
+
+template <typename T> __device__ void adagrad_backward(const S<T>& s, long long i) {
+  bool first = s.flag(6);
+  T zero = T(0);
+  Hv<T> denh = hadd_scalar(hmul_scalar(s.hv(1, i), s.a.consts[5] - 1.0), 1.0);
+  T den = hval(denh);
+  T clr = hval(hdiv(s.hv(0, i), denh));
+  T theta = s.x(0, i), wd = s.h(2, i), eps = s.h(4, i);
+  T g = s.x(1, i) + wd * theta;
+  T sum = (first ? s.h(3, i) : s.x(2, i)) + g * g;
+  T root = ml_sqrt(sum);
+  T std = root + eps;
+  T q = g / std;
+  T d_new = s.dy(0, i);
+  T d_clr = -(q * d_new);
+  T d_q = -(clr * d_new);
+  T d_g = d_q / std;
+  T d_std = -(d_q * q / std);
+  T d_sum = s.dy(1, i) + d_sqrt(sum, root, d_std);
+  d_g = d_g + T(2) * g * d_sum;
+  T d_den = -(d_clr * clr / den);
+  s.put(0, i, d_new + wd * d_g);
+  s.put(1, i, d_g);
+  s.put(2, i, first ? zero : d_sum);
+  s.put(3, i, d_clr / den);
+  s.put(4, i, d_den * (T)(s.a.consts[5] - 1.0));
+  s.put(5, i, theta * d_g);
+  s.put(6, i, first ? d_sum : zero);
+  s.put(7, i, d_std);
+}
+
+// ---- RMSprop: inputs θ, g, v, b, ḡ, lr, α, eps, wd, μ; consts 5 centered, 6 momentum path.
+// Outputs θ', v', then b' (momentum path), then ḡ' (centered).
+template <typename T> __device__ void rmsprop_forward(const S<T>& s, long long i) {
+  bool centered = s.flag(5), momentum_path = s.flag(6);
+  T w = hval(hrsub(s.hv(1, i), 1.0));
+  T theta = s.x(0, i), v = s.x(2, i), b = s.x(3, i), avg_prev = s.x(4, i);
+  T lr = s.h(0, i), alpha = s.h(1, i), eps = s.h(2, i), wd = s.h(3, i), mu = s.h(4, i);
+  T g = s.x(1, i) + wd * theta;
+  T square_avg = v * alpha + (g * g) * w;
+  T grad_avg = ml_lerp(avg_prev, g, w);
+  T var = centered ? square_avg - grad_avg * grad_avg : square_avg;
+  T avg = ml_sqrt(var) + eps;
+  T q = g / avg;
+  T buf = b * mu + q;
+  T dir = momentum_path ? buf : q;
+  s.put(0, i, theta - dir * lr);
+  s.put(1, i, square_avg);
+  if (momentum_path) s.put(2, i, buf);
+  if (centered) s.put(momentum_path ? 3 : 2, i, grad_avg);
+}
+
+template <typename T> __device__ void rmsprop_backward(const S<T>& s, long long i) {
+  bool centered = s.flag(5), momentum_path = s.flag(6);
+  T zero = T(0);
+  T w = hval(hrsub(s.hv(1, i), 1.0));
+  T theta = s.x(0, i), v = s.x(2, i), b = s.x(3, i), avg_prev = s.x(4, i);
+  T lr = s.h(0, i), alpha = s.h(1, i), eps = s.h(2, i), wd = s.h(3, i), mu = s.h(4, i);
+  T g = s.x(1, i) + wd * theta;
+  T square_avg = v * alpha + (g * g) * w;
+  T grad_avg = ml_lerp(avg_prev, g, w);
+  T var = centered ? square_avg - grad_avg * grad_avg : square_avg;
+  T root = ml_sqrt(var);
+  T avg = root + eps;
+  T q = g / avg;
+  T buf = b * mu + q;
+  T dir = momentum_path ? buf : q;
+  T d_new = s.dy(0, i);
+  T d_dir = -(lr * d_new);
+  T d_lr = -(dir * d_new);
+  T d_q = d_dir, d_b = zero, d_mu = zero;
+  if (momentum_path) {
+    T d_buf = s.dy(2, i) + d_dir;
+    d_q = d_buf;
+    d_b = mu * d_buf;
+    d_mu = b * d_buf;
+  }
+  T d_g = d_q / avg;
+  T d_avg = -(d_q * q / avg);
+  T d_var = d_sqrt(var, root, d_avg);
+  T d_alpha = zero;
+  T d_square_avg = s.dy(1, i) + d_var;
+  T d_grad_avg_in = zero;
+  if (centered) {
+    T d_grad_avg = s.dy(momentum_path ? 3 : 2, i) - T(2) * grad_avg * d_var;
+    d_g = d_g + d_grad_avg * w;
+    d_alpha = d_alpha - d_grad_avg * (g - avg_prev);
+    d_grad_avg_in = d_grad_avg * (T(1) - w);
+  }
+  T d_v = alpha * d_square_avg;
+  d_alpha = d_alpha + v * d_square_avg - (g * g) * d_square_avg;
+  d_g = d_g + T(2) * g * (w * d_square_avg);
+  s.put(0, i, d_new + wd * d_g);
+  s.put(1, i, d_g);
+  s.put(2, i, d_v);
+  s.put(3, i, d_b);
+  s.put(4, i, d_grad_avg_in);
+  s.put(5, i, d_lr);
+  s.put(6, i, d_alpha);
+  s.put(7, i, d_avg);
+  s.put(8, i, theta * d_g);
+  s.put(9, i, d_mu);
+}
+
+// ---- Adadelta: inputs θ, g, v, a, lr, ρ, eps, wd.
+template <typename T> __device__ void adadelta_forward(const S<T>& s, long long i) {
+  T w = hval(hrsub(s.hv(1, i), 1.0));
+  T theta = s.x(0, i), v = s.x(2, i), a = s.x(3, i);
+  T lr = s.h(0, i), rho = s.h(1, i), eps = s.h(2, i), wd = s.h(3, i);
+  T g = s.x(1, i) + wd * theta;
+  T square_avg = v * rho + (g * g) * w;
+  T std = ml_sqrt(square_avg + eps);
+  T delta = ml_sqrt(a + eps) / std * g;
+  T acc_delta = a * rho + (delta * delta) * w;
+  s.put(0, i, theta - delta * lr);
+  s.put(1, i, square_avg);
+  s.put(2, i, acc_delta);
+}
+
+template <typename T> __device__ void adadelta_backward(const S<T>& s, long long i) {
+  T w = hval(hrsub(s.hv(1, i), 1.0));
+  T theta = s.x(0, i), v = s.x(2, i), a = s.x(3, i);
+  T lr = s.h(0, i), rho = s.h(1, i), eps = s.h(2, i), wd = s.h(3, i);
+  T g = s.x(1, i) + wd * theta;
+  T square_avg = v * rho + (g * g) * w;
+  T sq_eps = square_avg + eps, a_eps = a + eps;
+  T std = ml_sqrt(sq_eps);
+  T num = ml_sqrt(a_eps);
+  T ratio = num / std;
+  T delta = ratio * g;
+  T d_new = s.dy(0, i), d_a_out = s.dy(2, i);
+  T d_lr = -(delta * d_new);
+  T d_a = rho * d_a_out;
+  T d_rho = a * d_a_out - (delta * delta) * d_a_out;
+  T d_delta = -(lr * d_new) + T(2) * delta * (w * d_a_out);
+  T d_ratio = d_delta * g;
+  T d_g = d_delta * ratio;
+  T d_num = d_ratio / std;
+  T d_std = -(d_ratio * ratio / std);
+  T d_a_eps = d_sqrt(a_eps, num, d_num);
+  T d_sq_eps = d_sqrt(sq_eps, std, d_std);
+  d_a = d_a + d_a_eps;
+  T d_square_avg = s.dy(1, i) + d_sq_eps;
+  d_rho = d_rho + v * d_square_avg - (g * g) * d_square_avg;
+  d_g = d_g + T(2) * g * (w * d_square_avg);
+  s.put(0, i, d_new + wd * d_g);
+  s.put(1, i, d_g);
+  s.put(2, i, rho * d_square_avg);
+  s.put(3, i, d_a);
+  s.put(4, i, d_lr);
+  s.put(5, i, d_rho);
+  s.put(6, i, d_a_eps + d_sq_eps);
+  s.put(7, i, theta * d_g);
+}
+
+// ---- Rprop: inputs θ, g, prev, step_size, lr, η−, η+, min, max; consts 5 first step.
+template <typename T> struct RpropF {
+  bool flipped, grew;
+  T factor, s_prev, scaled, lower, step_size, g_kept, theta_new;
+};
+template <typename T> __device__ RpropF<T> rprop_values(const S<T>& s, long long i) {
+  T zero = T(0);
+  RpropF<T> r;
+  T g = s.x(1, i);
+  T product = g * s.x(2, i);
+  r.flipped = product < zero;
+  r.grew = product > zero;
+  r.factor = r.flipped ? s.h(1, i) : (r.grew ? s.h(2, i) : T(1));
+  r.s_prev = s.flag(5) ? s.h(0, i) : s.x(3, i);
+  r.scaled = r.s_prev * r.factor;
+  T lo = s.h(3, i), hi = s.h(4, i);
+  r.lower = r.scaled < lo ? lo : r.scaled;
+  r.step_size = r.lower > hi ? hi : r.lower;
+  r.g_kept = r.flipped ? zero : g;
+  r.theta_new = s.x(0, i) - ml_sign(r.g_kept) * r.step_size;
+  return r;
+}
+
+template <typename T> __device__ void rprop_forward(const S<T>& s, long long i) {
+  RpropF<T> r = rprop_values(s, i);
+  s.put(0, i, r.theta_new);
+  s.put(1, i, r.g_kept);
+  s.put(2, i, r.step_size);
+}
+
+template <typename T> __device__ void rprop_backward(const S<T>& s, long long i) {
+  T zero = T(0);
+  bool first = s.flag(5);
+  RpropF<T> r = rprop_values(s, i);
+  T lo = s.h(3, i), hi = s.h(4, i);
+  T d_new = s.dy(0, i);
+  T d_step = s.dy(2, i) - ml_sign(r.g_kept) * d_new;
+  T d_lower = r.lower <= hi ? d_step : zero;
+  T d_hi = r.lower > hi ? d_step : zero;
+  T d_scaled = r.scaled >= lo ? d_lower : zero;
+  T d_lo = r.scaled < lo ? d_lower : zero;
+  T d_s_prev = r.factor * d_scaled;
+  T d_factor = r.s_prev * d_scaled;
+  s.put(0, i, d_new);
+  s.put(1, i, r.flipped ? zero : s.dy(1, i));
+  s.put(2, i, zero);
+  s.put(3, i, first ? zero : d_s_prev);
+  s.put(4, i, first ? d_s_prev : zero);
+  s.put(5, i, r.flipped ? d_factor : zero);
+  s.put(6, i, (!r.flipped && r.grew) ? d_factor : zero);
+  s.put(7, i, d_lo);
+  s.put(8, i, d_hi);
 }
 
 #define ML_KERNEL(name, fn, T)                                                         \
@@ -252,3 +528,23 @@ ML_KERNEL(metaloop_adam_forward_f32, adam_forward, float)
 ML_KERNEL(metaloop_adam_forward_f64, adam_forward, double)
 ML_KERNEL(metaloop_adam_backward_f32, adam_backward, float)
 ML_KERNEL(metaloop_adam_backward_f64, adam_backward, double)
+ML_KERNEL(metaloop_adamax_forward_f32, adamax_forward, float)
+ML_KERNEL(metaloop_adamax_forward_f64, adamax_forward, double)
+ML_KERNEL(metaloop_adamax_backward_f32, adamax_backward, float)
+ML_KERNEL(metaloop_adamax_backward_f64, adamax_backward, double)
+ML_KERNEL(metaloop_adagrad_forward_f32, adagrad_forward, float)
+ML_KERNEL(metaloop_adagrad_forward_f64, adagrad_forward, double)
+ML_KERNEL(metaloop_adagrad_backward_f32, adagrad_backward, float)
+ML_KERNEL(metaloop_adagrad_backward_f64, adagrad_backward, double)
+ML_KERNEL(metaloop_rmsprop_forward_f32, rmsprop_forward, float)
+ML_KERNEL(metaloop_rmsprop_forward_f64, rmsprop_forward, double)
+ML_KERNEL(metaloop_rmsprop_backward_f32, rmsprop_backward, float)
+ML_KERNEL(metaloop_rmsprop_backward_f64, rmsprop_backward, double)
+ML_KERNEL(metaloop_adadelta_forward_f32, adadelta_forward, float)
+ML_KERNEL(metaloop_adadelta_forward_f64, adadelta_forward, double)
+ML_KERNEL(metaloop_adadelta_backward_f32, adadelta_backward, float)
+ML_KERNEL(metaloop_adadelta_backward_f64, adadelta_backward, double)
+ML_KERNEL(metaloop_rprop_forward_f32, rprop_forward, float)
+ML_KERNEL(metaloop_rprop_forward_f64, rprop_forward, double)
+ML_KERNEL(metaloop_rprop_backward_f32, rprop_backward, float)
+ML_KERNEL(metaloop_rprop_backward_f64, rprop_backward, double)

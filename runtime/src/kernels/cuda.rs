@@ -19,6 +19,11 @@ fn kernel_name(kernel: StepKernel, backward: bool, dtype: i32) -> String {
     let op = match kernel {
         StepKernel::Sgd => "sgd",
         StepKernel::Adam => "adam",
+        StepKernel::Adamax => "adamax",
+        StepKernel::Adagrad => "adagrad",
+        StepKernel::RMSprop => "rmsprop",
+        StepKernel::Adadelta => "adadelta",
+        StepKernel::Rprop => "rprop",
     };
     let pass = if backward { "backward" } else { "forward" };
     let ty = if dtype == 0 { "f32" } else { "f64" };
@@ -39,11 +44,12 @@ mod imp {
     #[repr(C)]
     struct Args {
         input: [*const c_void; MAX_IN],
-        stride: [i64; MAX_IN],
+        mode: [i64; MAX_IN],
         grad_out: [*const c_void; MAX_OUT],
         out: [*mut c_void; MAX_IN],
         consts: [f64; ffi::MAX_CONST],
         numel: i64,
+        row_len: i64,
         hp0: i64,
     }
 
@@ -142,6 +148,9 @@ mod imp {
     /// # Safety
     /// `call` must come from the shim, with device pointers of `call.device`.
     pub(crate) unsafe fn run(kernel: StepKernel, call: &KernelCall) -> Result<(), String> {
+        if call.out_reduced.iter().any(|r| *r != 0) {
+            return Err("partial-sum outputs are CPU only".to_string());
+        }
         let name = kernel_name(kernel, call.pass == 1, call.dtype);
         let (context, function) = {
             let mut cache = modules()
@@ -160,11 +169,12 @@ mod imp {
         };
         let mut args = Args {
             input: call.input,
-            stride: call.in_stride,
+            mode: call.in_mode,
             grad_out: call.grad_out,
             out: call.out,
             consts: call.consts,
             numel: call.numel,
+            row_len: call.row_len,
             hp0: kernel.hparam_slot() as i64,
         };
         let threads: u32 = 256;

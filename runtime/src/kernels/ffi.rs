@@ -10,6 +10,9 @@ use torch_sys::C_tensor;
 pub(crate) const MAX_IN: usize = 16;
 pub(crate) const MAX_OUT: usize = 8;
 pub(crate) const MAX_CONST: usize = 16;
+/// A bit of the op code given to `metaloop_fused_step`: the gradient of θ is the gradient of θ'
+/// (no weight decay), so the backward passes it on and the kernel does not write it.
+pub(crate) const THETA_GRAD_PASSES: i32 = 1 << 8;
 
 /// One kernel launch, forward (`pass` 0) or backward (`pass` 1).
 #[repr(C)]
@@ -23,22 +26,31 @@ pub(crate) struct KernelCall {
     /// The CUDA stream to launch on (null: the legacy default stream).
     pub stream: *mut c_void,
     pub numel: i64,
-    /// CPU: the element range this call covers (the shim splits the buffers over libtorch's
-    /// intra-op threads). CUDA: 0 and numel.
+    /// The length of θ's rows (its last dimension; a task row of `[T, P]`).
+    pub row_len: i64,
+    /// CPU: the element range this call covers, chunk `chunk` of `kGrain` elements (the shim
+    /// splits the buffers over libtorch's intra-op threads). CUDA: 0, numel and chunk 0.
     pub begin: i64,
     pub end: i64,
+    pub chunk: i64,
     pub n_in: i32,
     pub n_out: i32,
     /// θ, g, the state buffers, the hyperparameter slots; null for an absent buffer or a
     /// constant hyperparameter (its value is then `consts[slot]`).
     pub input: [*const c_void; MAX_IN],
-    /// 1: one value per element; 0: one value for every element.
-    pub in_stride: [i64; MAX_IN],
+    /// The layout of each input: 0 one value for every element, 1 one per element (laid out like
+    /// θ), 2 one per element of a row (`[P]` broadcast over the rows: element `i % row_len`), 3
+    /// one per row (`[T, 1]`: element `i / row_len`).
+    pub in_mode: [i64; MAX_IN],
     /// Backward only: the gradient of each forward output.
     pub grad_out: [*const c_void; MAX_OUT],
     /// Forward: θ' and the new state. Backward: the gradient of each input, one value per
-    /// element (null: not needed).
+    /// element, or (where `out_reduced`) f64 partial sums (null: not needed).
     pub out: [*mut c_void; MAX_IN],
+    /// Backward, CPU: 1 where `out` holds partial sums of the gradient of a one-value (layout 0)
+    /// or one-per-row (layout 3) input: `[chunks, 1]` or `[chunks, rows]`, f64, zeroed; the kernel
+    /// adds each chunk's sums into its own row.
+    pub out_reduced: [i64; MAX_IN],
     pub consts: [f64; MAX_CONST],
 }
 

@@ -6,6 +6,7 @@ use super::{
     buffer_or_zeros, check_shapes, coupled_weight_decay, ema_of_squares, sqrt_finite_grad, HParams,
     OptState, Optimizer,
 };
+use crate::kernels::{self, Slot, StepKernel};
 use crate::Result;
 use tch::Tensor;
 
@@ -20,6 +21,7 @@ pub struct Adadelta {
     rho: f64,
     eps: f64,
     weight_decay: f64,
+    fused: bool,
 }
 
 impl Adadelta {
@@ -29,6 +31,7 @@ impl Adadelta {
             rho: 0.9,
             eps: 1e-6,
             weight_decay: 0.0,
+            fused: false,
         }
     }
     pub fn rho(mut self, rho: f64) -> Adadelta {
@@ -41,6 +44,17 @@ impl Adadelta {
     }
     pub fn weight_decay(mut self, weight_decay: f64) -> Adadelta {
         self.weight_decay = weight_decay;
+        self
+    }
+    /// Take each step with one fused kernel (runtime::kernels) where it supports θ (f32/f64 on
+    /// the CPU or CUDA): one pass over the buffers forward and one backward instead of a dozen
+    /// tensor ops each. Measured faster than the tensor-op path on this project's CPU
+    /// (benches/README.md, `cargo bench -p metaloop --bench optim_step`), and equal to it to
+    /// rounding (tests/fused_optim.rs). Off by default all the same: the fused backward cannot
+    /// itself be differentiated (`create_graph` through a step's backward: third-order
+    /// derivatives), which the tensor-op path, the reference, can.
+    pub fn fused(mut self, fused: bool) -> Adadelta {
+        self.fused = fused;
         self
     }
 }
@@ -77,6 +91,26 @@ impl Optimizer for Adadelta {
         let eps = hp.value("eps", self.eps, theta)?;
         let weight_decay = hp.value("weight_decay", self.weight_decay, theta)?;
         let step = state.step() + 1;
+        if self.fused && kernels::supports(theta) {
+            let hparams = [
+                Slot::from(&lr),
+                Slot::from(&rho),
+                Slot::from(&eps),
+                Slot::from(&weight_decay),
+            ];
+            let (theta, out) = kernels::fused_step(
+                StepKernel::Adadelta,
+                theta,
+                grad,
+                &[state.get("square_avg"), state.get("acc_delta")],
+                &hparams,
+                &[],
+                3,
+            )?;
+            let names = ["square_avg", "acc_delta"];
+            let tensors = names.iter().map(|n| n.to_string()).zip(out).collect();
+            return Ok((theta, OptState::new(step, tensors)));
+        }
 
         let g = coupled_weight_decay(grad, theta, &weight_decay)?;
         let square_avg = ema_of_squares(&buffer_or_zeros(state, "square_avg", theta)?, &g, &rho)?;

@@ -3,8 +3,10 @@
 //! It computes one step as a pure function; it keeps nothing between calls.
 
 use super::{
-    check_shapes, coupled_weight_decay, filled_like, sqrt_finite_grad, HParams, OptState, Optimizer,
+    check_shapes, coupled_weight_decay, filled_like, sqrt_finite_grad, HParams, HValue, OptState,
+    Optimizer,
 };
+use crate::kernels::{self, Slot, StepKernel};
 use crate::Result;
 use tch::Tensor;
 
@@ -30,6 +32,7 @@ pub struct Adagrad {
     weight_decay: f64,
     initial_accumulator_value: f64,
     eps: f64,
+    fused: bool,
 }
 
 impl Adagrad {
@@ -40,6 +43,7 @@ impl Adagrad {
             weight_decay: 0.0,
             initial_accumulator_value: 0.0,
             eps: 1e-10,
+            fused: false,
         }
     }
     pub fn lr_decay(mut self, lr_decay: f64) -> Adagrad {
@@ -56,6 +60,17 @@ impl Adagrad {
     }
     pub fn eps(mut self, eps: f64) -> Adagrad {
         self.eps = eps;
+        self
+    }
+    /// Take each step with one fused kernel (runtime::kernels) where it supports θ (f32/f64 on
+    /// the CPU or CUDA): one pass over the buffers forward and one backward instead of a dozen
+    /// tensor ops each. Measured faster than the tensor-op path on this project's CPU
+    /// (benches/README.md, `cargo bench -p metaloop --bench optim_step`), and equal to it to
+    /// rounding (tests/fused_optim.rs). Off by default all the same: the fused backward cannot
+    /// itself be differentiated (`create_graph` through a step's backward: third-order
+    /// derivatives), which the tensor-op path, the reference, can.
+    pub fn fused(mut self, fused: bool) -> Adagrad {
+        self.fused = fused;
         self
     }
 }
@@ -96,6 +111,40 @@ impl Optimizer for Adagrad {
         let weight_decay = hp.value("weight_decay", self.weight_decay, theta)?;
         let eps = hp.value("eps", self.eps, theta)?;
         let step = state.step() + 1;
+        if self.fused && kernels::supports(theta) {
+            // The accumulator starts at the resolved initial value (see the type's docs); later
+            // steps do not read that hyperparameter.
+            let first = state.step() == 0 || state.get("sum").is_none();
+            let initial = if first {
+                hp.value(
+                    "initial_accumulator_value",
+                    self.initial_accumulator_value,
+                    theta,
+                )?
+            } else {
+                HValue::Const(self.initial_accumulator_value)
+            };
+            let hparams = [
+                Slot::from(&lr),
+                Slot::from(&lr_decay),
+                Slot::from(&weight_decay),
+                Slot::from(&initial),
+                Slot::from(&eps),
+            ];
+            let sum_prev = if first { None } else { state.get("sum") };
+            let flags = [step as f64, f64::from(u8::from(first))];
+            let (theta, out) = kernels::fused_step(
+                StepKernel::Adagrad,
+                theta,
+                grad,
+                &[sum_prev],
+                &hparams,
+                &flags,
+                2,
+            )?;
+            let tensors = out.into_iter().map(|t| ("sum".to_string(), t)).collect();
+            return Ok((theta, OptState::new(step, tensors)));
+        }
 
         let g = coupled_weight_decay(grad, theta, &weight_decay)?;
         let clr = lr.div(&lr_decay.mul_scalar((step - 1) as f64)?.add_scalar(1.0)?)?;

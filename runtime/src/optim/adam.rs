@@ -77,7 +77,6 @@ impl AdamConfig {
                 step as f64,
                 f64::from(u8::from(decoupled)),
                 f64::from(u8::from(self.amsgrad)),
-                f64::from(u8::from(weight_decay.is_zero_const())),
             ];
             let hparams = [
                 Slot::from(&lr),
@@ -161,10 +160,13 @@ macro_rules! adam_builders {
                 self
             }
             /// Take each step with one fused kernel (runtime::kernels) where it supports θ
-            /// (f32/f64 on the CPU or CUDA). Off by default: on this project's 2-core CPU the
-            /// fused CPU kernels measured slower than the tensor-op path (benches/README.md).
-            /// The tensor-op path is the reference, and the one that can differentiate through a
-            /// step's backward.
+            /// (f32/f64 on the CPU or CUDA): one pass over the buffers forward and one backward
+            /// instead of a dozen tensor ops each. Measured faster than the tensor-op path on
+            /// this project's CPU (benches/README.md, `cargo bench -p metaloop --bench
+            /// optim_step`), and equal to it to rounding (tests/fused_optim.rs). Off by default
+            /// all the same: the fused backward cannot itself be differentiated (`create_graph`
+            /// through a step's backward: third-order derivatives), which the tensor-op path,
+            /// the reference, can.
             pub fn fused(mut self, fused: bool) -> $t {
                 self.config.fused = fused;
                 self
@@ -287,6 +289,7 @@ pub struct Adamax {
     beta2: f64,
     eps: f64,
     weight_decay: f64,
+    fused: bool,
 }
 
 impl Adamax {
@@ -297,6 +300,7 @@ impl Adamax {
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: 0.0,
+            fused: false,
         }
     }
     pub fn betas(mut self, beta1: f64, beta2: f64) -> Adamax {
@@ -310,6 +314,17 @@ impl Adamax {
     }
     pub fn weight_decay(mut self, weight_decay: f64) -> Adamax {
         self.weight_decay = weight_decay;
+        self
+    }
+    /// Take each step with one fused kernel (runtime::kernels) where it supports θ (f32/f64 on
+    /// the CPU or CUDA): one pass over the buffers forward and one backward instead of a dozen
+    /// tensor ops each. Measured faster than the tensor-op path on this project's CPU
+    /// (benches/README.md, `cargo bench -p metaloop --bench optim_step`), and equal to it to
+    /// rounding (tests/fused_optim.rs). Off by default all the same: the fused backward cannot
+    /// itself be differentiated (`create_graph` through a step's backward: third-order
+    /// derivatives), which the tensor-op path, the reference, can.
+    pub fn fused(mut self, fused: bool) -> Adamax {
+        self.fused = fused;
         self
     }
 }
@@ -348,6 +363,27 @@ impl Optimizer for Adamax {
         let eps = hp.value("eps", self.eps, theta)?;
         let weight_decay = hp.value("weight_decay", self.weight_decay, theta)?;
         let step = state.step() + 1;
+        if self.fused && kernels::supports(theta) {
+            let hparams = [
+                Slot::from(&lr),
+                Slot::from(&beta1),
+                Slot::from(&beta2),
+                Slot::from(&eps),
+                Slot::from(&weight_decay),
+            ];
+            let (theta, out) = kernels::fused_step(
+                StepKernel::Adamax,
+                theta,
+                grad,
+                &[state.get("exp_avg"), state.get("exp_inf")],
+                &hparams,
+                &[step as f64],
+                3,
+            )?;
+            let names = ["exp_avg", "exp_inf"];
+            let tensors = names.iter().map(|n| n.to_string()).zip(out).collect();
+            return Ok((theta, OptState::new(step, tensors)));
+        }
 
         let g = coupled_weight_decay(grad, theta, &weight_decay)?;
         let exp_avg = beta1

@@ -6,6 +6,7 @@ use super::{
     buffer_or_zeros, check_shapes, coupled_weight_decay, ema_of_squares, sqrt_finite_grad, HParams,
     OptState, Optimizer,
 };
+use crate::kernels::{self, Slot, StepKernel};
 use crate::Result;
 use tch::Tensor;
 
@@ -26,6 +27,7 @@ pub struct RMSprop {
     weight_decay: f64,
     momentum: f64,
     centered: bool,
+    fused: bool,
 }
 
 impl RMSprop {
@@ -37,6 +39,7 @@ impl RMSprop {
             weight_decay: 0.0,
             momentum: 0.0,
             centered: false,
+            fused: false,
         }
     }
     pub fn alpha(mut self, alpha: f64) -> RMSprop {
@@ -58,6 +61,17 @@ impl RMSprop {
     /// Normalize by an estimate of the gradient's variance instead of its second moment.
     pub fn centered(mut self, centered: bool) -> RMSprop {
         self.centered = centered;
+        self
+    }
+    /// Take each step with one fused kernel (runtime::kernels) where it supports θ (f32/f64 on
+    /// the CPU or CUDA): one pass over the buffers forward and one backward instead of a dozen
+    /// tensor ops each. Measured faster than the tensor-op path on this project's CPU
+    /// (benches/README.md, `cargo bench -p metaloop --bench optim_step`), and equal to it to
+    /// rounding (tests/fused_optim.rs). Off by default all the same: the fused backward cannot
+    /// itself be differentiated (`create_graph` through a step's backward: third-order
+    /// derivatives), which the tensor-op path, the reference, can.
+    pub fn fused(mut self, fused: bool) -> RMSprop {
+        self.fused = fused;
         self
     }
 }
@@ -103,6 +117,44 @@ impl Optimizer for RMSprop {
         let weight_decay = hp.value("weight_decay", self.weight_decay, theta)?;
         let momentum = hp.value("momentum", self.momentum, theta)?;
         let step = state.step() + 1;
+        let momentum_path = !momentum.as_const().is_some_and(|m| m <= 0.0);
+        if self.fused && kernels::supports(theta) {
+            let hparams = [
+                Slot::from(&lr),
+                Slot::from(&alpha),
+                Slot::from(&eps),
+                Slot::from(&weight_decay),
+                Slot::from(&momentum),
+            ];
+            let states = [
+                state.get("square_avg"),
+                state.get("momentum_buffer").filter(|_| momentum_path),
+                state.get("grad_avg").filter(|_| self.centered),
+            ];
+            let flags = [
+                f64::from(u8::from(self.centered)),
+                f64::from(u8::from(momentum_path)),
+            ];
+            let n_out = 2 + usize::from(momentum_path) + usize::from(self.centered);
+            let (theta, out) = kernels::fused_step(
+                StepKernel::RMSprop,
+                theta,
+                grad,
+                &states,
+                &hparams,
+                &flags,
+                n_out,
+            )?;
+            let mut names = vec!["square_avg"];
+            if momentum_path {
+                names.push("momentum_buffer");
+            }
+            if self.centered {
+                names.push("grad_avg");
+            }
+            let tensors = names.iter().map(|n| n.to_string()).zip(out).collect();
+            return Ok((theta, OptState::new(step, tensors)));
+        }
 
         let g = coupled_weight_decay(grad, theta, &weight_decay)?;
         let square_avg = ema_of_squares(&buffer_or_zeros(state, "square_avg", theta)?, &g, &alpha)?;
@@ -119,7 +171,7 @@ impl Optimizer for RMSprop {
             sqrt_finite_grad(&square_avg)?
         };
         let avg = eps.add_to(&avg)?;
-        let direction = if momentum.as_const().is_some_and(|m| m <= 0.0) {
+        let direction = if !momentum_path {
             g.f_div(&avg)?
         } else {
             let prev = buffer_or_zeros(state, "momentum_buffer", theta)?;

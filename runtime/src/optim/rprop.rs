@@ -3,6 +3,7 @@
 //! It computes one step as a pure function; it keeps nothing between calls.
 
 use super::{buffer_or_zeros, check_shapes, filled_like, HParams, HValue, OptState, Optimizer};
+use crate::kernels::{self, Slot, StepKernel};
 use crate::Result;
 use tch::Tensor;
 
@@ -41,6 +42,7 @@ pub struct Rprop {
     eta_plus: f64,
     step_size_min: f64,
     step_size_max: f64,
+    fused: bool,
 }
 
 impl Rprop {
@@ -51,6 +53,7 @@ impl Rprop {
             eta_plus: 1.2,
             step_size_min: 1e-6,
             step_size_max: 50.0,
+            fused: false,
         }
     }
     /// The factors `(eta_minus, eta_plus)` (0 < eta_minus < 1 < eta_plus).
@@ -63,6 +66,17 @@ impl Rprop {
     pub fn step_sizes(mut self, min: f64, max: f64) -> Rprop {
         self.step_size_min = min;
         self.step_size_max = max;
+        self
+    }
+    /// Take each step with one fused kernel (runtime::kernels) where it supports θ (f32/f64 on
+    /// the CPU or CUDA): one pass over the buffers forward and one backward instead of a dozen
+    /// tensor ops each. Measured faster than the tensor-op path on this project's CPU
+    /// (benches/README.md, `cargo bench -p metaloop --bench optim_step`), and equal to it to
+    /// rounding (tests/fused_optim.rs). Off by default all the same: the fused backward cannot
+    /// itself be differentiated (`create_graph` through a step's backward: third-order
+    /// derivatives), which the tensor-op path, the reference, can.
+    pub fn fused(mut self, fused: bool) -> Rprop {
+        self.fused = fused;
         self
     }
 }
@@ -117,6 +131,35 @@ impl Optimizer for Rprop {
         let step_size_min = hp.value("step_size_min", self.step_size_min, theta)?;
         let step_size_max = hp.value("step_size_max", self.step_size_max, theta)?;
         let step = state.step() + 1;
+        if self.fused && kernels::supports(theta) {
+            // The step sizes start at the resolved lr; later steps do not read lr.
+            let first = state.step() == 0 || state.get("step_size").is_none();
+            let lr = if first {
+                hp.value("lr", self.lr, theta)?
+            } else {
+                HValue::Const(self.lr)
+            };
+            let hparams = [
+                Slot::from(&lr),
+                Slot::from(&eta_minus),
+                Slot::from(&eta_plus),
+                Slot::from(&step_size_min),
+                Slot::from(&step_size_max),
+            ];
+            let step_size_prev = if first { None } else { state.get("step_size") };
+            let (theta, out) = kernels::fused_step(
+                StepKernel::Rprop,
+                theta,
+                grad,
+                &[state.get("prev"), step_size_prev],
+                &hparams,
+                &[f64::from(u8::from(first))],
+                3,
+            )?;
+            let names = ["prev", "step_size"];
+            let tensors = names.iter().map(|n| n.to_string()).zip(out).collect();
+            return Ok((theta, OptState::new(step, tensors)));
+        }
 
         let prev = buffer_or_zeros(state, "prev", theta)?;
         let step_size_prev = match state.get("step_size") {

@@ -56,10 +56,13 @@ impl Sgd {
         self
     }
     /// Take each step with one fused kernel (runtime::kernels) where it supports θ (f32/f64 on
-    /// the CPU or CUDA). Off by default: on this project's 2-core CPU the fused CPU kernels
-    /// measured slower than the tensor-op path (benches/README.md, `cargo bench --bench
-    /// optim_step`). The tensor-op path is the reference, and the one that can differentiate
-    /// through a step's backward (third-order derivatives).
+    /// the CPU or CUDA): one pass over the buffers forward and one backward instead of several
+    /// tensor ops each. On this project's CPU it measured faster than the tensor-op path for the
+    /// step alone, and about even with it, or slower, forward + backward (SGD's tensor ops are few
+    /// and cheap; benches/README.md, `cargo bench -p metaloop --bench optim_step`); it equals the
+    /// tensor-op path to rounding (tests/fused_optim.rs). Off by default: the fused backward
+    /// cannot itself be differentiated (`create_graph` through a step's backward: third-order
+    /// derivatives), which the tensor-op path, the reference, can.
     pub fn fused(mut self, fused: bool) -> Sgd {
         self.fused = fused;
         self
@@ -119,8 +122,6 @@ impl Optimizer for Sgd {
                 state.step() as f64,
                 f64::from(u8::from(self.nesterov)),
                 f64::from(u8::from(momentum_path)),
-                f64::from(u8::from(dampening.is_zero_const())),
-                f64::from(u8::from(weight_decay.is_zero_const())),
             ];
             let hparams = [
                 Slot::from(&lr),
