@@ -19,12 +19,22 @@ pub fn run_under_mpirun_with_env(ranks: usize, test_name: &str, env: &[(&str, &s
     let exe = std::env::current_exe().expect("the test binary's own path");
     let mut cmd = Command::new("mpirun");
     cmd.arg("-n").arg(ranks.to_string());
+    // Each rank's stdout in its own file (`<dir>/1/rank.N/stdout`): on the shared terminal the
+    // ranks' writes interleave mid-line, which once hid a rank's result line.
+    let dir = std::env::temp_dir().join(format!(
+        "metaloop-mpirun-{}-{}",
+        std::process::id(),
+        test_name.replace(':', "_")
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
     cmd.args([
         "--allow-run-as-root",
         "--oversubscribe",
         "--bind-to",
         "none",
+        "--output-filename",
     ]);
+    cmd.arg(&dir);
     for (k, v) in env {
         cmd.arg("-x").arg(format!("{k}={v}"));
     }
@@ -45,11 +55,34 @@ pub fn run_under_mpirun_with_env(ranks: usize, test_name: &str, env: &[(&str, &s
         "mpirun -n {ranks} {test_name} failed ({}):\n{stdout}\n{stderr}",
         out.status
     );
-    let passed = stdout.matches("test result: ok. 1 passed").count();
+    let mut outputs = Vec::new();
+    collect_stdout_files(&dir, &mut outputs);
+    let _ = std::fs::remove_dir_all(&dir);
+    let passed = outputs
+        .iter()
+        .filter(|o| o.contains("test result: ok. 1 passed"))
+        .count();
     assert_eq!(
-        passed, ranks,
-        "expected {ranks} ranks to pass {test_name}:\n{stdout}\n{stderr}"
+        passed,
+        ranks,
+        "expected {ranks} ranks to pass {test_name}:\n{}\n{stdout}\n{stderr}",
+        outputs.join("\n---\n")
     );
+}
+
+/// The contents of every file named `stdout` under `dir` (mpirun's --output-filename tree).
+fn collect_stdout_files(dir: &std::path::Path, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect_stdout_files(&path, out);
+        } else if path.file_name().is_some_and(|n| n == "stdout") {
+            out.push(std::fs::read_to_string(&path).unwrap_or_default());
+        }
+    }
 }
 
 pub mod netns;
