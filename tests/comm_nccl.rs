@@ -29,7 +29,7 @@ fn a_missing_library_is_a_clear_error() {
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
-            out.status.success() && stdout.contains("test result: ok. 1 passed"),
+            out.status.success() && stdout.contains("1 passed; 0 failed"),
             "child failed:\n{stdout}\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
