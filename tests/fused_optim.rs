@@ -570,7 +570,8 @@ fn fused_step_rejects_bad_inputs() {
         Slot::Const(0.0),
         Slot::Const(0.0),
     ];
-    let flags = [0.0, 0.0, 0.0, 1.0, 1.0];
+    // SGD's flags as runtime::optim::Sgd passes them: step, nesterov, momentum path.
+    let flags = [0.0, 0.0, 0.0];
     let err = kernels::fused_step(StepKernel::Sgd, &theta, &grad, &[None], &hp, &flags, 1)
         .err()
         .expect("a f64 hyperparameter for a f32 θ must be refused");
