@@ -860,7 +860,7 @@ impl Trainer {
         }
         self.iteration += 1;
         let every = self.cfg.run.consistency_every;
-        if every > 0 && self.size() > 1 && self.iteration % every == 0 {
+        if every > 0 && self.size() > 1 && self.iteration.is_multiple_of(every) {
             self.check_rank_consistency()?;
         }
         let hparams = self

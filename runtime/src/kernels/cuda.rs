@@ -156,11 +156,10 @@ mod imp {
             let mut cache = modules()
                 .lock()
                 .map_err(|_| "kernel cache poisoned".to_string())?;
-            if !cache.contains_key(&call.device) {
-                let module = load(call.device)?;
-                cache.insert(call.device, module);
-            }
-            let m = &cache[&call.device];
+            let m = match cache.entry(call.device) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(load(call.device)?),
+            };
             let f = *m
                 .functions
                 .get(&name)
