@@ -5,8 +5,11 @@
 // gradients, the optimizer's temporaries), so this allocator keeps freed blocks in free lists
 // per size class and hands them out again: no malloc bookkeeping, no page faults of fresh
 // pages. Size classes are 64-byte steps up to 512 bytes, then four per power of two (at most
-// 25% slack). Blocks are never returned to the system while the process runs; the cache holds
-// at most what the process held at its peak, per size class.
+// 25% slack). Blocks are never returned to the system while the process runs (unless
+// metaloop_host_cache_empty is called): the cache holds, for each size class, at most the most
+// blocks of that class the process ever had in use at once. A fixed-shape training loop reuses the
+// same classes every iteration; a process whose shapes change (say, a meta-test with other batch
+// sizes) can hold the peaks of both phases, and may call empty_host_cache in between.
 //
 // Each block starts with a 64-byte header holding its size class, so the data pointer keeps the
 // 64-byte alignment of c10's allocator and is also the DataPtr's context (libtorch's raw

@@ -12,8 +12,9 @@
 //! [`cache_host_allocations`] goes further: it makes a caching allocator (runtime/csrc/
 //! host_allocator.cpp) libtorch's CPU allocator, which keeps freed tensor memory in free lists
 //! per size class and hands it out again without calling malloc at all (malloc's bookkeeping
-//! was 8% of the sinusoid benchmark's time). [`host_cache_bytes`] and [`empty_host_cache`]
-//! report and release what it holds.
+//! was 8% of the sinusoid benchmark's time). It keeps, per size class, as many blocks as were
+//! ever in use at once, so a process whose tensor shapes change between phases can hold both
+//! phases' peaks; [`host_cache_bytes`] and [`empty_host_cache`] report and release what it holds.
 //!
 //! This is the only place that changes process-wide allocator settings; the launcher calls it
 //! once at start-up (see its `METALOOP_HOST_MEMORY` switch). It never prints.
