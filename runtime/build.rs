@@ -60,6 +60,7 @@ fn cuda_include(libtorch_lib: &Path) -> Option<PathBuf> {
 /// default stream.
 fn compile_shim(libtorch_lib: &Path) {
     println!("cargo:rerun-if-changed=csrc/fused_step.cpp");
+    println!("cargo:rerun-if-changed=csrc/message.h");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     println!("cargo:rerun-if-env-changed=CUDA_PATH");
     let include = libtorch_lib.join("../include");

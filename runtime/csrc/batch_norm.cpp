@@ -22,8 +22,7 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
 
-#include <cstdlib>
-#include <cstring>
+#include "message.h"
 
 namespace {
 
@@ -145,34 +144,25 @@ struct BatchNormTrain : public Function<BatchNormTrain> {
   }
 };
 
-char* bn_message(const char* msg) {
-  size_t len = std::strlen(msg);
-  char* out = static_cast<char*>(std::malloc(len + 1));
-  if (out) std::memcpy(out, msg, len + 1);
-  return out;
-}
-
 }  // namespace
 
 extern "C" {
 
 // y = batch_norm(x, weight, bias) with batch statistics, differentiable twice. On success writes
 // a new tensor (owned by the caller) into *out and returns null; otherwise returns a message to
-// free with metaloop_bn_free_message.
+// free with metaloop_free_message (fused_step.cpp).
 char* metaloop_batch_norm_train(const at::Tensor* x, const at::Tensor* weight, const at::Tensor* bias,
                                 double eps, at::Tensor** out) {
   try {
     *out = new at::Tensor(BatchNormTrain::apply(*x, *weight, *bias, eps));
     return nullptr;
   } catch (const c10::Error& e) {
-    return bn_message(e.what_without_backtrace());
+    return metaloop_copy_message(e.what_without_backtrace());
   } catch (const std::exception& e) {
-    return bn_message(e.what());
+    return metaloop_copy_message(e.what());
   } catch (...) {
-    return bn_message("batch_norm: unknown C++ exception");
+    return metaloop_copy_message("batch_norm: unknown C++ exception");
   }
 }
-
-void metaloop_bn_free_message(char* msg) { std::free(msg); }
 
 }  // extern "C"

@@ -15,6 +15,8 @@
 
 #include <dlfcn.h>
 
+#include "message.h"
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -285,13 +287,6 @@ struct FusedStep : public torch::autograd::Function<FusedStep> {
   }
 };
 
-char* copy_message(const char* msg) {
-  size_t n = std::strlen(msg);
-  char* out = static_cast<char*>(std::malloc(n + 1));
-  if (out) std::memcpy(out, msg, n + 1);
-  return out;
-}
-
 }  // namespace
 
 extern "C" {
@@ -320,11 +315,11 @@ char* metaloop_fused_step(int32_t op, const at::Tensor* const* inputs, int32_t n
     for (int32_t j = 0; j < n_out; ++j) outputs[j] = new at::Tensor(out[j]);
     return nullptr;
   } catch (const c10::Error& e) {
-    return copy_message(e.what_without_backtrace());
+    return metaloop_copy_message(e.what_without_backtrace());
   } catch (const std::exception& e) {
-    return copy_message(e.what());
+    return metaloop_copy_message(e.what());
   } catch (...) {
-    return copy_message("fused optimizer step: unknown C++ exception");
+    return metaloop_copy_message("fused optimizer step: unknown C++ exception");
   }
 }
 

@@ -4,7 +4,6 @@
 //! libtorch's generic double backward runs about forty tensor ops. Second-order MAML needs that
 //! derivative once per BatchNorm layer and inner step.
 
-use std::ffi::CStr;
 use std::os::raw::c_char;
 
 use tch::Tensor;
@@ -19,7 +18,6 @@ extern "C" {
         eps: f64,
         out: *mut *mut torch_sys::C_tensor,
     ) -> *mut c_char;
-    fn metaloop_bn_free_message(msg: *mut c_char);
 }
 
 /// `batch_norm(x, weight, bias)` over `[B, C, ...]` with the batch's statistics (training
@@ -32,12 +30,7 @@ pub fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) ->
     let message = unsafe {
         metaloop_batch_norm_train(x.as_ptr(), weight.as_ptr(), bias.as_ptr(), eps, &mut out)
     };
-    if !message.is_null() {
-        // SAFETY: a NUL-terminated string the shim allocated; freed once, here.
-        let text = unsafe { CStr::from_ptr(message) }
-            .to_string_lossy()
-            .into_owned();
-        unsafe { metaloop_bn_free_message(message) };
+    if let Some(text) = super::shim_message(message) {
         return Err(Error::from(tch::TchError::Torch(format!(
             "batch_norm: {text}"
         ))));

@@ -280,12 +280,7 @@ pub fn fused_step(
             outputs.as_mut_ptr(),
         )
     };
-    if !message.is_null() {
-        // SAFETY: a NUL-terminated string the shim allocated; freed once, here.
-        let text = unsafe { CStr::from_ptr(message) }
-            .to_string_lossy()
-            .into_owned();
-        unsafe { ffi::metaloop_free_message(message) };
+    if let Some(text) = shim_message(message) {
         return Err(fail(text));
     }
     // SAFETY: each pointer is a fresh heap `at::Tensor` owned by us from now on (tch frees it).
@@ -294,6 +289,21 @@ pub fn fused_step(
         .next()
         .ok_or_else(|| fail("the shim returned no θ'".to_string()))?;
     Ok((theta, outputs.collect()))
+}
+
+/// The text of an error message a shim returned (null: none), which this frees. Every shim
+/// function that fails returns its message this way (runtime/csrc/message.h).
+pub(crate) fn shim_message(message: *mut c_char) -> Option<String> {
+    if message.is_null() {
+        return None;
+    }
+    // SAFETY: a NUL-terminated string a shim allocated with malloc, not yet freed; freed once,
+    // here, by the shim's own free.
+    let text = unsafe { CStr::from_ptr(message) }
+        .to_string_lossy()
+        .into_owned();
+    unsafe { ffi::metaloop_free_message(message) };
+    Some(text)
 }
 
 /// The kernel function the shim calls, forward and backward, CPU and CUDA. Panics are caught

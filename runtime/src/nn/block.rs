@@ -46,21 +46,19 @@ impl ConvBlock {
         self
     }
 
-    /// One task's block on `[B, C, H, W]` input.
-    fn one(
-        &self,
-        x: &Tensor,
-        weight: &Tensor,
-        bias: Option<&Tensor>,
-        norm: &super::batchnorm::Norm,
-    ) -> Result<Tensor> {
-        let y = channels_last(
-            &self.conv.conv(x, weight, bias, 1)?,
-            &[0, 2, 3, 1],
-            &[0, 3, 1, 2],
-        )?;
-        let y = self.bn.norm(&y, norm)?;
-        Ok(y.f_max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)?
+    /// One task's convolution on `[B, C, H, W]` input.
+    fn conv(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        self.conv.conv(x, weight, bias, 1)
+    }
+
+    /// The rest of one task's block after its convolution: channels-last, BatchNorm with `norm`,
+    /// pooling, ReLU.
+    fn after_conv(&self, y: &Tensor, norm: &super::batchnorm::Norm) -> Result<Tensor> {
+        let y = channels_last(y, &[0, 2, 3, 1], &[0, 3, 1, 2])?;
+        Ok(self
+            .bn
+            .norm(&y, norm)?
+            .f_max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)?
             .f_relu()?)
     }
 }
@@ -101,18 +99,13 @@ impl Module for ConvBlock {
             Ok((s.param("weight")?, s.param("bias")?))
         })?;
         let (xs, ws, bs) = split_tasks(x, &weight, Some(&bias), tasks, batch)?;
-        let mut convs = Vec::with_capacity(tasks as usize);
-        for ((xt, wt), bt) in xs.iter().zip(&ws).zip(&bs) {
-            convs.push((xt, wt, bt));
-        }
         // The batch statistics for the running ones need every task's convolution output, so
         // a state in training mode runs the convolutions first; otherwise each task's block
         // runs start to end (its full-size maps die before the next task's are made).
         let needs_moments = scope.train() && scope.state().is_some();
         let conv_outs = if needs_moments {
-            convs
-                .iter()
-                .map(|(xt, wt, bt)| self.conv.conv(xt, wt, bt.as_ref(), 1))
+            (0..xs.len())
+                .map(|t| self.conv(&xs[t], &ws[t], bs[t].as_ref()))
                 .collect::<Result<Vec<_>>>()?
         } else {
             Vec::new()
@@ -129,17 +122,13 @@ impl Module for ConvBlock {
         })?;
         let norms = inputs.per_task(Some(tasks))?;
         let mut outs = Vec::with_capacity(tasks as usize);
-        for (t, ((xt, wt, bt), norm)) in convs.iter().zip(&norms).enumerate() {
+        for (t, norm) in norms.iter().enumerate() {
             let y = if needs_moments {
-                let y = channels_last(&conv_outs[t], &[0, 2, 3, 1], &[0, 3, 1, 2])?;
-                self.bn
-                    .norm(&y, norm)?
-                    .f_max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)?
-                    .f_relu()?
+                conv_outs[t].shallow_clone()
             } else {
-                self.one(xt, wt, bt.as_ref(), norm)?
+                self.conv(&xs[t], &ws[t], bs[t].as_ref())?
             };
-            outs.push(y);
+            outs.push(self.after_conv(&y, norm)?);
         }
         join_tasks(&outs, tasks, batch)
     }
