@@ -111,3 +111,14 @@ fn closed_form_double_backward_matches_libtorch() {
         }
     }
 }
+
+/// Affine parameters of the wrong length (3 for 4 channels) are an error naming the op, not an
+/// out-of-bounds read (libtorch's CPU kernel does not check them).
+#[test]
+fn bad_shapes_are_an_error_not_a_crash() {
+    let x = Tensor::randn([2, 4, 3, 3], (Kind::Double, Device::Cpu));
+    let w = Tensor::ones([3], (Kind::Double, Device::Cpu));
+    let b = Tensor::zeros([3], (Kind::Double, Device::Cpu));
+    let err = batch_norm_train(&x, &w, &b, 1e-5).unwrap_err().to_string();
+    assert!(err.contains("batch_norm"), "{err}");
+}

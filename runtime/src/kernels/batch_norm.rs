@@ -22,8 +22,22 @@ extern "C" {
 
 /// `batch_norm(x, weight, bias)` over `[B, C, ...]` with the batch's statistics (training
 /// mode, no running statistics), the same values and derivatives as libtorch's, differentiable
-/// twice (the second time through the closed form).
+/// twice (the second time through the closed form). `weight` and `bias` must be `[C]` for x's
+/// C channels.
 pub fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    // libtorch's CPU kernel does not check the affine parameters' length (it would read past
+    // them), so it is checked here.
+    let size = x.size();
+    let channels = size.get(1).copied();
+    for (what, t) in [("weight", weight), ("bias", bias)] {
+        if size.len() < 2 || t.size() != [channels.unwrap_or(0)] {
+            return Err(Error::Shape {
+                op: "batch_norm",
+                expected: format!("x [batch, channels, ...] and {what} [channels]; x is {size:?}"),
+                got: t.size(),
+            });
+        }
+    }
     let mut out: *mut torch_sys::C_tensor = std::ptr::null_mut();
     // SAFETY: the three tensors are live for the call; the shim copies what autograd keeps,
     // writes one owned tensor into `out` on success and returns an owned message on failure.
