@@ -7,8 +7,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+mod nn_support;
+
 use metaloop::runtime::nn::{self, Module};
 use metaloop::runtime::Params;
+use nn_support::assert_close;
 use tch::{Device, Kind, Tensor};
 
 fn fixture(name: &str) -> PathBuf {
@@ -23,22 +26,6 @@ fn devices() -> Vec<Device> {
         devices.push(Device::Cuda(0));
     }
     devices
-}
-
-/// Asserts |got - want| <= tol * (1 + |want|) elementwise (absolute near 0, relative for large
-/// values such as the summed gradients of shared weights).
-fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
-    assert_eq!(got.size(), want.size(), "{what}: shapes differ");
-    let got = got.to_device(Device::Cpu).to_kind(Kind::Double);
-    let want = want.to_kind(Kind::Double);
-    let excess = ((&got - &want).abs() - (want.abs() * tol + tol))
-        .max()
-        .double_value(&[]);
-    let max_diff = (&got - &want).abs().max().double_value(&[]);
-    assert!(
-        excess <= 0.0,
-        "{what}: max |got - want| = {max_diff:e} exceeds tolerance {tol:e}"
-    );
 }
 
 fn check(model: &dyn Module, name: &str, kind: Kind, device: Device, tol: f64) {

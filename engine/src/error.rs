@@ -99,6 +99,10 @@ pub enum Error {
         line: usize,
         file: String,
     },
+    /// A Python pickle (CIFAR-100, tieredImageNet) that cannot be read or does not hold what the
+    /// dataset layout says.
+    #[error("{path}: {reason}")]
+    Pickle { path: PathBuf, reason: String },
     /// A zip archive that cannot be opened or read.
     #[error("{path}: zip archive: {reason}")]
     Zip { path: PathBuf, reason: String },

@@ -58,6 +58,14 @@ pub enum Error {
         path: std::path::PathBuf,
         message: String,
     },
+    /// A starting-weights file (`nn::load_starting_weights`) that does not fit the model: the
+    /// tensor and what is wrong with it. Bad user input, not a bug.
+    #[error("{path}: tensor `{tensor}`: {reason}")]
+    StartingWeights {
+        path: std::path::PathBuf,
+        tensor: String,
+        reason: String,
+    },
     /// A communication (MPI or NCCL) call failed or was misused.
     #[error("comm: {0}")]
     Comm(String),

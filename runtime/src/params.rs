@@ -197,7 +197,7 @@ fn dtype_of(op: &'static str, kind: Kind) -> Result<Dtype> {
     }
 }
 
-fn kind_of(dtype: Dtype) -> Option<Kind> {
+pub(crate) fn kind_of(dtype: Dtype) -> Option<Kind> {
     match dtype {
         Dtype::F32 => Some(Kind::Float),
         Dtype::F64 => Some(Kind::Double),

@@ -340,8 +340,19 @@ pub(crate) fn open_zip(path: &Path) -> Result<zip::ZipArchive<std::fs::File>> {
 /// Decodes one image, checks its source size, converts it to the spec's channels, resizes it and
 /// writes it as `[C, H, W]` u8 into `out`.
 fn decode_into(source: &ImageSource, bytes: &[u8], spec: &ImageSpec, out: &mut [u8]) -> Result<()> {
+    decode_bytes(&source.display(), bytes, spec, out)
+}
+
+/// [`decode_into`] for an encoded image held in memory (e.g. one entry of a pickle), named
+/// `what` in errors.
+pub(crate) fn decode_bytes(
+    what: &str,
+    bytes: &[u8],
+    spec: &ImageSpec,
+    out: &mut [u8],
+) -> Result<()> {
     let img = image::load_from_memory(bytes).map_err(|e| Error::UnreadableImage {
-        path: source.display(),
+        path: what.to_string(),
         reason: e.to_string(),
     })?;
     let (w, h) = (img.width(), img.height());
@@ -353,7 +364,7 @@ fn decode_into(source: &ImageSource, bytes: &[u8], spec: &ImageSpec, out: &mut [
     };
     if !allowed {
         return Err(Error::ImageSize {
-            path: source.display(),
+            path: what.to_string(),
             width: w,
             height: h,
             expected: spec.expected_size_text(),

@@ -11,7 +11,8 @@
 //! - [`Sinusoid`]: the MAML paper's sinusoid regression.
 //! - [`FewShot`] over an [`ImageDataset`] loaded by [`omniglot::load`],
 //!   [`miniimagenet::load`] or [`folder::load`]; decoding runs on rayon and is cached on disk
-//!   ([`cache`]).
+//!   ([`cache`]). Also [`tieredimagenet::load`], [`cifar::load_cifar_fs`] and
+//!   [`cifar::load_fc100`], which read Python pickles with [`pickle`].
 
 use std::fmt;
 use std::ops::Range;
@@ -21,13 +22,16 @@ use tch::{Device, Tensor};
 use crate::Result;
 
 pub mod cache;
+pub mod cifar;
 pub mod folder;
 pub mod images;
 pub mod miniimagenet;
 pub mod omniglot;
+pub mod pickle;
 pub mod prefetch;
 pub mod rng;
 pub mod sinusoid;
+pub mod tieredimagenet;
 
 pub use images::{CacheStatus, ClassRef, FewShot, ImageDataset, ImageSpec, LoadReport, Resize};
 pub use prefetch::{PrefetchConfig, Prefetcher};

@@ -10,12 +10,20 @@
 mod batchnorm;
 mod block;
 mod conv;
+mod dropout;
+mod layers;
 mod linear;
+mod resnet;
+mod starting;
 
 pub use batchnorm::{BatchNorm2d, BnState};
 pub use block::ConvBlock;
 pub use conv::{Conv2d, ConvTasks, MaxPool2d};
+pub use dropout::{DropBlock, Dropout};
+pub use layers::{AdaptiveAvgPool2d, AvgPool2d, LayerNorm, LeakyRelu};
 pub use linear::Linear;
+pub use resnet::{ResNet12, ResNetBlock};
+pub use starting::{load_starting_weights, StartingWeights};
 
 pub use crate::params::{Init, ParamDef};
 use crate::{Error, Layout, Params, Result};
@@ -60,6 +68,21 @@ pub trait Module: std::fmt::Debug + Send + Sync {
     ) -> Result<Tensor> {
         self.forward_scoped(&mut Scope::new(params, train, Some(state)), x)
     }
+
+    /// Runs the model with one seed per task (`[T, P]` parameters: T seeds; `[P]`: one), from
+    /// which random layers ([`Dropout`], [`DropBlock`]) draw that task's masks in training. Pass
+    /// a seed that is a function of the task (never of the rank) and new seeds for new masks
+    /// (e.g. one per inner step). `state` as in [`Module::forward_with_state`].
+    fn forward_seeded(
+        &self,
+        params: &Params,
+        x: &Tensor,
+        train: bool,
+        state: Option<&mut BnState>,
+        seeds: &[u64],
+    ) -> Result<Tensor> {
+        self.forward_scoped(&mut Scope::new(params, train, state).with_seeds(seeds), x)
+    }
 }
 
 /// What a module sees during a forward pass: the parameters, the name prefix of the module
@@ -69,6 +92,8 @@ pub struct Scope<'a> {
     prefix: String,
     train: bool,
     state: Option<&'a mut BnState>,
+    /// One seed per task for random layers, when the caller gave them.
+    seeds: Option<&'a [u64]>,
     /// Every parameter's view, split from the flat tensor on the first [`Scope::param`] call
     /// (one split per forward pass, so one concatenation in its backward).
     views: Option<Vec<Tensor>>,
@@ -81,8 +106,20 @@ impl<'a> Scope<'a> {
             prefix: String::new(),
             train,
             state,
+            seeds: None,
             views: None,
         }
+    }
+
+    /// The same scope with one seed per task for random layers ([`Module::forward_seeded`]).
+    pub fn with_seeds(mut self, seeds: &'a [u64]) -> Scope<'a> {
+        self.seeds = Some(seeds);
+        self
+    }
+
+    /// The task seeds, when the caller passed them.
+    pub fn seeds(&self) -> Option<&[u64]> {
+        self.seeds
     }
 
     pub fn params(&self) -> &Params {
