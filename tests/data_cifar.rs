@@ -6,9 +6,9 @@ mod data_support;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use data_support::TempDir;
+use data_support::{class_names, TempDir};
 use metaloop::engine::data::cifar::{load_cifar_fs, load_fc100, FC100_SPLITS};
-use metaloop::engine::data::{pickle, FewShot, ImageDataset, Split, TaskSource};
+use metaloop::engine::data::{pickle, FewShot, Split, TaskSource};
 use tch::{Kind, Tensor};
 
 fn fixture(name: &str) -> PathBuf {
@@ -23,20 +23,12 @@ fn expected_image(f: i64, i: i64) -> Tensor {
     ((p + 7 * f + 31 * i).remainder(256).to_kind(Kind::Float) / 255.0).view([3, 32, 32])
 }
 
-fn names(ds: &ImageDataset, split: Split) -> Vec<String> {
-    ds.classes(split)
-        .unwrap()
-        .iter()
-        .map(|&c| ds.class_name(c))
-        .collect()
-}
-
 #[test]
 fn cifar_fs_follows_the_split_lists_and_keeps_all_images_of_a_class() {
     let ds = load_cifar_fs(&fixture(""), &fixture("cifar-fs-splits")).unwrap();
     assert_eq!(ds.image_shape(), [3, 32, 32]);
     assert_eq!(
-        names(&ds, Split::Train),
+        class_names(&ds, Split::Train),
         [
             "train/fine03",
             "train/fine01",
@@ -46,8 +38,11 @@ fn cifar_fs_follows_the_split_lists_and_keeps_all_images_of_a_class() {
             "train/fine26"
         ]
     );
-    assert_eq!(names(&ds, Split::Val), ["val/fine53", "val/fine58"]);
-    assert_eq!(names(&ds, Split::Test), ["test/fine97", "test/fine93"]);
+    assert_eq!(class_names(&ds, Split::Val), ["val/fine53", "val/fine58"]);
+    assert_eq!(
+        class_names(&ds, Split::Test),
+        ["test/fine97", "test/fine93"]
+    );
     // A class holds its train-file image, then its test-file image, pixels exactly.
     let class = ds.classes(Split::Val).unwrap()[1];
     assert_eq!(ds.class_len(class), 2);
@@ -76,9 +71,12 @@ fn fc100_splits_by_superclass() {
     assert_eq!(FC100_SPLITS.map(|s| s.len()), [12, 4, 4]);
     // Fine class 0 is in superclass 4 (fruit_and_vegetables, train), fine class 2 in 14 (people,
     // test), fine class 3 in 8 (large_carnivores, val); classes in fine label order.
-    assert_eq!(names(&ds, Split::Train)[0], "train/fine00");
-    assert_eq!(names(&ds, Split::Val)[0], "val/fine03");
-    assert_eq!(names(&ds, Split::Test)[..2], ["test/fine02", "test/fine04"]);
+    assert_eq!(class_names(&ds, Split::Train)[0], "train/fine00");
+    assert_eq!(class_names(&ds, Split::Val)[0], "val/fine03");
+    assert_eq!(
+        class_names(&ds, Split::Test)[..2],
+        ["test/fine02", "test/fine04"]
+    );
     let class = ds.classes(Split::Test).unwrap()[1];
     let diff = (ds.class_images(class).unwrap().get(1) - expected_image(4, 1))
         .abs()

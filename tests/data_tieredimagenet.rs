@@ -7,7 +7,7 @@ mod data_support;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use data_support::{write_rgb, TempDir};
+use data_support::{class_names, write_rgb, TempDir};
 use metaloop::engine::data::tieredimagenet::{self, TieredImageNetConfig};
 use metaloop::engine::data::{FewShot, Split, TaskSource};
 use tch::{Device, Kind, Tensor};
@@ -32,13 +32,7 @@ fn expected(label: i64, j: i64) -> Tensor {
 fn pickles_of_every_protocol_load_with_their_classes() {
     let ds = tieredimagenet::load(&TieredImageNetConfig::new(fixture())).unwrap();
     assert_eq!(ds.image_shape(), [3, 84, 84]);
-    let names = |s| -> Vec<String> {
-        ds.classes(s)
-            .unwrap()
-            .iter()
-            .map(|&c| ds.class_name(c))
-            .collect()
-    };
+    let names = |s| class_names(&ds, s);
     assert_eq!(
         names(Split::Train),
         ["train/ntrain000", "train/ntrain001", "train/ntrain002"]

@@ -141,3 +141,15 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 pub fn same(a: &Tensor, b: &Tensor) -> bool {
     a.size() == b.size() && a.kind() == b.kind() && a.equal(b)
 }
+
+/// The names of a split's classes, in the dataset's order.
+pub fn class_names(
+    ds: &metaloop::engine::data::ImageDataset,
+    split: metaloop::engine::data::Split,
+) -> Vec<String> {
+    ds.classes(split)
+        .unwrap()
+        .iter()
+        .map(|&c| ds.class_name(c))
+        .collect()
+}
