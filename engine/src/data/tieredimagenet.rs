@@ -68,21 +68,13 @@ pub fn load(config: &TieredImageNetConfig) -> Result<ImageDataset> {
     let mut refs: [Option<Vec<ClassRef>>; 3] = [None, None, None];
     for split in Split::ALL {
         let (names, encoded) = read_split(&config.root, split)?;
-        let bytes = spec.image_bytes();
-        let first_image = pixels.len() / bytes.max(1);
-        let mut decoded = vec![0u8; encoded.iter().map(|(_, e)| e.len()).sum::<usize>() * bytes];
+        let first_image = pixels.len() / spec.image_bytes().max(1);
         let order: Vec<(usize, &Vec<u8>)> = encoded
             .iter()
             .flat_map(|(_, e)| e.iter().map(|(i, b)| (*i, b)))
             .collect();
         let path = config.root.join(format!("{split}_images_png.pkl"));
-        decoded
-            .par_chunks_mut(bytes.max(1))
-            .zip(order.par_iter())
-            .try_for_each(|(out, (i, png))| {
-                decode_bytes(&format!("{} image {i}", path.display()), png, &spec, out)
-            })?;
-        pixels.extend_from_slice(&decoded);
+        decode_append(&mut pixels, &order, &path, &spec)?;
         let mut split_refs = Vec::new();
         let mut first = first_image;
         for (label, images) in &encoded {
@@ -106,6 +98,30 @@ pub fn load(config: &TieredImageNetConfig) -> Result<ImageDataset> {
         refs[split.index()] = Some(split_refs);
     }
     from_pixels(NAME, spec, pixels, classes, refs)
+}
+
+/// Decodes `images` ((index in `pkl`, encoded bytes)) to `spec` onto the end of `pixels`, in
+/// parallel, a bounded chunk at a time: memory grows only with images that decode, whatever
+/// number of items a (hostile) pickle lists.
+fn decode_append(
+    pixels: &mut Vec<u8>,
+    images: &[(usize, &Vec<u8>)],
+    pkl: &Path,
+    spec: &ImageSpec,
+) -> Result<()> {
+    const CHUNK: usize = 4096;
+    let bytes = spec.image_bytes().max(1);
+    for chunk in images.chunks(CHUNK) {
+        let start = pixels.len();
+        pixels.resize(start + chunk.len() * bytes, 0);
+        pixels[start..]
+            .par_chunks_mut(bytes)
+            .zip(chunk.par_iter())
+            .try_for_each(|(out, (i, png))| {
+                decode_bytes(&format!("{} image {i}", pkl.display()), png, spec, out)
+            })?;
+    }
+    Ok(())
 }
 
 /// One class's encoded images: (index in the pickle, PNG bytes).
