@@ -14,9 +14,9 @@ fn main() {
     compile_host_allocator(Path::new(&lib));
 }
 
-/// Compiles the caching CPU allocator (runtime/csrc/host_allocator.cpp, runtime::kernels::
-/// host_memory) and BatchNorm's autograd function (runtime/csrc/batch_norm.cpp,
-/// runtime::kernels::batch_norm) against libtorch's headers.
+/// Compiles the caching CPU allocator (runtime/csrc/host_allocator.cpp, runtime::host_memory)
+/// and BatchNorm's autograd function (runtime/csrc/batch_norm.cpp, runtime::kernels::batch_norm)
+/// against libtorch's headers.
 fn compile_host_allocator(libtorch_lib: &Path) {
     println!("cargo:rerun-if-changed=csrc/host_allocator.cpp");
     println!("cargo:rerun-if-changed=csrc/batch_norm.cpp");
@@ -61,6 +61,7 @@ fn cuda_include(libtorch_lib: &Path) -> Option<PathBuf> {
 fn compile_shim(libtorch_lib: &Path) {
     println!("cargo:rerun-if-changed=csrc/fused_step.cpp");
     println!("cargo:rerun-if-changed=csrc/message.h");
+    println!("cargo:rerun-if-changed=csrc/step_params.h");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     println!("cargo:rerun-if-env-changed=CUDA_PATH");
     let include = libtorch_lib.join("../include");

@@ -9,7 +9,7 @@
 //! split over several threads, the error for a backward through the step's backward, and the
 //! CUDA source through NVRTC.
 
-use metaloop::runtime::kernels::{self, Slot, StepKernel};
+use metaloop::runtime::kernels::{self, Slot, StepKernel, StepParams};
 use metaloop::runtime::optim::{self, HParams, HValue, OptState, Optimizer};
 use tch::{Device, Kind, Tensor};
 
@@ -561,7 +561,8 @@ fn double_backward_through_a_fused_step_is_an_error() {
 fn fused_step_rejects_bad_inputs() {
     let theta = Tensor::zeros([4], (Kind::Float, Device::Cpu));
     let grad = Tensor::zeros([4], (Kind::Float, Device::Cpu));
-    let too_few = kernels::fused_step(StepKernel::Sgd, &theta, &grad, &[], &[], &[], 1);
+    let params = StepParams::default();
+    let too_few = kernels::fused_step(StepKernel::Sgd, &theta, &grad, &[], &[], params, 1);
     assert!(too_few.is_err());
     let wrong_kind = Tensor::zeros([4], (Kind::Double, Device::Cpu));
     let hp = [
@@ -570,9 +571,8 @@ fn fused_step_rejects_bad_inputs() {
         Slot::Const(0.0),
         Slot::Const(0.0),
     ];
-    // SGD's flags as runtime::optim::Sgd passes them: step, nesterov, momentum path.
-    let flags = [0.0, 0.0, 0.0];
-    let err = kernels::fused_step(StepKernel::Sgd, &theta, &grad, &[None], &hp, &flags, 1)
+    // SGD's first step without momentum.
+    let err = kernels::fused_step(StepKernel::Sgd, &theta, &grad, &[None], &hp, params, 1)
         .err()
         .expect("a f64 hyperparameter for a f32 θ must be refused");
     assert!(err.to_string().contains("Double"), "{err}");

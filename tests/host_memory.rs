@@ -1,8 +1,8 @@
-//! The caching CPU allocator (runtime::kernels::host_memory): freed tensor memory goes to its
+//! The caching CPU allocator (runtime::host_memory): freed tensor memory goes to its
 //! free lists, is handed out again for the same size class, and is released on request; tensors
 //! from it hold the values written to them. Its own test binary: the allocator is process-wide.
 
-use metaloop::runtime::kernels::{
+use metaloop::runtime::host_memory::{
     cache_host_allocations, empty_host_cache, host_cache_bytes, retain_freed_host_memory,
 };
 use tch::{Device, Kind, Tensor};

@@ -153,3 +153,36 @@ fn every_module_says_what_it_is_for() {
         offenders.join("\n")
     );
 }
+
+/// Process-wide allocator settings are runtime::host_memory's alone: glibc's `mallopt` and the
+/// caching allocator's C functions are called only from its FFI half, runtime::kernels::host_ffi
+/// (the one place with unsafe code for them), and nothing else reaches into that module.
+#[test]
+fn only_runtime_host_memory_changes_the_allocator() {
+    let ffi = Path::new("runtime/src/kernels/host_ffi.rs");
+    let api = Path::new("runtime/src/host_memory.rs");
+    let mut offenders = Vec::new();
+    for dir in ["runtime/src", "engine/src", "launcher/src", "src"] {
+        for (path, text) in sources(dir) {
+            for (n, line) in code_lines(&text) {
+                let allocator_call = ["mallopt", "metaloop_install_caching_host_allocator"]
+                    .iter()
+                    .any(|f| line.contains(f));
+                if (allocator_call && path != ffi) || (line.contains("host_ffi") && path != api) {
+                    if path == Path::new("runtime/src/kernels/mod.rs")
+                        && line.trim() == "pub(crate) mod host_ffi;"
+                    {
+                        continue;
+                    }
+                    offenders.push(format!("{}:{n}: {}", path.display(), line.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "only runtime::host_memory (through runtime::kernels::host_ffi) may change the process's \
+         allocator:\n{}",
+        offenders.join("\n")
+    );
+}

@@ -111,11 +111,11 @@ enum Command {
 fn main() -> ExitCode {
     // Keep libtorch's freed CPU memory for the next iteration instead of unmapping it (page
     // faults were 29% of a Conv-4 meta-iteration) and serve tensors from a caching allocator
-    // (runtime::kernels::host_memory). METALOOP_HOST_MEMORY=system keeps libtorch's and glibc's
+    // (runtime::host_memory). METALOOP_HOST_MEMORY=system keeps libtorch's and glibc's
     // defaults.
     if std::env::var_os("METALOOP_HOST_MEMORY").is_none_or(|v| v != "system") {
-        metaloop_runtime::kernels::retain_freed_host_memory();
-        metaloop_runtime::kernels::cache_host_allocations();
+        metaloop_runtime::host_memory::retain_freed_host_memory();
+        metaloop_runtime::host_memory::cache_host_allocations();
     }
     let cli = Cli::parse();
     if std::env::var_os("RUST_LOG").is_some() {

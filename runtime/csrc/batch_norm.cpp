@@ -3,8 +3,8 @@
 //
 // Second-order MAML differentiates every inner step's backward pass, so BatchNorm's backward is
 // differentiated once more per inner step. libtorch's generic formula for that (FunctionsManual's
-// batchnorm_double_backward) runs about forty tensor ops per call, and on the CPU it was 22% of
-// a Conv-4 meta-iteration. Here the forward and the first backward are libtorch's fused kernels
+// batchnorm_double_backward) runs about forty tensor ops per call (what that cost a Conv-4
+// meta-iteration is in benches/README.md). Here the forward and the first backward are libtorch's fused kernels
 // (native_batch_norm, native_batch_norm_backward), and the double backward is the closed form
 // below: five per-channel sums, then two elementwise expressions.
 //
@@ -47,7 +47,7 @@ struct BatchNormBackward : public Function<BatchNormBackward> {
   static variable_list forward(AutogradContext* ctx, at::Tensor dy_in, at::Tensor x, at::Tensor weight,
                                at::Tensor mean, at::Tensor invstd, double eps) {
     // libtorch's fused CPU kernels need the gradient in x's memory layout (else a serial
-    // fallback loop runs, measured at 8% of a Conv-4 meta-iteration): one copy is cheaper.
+    // fallback loop runs; benches/README.md): one copy is cheaper.
     at::Tensor dy = dy_in.contiguous(x.suggest_memory_format());
     auto out = at::native_batch_norm_backward(dy, x, weight, at::Tensor(), at::Tensor(), mean, invstd,
                                               /*train=*/true, eps, {true, true, true});

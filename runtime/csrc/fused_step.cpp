@@ -16,6 +16,7 @@
 #include <dlfcn.h>
 
 #include "message.h"
+#include "step_params.h"
 
 #include <algorithm>
 #include <cstdlib>
@@ -29,7 +30,7 @@
 
 extern "C" {
 
-enum { METALOOP_MAX_IN = 16, METALOOP_MAX_OUT = 8, METALOOP_MAX_CONST = 16 };
+enum { METALOOP_MAX_IN = 16, METALOOP_MAX_OUT = 8 };
 // A bit of the op code given to metaloop_fused_step: the gradient of θ is the gradient of θ' (no
 // weight decay), so the backward passes it on instead of having the kernel write a copy.
 enum { METALOOP_THETA_GRAD_PASSES = 1 << 8 };
@@ -64,7 +65,8 @@ struct MetaloopKernelCall {
   // Backward, CPU: 1 where out is a zeroed f64 [chunks, 1] (layout 0) or [chunks, rows] (layout 3)
   // buffer of partial sums, each chunk adding into its own row.
   int64_t out_reduced[METALOOP_MAX_IN];
-  double consts[METALOOP_MAX_CONST];
+  // The step's constants: the constant hyperparameters and the options.
+  MetaloopStepParams params;
 };
 
 // Returns 0 on success; otherwise writes a message (NUL-terminated) into err.
@@ -100,10 +102,11 @@ void* stream_for(const at::Tensor& theta) {
 // the kernel can index directly: a one-element tensor stays one element (layout 0), a tensor of
 // one value per row ([T, 1]) or one per element of a row ([P], [1, P]) stays as it is (layouts 3
 // and 2); anything else is expanded to θ's shape (layout 1).
-Prepared prepare(int64_t op, int32_t pass, const variable_list& inputs, const std::vector<double>& consts) {
+Prepared prepare(int64_t op, int32_t pass, const variable_list& inputs, const std::vector<int64_t>& params) {
   TORCH_CHECK(inputs.size() >= 2 && inputs.size() <= METALOOP_MAX_IN,
               "fused optimizer step: between 2 and ", METALOOP_MAX_IN, " inputs, got ", inputs.size());
-  TORCH_CHECK(consts.size() <= METALOOP_MAX_CONST, "fused optimizer step: too many constants");
+  TORCH_CHECK(params.size() * sizeof(int64_t) == sizeof(MetaloopStepParams),
+              "fused optimizer step: the step's constants have the wrong size");
   const at::Tensor& theta = inputs[0];
   TORCH_CHECK(theta.defined(), "fused optimizer step: θ is undefined");
   auto dtype = theta.scalar_type();
@@ -126,7 +129,7 @@ Prepared prepare(int64_t op, int32_t pass, const variable_list& inputs, const st
   std::vector<int64_t> per_row(theta.sizes().begin(), theta.sizes().end());
   if (!per_row.empty()) per_row.back() = 1;
   p.call.n_in = static_cast<int32_t>(inputs.size());
-  for (size_t i = 0; i < consts.size(); ++i) p.call.consts[i] = consts[i];
+  std::memcpy(&p.call.params, params.data(), sizeof(MetaloopStepParams));
   for (size_t i = 0; i < inputs.size(); ++i) {
     const at::Tensor& t = inputs[i];
     if (!t.defined()) {
@@ -192,14 +195,14 @@ struct FusedStep : public torch::autograd::Function<FusedStep> {
   // each element of a TensorList as an input (a std::vector would count as one non-tensor
   // argument, and nothing would be tracked).
   static variable_list forward(AutogradContext* ctx, at::TensorList present, std::vector<int64_t> slots,
-                               int64_t n_slots, int64_t op, std::vector<double> consts, int64_t n_out,
+                               int64_t n_slots, int64_t op, std::vector<int64_t> params, int64_t n_out,
                                int64_t kernel_addr) {
     auto kernel = reinterpret_cast<metaloop_kernel_fn>(kernel_addr);
     variable_list inputs(static_cast<size_t>(n_slots));
     for (size_t k = 0; k < slots.size(); ++k) inputs[slots[k]] = present[k];
     TORCH_CHECK(n_out >= 1 && n_out <= METALOOP_MAX_OUT, "fused optimizer step: 1 to ",
                 METALOOP_MAX_OUT, " outputs, got ", n_out);
-    Prepared p = prepare(op, 0, inputs, consts);
+    Prepared p = prepare(op, 0, inputs, params);
     const at::Tensor& theta = inputs[0];
     variable_list outputs;
     for (int64_t j = 0; j < n_out; ++j) {
@@ -212,7 +215,7 @@ struct FusedStep : public torch::autograd::Function<FusedStep> {
     ctx->saved_data["slots"] = slots;
     ctx->saved_data["n_slots"] = n_slots;
     ctx->saved_data["op"] = op;
-    ctx->saved_data["consts"] = consts;
+    ctx->saved_data["params"] = params;
     ctx->saved_data["n_out"] = n_out;
     ctx->saved_data["kernel"] = kernel_addr;
     return outputs;
@@ -224,7 +227,7 @@ struct FusedStep : public torch::autograd::Function<FusedStep> {
     variable_list inputs(static_cast<size_t>(ctx->saved_data["n_slots"].toInt()));
     for (size_t k = 0; k < slots.size(); ++k) inputs[slots[k]] = present[k];
     int64_t op = ctx->saved_data["op"].toInt();
-    std::vector<double> consts = ctx->saved_data["consts"].toDoubleVector();
+    std::vector<int64_t> params = ctx->saved_data["params"].toIntVector();
     int64_t n_out = ctx->saved_data["n_out"].toInt();
     auto kernel = reinterpret_cast<metaloop_kernel_fn>(ctx->saved_data["kernel"].toInt());
     if (at::GradMode::is_enabled()) {
@@ -235,7 +238,7 @@ struct FusedStep : public torch::autograd::Function<FusedStep> {
                   "the fused optimizer step's backward is not itself differentiable (create_graph "
                   "through an optimizer step); build the optimizer with .fused(false) for that");
     }
-    Prepared p = prepare(op, 1, inputs, consts);
+    Prepared p = prepare(op, 1, inputs, params);
     const at::Tensor& theta = inputs[0];
     TORCH_CHECK(static_cast<int64_t>(grad_outputs.size()) == n_out, "fused optimizer step: ",
                 grad_outputs.size(), " output gradients for ", n_out, " outputs");
@@ -295,8 +298,9 @@ extern "C" {
 // undefined tensor: an absent state buffer or a constant hyperparameter). On success writes
 // `n_out` new tensors (owned by the caller, freed by tch) into `outputs` and returns null; on
 // failure returns a message to free with metaloop_free_message.
-char* metaloop_fused_step(int32_t op, const at::Tensor* const* inputs, int32_t n_in, const double* consts,
-                          int32_t n_const, int32_t n_out, metaloop_kernel_fn kernel, at::Tensor** outputs) {
+char* metaloop_fused_step(int32_t op, const at::Tensor* const* inputs, int32_t n_in,
+                          const MetaloopStepParams* params, int32_t n_out, metaloop_kernel_fn kernel,
+                          at::Tensor** outputs) {
   try {
     variable_list present;
     std::vector<int64_t> slots;
@@ -306,9 +310,12 @@ char* metaloop_fused_step(int32_t op, const at::Tensor* const* inputs, int32_t n
         slots.push_back(i);
       }
     }
-    std::vector<double> cs(consts, consts + n_const);
+    // Saved for the backward as 64-bit words (an autograd context keeps IValues), bit for bit.
+    static_assert(sizeof(MetaloopStepParams) % sizeof(int64_t) == 0, "whole words");
+    std::vector<int64_t> words(sizeof(MetaloopStepParams) / sizeof(int64_t));
+    std::memcpy(words.data(), params, sizeof(MetaloopStepParams));
     variable_list out = FusedStep::apply(at::TensorList(present), slots, static_cast<int64_t>(n_in),
-                                         static_cast<int64_t>(op), cs, static_cast<int64_t>(n_out),
+                                         static_cast<int64_t>(op), words, static_cast<int64_t>(n_out),
                                          reinterpret_cast<int64_t>(kernel));
     TORCH_CHECK(static_cast<int32_t>(out.size()) == n_out, "fused optimizer step: ", out.size(),
                 " outputs for ", n_out);

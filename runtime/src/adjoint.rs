@@ -31,7 +31,8 @@
 //! This module must not keep an autograd graph from one inner step to the next, read tensor values
 //! back to the host, print, or know about datasets and models (the closures hold the model).
 
-use crate::optim::{HParams, HValue, OptState, Optimizer};
+use crate::inner_core::{check_scalar, gradient, or_zeros, InnerSpec};
+use crate::optim::{Buffer, HParams, HValue, OptState, Optimizer};
 use crate::{Error, Layout, Params, Result};
 use std::sync::Arc;
 use tch::Tensor;
@@ -41,12 +42,11 @@ use tch::Tensor;
 /// [`crate::InnerLoop`].
 #[derive(Debug)]
 pub struct MetaGradient {
-    optimizer: Box<dyn Optimizer>,
-    overrides: Vec<(String, Tensor)>,
-    frozen: Vec<String>,
-    tasks: Option<i64>,
+    spec: InnerSpec,
     checkpoint_interval: usize,
 }
+
+inner_spec_builders!(MetaGradient);
 
 /// What [`MetaGradient::compute`] and [`MetaGradient::backward`] give back.
 #[derive(Debug)]
@@ -170,35 +170,9 @@ impl MetaGradient {
     /// [`MetaGradient::new`] for an optimizer chosen at run time.
     pub fn with_boxed(optimizer: Box<dyn Optimizer>) -> MetaGradient {
         MetaGradient {
-            optimizer,
-            overrides: Vec::new(),
-            frozen: Vec::new(),
-            tasks: None,
+            spec: InnerSpec::new(optimizer),
             checkpoint_interval: 1,
         }
-    }
-
-    /// Replaces the optimizer's hyperparameter `name` by `value` (shape `[]`, `[1]`, `[G]` or
-    /// `[P]`) at every step; when `value` requires grad its hypergradient is returned.
-    pub fn override_hparam(mut self, name: &str, value: &Tensor) -> MetaGradient {
-        self.overrides
-            .push((name.to_string(), value.shallow_clone()));
-        self
-    }
-
-    /// Parameters (by name) that the inner steps never update (gradient zeroed, values carried
-    /// over); they still receive the meta-gradient.
-    pub fn freeze<S: AsRef<str>>(mut self, names: impl IntoIterator<Item = S>) -> MetaGradient {
-        self.frozen
-            .extend(names.into_iter().map(|s| s.as_ref().to_string()));
-        self
-    }
-
-    /// Runs `tasks` tasks at once from single-task `[P]` parameters: time 0 is `[T, P]`, each row
-    /// a copy, and the meta-gradient w.r.t. the parameters is summed over the tasks.
-    pub fn tasks(mut self, tasks: i64) -> MetaGradient {
-        self.tasks = Some(tasks);
-        self
     }
 
     /// Stores θ_t and the state only every `k` steps and recomputes each segment before its
@@ -240,43 +214,20 @@ impl MetaGradient {
         mut support_loss: impl FnMut(&Params, usize) -> Result<Tensor>,
     ) -> Result<Trajectory> {
         let layout = params.layout().clone();
-        let hparams = HParams::resolve(
-            self.optimizer.as_ref(),
-            &self.overrides,
-            &layout.group_sizes(),
-        )?;
-        let frozen_mask = frozen_mask(params, &self.frozen)?;
-        let mut theta = params.flat().f_detach()?;
-        let expanded = match self.tasks {
-            Some(t) => {
-                if params.tasks().is_some() || t < 1 {
-                    return Err(Error::Shape {
-                        op: "MetaGradient::tasks",
-                        expected: format!(
-                            "single-task parameters [{}] to expand to {t} >= 1 tasks",
-                            layout.numel()
-                        ),
-                        got: params.flat().size(),
-                    });
-                }
-                theta = theta.f_unsqueeze(0)?.f_repeat([t, 1])?;
-                true
-            }
-            None => false,
-        };
-        let mut state = self.optimizer.init_state(&theta)?.detach()?;
+        let hparams = self.spec.resolve(&layout)?;
+        let frozen_mask = self.spec.frozen_mask(params)?;
+        let (mut theta, expanded) = self.time_zero(params)?;
+        let mut state = self.spec.optimizer.init_state(&theta)?.detach()?;
         let interval = self.checkpoint_interval;
         let mut checkpoints = Vec::with_capacity(steps.div_ceil(interval));
+        let step = Unroll {
+            spec: &self.spec,
+            layout: &layout,
+            hparams: &hparams,
+            frozen_mask: frozen_mask.as_ref(),
+        };
         for t in 0..steps {
-            let (next, next_state) = self.step_without_graph(
-                &layout,
-                &hparams,
-                frozen_mask.as_ref(),
-                &theta,
-                &state,
-                t,
-                &mut support_loss,
-            )?;
+            let (next, next_state) = step.without_graph(&theta, &state, t, &mut support_loss)?;
             if checkpoints.len() * interval == t {
                 checkpoints.push((theta, state));
             }
@@ -294,6 +245,26 @@ impl MetaGradient {
             checkpoints,
             adapted: theta,
         })
+    }
+
+    /// θ at time 0, detached: the caller's parameters, or their expansion to `tasks(T)` rows
+    /// (then `true`).
+    fn time_zero(&self, params: &Params) -> Result<(Tensor, bool)> {
+        let theta = params.flat().f_detach()?;
+        let Some(t) = self.spec.tasks else {
+            return Ok((theta, false));
+        };
+        if params.tasks().is_some() || t < 1 {
+            return Err(Error::Shape {
+                op: "MetaGradient::tasks",
+                expected: format!(
+                    "single-task parameters [{}] to expand to {t} >= 1 tasks",
+                    params.layout().numel()
+                ),
+                got: params.flat().size(),
+            });
+        }
+        Ok((theta.f_unsqueeze(0)?.f_repeat([t, 1])?, true))
     }
 
     /// The adjoint pass over a trajectory from [`MetaGradient::forward`] of this configuration.
@@ -318,11 +289,118 @@ impl MetaGradient {
             mut checkpoints,
             adapted,
         } = trajectory;
+        let mut adjoint = Adjoint::new(&hparams, &initial, &self.spec.overrides)?;
+        // t = N: λ_θ = d meta-loss / d θ_N.
+        let mut lambda_theta = adjoint.final_term(&layout, adapted, steps, &mut meta_loss)?;
+        let unroll = Unroll {
+            spec: &self.spec,
+            layout: &layout,
+            hparams: &hparams,
+            frozen_mask: frozen_mask.as_ref(),
+        };
+        // Segments from the last to the first: recompute the segment's θ_t and state without a
+        // graph from its checkpoint, then the adjoint of each of its steps in reverse.
+        while let Some(start_point) = checkpoints.pop() {
+            let start = checkpoints.len() * interval;
+            let end = (start + interval).min(steps);
+            let mut segment = unroll.segment(start_point, start..end, &mut support_loss)?;
+            for t in (start..end).rev() {
+                let (theta, state) = segment.pop().expect("one entry per step of the segment");
+                let at = Point { theta, state, t };
+                lambda_theta = adjoint.step_back(
+                    &unroll,
+                    at,
+                    lambda_theta,
+                    &mut support_loss,
+                    &mut meta_loss,
+                )?;
+            }
+        }
+        adjoint.finish(lambda_theta, expanded, &self.spec.overrides, &initial)
+    }
+}
 
-        // Hyperparameter tensors that require grad become leaves of each rebuilt step; their
-        // adjoints are carried back to the override tensors at the end.
+/// What one inner step of an unroll needs besides θ_t and the state.
+struct Unroll<'a> {
+    spec: &'a InnerSpec,
+    layout: &'a Arc<Layout>,
+    hparams: &'a HParams,
+    frozen_mask: Option<&'a Tensor>,
+}
+
+impl Unroll<'_> {
+    /// One inner step without a graph: the support loss's first-order gradient at θ_t, the
+    /// update under `no_grad`; returns θ_{t+1} and the state, detached.
+    fn without_graph(
+        &self,
+        theta: &Tensor,
+        state: &OptState,
+        t: usize,
+        support_loss: &mut impl FnMut(&Params, usize) -> Result<Tensor>,
+    ) -> Result<(Tensor, OptState)> {
+        let leaf = theta.f_detach()?.f_set_requires_grad(true)?;
+        let loss = support_loss(&self.params(&leaf)?, t)?;
+        let grad = support_gradient(&loss, &leaf, false)?;
+        drop(loss);
+        tch::no_grad(|| -> Result<(Tensor, OptState)> {
+            let (next, state) =
+                self.spec
+                    .update(self.frozen_mask, theta, &grad, state, self.hparams)?;
+            Ok((next.f_detach()?, state.detach()?))
+        })
+    }
+
+    /// θ_t and the state for t in `times`, recomputed without a graph from the first.
+    fn segment(
+        &self,
+        start: (Tensor, OptState),
+        times: std::ops::Range<usize>,
+        support_loss: &mut impl FnMut(&Params, usize) -> Result<Tensor>,
+    ) -> Result<Vec<(Tensor, OptState)>> {
+        let mut segment = Vec::with_capacity(times.len());
+        segment.push(start);
+        for t in times.start..times.end - 1 {
+            let (theta, state) = segment.last().expect("the segment holds its start");
+            let next = self.without_graph(theta, state, t, support_loss)?;
+            segment.push(next);
+        }
+        Ok(segment)
+    }
+
+    fn params(&self, theta: &Tensor) -> Result<Params> {
+        Params::from_flat(self.layout.clone(), theta.shallow_clone())
+    }
+}
+
+/// θ_t and the optimizer state at time t of an unroll (detached).
+struct Point {
+    theta: Tensor,
+    state: OptState,
+    t: usize,
+}
+
+/// The running sums of the adjoint pass.
+struct Adjoint {
+    /// The hyperparameters of each rebuilt step: tensors that require grad become leaves.
+    step_hparams: HParams,
+    /// Per such tensor: the resolved tensor, its leaf, and the sum of its adjoints so far.
+    hparam_adjoints: Vec<(Tensor, Tensor, Option<Tensor>)>,
+    /// The caller's parameters and override tensors, for meta-loss terms that read them.
+    targets: Vec<Tensor>,
+    /// The indices of `targets` that require grad.
+    direct_inputs: Vec<usize>,
+    /// The gradients of meta-loss terms w.r.t. `targets`, read directly.
+    direct: Vec<Option<Tensor>>,
+    /// The sum of the meta-loss terms.
+    total_meta: Option<Tensor>,
+    /// λ_state: the adjoint of each state buffer at the current time.
+    lambda_state: Vec<(Buffer, Tensor)>,
+}
+
+impl Adjoint {
+    fn new(hparams: &HParams, initial: &Tensor, overrides: &[(String, Tensor)]) -> Result<Adjoint> {
         let mut step_hparams = hparams.clone();
-        let mut hparam_adjoints: Vec<(Tensor, Tensor, Option<Tensor>)> = Vec::new();
+        let mut hparam_adjoints = Vec::new();
         for (name, value) in hparams.iter() {
             if let HValue::Tensor(resolved) = value {
                 if resolved.requires_grad() {
@@ -332,154 +410,199 @@ impl MetaGradient {
                 }
             }
         }
-        // The caller's tensors, for meta-loss terms that read them directly.
         let mut targets = vec![initial.shallow_clone()];
-        targets.extend(self.overrides.iter().map(|(_, t)| t.shallow_clone()));
-        let mut direct: Vec<Option<Tensor>> = targets.iter().map(|_| None).collect();
-        let direct_inputs: Vec<usize> = (0..targets.len())
+        targets.extend(overrides.iter().map(|(_, t)| t.shallow_clone()));
+        let direct_inputs = (0..targets.len())
             .filter(|&i| targets[i].requires_grad())
             .collect();
+        Ok(Adjoint {
+            step_hparams,
+            hparam_adjoints,
+            direct: targets.iter().map(|_| None).collect(),
+            targets,
+            direct_inputs,
+            total_meta: None,
+            lambda_state: Vec::new(),
+        })
+    }
 
-        let mut total_meta: Option<Tensor> = None;
-        let mut add_meta = |m: &Tensor| -> Result<()> {
-            let m = m.f_detach()?;
-            total_meta = Some(match total_meta.take() {
-                Some(t) => t.f_add(&m)?,
-                None => m,
-            });
-            Ok(())
-        };
+    /// Adds a meta-loss term to the reported total.
+    fn add_meta(&mut self, m: &Tensor) -> Result<()> {
+        check_scalar("MetaGradient meta_loss", m)?;
+        let m = m.f_detach()?;
+        self.total_meta = Some(match self.total_meta.take() {
+            Some(t) => t.f_add(&m)?,
+            None => m,
+        });
+        Ok(())
+    }
 
-        // t = N: λ_θ = d meta-loss / d θ_N.
+    /// The caller's tensors that require grad, as backward inputs.
+    fn direct_targets(&self) -> impl Iterator<Item = Tensor> + '_ {
+        self.direct_inputs
+            .iter()
+            .map(|&i| self.targets[i].shallow_clone())
+    }
+
+    /// λ_θ at t = N from the meta-loss term at θ_N.
+    fn final_term(
+        &mut self,
+        layout: &Arc<Layout>,
+        adapted: Tensor,
+        steps: usize,
+        meta_loss: &mut impl FnMut(&Params, usize) -> Result<Option<Tensor>>,
+    ) -> Result<Tensor> {
         let theta_n = adapted.f_detach()?.f_set_requires_grad(true)?;
-        let mut lambda_theta = match meta_loss(
-            &Params::from_flat(layout.clone(), theta_n.shallow_clone())?,
-            steps,
-        )? {
-            Some(m) => {
-                check_scalar("MetaGradient meta_loss", &m)?;
-                add_meta(&m)?;
-                if m.requires_grad() {
-                    let mut inputs = vec![theta_n.shallow_clone()];
-                    inputs.extend(direct_inputs.iter().map(|&i| targets[i].shallow_clone()));
-                    let grads = Tensor::f_run_backward(&[&m], &inputs, false, false)?;
-                    let mut grads = grads.into_iter();
-                    let g = or_zeros(grads.next(), &theta_n)?;
-                    accumulate_direct(&mut direct, &direct_inputs, grads)?;
-                    g
-                } else {
-                    theta_n.f_zeros_like()?
-                }
-            }
-            None => theta_n.f_zeros_like()?,
-        };
-        drop(theta_n);
         drop(adapted);
-        let mut lambda_state: Vec<(String, Tensor)> = Vec::new();
+        let params = Params::from_flat(layout.clone(), theta_n.shallow_clone())?;
+        let Some(m) = meta_loss(&params, steps)? else {
+            return Ok(theta_n.f_zeros_like()?);
+        };
+        self.add_meta(&m)?;
+        if !m.requires_grad() {
+            return Ok(theta_n.f_zeros_like()?);
+        }
+        let mut inputs = vec![theta_n.shallow_clone()];
+        inputs.extend(self.direct_targets());
+        let mut grads = Tensor::f_run_backward(&[&m], &inputs, false, false)?.into_iter();
+        let g = or_zeros(grads.next(), &theta_n)?;
+        self.accumulate_direct(grads)?;
+        Ok(g)
+    }
 
-        // Segments from the last to the first: recompute the segment's θ_t and state without a
-        // graph from its checkpoint, then the adjoint of each of its steps in reverse.
-        while let Some((theta_start, state_start)) = checkpoints.pop() {
-            let start = checkpoints.len() * interval;
-            let end = (start + interval).min(steps);
-            let mut segment = Vec::with_capacity(end - start);
-            segment.push((theta_start, state_start));
-            for t in start..end - 1 {
-                let (theta, state) = segment.last().expect("the segment holds its start");
-                let next = self.step_without_graph(
-                    &layout,
-                    &hparams,
-                    frozen_mask.as_ref(),
-                    theta,
-                    state,
-                    t,
-                    &mut support_loss,
-                )?;
-                segment.push(next);
-            }
-            for t in (start..end).rev() {
-                let (theta, state) = segment.pop().expect("one entry per step of the segment");
-                let theta = theta.f_detach()?.f_set_requires_grad(true)?;
-                let state = state.map(|x| Ok(x.f_detach()?.f_set_requires_grad(true)?))?;
-                let params = Params::from_flat(layout.clone(), theta.shallow_clone())?;
+    /// The adjoint of step t: rebuilds the step's graph at θ_t, takes the vector-Jacobian
+    /// product with (λ_θ, λ_state) plus the meta-loss term at θ_t, and returns λ_θ at t.
+    fn step_back(
+        &mut self,
+        unroll: &Unroll<'_>,
+        at: Point,
+        lambda_theta: Tensor,
+        support_loss: &mut impl FnMut(&Params, usize) -> Result<Tensor>,
+        meta_loss: &mut impl FnMut(&Params, usize) -> Result<Option<Tensor>>,
+    ) -> Result<Tensor> {
+        let theta = at.theta.f_detach()?.f_set_requires_grad(true)?;
+        let state = at
+            .state
+            .map(|x| Ok(x.f_detach()?.f_set_requires_grad(true)?))?;
+        let params = unroll.params(&theta)?;
 
-                // One step's graph, as InnerLoop::step_with builds it while tracking.
-                let loss = support_loss(&params, t)?;
-                check_scalar("MetaGradient support_loss", &loss)?;
-                let mut grad = gradient(&loss, &theta, true)?;
-                if let Some(mask) = &frozen_mask {
-                    grad = grad.f_mul(&mask.f_to_kind(grad.kind())?)?;
-                }
-                let (mut next, next_state) =
-                    self.optimizer
-                        .update(&theta, &grad, &state, &step_hparams)?;
-                if let Some(mask) = &frozen_mask {
-                    next = next.f_where_self(mask, &theta)?;
-                }
-
-                // The vector-Jacobian product with the incoming adjoints, plus a meta-loss term
-                // at θ_t if there is one.
-                let mut objective = next.f_mul(&lambda_theta)?.f_sum(next.kind())?;
-                for (name, x) in next_state.tensors() {
-                    let adjoint = lambda_state.iter().find(|(n, _)| n == name);
-                    if let (Some((_, l)), true) = (adjoint, x.requires_grad()) {
-                        objective = objective.f_add(&x.f_mul(l)?.f_sum(objective.kind())?)?;
-                    }
-                }
-                if let Some(m) = meta_loss(&params, t)? {
-                    check_scalar("MetaGradient meta_loss", &m)?;
-                    add_meta(&m)?;
-                    objective = objective.f_add(&m.f_to_kind(objective.kind())?)?;
-                }
-                drop(next);
-                drop(next_state);
-
-                let state_names: Vec<String> =
-                    state.tensors().map(|(n, _)| n.to_string()).collect();
-                let mut inputs = vec![theta.shallow_clone()];
-                inputs.extend(state.tensors().map(|(_, x)| x.shallow_clone()));
-                inputs.extend(
-                    hparam_adjoints
-                        .iter()
-                        .map(|(_, leaf, _)| leaf.shallow_clone()),
-                );
-                inputs.extend(direct_inputs.iter().map(|&i| targets[i].shallow_clone()));
-                let grads = Tensor::f_run_backward(&[&objective], &inputs, false, false)?;
-                let mut grads = grads.into_iter();
-                lambda_theta = or_zeros(grads.next(), &theta)?;
-                lambda_state.clear();
-                for name in state_names {
-                    if let Some(g) = grads.next().filter(|g| g.defined()) {
-                        lambda_state.push((name, g));
-                    }
-                }
-                for (_, _, adjoint) in hparam_adjoints.iter_mut() {
-                    if let Some(g) = grads.next().filter(|g| g.defined()) {
-                        *adjoint = Some(match adjoint.take() {
-                            Some(a) => a.f_add(&g)?,
-                            None => g,
-                        });
-                    }
-                }
-                accumulate_direct(&mut direct, &direct_inputs, grads)?;
+        // One step's graph, as InnerLoop::step_with builds it while tracking.
+        let loss = support_loss(&params, at.t)?;
+        let grad = support_gradient(&loss, &theta, true)?;
+        let (next, next_state) = unroll.spec.update(
+            unroll.frozen_mask,
+            &theta,
+            &grad,
+            &state,
+            &self.step_hparams,
+        )?;
+        let mut objective = next.f_mul(&lambda_theta)?.f_sum(next.kind())?;
+        for (buffer, x) in next_state.buffers() {
+            let adjoint = self.lambda_state.iter().find(|(b, _)| *b == buffer);
+            if let (Some((_, l)), true) = (adjoint, x.requires_grad()) {
+                objective = objective.f_add(&x.f_mul(l)?.f_sum(objective.kind())?)?;
             }
         }
+        if let Some(m) = meta_loss(&params, at.t)? {
+            self.add_meta(&m)?;
+            objective = objective.f_add(&m.f_to_kind(objective.kind())?)?;
+        }
+        drop((next, next_state, lambda_theta));
+        self.vjp(&objective, &theta, &state)
+    }
 
-        // θ0: λ_θ at time 0, summed over tasks when time 0 was expanded from [P].
+    /// The gradients of `objective` w.r.t. θ_t (returned: λ_θ at t), the state (λ_state), the
+    /// hyperparameter leaves and the caller's tensors (both summed).
+    fn vjp(&mut self, objective: &Tensor, theta: &Tensor, state: &OptState) -> Result<Tensor> {
+        let mut inputs = vec![theta.shallow_clone()];
+        inputs.extend(state.buffers().map(|(_, x)| x.shallow_clone()));
+        inputs.extend(
+            self.hparam_adjoints
+                .iter()
+                .map(|(_, l, _)| l.shallow_clone()),
+        );
+        inputs.extend(self.direct_targets());
+        let grads = Tensor::f_run_backward(&[objective], &inputs, false, false)?;
+        let mut grads = grads.into_iter();
+        let lambda_theta = or_zeros(grads.next(), theta)?;
+        self.lambda_state.clear();
+        for (buffer, _) in state.buffers() {
+            if let Some(g) = grads.next().filter(|g| g.defined()) {
+                self.lambda_state.push((buffer, g));
+            }
+        }
+        for (_, _, adjoint) in self.hparam_adjoints.iter_mut() {
+            if let Some(g) = grads.next().filter(|g| g.defined()) {
+                *adjoint = Some(match adjoint.take() {
+                    Some(a) => a.f_add(&g)?,
+                    None => g,
+                });
+            }
+        }
+        self.accumulate_direct(grads)?;
+        Ok(lambda_theta)
+    }
+
+    /// Adds the gradients of the caller's tensors (in `direct_inputs` order) to `direct`.
+    fn accumulate_direct(&mut self, grads: impl Iterator<Item = Tensor>) -> Result<()> {
+        for (&i, g) in self.direct_inputs.iter().zip(grads) {
+            if g.defined() {
+                self.direct[i] = Some(match self.direct[i].take() {
+                    Some(d) => d.f_add(&g)?,
+                    None => g,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The result: θ0's meta-gradient (λ_θ at time 0, summed over tasks when time 0 was expanded
+    /// from `[P]`), the hypergradients and the meta-loss.
+    fn finish(
+        mut self,
+        lambda_theta: Tensor,
+        expanded: bool,
+        overrides: &[(String, Tensor)],
+        initial: &Tensor,
+    ) -> Result<AdjointGradients> {
         let mut theta0 = if expanded {
             lambda_theta.f_sum_dim_intlist(&[0i64][..], false, lambda_theta.kind())?
         } else {
             lambda_theta
         };
-        if let Some(d) = direct[0].take() {
+        if let Some(d) = self.direct[0].take() {
             theta0 = theta0.f_add(&d)?;
         }
+        let mut hyper = self.carry_to_overrides(overrides)?;
+        let mut hypergradients = Vec::with_capacity(overrides.len());
+        for (i, (name, value)) in overrides.iter().enumerate() {
+            let mut g = match hyper[i].take() {
+                Some(g) => g,
+                None => value.f_zeros_like()?,
+            };
+            if let Some(d) = self.direct[i + 1].take() {
+                g = g.f_add(&d)?;
+            }
+            hypergradients.push((name.clone(), g));
+        }
+        let meta_loss = match self.total_meta {
+            Some(m) => m,
+            None => Tensor::f_zeros(&[] as &[i64], (initial.kind(), initial.device()))?,
+        };
+        Ok(AdjointGradients {
+            meta_loss,
+            theta0,
+            hypergradients,
+            targets: self.targets,
+        })
+    }
 
-        // Hypergradients: carry the resolved hyperparameters' adjoints back through
-        // HParams::resolve (repeat_interleave for [G], reshape for [1]) to the override tensors.
-        let mut hyper: Vec<Option<Tensor>> = self.overrides.iter().map(|_| None).collect();
+    /// Carries the resolved hyperparameters' adjoints back through HParams::resolve
+    /// (repeat_interleave for `[G]`, reshape for `[1]`) to the override tensors.
+    fn carry_to_overrides(&self, overrides: &[(String, Tensor)]) -> Result<Vec<Option<Tensor>>> {
+        let mut hyper: Vec<Option<Tensor>> = overrides.iter().map(|_| None).collect();
         let mut carried: Option<Tensor> = None;
-        for (resolved, _, adjoint) in &hparam_adjoints {
+        for (resolved, _, adjoint) in &self.hparam_adjoints {
             if let Some(a) = adjoint {
                 let term = resolved.f_mul(a)?.f_sum(resolved.kind())?;
                 carried = Some(match carried {
@@ -488,139 +611,32 @@ impl MetaGradient {
                 });
             }
         }
-        let needs_grad: Vec<usize> = (0..self.overrides.len())
-            .filter(|&i| self.overrides[i].1.requires_grad())
-            .collect();
-        if let Some(carried) = carried {
-            let inputs: Vec<Tensor> = needs_grad
-                .iter()
-                .map(|&i| self.overrides[i].1.shallow_clone())
-                .collect();
-            let grads = Tensor::f_run_backward(&[&carried], &inputs, false, false)?;
-            for (&i, g) in needs_grad.iter().zip(grads) {
-                if g.defined() {
-                    hyper[i] = Some(g);
-                }
-            }
-        }
-        let mut hypergradients = Vec::with_capacity(self.overrides.len());
-        for (i, (name, value)) in self.overrides.iter().enumerate() {
-            let mut g = match hyper[i].take() {
-                Some(g) => g,
-                None => value.f_zeros_like()?,
-            };
-            if let Some(d) = direct[i + 1].take() {
-                g = g.f_add(&d)?;
-            }
-            hypergradients.push((name.clone(), g));
-        }
-        let meta_loss = match total_meta {
-            Some(m) => m,
-            None => Tensor::f_zeros(&[] as &[i64], (initial.kind(), initial.device()))?,
+        let Some(carried) = carried else {
+            return Ok(hyper);
         };
-        Ok(AdjointGradients {
-            meta_loss,
-            theta0,
-            hypergradients,
-            targets,
-        })
-    }
-
-    /// One inner step without a graph: the support loss's first-order gradient at θ_t, the
-    /// update under `no_grad`; returns θ_{t+1} and the state, detached.
-    #[allow(clippy::too_many_arguments)]
-    fn step_without_graph(
-        &self,
-        layout: &Arc<Layout>,
-        hparams: &HParams,
-        frozen_mask: Option<&Tensor>,
-        theta: &Tensor,
-        state: &OptState,
-        t: usize,
-        support_loss: &mut impl FnMut(&Params, usize) -> Result<Tensor>,
-    ) -> Result<(Tensor, OptState)> {
-        let leaf = theta.f_detach()?.f_set_requires_grad(true)?;
-        let loss = support_loss(&Params::from_flat(layout.clone(), leaf.shallow_clone())?, t)?;
-        check_scalar("MetaGradient support_loss", &loss)?;
-        let mut grad = gradient(&loss, &leaf, false)?;
-        drop(loss);
-        tch::no_grad(|| -> Result<(Tensor, OptState)> {
-            if let Some(mask) = frozen_mask {
-                grad = grad.f_mul(&mask.f_to_kind(grad.kind())?)?;
+        let needs_grad: Vec<usize> = (0..overrides.len())
+            .filter(|&i| overrides[i].1.requires_grad())
+            .collect();
+        let inputs: Vec<Tensor> = needs_grad
+            .iter()
+            .map(|&i| overrides[i].1.shallow_clone())
+            .collect();
+        let grads = Tensor::f_run_backward(&[&carried], &inputs, false, false)?;
+        for (&i, g) in needs_grad.iter().zip(grads) {
+            if g.defined() {
+                hyper[i] = Some(g);
             }
-            let (mut next, state) = self.optimizer.update(theta, &grad, state, hparams)?;
-            if let Some(mask) = frozen_mask {
-                next = next.f_where_self(mask, theta)?;
-            }
-            Ok((next.f_detach()?, state.detach()?))
-        })
+        }
+        Ok(hyper)
     }
 }
 
-/// Errors unless `loss` has one element.
-fn check_scalar(op: &'static str, loss: &Tensor) -> Result<()> {
-    if loss.numel() != 1 {
-        return Err(Error::Shape {
-            op,
-            expected: "a scalar loss (sum the tasks' losses)".into(),
-            got: loss.size(),
-        });
-    }
-    Ok(())
-}
-
-/// d loss / d theta (with a graph when `create_graph`); zeros where the loss does not depend on
-/// theta.
-fn gradient(loss: &Tensor, theta: &Tensor, create_graph: bool) -> Result<Tensor> {
+/// The support gradient of a step (with a graph when `create_graph`); zeros where the loss does
+/// not depend on θ.
+fn support_gradient(loss: &Tensor, theta: &Tensor, create_graph: bool) -> Result<Tensor> {
+    check_scalar("MetaGradient support_loss", loss)?;
     if !loss.requires_grad() {
         return Ok(theta.f_zeros_like()?);
     }
-    let mut grads = Tensor::f_run_backward(&[loss], &[theta], create_graph, create_graph)?;
-    or_zeros(grads.pop(), theta)
-}
-
-/// The gradient, or zeros shaped like `like` when libtorch returned none (an unused input).
-fn or_zeros(g: Option<Tensor>, like: &Tensor) -> Result<Tensor> {
-    match g {
-        Some(g) if g.defined() => Ok(g),
-        _ => Ok(like.f_zeros_like()?.f_detach()?),
-    }
-}
-
-/// Adds the gradients of the caller's tensors (in `direct_inputs` order) to `direct`.
-fn accumulate_direct(
-    direct: &mut [Option<Tensor>],
-    direct_inputs: &[usize],
-    grads: impl Iterator<Item = Tensor>,
-) -> Result<()> {
-    for (&i, g) in direct_inputs.iter().zip(grads) {
-        if g.defined() {
-            direct[i] = Some(match direct[i].take() {
-                Some(d) => d.f_add(&g)?,
-                None => g,
-            });
-        }
-    }
-    Ok(())
-}
-
-/// A boolean `[P]` mask, true where the element belongs to a parameter that may be updated.
-fn frozen_mask(params: &Params, frozen: &[String]) -> Result<Option<Tensor>> {
-    if frozen.is_empty() {
-        return Ok(None);
-    }
-    let layout = params.layout();
-    let mut trainable = vec![true; layout.numel() as usize];
-    for name in frozen {
-        let spec = layout.get(name).ok_or_else(|| Error::UnknownParam {
-            name: name.clone(),
-            known: layout.names().collect::<Vec<_>>().join(", "),
-        })?;
-        for v in &mut trainable[spec.offset as usize..(spec.offset + spec.numel) as usize] {
-            *v = false;
-        }
-    }
-    Ok(Some(
-        Tensor::f_from_slice(&trainable)?.f_to_device(params.device())?,
-    ))
+    gradient(loss, theta, create_graph)
 }

@@ -32,6 +32,14 @@ pub enum Error {
         name: String,
         allowed: String,
     },
+    /// An optimizer state holding a buffer that the optimizer does not keep (a misspelt or
+    /// foreign name, e.g. from another optimizer's checkpoint).
+    #[error("{optimizer}: unknown state buffer `{name}` (allowed: {allowed})")]
+    OptState {
+        optimizer: &'static str,
+        name: String,
+        allowed: String,
+    },
     /// A hyperparameter override whose shape is none of `[]`, `[1]`, `[G]` or `[P]`.
     #[error("hyperparameter `{name}`: shape {got:?} is none of [], [1], [{groups}] (one per parameter) or [{numel}] (one per element)")]
     HparamShape {

@@ -23,6 +23,7 @@
 //! It must not read tensor values back to the host (no device sync in the step), print, or know
 //! about datasets.
 
+use crate::inner_core::{check_scalar, gradient, InnerSpec};
 use crate::nn::{BnState, Module};
 use crate::optim::{HParams, OptState, Optimizer};
 use crate::{Error, Params, Result};
@@ -69,13 +70,12 @@ impl<'a> StepOptions<'a> {
 pub struct InnerLoopBuilder<'m> {
     model: &'m dyn Module,
     params: Params,
-    optimizer: Box<dyn Optimizer>,
+    spec: InnerSpec,
     copy_initial_weights: bool,
     track_higher_grads: bool,
-    overrides: Vec<(String, Tensor)>,
-    frozen: Vec<String>,
-    tasks: Option<i64>,
 }
+
+inner_spec_builders!(InnerLoopBuilder<'_>);
 
 impl<'m> InnerLoopBuilder<'m> {
     /// higher's meaning: `true` (the default) detaches time 0 from `params`; `false` lets the
@@ -92,36 +92,11 @@ impl<'m> InnerLoopBuilder<'m> {
         self
     }
 
-    /// Replaces the optimizer's hyperparameter `name` by `value` (shape `[]`, `[1]`, `[G]` or
-    /// `[P]`); when `value` requires grad, its gradient is the hypergradient.
-    pub fn override_hparam(mut self, name: &str, value: &Tensor) -> Self {
-        self.overrides
-            .push((name.to_string(), value.shallow_clone()));
-        self
-    }
-
-    /// Parameters (by name) that the inner loop never updates, e.g. everything but the head for
-    /// ANIL. Their gradient is zeroed before the update and their values are carried over.
-    pub fn freeze<S: AsRef<str>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
-        self.frozen
-            .extend(names.into_iter().map(|s| s.as_ref().to_string()));
-        self
-    }
-
-    /// Runs `tasks` tasks at once from single-task parameters: time 0 becomes `[T, P]`, each row
-    /// a copy of `params` (differentiable back to `params` when `copy_initial_weights(false)`).
-    pub fn tasks(mut self, tasks: i64) -> Self {
-        self.tasks = Some(tasks);
-        self
-    }
-
+    /// The inner loop at time 0 (with `copy_initial_weights(false)`, time 0 expanded to tasks is
+    /// differentiable back to `params`).
     pub fn build(self) -> Result<InnerLoop<'m>> {
         let layout = self.params.layout().clone();
-        let hparams = HParams::resolve(
-            self.optimizer.as_ref(),
-            &self.overrides,
-            &layout.group_sizes(),
-        )?;
+        let hparams = self.spec.resolve(&layout)?;
         let mut theta0 = if self.copy_initial_weights {
             // A new leaf holding a copy of the values (detach_copy would keep a graph).
             let values = self.params.flat().f_detach()?;
@@ -131,7 +106,7 @@ impl<'m> InnerLoopBuilder<'m> {
         } else {
             self.params.clone()
         };
-        if let Some(t) = self.tasks {
+        if let Some(t) = self.spec.tasks {
             if theta0.tasks().is_some() {
                 return Err(Error::Shape {
                     op: "InnerLoop::tasks",
@@ -150,14 +125,13 @@ impl<'m> InnerLoopBuilder<'m> {
                 theta0.flat().f_detach()?.set_requires_grad(true),
             )?;
         }
-        let frozen_mask = frozen_mask(&self.params, &self.frozen)?;
-        let state = self.optimizer.init_state(theta0.flat())?;
+        let frozen_mask = self.spec.frozen_mask(&self.params)?;
+        let state = self.spec.optimizer.init_state(theta0.flat())?;
         Ok(InnerLoop {
             model: self.model,
             layout,
-            optimizer: self.optimizer,
+            spec: self.spec,
             track_higher_grads: self.track_higher_grads,
-            overrides: self.overrides,
             hparams,
             frozen_mask,
             history: vec![theta0],
@@ -167,35 +141,13 @@ impl<'m> InnerLoopBuilder<'m> {
     }
 }
 
-/// A boolean `[P]` mask, true where the element belongs to a parameter that may be updated.
-fn frozen_mask(params: &Params, frozen: &[String]) -> Result<Option<Tensor>> {
-    if frozen.is_empty() {
-        return Ok(None);
-    }
-    let layout = params.layout();
-    let mut trainable = vec![true; layout.numel() as usize];
-    for name in frozen {
-        let spec = layout.get(name).ok_or_else(|| Error::UnknownParam {
-            name: name.clone(),
-            known: layout.names().collect::<Vec<_>>().join(", "),
-        })?;
-        for v in &mut trainable[spec.offset as usize..(spec.offset + spec.numel) as usize] {
-            *v = false;
-        }
-    }
-    Ok(Some(
-        Tensor::f_from_slice(&trainable)?.f_to_device(params.device())?,
-    ))
-}
-
 /// A differentiable inner loop (higher's `innerloop_ctx`): the functional model and the
 /// differentiable optimizer in one.
 pub struct InnerLoop<'m> {
     model: &'m dyn Module,
     layout: Arc<crate::Layout>,
-    optimizer: Box<dyn Optimizer>,
+    spec: InnerSpec,
     track_higher_grads: bool,
-    overrides: Vec<(String, Tensor)>,
     hparams: HParams,
     frozen_mask: Option<Tensor>,
     /// Times 0..=time while tracking; only the latest otherwise.
@@ -224,12 +176,9 @@ impl<'m> InnerLoop<'m> {
         InnerLoopBuilder {
             model,
             params: params.clone(),
-            optimizer,
+            spec: InnerSpec::new(optimizer),
             copy_initial_weights: true,
             track_higher_grads: true,
-            overrides: Vec::new(),
-            frozen: Vec::new(),
-            tasks: None,
         }
     }
 
@@ -257,16 +206,12 @@ impl<'m> InnerLoop<'m> {
     /// One step with a gradient callback and/or overrides that hold from this step on.
     pub fn step_with(&mut self, loss: &Tensor, options: StepOptions<'_>) -> Result<()> {
         if !options.overrides.is_empty() {
-            self.overrides.extend(options.overrides);
-            self.hparams = HParams::resolve(
-                self.optimizer.as_ref(),
-                &self.overrides,
-                &self.layout.group_sizes(),
-            )?;
+            self.spec.overrides.extend(options.overrides);
+            self.hparams = self.spec.resolve(&self.layout)?;
         }
         let theta = self.params().flat().shallow_clone();
         let track = self.track_higher_grads;
-        let mut grad = gradient(loss, &theta, track)?;
+        let mut grad = support_gradient(loss, &theta, track)?;
         if let Some(callback) = &options.grad_callback {
             let g = callback(&grad)?;
             if g.size() != grad.size() {
@@ -278,27 +223,23 @@ impl<'m> InnerLoop<'m> {
             }
             grad = g;
         }
-        if let Some(mask) = &self.frozen_mask {
-            grad = grad.f_mul(&mask.f_to_kind(grad.kind())?)?;
-        }
         let (theta_in, state_in) = if track {
             (theta, self.state.clone())
         } else {
             (theta.f_detach()?, self.state.detach()?)
         };
-        let (mut next, state) = if track {
-            self.optimizer
-                .update(&theta_in, &grad, &state_in, &self.hparams)?
-        } else {
-            // No graph: hyperparameter tensors that require grad are only read.
-            tch::no_grad(|| {
-                self.optimizer
-                    .update(&theta_in, &grad, &state_in, &self.hparams)
-            })?
+        let mask = self.frozen_mask.as_ref();
+        let update = || {
+            self.spec
+                .update(mask, &theta_in, &grad, &state_in, &self.hparams)
         };
-        if let Some(mask) = &self.frozen_mask {
-            next = next.f_where_self(mask, &theta_in)?;
-        }
+        // Without tracking there is no graph: hyperparameter tensors that require grad are only
+        // read.
+        let (next, state) = if track {
+            update()?
+        } else {
+            tch::no_grad(update)?
+        };
         let next = if track {
             next
         } else {
@@ -359,16 +300,9 @@ impl<'m> InnerLoop<'m> {
     }
 }
 
-/// d loss / d theta, with a graph when `create_graph`; zeros where the loss does not depend on
-/// theta (libtorch returns an undefined gradient for an unused input).
-fn gradient(loss: &Tensor, theta: &Tensor, create_graph: bool) -> Result<Tensor> {
-    if loss.numel() != 1 {
-        return Err(Error::Shape {
-            op: "InnerLoop::step loss",
-            expected: "a scalar loss (sum the tasks' losses)".into(),
-            got: loss.size(),
-        });
-    }
+/// The support gradient of one step: d loss / d theta, with a graph when `create_graph`.
+fn support_gradient(loss: &Tensor, theta: &Tensor, create_graph: bool) -> Result<Tensor> {
+    check_scalar("InnerLoop::step loss", loss)?;
     if !theta.requires_grad() {
         return Err(Error::Shape {
             op: "InnerLoop::step",
@@ -376,11 +310,5 @@ fn gradient(loss: &Tensor, theta: &Tensor, create_graph: bool) -> Result<Tensor>
             got: theta.size(),
         });
     }
-    let mut grads = Tensor::f_run_backward(&[loss], &[theta], create_graph, create_graph)?;
-    let g = grads.pop().expect("one gradient per input");
-    if g.defined() {
-        Ok(g)
-    } else {
-        Ok(theta.f_zeros_like()?.f_to_kind(theta.kind())?)
-    }
+    gradient(loss, theta, create_graph)
 }

@@ -4,9 +4,12 @@
 //! optimizer steps, and exchanges meta-gradients between ranks (`comm`). It knows nothing of
 //! datasets, configs, files of a run or the command line; it never prints.
 
+#[macro_use]
+mod inner_core;
 pub mod adjoint;
 pub mod comm;
 mod error;
+pub mod host_memory;
 mod inner;
 pub mod kernels;
 pub mod nn;

@@ -1,7 +1,8 @@
 // metaloop's fused optimizer steps in CUDA C, compiled at run time with NVRTC (runtime::kernels::cuda).
 // Each element's arithmetic is the same as runtime/src/kernels/cpu.rs, operation for operation (the
 // options are runtime flags here, uniform over a launch; the CPU code makes them const generics).
-// The argument layout mirrors runtime::kernels::cuda::Args. On CUDA the shim never asks for partial
+// The argument layout mirrors runtime::kernels::cuda::Args; MetaloopStepParams comes from
+// runtime/csrc/step_params.h, which runtime::kernels::cuda puts in front of this source. On CUDA the shim never asks for partial
 // sums: every gradient is one value per element (reduced by the shim with at::sum_to).
 
 struct Args {
@@ -9,7 +10,7 @@ struct Args {
   long long mode[16];  // 0 one value, 1 per element, 2 element i % row_len, 3 element i / row_len
   const void* grad_out[8];
   void* out[16];
-  double consts[16];
+  MetaloopStepParams p;
   long long numel;
   long long row_len;
   long long hp0;
@@ -61,15 +62,14 @@ template <typename T> struct S {
   // Hyperparameter k: its tensor, or its constant.
   __device__ T h(int k, long long i) const {
     int slot = (int)a.hp0 + k;
-    return a.in[slot] ? x(slot, i) : (T)a.consts[k];
+    return a.in[slot] ? x(slot, i) : (T)a.p.hparams[k];
   }
   __device__ Hv<T> hv(int k, long long i) const {
     int slot = (int)a.hp0 + k;
-    return a.in[slot] ? ht<T>(x(slot, i)) : hc<T>(a.consts[k]);
+    return a.in[slot] ? ht<T>(x(slot, i)) : hc<T>(a.p.hparams[k]);
   }
   __device__ T dy(int j, long long i) const { return a.grad_out[j] ? ((const T*)a.grad_out[j])[i] : T(0); }
   __device__ void put(int k, long long i, T v) const { if (a.out[k]) ((T*)a.out[k])[i] = v; }
-  __device__ bool flag(int k) const { return a.consts[k] != 0.0; }
 };
 
 template <typename T> __device__ T ml_lerp(T start, T end, T w) {
@@ -86,10 +86,10 @@ template <typename T> __device__ void d_max(T a, T b, T d, T* da, T* db) {
 }
 template <typename T> __device__ T ml_sign(T x) { return x > T(0) ? T(1) : (x < T(0) ? T(-1) : T(0)); }
 
-// ---- SGD: inputs θ, g, buf, lr, momentum, dampening, weight_decay; consts 4 previous step count,
-// 5 nesterov, 6 momentum path.
+// ---- SGD: inputs θ, g, buf, lr, momentum, dampening, weight_decay; params first, nesterov,
+// momentum (path).
 template <typename T> __device__ void sgd_forward(const S<T>& s, long long i) {
-  bool momentum_path = s.flag(6), nesterov = s.flag(5), first = s.a.consts[4] == 0.0;
+  bool momentum_path = s.a.p.momentum, nesterov = s.a.p.nesterov, first = s.a.p.first;
   T theta = s.x(0, i), lr = s.h(0, i), mu = s.h(1, i), wd = s.h(3, i);
   T keep = hval(hrsub(s.hv(2, i), 1.0));
   T g = s.x(1, i) + wd * theta;
@@ -100,7 +100,7 @@ template <typename T> __device__ void sgd_forward(const S<T>& s, long long i) {
 }
 
 template <typename T> __device__ void sgd_backward(const S<T>& s, long long i) {
-  bool momentum_path = s.flag(6), nesterov = s.flag(5), first = s.a.consts[4] == 0.0;
+  bool momentum_path = s.a.p.momentum, nesterov = s.a.p.nesterov, first = s.a.p.first;
   T zero = T(0);
   T theta = s.x(0, i), prev = s.x(2, i), lr = s.h(0, i), mu = s.h(1, i), wd = s.h(3, i);
   T keep = hval(hrsub(s.hv(2, i), 1.0));
@@ -133,12 +133,12 @@ template <typename T> __device__ void sgd_backward(const S<T>& s, long long i) {
   s.put(6, i, theta * d_g);
 }
 
-// ---- Adam / AdamW: inputs θ, g, m, v, v̂, lr, β1, β2, eps, wd; consts 5 t, 6 decoupled, 7 amsgrad.
+// ---- Adam / AdamW: inputs θ, g, m, v, v̂, lr, β1, β2, eps, wd; params step, decoupled, amsgrad.
 template <typename T> struct AdamD {
   T w1, omb2, bc1, step, bc2s, decay;
 };
 template <typename T> __device__ AdamD<T> adam_derived(const S<T>& s, long long i) {
-  double t = s.a.consts[5];
+  double t = (double)s.a.p.step;
   Hv<T> lr = s.hv(0, i), beta1 = s.hv(1, i), beta2 = s.hv(2, i), wd = s.hv(4, i);
   Hv<T> bc1 = hrsub(hpow(beta1, t), 1.0);
   AdamD<T> d;
@@ -152,7 +152,7 @@ template <typename T> __device__ AdamD<T> adam_derived(const S<T>& s, long long 
 }
 
 template <typename T> __device__ void adam_forward(const S<T>& s, long long i) {
-  bool decoupled = s.flag(6), amsgrad = s.flag(7);
+  bool decoupled = s.a.p.decoupled, amsgrad = s.a.p.amsgrad;
   AdamD<T> d = adam_derived(s, i);
   T theta = s.x(0, i), g0 = s.x(1, i), m = s.x(2, i), v = s.x(3, i), vmax = s.x(4, i);
   T beta2 = s.h(2, i), eps = s.h(3, i), wd = s.h(4, i);
@@ -169,10 +169,10 @@ template <typename T> __device__ void adam_forward(const S<T>& s, long long i) {
 }
 
 template <typename T> __device__ void adam_backward(const S<T>& s, long long i) {
-  bool decoupled = s.flag(6), amsgrad = s.flag(7);
+  bool decoupled = s.a.p.decoupled, amsgrad = s.a.p.amsgrad;
   T zero = T(0), one = T(1);
   AdamD<T> d = adam_derived(s, i);
-  T t = (T)s.a.consts[5];
+  T t = (T)(double)s.a.p.step;
   T theta = s.x(0, i), g0 = s.x(1, i), m = s.x(2, i), v = s.x(3, i), vmax = s.x(4, i);
   T lr = s.h(0, i), beta1 = s.h(1, i), beta2 = s.h(2, i), eps = s.h(3, i), wd = s.h(4, i);
   T g = decoupled ? g0 : g0 + wd * theta;
@@ -234,9 +234,9 @@ template <typename T> __device__ void adam_backward(const S<T>& s, long long i) 
   s.put(9, i, d_wd);
 }
 
-// ---- Adamax: inputs θ, g, m, u, lr, β1, β2, eps, wd; consts 5 t.
+// ---- Adamax: inputs θ, g, m, u, lr, β1, β2, eps, wd; params step.
 template <typename T> __device__ void adamax_forward(const S<T>& s, long long i) {
-  double t = s.a.consts[5];
+  double t = (double)s.a.p.step;
   Hv<T> beta1 = s.hv(1, i);
   T w1 = hval(hrsub(beta1, 1.0));
   T clr = hval(hdiv(s.hv(0, i), hrsub(hpow(beta1, t), 1.0)));
@@ -252,7 +252,7 @@ template <typename T> __device__ void adamax_forward(const S<T>& s, long long i)
 }
 
 template <typename T> __device__ void adamax_backward(const S<T>& s, long long i) {
-  double t64 = s.a.consts[5];
+  double t64 = (double)s.a.p.step;
   T t = (T)t64;
   Hv<T> beta1 = s.hv(1, i);
   T w1 = hval(hrsub(beta1, 1.0));
@@ -290,11 +290,11 @@ template <typename T> __device__ void adamax_backward(const S<T>& s, long long i
   s.put(8, i, theta * d_g);
 }
 
-// ---- Adagrad: inputs θ, g, sum, lr, lr_decay, wd, initial_accumulator_value, eps; consts 5 t,
-// 6 first step.
+// ---- Adagrad: inputs θ, g, sum, lr, lr_decay, wd, initial_accumulator_value, eps; params step,
+// first.
 template <typename T> __device__ void adagrad_forward(const S<T>& s, long long i) {
-  bool first = s.flag(6);
-  Hv<T> den = hadd_scalar(hmul_scalar(s.hv(1, i), s.a.consts[5] - 1.0), 1.0);
+  bool first = s.a.p.first;
+  Hv<T> den = hadd_scalar(hmul_scalar(s.hv(1, i), (double)s.a.p.step - 1.0), 1.0);
   T clr = hval(hdiv(s.hv(0, i), den));
   T theta = s.x(0, i), wd = s.h(2, i), eps = s.h(4, i);
   T g = s.x(1, i) + wd * theta;
@@ -305,9 +305,9 @@ template <typename T> __device__ void adagrad_forward(const S<T>& s, long long i
 }
 
 template <typename T> __device__ void adagrad_backward(const S<T>& s, long long i) {
-  bool first = s.flag(6);
+  bool first = s.a.p.first;
   T zero = T(0);
-  Hv<T> denh = hadd_scalar(hmul_scalar(s.hv(1, i), s.a.consts[5] - 1.0), 1.0);
+  Hv<T> denh = hadd_scalar(hmul_scalar(s.hv(1, i), (double)s.a.p.step - 1.0), 1.0);
   T den = hval(denh);
   T clr = hval(hdiv(s.hv(0, i), denh));
   T theta = s.x(0, i), wd = s.h(2, i), eps = s.h(4, i);
@@ -328,16 +328,16 @@ template <typename T> __device__ void adagrad_backward(const S<T>& s, long long 
   s.put(1, i, d_g);
   s.put(2, i, first ? zero : d_sum);
   s.put(3, i, d_clr / den);
-  s.put(4, i, d_den * (T)(s.a.consts[5] - 1.0));
+  s.put(4, i, d_den * (T)((double)s.a.p.step - 1.0));
   s.put(5, i, theta * d_g);
   s.put(6, i, first ? d_sum : zero);
   s.put(7, i, d_std);
 }
 
-// ---- RMSprop: inputs θ, g, v, b, ḡ, lr, α, eps, wd, μ; consts 5 centered, 6 momentum path.
+// ---- RMSprop: inputs θ, g, v, b, ḡ, lr, α, eps, wd, μ; params centered, momentum (path).
 // Outputs θ', v', then b' (momentum path), then ḡ' (centered).
 template <typename T> __device__ void rmsprop_forward(const S<T>& s, long long i) {
-  bool centered = s.flag(5), momentum_path = s.flag(6);
+  bool centered = s.a.p.centered, momentum_path = s.a.p.momentum;
   T w = hval(hrsub(s.hv(1, i), 1.0));
   T theta = s.x(0, i), v = s.x(2, i), b = s.x(3, i), avg_prev = s.x(4, i);
   T lr = s.h(0, i), alpha = s.h(1, i), eps = s.h(2, i), wd = s.h(3, i), mu = s.h(4, i);
@@ -356,7 +356,7 @@ template <typename T> __device__ void rmsprop_forward(const S<T>& s, long long i
 }
 
 template <typename T> __device__ void rmsprop_backward(const S<T>& s, long long i) {
-  bool centered = s.flag(5), momentum_path = s.flag(6);
+  bool centered = s.a.p.centered, momentum_path = s.a.p.momentum;
   T zero = T(0);
   T w = hval(hrsub(s.hv(1, i), 1.0));
   T theta = s.x(0, i), v = s.x(2, i), b = s.x(3, i), avg_prev = s.x(4, i);
@@ -458,7 +458,7 @@ template <typename T> __device__ void adadelta_backward(const S<T>& s, long long
   s.put(7, i, theta * d_g);
 }
 
-// ---- Rprop: inputs θ, g, prev, step_size, lr, η−, η+, min, max; consts 5 first step.
+// ---- Rprop: inputs θ, g, prev, step_size, lr, η−, η+, min, max; params first.
 template <typename T> struct RpropF {
   bool flipped, grew;
   T factor, s_prev, scaled, lower, step_size, g_kept, theta_new;
@@ -471,7 +471,7 @@ template <typename T> __device__ RpropF<T> rprop_values(const S<T>& s, long long
   r.flipped = product < zero;
   r.grew = product > zero;
   r.factor = r.flipped ? s.h(1, i) : (r.grew ? s.h(2, i) : T(1));
-  r.s_prev = s.flag(5) ? s.h(0, i) : s.x(3, i);
+  r.s_prev = s.a.p.first ? s.h(0, i) : s.x(3, i);
   r.scaled = r.s_prev * r.factor;
   T lo = s.h(3, i), hi = s.h(4, i);
   r.lower = r.scaled < lo ? lo : r.scaled;
@@ -490,7 +490,7 @@ template <typename T> __device__ void rprop_forward(const S<T>& s, long long i) 
 
 template <typename T> __device__ void rprop_backward(const S<T>& s, long long i) {
   T zero = T(0);
-  bool first = s.flag(5);
+  bool first = s.a.p.first;
   RpropF<T> r = rprop_values(s, i);
   T lo = s.h(3, i), hi = s.h(4, i);
   T d_new = s.dy(0, i);

@@ -1,5 +1,6 @@
 //! The CUDA kernels of the fused optimizer steps: CUDA C (`cuda.cu`, the same per-element
-//! arithmetic as `cpu`) compiled with NVRTC at run time through cudarc (dynamic loading, so this
+//! arithmetic as `cpu`, behind runtime/csrc/step_params.h, the C declaration of a step's constants)
+//! compiled with NVRTC at run time through cudarc (dynamic loading, so this
 //! builds and loads on machines without CUDA), the module loaded once per device and cached, each
 //! step launched on the stream the shim passes (libtorch's current stream when the shim has the
 //! CUDA headers) in libtorch's primary context.
@@ -10,8 +11,11 @@
 use super::ffi::KernelCall;
 use super::StepKernel;
 
-/// The CUDA C source.
-pub(crate) const SOURCE: &str = include_str!("cuda.cu");
+/// The CUDA C source: the step constants' C declaration, then the kernels.
+pub(crate) const SOURCE: &str = concat!(
+    include_str!("../../csrc/step_params.h"),
+    include_str!("cuda.cu")
+);
 
 /// The kernel's exported name for (op, pass, dtype).
 #[allow(dead_code)]
@@ -32,7 +36,7 @@ fn kernel_name(kernel: StepKernel, backward: bool, dtype: i32) -> String {
 
 #[cfg(feature = "cuda-kernels")]
 mod imp {
-    use super::super::ffi::{self, KernelCall, MAX_IN, MAX_OUT};
+    use super::super::ffi::{self, KernelCall, StepParams, MAX_IN, MAX_OUT};
     use super::{kernel_name, StepKernel, SOURCE};
     use cudarc::driver::{result, sys};
     use cudarc::nvrtc;
@@ -47,7 +51,7 @@ mod imp {
         mode: [i64; MAX_IN],
         grad_out: [*const c_void; MAX_OUT],
         out: [*mut c_void; MAX_IN],
-        consts: [f64; ffi::MAX_CONST],
+        params: StepParams,
         numel: i64,
         row_len: i64,
         hp0: i64,
@@ -171,7 +175,7 @@ mod imp {
             mode: call.in_mode,
             grad_out: call.grad_out,
             out: call.out,
-            consts: call.consts,
+            params: call.params,
             numel: call.numel,
             row_len: call.row_len,
             hp0: kernel.hparam_slot() as i64,

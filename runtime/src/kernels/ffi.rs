@@ -1,15 +1,18 @@
 //! The C ABI between runtime::kernels and the C++ shim (runtime/csrc/fused_step.cpp): the layout
-//! of one kernel call and the shim's entry points.
+//! of one kernel call, the constants of one step, and the shim's entry points.
 //!
-//! It declares; it never calls anything itself. The struct mirrors `MetaloopKernelCall` field for
-//! field; a change on one side needs the same change on the other.
+//! It declares; it never calls anything itself. `KernelCall` mirrors `MetaloopKernelCall`
+//! (fused_step.cpp) and `StepParams` mirrors `MetaloopStepParams` (runtime/csrc/step_params.h,
+//! which the CUDA source includes too) field for field; a change on one side needs the same
+//! change on the other. The sizes are checked at compile time on both sides.
 
 use std::os::raw::{c_char, c_void};
 use torch_sys::C_tensor;
 
 pub(crate) const MAX_IN: usize = 16;
 pub(crate) const MAX_OUT: usize = 8;
-pub(crate) const MAX_CONST: usize = 16;
+/// The most hyperparameter slots a step has.
+pub(crate) const MAX_HPARAMS: usize = 8;
 /// A bit of the op code given to `metaloop_fused_step`: the gradient of θ is the gradient of θ'
 /// (no weight decay), so the backward passes it on and the kernel does not write it.
 pub(crate) const THETA_GRAD_PASSES: i32 = 1 << 8;
@@ -36,7 +39,7 @@ pub(crate) struct KernelCall {
     pub n_in: i32,
     pub n_out: i32,
     /// θ, g, the state buffers, the hyperparameter slots; null for an absent buffer or a
-    /// constant hyperparameter (its value is then `consts[slot]`).
+    /// constant hyperparameter (its value is then `params.hparams[h]`).
     pub input: [*const c_void; MAX_IN],
     /// The layout of each input: 0 one value for every element, 1 one per element (laid out like
     /// θ), 2 one per element of a row (`[P]` broadcast over the rows: element `i % row_len`), 3
@@ -51,8 +54,54 @@ pub(crate) struct KernelCall {
     /// or one-per-row (layout 3) input: `[chunks, 1]` or `[chunks, rows]`, f64, zeroed; the kernel
     /// adds each chunk's sums into its own row.
     pub out_reduced: [i64; MAX_IN],
-    pub consts: [f64; MAX_CONST],
+    pub params: StepParams,
 }
+
+/// The constants of one fused step: the value of each constant hyperparameter and the options
+/// that select the kernel's arithmetic. One struct serves every optimizer; each reads the fields
+/// its step has (runtime::optim's descriptors say which) and leaves the others at their default.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepParams {
+    /// The constant of each hyperparameter slot, in the kernel's order (NaN where the slot holds
+    /// a tensor; filled by [`super::fused_step`] from the slots).
+    pub hparams: [f64; MAX_HPARAMS],
+    /// The step count t after this step (1 at the first step).
+    pub step: i64,
+    /// The first step: the state buffers start from their initial values (SGD's momentum buffer
+    /// from g, Adagrad's sum from `initial_accumulator_value`, Rprop's step sizes from lr).
+    pub first: bool,
+    /// SGD: Nesterov momentum.
+    pub nesterov: bool,
+    /// SGD, RMSprop: the momentum path (a momentum buffer is read and written).
+    pub momentum: bool,
+    /// Adam: decoupled weight decay (AdamW).
+    pub decoupled: bool,
+    /// Adam: AMSGrad's running maximum of the second moment.
+    pub amsgrad: bool,
+    /// RMSprop: centered (normalised by the variance estimate).
+    pub centered: bool,
+}
+
+impl Default for StepParams {
+    /// The first step with every option off.
+    fn default() -> StepParams {
+        StepParams {
+            hparams: [f64::NAN; MAX_HPARAMS],
+            step: 1,
+            first: true,
+            nesterov: false,
+            momentum: false,
+            decoupled: false,
+            amsgrad: false,
+            centered: false,
+        }
+    }
+}
+
+// The layout `MetaloopStepParams` has in C (step_params.h asserts the same size).
+const _: () = assert!(std::mem::size_of::<StepParams>() == 80);
+const _: () = assert!(std::mem::align_of::<StepParams>() == 8);
 
 /// The kernel entry point the shim calls: 0 on success, otherwise a message written into `err`.
 pub(crate) type KernelFn = unsafe extern "C" fn(*const KernelCall, *mut c_char, usize) -> i32;
@@ -62,8 +111,7 @@ extern "C" {
         op: i32,
         inputs: *const *const C_tensor,
         n_in: i32,
-        consts: *const f64,
-        n_const: i32,
+        params: *const StepParams,
         n_out: i32,
         kernel: KernelFn,
         outputs: *mut *mut C_tensor,

@@ -29,12 +29,12 @@
 //!   through the step's backward into the gradient's own graph). Differentiating the backward
 //!   again (`create_graph` through a step) is refused with an error; build the optimizer with
 //!   `.fused(false)` for that.
-//! - Speed on the CPU (benches/README.md, `cargo bench -p metaloop --bench optim_step`, T = 8
-//!   tasks × P = 112,261 f32): one fused pass reads and writes each buffer once where the tensor
-//!   ops make a dozen passes, so the fused step measured faster than the tensor ops for every
-//!   optimizer forward, and forward + backward for all but SGD with momentum, whose tensor-op
-//!   step is only a few cheap passes (there the two measured about even, or the fused one slower
-//!   when glibc's page faults on fresh buffers hit it harder).
+//! - Why: one fused pass reads and writes each buffer once where the tensor ops make a dozen
+//!   passes and allocate a buffer per op. How it compares with the tensor ops per optimizer is
+//!   measured in benches/README.md (`cargo bench -p metaloop --bench optim_step`).
+//! - The step's constants cross from Rust to C++ and CUDA as one `#[repr(C)]` struct,
+//!   [`StepParams`] (runtime/csrc/step_params.h on the C side): the constant hyperparameters by
+//!   slot and the options by name.
 //!
 //! runtime::optim decides when to call [`fused_step`] (its tensor-op path stays the reference and
 //! the fallback). This module is the only one with unsafe code or raw pointers; it knows nothing
@@ -44,13 +44,10 @@ mod batch_norm;
 mod cpu;
 mod cuda;
 mod ffi;
-mod host_memory;
+pub(crate) mod host_ffi;
 
 pub use batch_norm::batch_norm_train;
-pub use host_memory::{
-    cache_host_allocations, empty_host_cache, host_cache_bytes, retain_freed_host_memory,
-    HostMemory,
-};
+pub use ffi::StepParams;
 
 use crate::{Error, Result};
 use std::ffi::CStr;
@@ -109,7 +106,7 @@ impl StepKernel {
     }
 
     /// The number of state-buffer input slots (a slot may be absent).
-    pub fn state_slots(self) -> usize {
+    pub const fn state_slots(self) -> usize {
         match self {
             StepKernel::Sgd | StepKernel::Adagrad => 1,
             StepKernel::Adamax | StepKernel::Adadelta | StepKernel::Rprop => 2,
@@ -118,7 +115,7 @@ impl StepKernel {
     }
 
     /// The number of hyperparameter slots.
-    pub fn hparam_count(self) -> usize {
+    pub const fn hparam_count(self) -> usize {
         match self {
             StepKernel::Sgd | StepKernel::Adadelta => 4,
             StepKernel::Adam
@@ -136,6 +133,15 @@ impl StepKernel {
             StepKernel::Adam | StepKernel::Adamax => Some(4),
             StepKernel::Adagrad => Some(2),
             StepKernel::Rprop => None,
+        }
+    }
+
+    /// True when ∂θ = ∂θ' for these hyperparameters: without weight decay θ' = θ − (terms without
+    /// θ), so the shim hands the output gradient through instead of having the kernel copy it.
+    fn theta_grad_passes(self, hparams: &[Slot<'_>]) -> bool {
+        match self.weight_decay() {
+            None => true,
+            Some(h) => matches!(hparams[h], Slot::Const(c) if c == 0.0),
         }
     }
 
@@ -203,16 +209,16 @@ pub fn compile_cuda_source() -> Result<usize> {
 
 /// One fused optimizer step through the autograd function. `states` has
 /// [`StepKernel::state_slots`] entries (None: absent, read as zeros where the step needs it),
-/// `hparams` [`StepKernel::hparam_count`]; `flags` are the kernel's further constants (step count,
-/// options; see runtime::optim's callers). Returns θ' and the `n_out - 1` new state buffers, each
-/// shaped like θ, tracked by autograd when any input is.
+/// `hparams` [`StepKernel::hparam_count`]; `params` holds the step count and the options (its
+/// `hparams` field is filled here from the slots). Returns θ' and the `n_out - 1` new state
+/// buffers, each shaped like θ, tracked by autograd when any input is.
 pub fn fused_step(
     kernel: StepKernel,
     theta: &Tensor,
     grad: &Tensor,
     states: &[Option<&Tensor>],
     hparams: &[Slot<'_>],
-    flags: &[f64],
+    mut params: StepParams,
     n_out: usize,
 ) -> Result<(Tensor, Vec<Tensor>)> {
     let fail = |message: String| Error::Kernel {
@@ -228,38 +234,15 @@ pub fn fused_step(
             kernel.hparam_count()
         )));
     }
-    let n_const = hparams.len() + flags.len();
-    if n_const > ffi::MAX_CONST || n_out == 0 || n_out > ffi::MAX_OUT {
-        return Err(fail(format!("{n_const} constants, {n_out} outputs")));
+    if hparams.len() > ffi::MAX_HPARAMS || n_out == 0 || n_out > ffi::MAX_OUT {
+        return Err(fail(format!(
+            "{} hyperparameters, {n_out} outputs",
+            hparams.len()
+        )));
     }
-    let mut inputs: Vec<*const torch_sys::C_tensor> = vec![theta.as_ptr(), grad.as_ptr()];
-    inputs.extend(
-        states
-            .iter()
-            .map(|s| s.map_or(std::ptr::null(), |t| t.as_ptr())),
-    );
-    let mut consts = Vec::with_capacity(n_const);
-    for h in hparams {
-        match h {
-            Slot::Const(c) => {
-                inputs.push(std::ptr::null());
-                consts.push(*c);
-            }
-            Slot::Tensor(t) => {
-                inputs.push(t.as_ptr());
-                consts.push(f64::NAN);
-            }
-        }
-    }
-    consts.extend_from_slice(flags);
-    // Without weight decay θ' = θ − (terms without θ), so ∂θ = ∂θ': the shim hands the output
-    // gradient through instead of having the kernel copy it.
-    let theta_passes = match kernel.weight_decay() {
-        None => true,
-        Some(h) => matches!(hparams[h], Slot::Const(c) if c == 0.0),
-    };
+    let inputs = input_pointers(theta, grad, states, hparams, &mut params);
     let op = kernel as i32
-        | if theta_passes {
+        | if kernel.theta_grad_passes(hparams) {
             ffi::THETA_GRAD_PASSES
         } else {
             0
@@ -273,8 +256,7 @@ pub fn fused_step(
             op,
             inputs.as_ptr(),
             inputs.len() as i32,
-            consts.as_ptr(),
-            consts.len() as i32,
+            &params,
             n_out as i32,
             kernel_entry,
             outputs.as_mut_ptr(),
@@ -289,6 +271,34 @@ pub fn fused_step(
         .next()
         .ok_or_else(|| fail("the shim returned no θ'".to_string()))?;
     Ok((theta, outputs.collect()))
+}
+
+/// The shim's input slots (θ, g, the state buffers, the hyperparameters; null for an absent
+/// buffer or a constant), with each constant hyperparameter written into `params`.
+fn input_pointers(
+    theta: &Tensor,
+    grad: &Tensor,
+    states: &[Option<&Tensor>],
+    hparams: &[Slot<'_>],
+    params: &mut StepParams,
+) -> Vec<*const torch_sys::C_tensor> {
+    let mut inputs: Vec<*const torch_sys::C_tensor> = vec![theta.as_ptr(), grad.as_ptr()];
+    inputs.extend(
+        states
+            .iter()
+            .map(|s| s.map_or(std::ptr::null(), |t| t.as_ptr())),
+    );
+    params.hparams = [f64::NAN; ffi::MAX_HPARAMS];
+    for (h, slot) in hparams.iter().enumerate() {
+        match slot {
+            Slot::Const(c) => {
+                inputs.push(std::ptr::null());
+                params.hparams[h] = *c;
+            }
+            Slot::Tensor(t) => inputs.push(t.as_ptr()),
+        }
+    }
+    inputs
 }
 
 /// The text of an error message a shim returned (null: none), which this frees. Every shim

@@ -11,12 +11,20 @@
 //! value is torch's but the derivative is masked to zero, so hypergradients stay finite (the NaN of
 //! higher #125 and TorchOpt #26).
 //!
+//! Each optimizer is declared once with `optimizer!` (declare.rs: its options with torch's
+//! defaults, setters, hyperparameter names and fused-kernel descriptor) and writes only its
+//! arithmetic; `fused` is the one place that hands a step to runtime::kernels. Its state names
+//! each buffer with a [`Buffer`].
+//!
 //! This module must not mutate its inputs, keep tensors between calls, read a tensor's value back to
 //! the host (no GPU sync), know about models or parameter names, or print.
 
+#[macro_use]
+mod declare;
 mod adadelta;
 mod adagrad;
 mod adam;
+pub(crate) mod fused;
 mod hparams;
 mod rmsprop;
 mod rprop;
@@ -30,7 +38,7 @@ pub use hparams::{HParams, HValue};
 pub use rmsprop::RMSprop;
 pub use rprop::Rprop;
 pub use sgd::Sgd;
-pub use state::OptState;
+pub use state::{Buffer, OptState};
 
 use crate::{Error, Result};
 use tch::Tensor;
@@ -65,6 +73,15 @@ impl Clone for Box<dyn Optimizer> {
     }
 }
 
+/// What an optimizer's tensor-op step reads: θ, g, the state before the step, and the value of
+/// each hyperparameter in the optimizer's name order.
+pub(crate) struct StepInput<'a, const N: usize> {
+    pub theta: &'a Tensor,
+    pub grad: &'a Tensor,
+    pub state: &'a OptState,
+    pub v: &'a [HValue; N],
+}
+
 /// Checks that `grad` has the shape of `theta`, the one precondition every update shares.
 pub(crate) fn check_shapes(op: &'static str, theta: &Tensor, grad: &Tensor) -> Result<()> {
     let want = theta.size();
@@ -89,15 +106,6 @@ pub(crate) fn sqrt_finite_grad(x: &Tensor) -> Result<Tensor> {
     let zero = x.f_eq(0.0)?;
     let safe = x.f_masked_fill(&zero, 1.0)?;
     Ok(safe.f_sqrt()?.f_masked_fill(&zero, 0.0)?)
-}
-
-/// `state[name]`, or zeros shaped like `theta` when the state lacks it (a buffer that the builder's
-/// options did not call for but a hyperparameter override does, e.g. a momentum override).
-pub(crate) fn buffer_or_zeros(state: &OptState, name: &str, theta: &Tensor) -> Result<Tensor> {
-    match state.get(name) {
-        Some(t) => Ok(t.shallow_clone()),
-        None => Ok(theta.f_zeros_like()?.f_detach()?),
-    }
 }
 
 /// torch's coupled weight decay `g + weight_decay * θ`, skipped for a constant 0.
