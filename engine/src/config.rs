@@ -360,6 +360,71 @@ fn at_least(key: &str, value: i64, min: i64) -> Result<(), ConfigError> {
     }
 }
 
+impl ModelConfig {
+    /// The backbone fits the task (an MLP for regression, Conv-4 for images) and its sizes.
+    fn check(&self, classification: bool, kind: TaskKind) -> Result<(), ConfigError> {
+        match (classification, self.backbone) {
+            (false, Backbone::Conv4) => {
+                return Err(err(
+                    "model.backbone",
+                    "sinusoid regression needs \"mlp\", got \"conv4\"",
+                ))
+            }
+            (true, Backbone::Mlp) => {
+                return Err(err(
+                    "model.backbone",
+                    format!("{kind} needs \"conv4\", got \"mlp\""),
+                ))
+            }
+            (false, Backbone::Mlp) | (true, Backbone::Conv4) => {}
+        }
+        if self.backbone == Backbone::Mlp {
+            if self.hidden.is_empty() {
+                return Err(err("model.hidden", "must list at least one hidden width"));
+            }
+            if let Some(h) = self.hidden.iter().find(|h| **h < 1) {
+                return Err(err("model.hidden", format!("widths must be >= 1, got {h}")));
+            }
+        } else {
+            at_least("model.filters", self.filters, 1)?;
+        }
+        Ok(())
+    }
+}
+
+impl AlgorithmConfig {
+    /// The options an algorithm cannot take: learned hyperparameters and the multi-step loss
+    /// need a second-order meta-gradient, recompute one set of hyperparameters for every step.
+    fn check_combination(&self) -> Result<(), ConfigError> {
+        use AlgorithmName::*;
+        let learns = self.learn_lr || self.learn_momentum || self.multi_step_loss;
+        let refused = match self.name {
+            Reptile => Some("reptile has no meta-gradient: learn_lr, learn_momentum and multi_step_loss must be false"),
+            Fomaml => Some("fomaml has no second-order path: learn_lr, learn_momentum and multi_step_loss need \"maml\" (or \"anil\", \"metasgd\", \"lslr\")"),
+            Pretrain => Some("pretrain (the joint-training baseline) has no inner loop to learn: learn_lr, learn_momentum and multi_step_loss must be false"),
+            Maml | Metasgd | Anil | Lslr => None,
+        };
+        if let (true, Some(why)) = (learns, refused) {
+            return Err(err("algorithm.name", why));
+        }
+        if self.memory == Memory::Recompute
+            && (!matches!(self.name, Maml | Metasgd | Anil) || self.multi_step_loss)
+        {
+            return Err(err("algorithm.memory", "\"recompute\" applies to second-order maml, metasgd and anil without multi_step_loss"));
+        }
+        if self.learn_lr && matches!(self.name, Metasgd | Lslr) {
+            return Err(err(
+                "algorithm.learn_lr",
+                format!(
+                    "{} already learns its inner learning rates; leave learn_lr false",
+                    self.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl TrainConfig {
     /// Checks every value; the first bad one is returned with its dotted key.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -387,31 +452,7 @@ impl TrainConfig {
             }
         }
 
-        match (classification, self.model.backbone) {
-            (false, Backbone::Conv4) => {
-                return Err(err(
-                    "model.backbone",
-                    "sinusoid regression needs \"mlp\", got \"conv4\"",
-                ))
-            }
-            (true, Backbone::Mlp) => {
-                return Err(err(
-                    "model.backbone",
-                    format!("{} needs \"conv4\", got \"mlp\"", self.task.kind),
-                ))
-            }
-            (false, Backbone::Mlp) | (true, Backbone::Conv4) => {}
-        }
-        if self.model.backbone == Backbone::Mlp {
-            if self.model.hidden.is_empty() {
-                return Err(err("model.hidden", "must list at least one hidden width"));
-            }
-            if let Some(h) = self.model.hidden.iter().find(|h| **h < 1) {
-                return Err(err("model.hidden", format!("widths must be >= 1, got {h}")));
-            }
-        } else {
-            at_least("model.filters", self.model.filters, 1)?;
-        }
+        self.model.check(classification, self.task.kind)?;
 
         at_least(
             "algorithm.inner_steps",
@@ -426,45 +467,7 @@ impl TrainConfig {
                 format!("must be in [0, 1), got {m}"),
             ));
         }
-        if self.algorithm.name == AlgorithmName::Reptile
-            && (self.algorithm.learn_lr
-                || self.algorithm.learn_momentum
-                || self.algorithm.multi_step_loss)
-        {
-            return Err(err("algorithm.name", "reptile has no meta-gradient: learn_lr, learn_momentum and multi_step_loss must be false"));
-        }
-        if self.algorithm.name == AlgorithmName::Fomaml
-            && (self.algorithm.learn_lr
-                || self.algorithm.learn_momentum
-                || self.algorithm.multi_step_loss)
-        {
-            return Err(err("algorithm.name", "fomaml has no second-order path: learn_lr, learn_momentum and multi_step_loss need \"maml\" (or \"anil\", \"metasgd\")"));
-        }
-        if self.algorithm.name == AlgorithmName::Pretrain
-            && (self.algorithm.learn_lr
-                || self.algorithm.learn_momentum
-                || self.algorithm.multi_step_loss)
-        {
-            return Err(err("algorithm.name", "pretrain (the joint-training baseline) has no inner loop to learn: learn_lr, learn_momentum and multi_step_loss must be false"));
-        }
-        use AlgorithmName::{Anil, Maml, Metasgd};
-        if self.algorithm.memory == Memory::Recompute
-            && (!matches!(self.algorithm.name, Maml | Metasgd | Anil)
-                || self.algorithm.multi_step_loss)
-        {
-            return Err(err("algorithm.memory", "\"recompute\" applies to second-order maml, metasgd and anil without multi_step_loss"));
-        }
-        if self.algorithm.learn_lr
-            && matches!(self.algorithm.name, Metasgd | AlgorithmName::Lslr)
-        {
-            return Err(err(
-                "algorithm.learn_lr",
-                format!(
-                    "{} already learns its inner learning rates; leave learn_lr false",
-                    self.algorithm.name
-                ),
-            ));
-        }
+        self.algorithm.check_combination()?;
 
         positive("outer.lr", self.outer.lr)?;
         at_least("outer.meta_batch", self.outer.meta_batch as i64, 1)?;

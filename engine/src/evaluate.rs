@@ -26,12 +26,11 @@ impl Trainer {
         let mut start = mine.start;
         while start < mine.end {
             let end = (start + chunk).min(mine.end);
-            let batch = self.prepare(self.source.meta_batch(
-                self.cfg.run.seed,
-                0,
-                start..end,
-                split,
-            )?)?;
+            let batch =
+                self.prepare(
+                    self.source
+                        .meta_batch(self.cfg.run.seed, 0, start..end, split)?,
+                )?;
             let rows = self.evaluate_batch(&batch)?;
             tch::no_grad(|| {
                 table

@@ -128,9 +128,9 @@ pub struct Trainer {
 /// loss, the algorithm and the communicator (one rank alone by default).
 pub struct TrainerBuilder {
     cfg: TrainConfig,
-    comm: Option<Box<dyn Communicator>>,
+    communicator: Option<Box<dyn Communicator>>,
     model: Option<Box<dyn Module>>,
-    source: Option<Arc<dyn TaskSource>>,
+    tasks: Option<Arc<dyn TaskSource>>,
     loss: Option<Box<dyn Loss>>,
     algorithm: Option<Box<dyn Algorithm>>,
     device: Option<Device>,
@@ -138,49 +138,47 @@ pub struct TrainerBuilder {
     fused: bool,
 }
 
+/// A builder method that sets the optional part `$name` to `$wrap(value)`.
+macro_rules! part {
+    ($(#[$doc:meta])* $name:ident: $ty:ty => $wrap:path) => {
+        $(#[$doc])*
+        pub fn $name(mut self, value: $ty) -> Self {
+            self.$name = Some($wrap(value));
+            self
+        }
+    };
+}
+
 impl TrainerBuilder {
-    /// The communicator of this rank (default: `Local`, one rank).
-    pub fn communicator(mut self, comm: Box<dyn Communicator>) -> Self {
-        self.comm = Some(comm);
-        self
-    }
-
-    /// The model (default: `model.backbone`). θ0 is initialised from its parameter definitions
-    /// with `run.seed`.
-    pub fn model(mut self, model: impl Module + 'static) -> Self {
-        self.model = Some(Box::new(model));
-        self
-    }
-
-    /// Where tasks come from (default: `task.kind`).
-    pub fn tasks(mut self, source: impl TaskSource + 'static) -> Self {
-        self.source = Some(Arc::new(source));
-        self
-    }
-
-    /// The per-task loss (default: MSE for sinusoids, cross-entropy for images).
-    pub fn loss(mut self, loss: impl Loss + 'static) -> Self {
-        self.loss = Some(Box::new(loss));
-        self
-    }
-
-    /// The algorithm (default: `algorithm.name`).
-    pub fn algorithm(mut self, algorithm: impl Algorithm + 'static) -> Self {
-        self.algorithm = Some(Box::new(algorithm));
-        self
-    }
-
-    /// The device (default: `run.device`, cuda:<local rank> for "cuda").
-    pub fn device(mut self, device: Device) -> Self {
-        self.device = Some(device);
-        self
-    }
-
-    /// The CPU threads the task-parallel workers share (default: libtorch's thread count).
-    pub fn threads(mut self, threads: usize) -> Self {
-        self.threads = Some(threads);
-        self
-    }
+    part!(
+        /// The communicator of this rank (default: `Local`, one rank).
+        communicator: Box<dyn Communicator> => std::convert::identity
+    );
+    part!(
+        /// The model (default: `model.backbone`); θ0 is initialised from its parameter
+        /// definitions with `run.seed`.
+        model: impl Module + 'static => Box::new
+    );
+    part!(
+        /// Where tasks come from (default: `task.kind`).
+        tasks: impl TaskSource + 'static => Arc::new
+    );
+    part!(
+        /// The per-task loss (default: MSE for sinusoids, cross-entropy for images).
+        loss: impl Loss + 'static => Box::new
+    );
+    part!(
+        /// The algorithm (default: `algorithm.name`).
+        algorithm: impl Algorithm + 'static => Box::new
+    );
+    part!(
+        /// The device (default: `run.device`, cuda:<local rank> for "cuda").
+        device: Device => std::convert::identity
+    );
+    part!(
+        /// The CPU threads the task-parallel workers share (default: libtorch's thread count).
+        threads: usize => std::convert::identity
+    );
 
     /// Fused optimizer kernels (runtime::kernels) for the inner and outer steps instead of
     /// libtorch's tensor ops (default: off, as the optimizers' own default).
@@ -198,7 +196,7 @@ impl TrainerBuilder {
             None => setup::device(cfg.run.device)?,
         };
         let kind = setup::kind(cfg.run.dtype);
-        let source = match self.source {
+        let source = match self.tasks {
             Some(s) => s,
             None => setup::task_source(&cfg)?,
         };
@@ -206,7 +204,7 @@ impl TrainerBuilder {
             let channels = source.input_shape().first().copied().unwrap_or(1);
             setup::build_model(&cfg, channels)
         });
-        let comm = self.comm.unwrap_or_else(|| Box::new(Local));
+        let comm = self.communicator.unwrap_or_else(|| Box::new(Local));
         let loss = self.loss.unwrap_or_else(|| loss::for_task(cfg.task.kind));
         let algorithm = self
             .algorithm
@@ -264,9 +262,9 @@ impl Trainer {
     pub fn builder(cfg: &TrainConfig) -> TrainerBuilder {
         TrainerBuilder {
             cfg: cfg.clone(),
-            comm: None,
+            communicator: None,
             model: None,
-            source: None,
+            tasks: None,
             loss: None,
             algorithm: None,
             device: None,
@@ -345,9 +343,10 @@ impl Trainer {
             let mut offset = p;
             for h in &self.learned {
                 let n = h.tensor.numel() as i64;
-                h.tensor
-                    .shallow_clone()
-                    .f_copy_(&v.f_narrow(0, offset, n)?.f_view(h.tensor.size().as_slice())?)?;
+                h.tensor.shallow_clone().f_copy_(
+                    &v.f_narrow(0, offset, n)?
+                        .f_view(h.tensor.size().as_slice())?,
+                )?;
                 offset += n;
             }
             Ok(())
@@ -360,26 +359,22 @@ impl Trainer {
     }
 
     /// A batch moved to this rank's device and dtype (class labels stay integer).
-    pub(crate) fn prepare(&self, b: MetaBatch) -> Result<MetaBatch> {
-        let x = |t: &Tensor| -> Result<Tensor> {
-            Ok(t.f_to_device(self.device)?.f_to_kind(self.kind)?)
-        };
-        let y = |t: &Tensor| -> Result<Tensor> {
-            let t = t.f_to_device(self.device)?;
-            Ok(if self.classification() {
-                t
+    pub(crate) fn prepare(&self, mut b: MetaBatch) -> Result<MetaBatch> {
+        let labels = self.classification();
+        for (t, is_label) in [
+            (&mut b.support_x, false),
+            (&mut b.support_y, labels),
+            (&mut b.query_x, false),
+            (&mut b.query_y, labels),
+        ] {
+            let moved = t.f_to_device(self.device)?;
+            *t = if is_label {
+                moved
             } else {
-                t.f_to_kind(self.kind)?
-            })
-        };
-        Ok(MetaBatch {
-            support_x: x(&b.support_x)?,
-            support_y: y(&b.support_y)?,
-            query_x: x(&b.query_x)?,
-            query_y: y(&b.query_y)?,
-            iteration: b.iteration,
-            tasks: b.tasks,
-        })
+                moved.f_to_kind(self.kind)?
+            };
+        }
+        Ok(b)
     }
 
     /// A worker's view of this trainer (see [`Shard`]).
@@ -706,9 +701,13 @@ fn chunk_meta_gradient(
     Ok((Tensor::f_cat(&flat, 0)?, [q_sum, acc_sum], per_task))
 }
 
-/// A detached, contiguous CPU copy.
+/// A detached, contiguous CPU copy: a snapshot (on the CPU, moving and detaching alone would
+/// alias the live tensor, which later steps change).
 fn cpu(t: &Tensor) -> Result<Tensor> {
-    Ok(t.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?)
+    let t = t.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?;
+    let mut copy = t.f_empty_like()?;
+    copy.f_copy_(&t)?;
+    Ok(copy)
 }
 
 /// The values of `t` as f64s (flattened).

@@ -282,9 +282,7 @@ fn lslr_saves_its_learned_rates_beside_theta_and_eval_uses_them() {
     // MLP 1-8-8-1: three Linear layers, six tensors.
     assert_eq!(
         names,
-        [
-            "0.bias", "0.weight", "2.bias", "2.weight", "4.bias", "4.weight", "inner.lr"
-        ]
+        ["0.bias", "0.weight", "2.bias", "2.weight", "4.bias", "4.weight", "inner.lr"]
     );
     let lr = &model.iter().find(|(n, _)| n == "inner.lr").unwrap().1;
     assert_eq!(lr.size(), [2, 6]);

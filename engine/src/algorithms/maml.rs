@@ -127,7 +127,8 @@ fn first_order(shard: &Shard, batch: &MetaBatch, global_tasks: f64) -> MetaGrad 
 /// values as full tracking, memory independent of steps × activations.
 pub fn recompute(shard: &Shard, batch: &MetaBatch, global_tasks: f64) -> MetaGrad {
     let a = shard.config();
-    let _s = tracing::info_span!("inner_loop", steps = a.inner_steps, memory = "recompute").entered();
+    let _s =
+        tracing::info_span!("inner_loop", steps = a.inner_steps, memory = "recompute").entered();
     let mut mg = MetaGradient::new(shard.inner_optimizer())
         .tasks(batch.len() as i64)
         .freeze(shard.frozen);

@@ -20,9 +20,9 @@
 
 use std::fmt;
 
-use metaloop_runtime::StepOptions;
 use metaloop_runtime::nn::Module;
 use metaloop_runtime::optim::Sgd;
+use metaloop_runtime::StepOptions;
 use metaloop_runtime::{InnerLoop, Layout, Params};
 use tch::{Device, Kind, Tensor};
 
@@ -127,7 +127,11 @@ pub fn build(name: AlgorithmName) -> Box<dyn Algorithm> {
 
 /// `learn_lr` / `learn_momentum`: one value per parameter tensor, as in the toy example of
 /// higher.
-pub fn per_tensor_hparams(a: &AlgorithmConfig, layout: &Layout, opts: Opts) -> Result<Vec<Learned>> {
+pub fn per_tensor_hparams(
+    a: &AlgorithmConfig,
+    layout: &Layout,
+    opts: Opts,
+) -> Result<Vec<Learned>> {
     let groups = layout.group_sizes().len() as i64;
     let mut out = Vec::new();
     if a.learn_lr {

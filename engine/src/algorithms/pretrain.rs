@@ -19,8 +19,8 @@ impl Algorithm for Pretrain {
             .f_add(&query.loss)?
             .f_sum(shard.kind())?
             .f_div_scalar(2.0 * global_tasks)?;
-        let g = Tensor::f_run_backward(&[&objective], &[shard.theta().flat()], false, false)?
-            .remove(0);
+        let g =
+            Tensor::f_run_backward(&[&objective], &[shard.theta().flat()], false, false)?.remove(0);
         Ok(Contribution {
             grads: vec![g],
             query,
