@@ -5,7 +5,7 @@
 
 mod common;
 
-use metaloop::engine::config::TrainConfig;
+use metaloop::engine::config::{AlgorithmName, TrainConfig};
 use metaloop::engine::data::Split;
 use metaloop::engine::train::Trainer;
 use metaloop::runtime::comm::Mpi;
@@ -17,8 +17,8 @@ const DTYPE_VAR: &str = "METALOOP_TEST_DTYPE";
 
 fn config(dtype: &str) -> TrainConfig {
     let mut cfg = TrainConfig::default();
-    cfg.run.dtype = dtype.into();
-    cfg.algorithm.name = "maml".into();
+    cfg.run.dtype = dtype.parse().unwrap();
+    cfg.algorithm.name = AlgorithmName::Maml;
     cfg.algorithm.inner_steps = 2;
     cfg.algorithm.learn_lr = true;
     cfg.algorithm.learn_momentum = true;

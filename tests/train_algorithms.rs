@@ -1,14 +1,14 @@
 //! Every algorithm of the engine meta-trains: its meta-loss falls, adaptation helps at meta-test
 //! time, learned hyperparameters move, and state/restore resumes exactly.
 
-use metaloop::engine::config::TrainConfig;
+use metaloop::engine::config::{Dtype, OuterOptimizer, TrainConfig};
 use metaloop::engine::data::Split;
 use metaloop::engine::train::Trainer;
 use metaloop::runtime::comm::Local;
 
 fn config(name: &str) -> TrainConfig {
     let mut cfg = TrainConfig::default();
-    cfg.algorithm.name = name.into();
+    cfg.algorithm.name = name.parse().unwrap();
     cfg.outer.iterations = 600;
     cfg.eval.test_tasks = 200;
     cfg
@@ -69,7 +69,8 @@ fn first_order_maml_learns() {
 #[test]
 fn meta_sgd_learns_one_lr_per_element() {
     let trainer = check_learns(&config("metasgd"));
-    let (name, lr) = &trainer.learned_hparams()[0];
+    let learned = &trainer.learned_hparams()[0];
+    let (name, lr) = (&learned.name, &learned.tensor);
     assert_eq!(name, "lr");
     assert_eq!(lr.size(), vec![trainer.model_params().layout().numel()]);
     // The per-element learning rates moved away from their common start, each its own way.
@@ -91,7 +92,7 @@ fn anil_adapts_only_the_head() {
 fn reptile_learns() {
     let mut cfg = config("reptile");
     cfg.algorithm.inner_steps = 5;
-    cfg.outer.optimizer = "sgd".into();
+    cfg.outer.optimizer = OuterOptimizer::Sgd;
     cfg.outer.lr = 1.0; // ε = 1 with Adam-free SGD: θ ← θ + mean(φ − θ)
     cfg.outer.iterations = 800;
     check_learns(&cfg);
@@ -107,7 +108,8 @@ fn learned_lr_and_momentum_move_and_multi_step_loss_trains() {
     cfg.algorithm.multi_step_loss = true;
     let trainer = check_learns(&cfg);
     let groups = trainer.model_params().layout().len() as i64;
-    for (name, t) in trainer.learned_hparams() {
+    for h in trainer.learned_hparams() {
+        let (name, t) = (&h.name, &h.tensor);
         assert_eq!(
             t.size(),
             vec![groups],
@@ -122,7 +124,7 @@ fn learned_lr_and_momentum_move_and_multi_step_loss_trains() {
 #[test]
 fn state_and_restore_resume_exactly() {
     let mut cfg = config("maml");
-    cfg.run.dtype = "f64".into();
+    cfg.run.dtype = Dtype::F64;
     cfg.algorithm.learn_lr = true;
     cfg.outer.iterations = 10;
     // Straight through: 10 iterations.
@@ -199,14 +201,14 @@ fn non_finite_meta_gradients_skip_the_outer_step_and_stop_after_k_in_a_row() {
 fn recompute_and_adjoint_meta_gradients_train_exactly_like_full_tracking() {
     for name in ["maml", "metasgd", "anil"] {
         let mut cfg = config(name);
-        cfg.run.dtype = "f64".into();
+        cfg.run.dtype = Dtype::F64;
         cfg.algorithm.inner_steps = 3;
         cfg.algorithm.inner_momentum = 0.5;
         cfg.algorithm.learn_momentum = true;
         cfg.outer.iterations = 3;
         let run = |memory: &str| {
             let mut c = cfg.clone();
-            c.algorithm.memory = memory.into();
+            c.algorithm.memory = memory.parse().unwrap();
             let mut t = Trainer::new(&c, Box::new(Local)).unwrap();
             let losses: Vec<f64> = (0..3).map(|_| t.step().unwrap().meta_loss).collect();
             (losses, t.state().unwrap())
@@ -245,12 +247,13 @@ fn task_parallel_workers_train_exactly_like_one_worker() {
         ("anil", "full"),
         ("reptile", "full"),
         ("pretrain", "full"),
+        ("lslr", "full"),
     ] {
         let mut cfg = config(name);
-        cfg.run.dtype = "f64".into();
+        cfg.run.dtype = Dtype::F64;
         cfg.algorithm.inner_steps = 2;
-        cfg.algorithm.memory = memory.into();
-        cfg.algorithm.multi_step_loss = name == "maml" && memory == "full";
+        cfg.algorithm.memory = memory.parse().unwrap();
+        cfg.algorithm.multi_step_loss = matches!(name, "maml" | "lslr") && memory == "full";
         cfg.algorithm.learn_lr = name == "maml";
         cfg.outer.iterations = 3;
         let run = |workers: usize| {

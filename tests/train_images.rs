@@ -7,7 +7,7 @@
 mod data_support;
 
 use data_support::{write_rgb, TempDir};
-use metaloop::engine::config::TrainConfig;
+use metaloop::engine::config::{Backbone, TaskKind, TrainConfig};
 use metaloop::engine::data::Split;
 use metaloop::engine::train::Trainer;
 use metaloop::runtime::comm::Local;
@@ -32,7 +32,7 @@ fn maml_on_conv4_learns_five_way_one_shot_episodes_from_png_folders() {
     write_split(&tmp.path().join("train"), 0, 12, 6);
     write_split(&tmp.path().join("test"), 100, 8, 6);
     let mut cfg = TrainConfig::default();
-    cfg.task.kind = "folder".into();
+    cfg.task.kind = TaskKind::Folder;
     cfg.task.root = tmp.path().join("train").display().to_string();
     cfg.task.test_root = Some(tmp.path().join("test").display().to_string());
     cfg.task.cache_dir = tmp.path().join("cache").display().to_string();
@@ -40,7 +40,7 @@ fn maml_on_conv4_learns_five_way_one_shot_episodes_from_png_folders() {
     cfg.task.shots = 1;
     cfg.task.queries = 3;
     cfg.task.image_size = 28;
-    cfg.model.backbone = "conv4".into();
+    cfg.model.backbone = Backbone::Conv4;
     cfg.model.filters = 8;
     cfg.algorithm.inner_steps = 1;
     cfg.algorithm.inner_lr = 0.4; // MAML's Omniglot value
@@ -134,14 +134,14 @@ fn maml_on_conv4_rises_above_chance_on_omniglot_format_data() {
     }
     assert_eq!(class, 1210);
     let mut cfg = TrainConfig::default();
-    cfg.task.kind = "omniglot".into();
+    cfg.task.kind = TaskKind::Omniglot;
     cfg.task.root = tmp.path().display().to_string();
     cfg.task.cache_dir = tmp.path().join("cache").display().to_string();
     cfg.task.ways = 5;
     cfg.task.shots = 1;
     cfg.task.queries = 1;
     cfg.task.image_size = 28;
-    cfg.model.backbone = "conv4".into();
+    cfg.model.backbone = Backbone::Conv4;
     cfg.model.filters = 16;
     cfg.algorithm.inner_lr = 0.4; // MAML's Omniglot values: 1 step of 0.4
     cfg.outer.meta_batch = 8;

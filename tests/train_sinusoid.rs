@@ -9,7 +9,7 @@ use metaloop::runtime::comm::Local;
 
 fn sinusoid(algorithm: &str, iterations: u64) -> TrainConfig {
     let mut cfg = TrainConfig::default();
-    cfg.algorithm.name = algorithm.into();
+    cfg.algorithm.name = algorithm.parse().unwrap();
     cfg.outer.iterations = iterations;
     cfg.eval.test_tasks = 300;
     cfg

@@ -1,4 +1,4 @@
-//! The benchmark workloads (issue 6) in metaloop, on random inputs of the workloads' shapes, the
+//! The benchmark workloads in metaloop, on random inputs of the workloads' shapes, the
 //! same ones benches/peers/peers.py runs in higher, torch.func and TorchOpt:
 //!
 //! - `sinusoid`: MLP 1-40-40-1, K=10 support + 10 query, meta-batch 25, 1 SGD step, lr 0.01.
@@ -6,16 +6,20 @@
 //!   15 query per class, meta-batch 8, 5 SGD steps, lr 0.4.
 //! - `omniglot20` (the GPU variant): 20-way 1-shot, meta-batch 32, 5 steps.
 //!
-//! One timed iteration is second-order MAML on the whole meta-batch (all tasks batched through
-//! the InnerLoop), the meta-gradient, and an Adam outer step: what the peers time too. This module
-//! measures and returns numbers; it prints nothing.
+//! One timed iteration is the Trainer's own step ([`Trainer::step`]): second-order MAML on the
+//! whole meta-batch (all tasks batched through the InnerLoop), the meta-gradient, and an Adam
+//! outer step, what the peers time too; the tasks are served from memory. This module measures
+//! and returns numbers; it prints nothing.
 
-use crate::workers::Workers;
+use crate::config::TrainConfig;
+use crate::data::{MetaBatch, Split, TaskSource};
+use crate::loss::{CrossEntropy, Mse};
+use crate::train::Trainer;
 use crate::{Error, Result};
-use metaloop_runtime::nn::{self, Module};
-use metaloop_runtime::optim::{Adam, HParams, Optimizer, Sgd};
-use metaloop_runtime::{InnerLoop, Params};
+use metaloop_runtime::nn;
 use serde::Serialize;
+use std::ops::Range;
+use std::sync::Mutex;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -102,82 +106,107 @@ pub fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
-struct Batch {
-    xs: Tensor,
-    ys: Tensor,
-    xq: Tensor,
-    yq: Tensor,
+/// The workload's tasks: one random meta-batch of its shapes (made once, on the CPU), served for
+/// every iteration and split, so that the timing is the Trainer's step and not data loading.
+struct RandomTasks {
+    /// Behind a lock because libtorch tensors are not `Sync`; a call takes views of it.
+    batch: Mutex<MetaBatch>,
+    input: Vec<i64>,
+    outputs: usize,
 }
 
-impl Batch {
-    /// Tasks `r` (views).
-    fn tasks(&self, r: &std::ops::Range<usize>) -> Result<Batch> {
-        let cut = |t: &Tensor| t.f_narrow(0, r.start as i64, r.len() as i64);
-        Ok(Batch {
-            xs: cut(&self.xs)?,
-            ys: cut(&self.ys)?,
-            xq: cut(&self.xq)?,
-            yq: cut(&self.yq)?,
+impl RandomTasks {
+    fn new(w: &Workload) -> Result<RandomTasks> {
+        let t = w.meta_batch;
+        let opts = (Kind::Float, Device::Cpu);
+        let range = 0..t as usize;
+        if w.ways == 0 {
+            let points = |n: i64| -> Result<Tensor> {
+                Ok(Tensor::f_rand([t, n, 1], opts)?
+                    .f_mul_scalar(10.0)?
+                    .f_sub_scalar(5.0)?)
+            };
+            let (xs, xq) = (points(10)?, points(w.queries)?);
+            let batch = MetaBatch {
+                support_y: xs.f_sin()?,
+                query_y: xq.f_sin()?,
+                support_x: xs,
+                query_x: xq,
+                iteration: 0,
+                tasks: range,
+            };
+            return Ok(RandomTasks {
+                batch: Mutex::new(batch),
+                input: vec![1],
+                outputs: 1,
+            });
+        }
+        let labels = |per: i64| -> Result<Tensor> {
+            Ok(Tensor::f_arange(w.ways, (Kind::Int64, Device::Cpu))?
+                .f_repeat_interleave_self_int(per, 0, None)?
+                .f_unsqueeze(0)?
+                .f_expand([t, w.ways * per], false)?
+                .f_contiguous()?)
+        };
+        let batch = MetaBatch {
+            support_x: Tensor::f_rand([t, w.ways, 1, 28, 28], opts)?,
+            support_y: labels(1)?,
+            query_x: Tensor::f_rand([t, w.ways * w.queries, 1, 28, 28], opts)?,
+            query_y: labels(w.queries)?,
+            iteration: 0,
+            tasks: range,
+        };
+        Ok(RandomTasks {
+            batch: Mutex::new(batch),
+            input: vec![1, 28, 28],
+            outputs: w.ways as usize,
         })
     }
 }
 
-fn make_batch(w: &Workload, device: Device) -> Result<Batch> {
-    let t = w.meta_batch;
-    let opts = (Kind::Float, device);
-    if w.ways == 0 {
-        let xs = Tensor::f_rand([t, 10, 1], opts)?
-            .f_mul_scalar(10.0)?
-            .f_sub_scalar(5.0)?;
-        let xq = Tensor::f_rand([t, w.queries, 1], opts)?
-            .f_mul_scalar(10.0)?
-            .f_sub_scalar(5.0)?;
-        return Ok(Batch {
-            ys: xs.f_sin()?,
-            yq: xq.f_sin()?,
-            xs,
-            xq,
-        });
+impl TaskSource for RandomTasks {
+    fn meta_batch(
+        &self,
+        _seed: u64,
+        iteration: u64,
+        tasks: Range<usize>,
+        _split: Split,
+    ) -> Result<MetaBatch> {
+        let all = self.batch.lock().map_err(|_| Error::InvalidSetting {
+            what: "bench tasks",
+            reason: "a thread panicked while holding them".into(),
+        })?;
+        let mut b = all.slice(tasks)?;
+        b.iteration = iteration;
+        Ok(b)
     }
-    let labels = |per: i64| -> Result<Tensor> {
-        Ok(Tensor::f_arange(w.ways, (Kind::Int64, device))?
-            .f_repeat_interleave_self_int(per, 0, None)?
-            .f_unsqueeze(0)?
-            .f_expand([t, w.ways * per], false)?
-            .f_contiguous()?)
-    };
-    Ok(Batch {
-        xs: Tensor::f_rand([t, w.ways, 1, 28, 28], opts)?,
-        ys: labels(1)?,
-        xq: Tensor::f_rand([t, w.ways * w.queries, 1, 28, 28], opts)?,
-        yq: labels(w.queries)?,
-    })
+
+    fn input_shape(&self) -> Vec<i64> {
+        self.input.clone()
+    }
+
+    fn num_outputs(&self) -> usize {
+        self.outputs
+    }
 }
 
-fn task_loss(pred: &Tensor, y: &Tensor, ways: i64) -> Result<Tensor> {
-    if ways == 0 {
-        return Ok(pred
-            .f_sub(y)?
-            .f_square()?
-            .f_mean_dim(&[1i64, 2][..], false, Kind::Float)?
-            .f_sum(Kind::Float)?);
-    }
-    let s = pred.size();
-    let logp = pred
-        .f_reshape([s[0] * s[1], s[2]])?
-        .f_log_softmax(-1, Kind::Float)?;
-    // Sum over tasks of each task's mean cross-entropy.
-    Ok(logp
-        .f_gather(1, &y.f_reshape([-1, 1])?, false)?
-        .f_neg()?
-        .f_sum(Kind::Float)?
-        .f_div_scalar(s[1] as f64)?)
+/// The Trainer's config of workload `w`: second-order MAML, SGD inner steps, Adam outer steps.
+fn config(w: &Workload, iterations: u64, workers: usize) -> TrainConfig {
+    let mut cfg = TrainConfig::default();
+    cfg.algorithm.inner_steps = w.steps;
+    cfg.algorithm.inner_lr = w.lr;
+    cfg.outer.meta_batch = w.meta_batch as usize;
+    cfg.outer.iterations = iterations;
+    cfg.run.workers = workers;
+    cfg.run.consistency_every = 0;
+    cfg
 }
 
-/// Runs `iters` timed iterations (after `warmup`) of workload `w` on `device`; `fused` picks the
-/// fused optimizer kernels (runtime::kernels) or the tensor-op reference path for the inner steps;
-/// `workers` (0: automatic) spreads the meta-batch over task-parallel threads with `threads`
-/// libtorch threads in all (engine::workers), as training does.
+/// Runs `iters` timed iterations (after `warmup`) of workload `w` on `device`: each one the
+/// Trainer's own outer step ([`Trainer::step`]) on the workload's tasks. `fused` picks the fused
+/// optimizer kernels (runtime::kernels) or the tensor-op reference path; `workers` (0:
+/// automatic) spreads the meta-batch over task-parallel threads with `threads` libtorch threads
+/// in all (engine::workers), as training does.
 pub fn run(
     w: &Workload,
     iters: usize,
@@ -188,52 +217,24 @@ pub fn run(
     threads: usize,
 ) -> Result<BenchResult> {
     tch::manual_seed(0);
-    let model: Box<dyn Module> = if w.ways == 0 {
-        Box::new(nn::mlp(&[1, 40, 40, 1]))
+    let cfg = config(w, (warmup + iters) as u64, workers);
+    let builder = Trainer::builder(&cfg)
+        .tasks(RandomTasks::new(w)?)
+        .device(device)
+        .threads(threads)
+        .fused(fused);
+    let mut trainer = if w.ways == 0 {
+        builder.model(nn::mlp(&[1, 40, 40, 1])).loss(Mse).build()?
     } else {
-        Box::new(nn::conv4(1, w.ways, 64))
+        builder
+            .model(nn::conv4(1, w.ways, 64))
+            .loss(CrossEntropy)
+            .build()?
     };
-    let theta = Params::init(model.as_ref(), 0, Kind::Float, device)?;
-    let workers = Workers::plan(
-        workers,
-        threads,
-        w.meta_batch as usize,
-        theta.layout().numel(),
-        device,
-    );
-    let outer = Adam::new(1e-3).fused(fused);
-    let outer_hp = HParams::defaults(&outer);
-    let mut outer_state = outer.init_state(theta.flat())?;
-    let batch = make_batch(w, device)?;
     let mut times = Vec::with_capacity(iters);
     for i in 0..warmup + iters {
         let started = Instant::now();
-        let chunks = workers.chunks(w.meta_batch as usize);
-        let inputs = chunks
-            .iter()
-            .map(|r| Ok((r.len() as i64, theta.clone(), batch.tasks(r)?)))
-            .collect::<Result<Vec<_>>>()?;
-        let grads = workers.run(inputs, |(tasks, theta, b)| -> Result<Tensor> {
-            let mut inner = InnerLoop::new(model.as_ref(), &theta, Sgd::new(w.lr).fused(fused))
-                .copy_initial_weights(false)
-                .tasks(tasks)
-                .build()?;
-            for _ in 0..w.steps {
-                let loss = task_loss(&inner.forward(&b.xs)?, &b.ys, w.ways)?;
-                inner.step(&loss)?;
-            }
-            let meta = task_loss(&inner.forward(&b.xq)?, &b.yq, w.ways)?
-                .f_div_scalar(w.meta_batch as f64)?;
-            Ok(Tensor::f_run_backward(&[&meta], &[theta.flat()], false, false)?.remove(0))
-        })?;
-        let mut g = grads[0].shallow_clone();
-        for other in &grads[1..] {
-            g = g.f_add(other)?;
-        }
-        let (next, state) =
-            tch::no_grad(|| outer.update(theta.flat(), &g, &outer_state, &outer_hp))?;
-        tch::no_grad(|| theta.flat().shallow_clone().f_copy_(&next))?;
-        outer_state = state;
+        trainer.step()?;
         if let Device::Cuda(index) = device {
             tch::Cuda::synchronize(index as i64);
         }
@@ -243,6 +244,7 @@ pub fn run(
     }
     times.sort_by(|a, b| a.total_cmp(b));
     let median = times[times.len() / 2];
+    let workers = trainer.workers();
     Ok(BenchResult {
         peer: "metaloop".into(),
         fused,

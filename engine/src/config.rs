@@ -7,6 +7,87 @@
 
 use serde::{Deserialize, Serialize};
 
+/// A config enumeration: serde reads and writes the lowercase names, so an unknown value fails
+/// to parse with serde's "unknown variant `x`, expected one of ..." (the launcher adds the key);
+/// `ALL`, `name()`, `Display` and `FromStr` come with it.
+macro_rules! choice {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $(#[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            /// Every value, in the order the docs list them.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The name configs use.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, String> {
+                Self::ALL.iter().copied().find(|v| v.name() == s).ok_or_else(|| {
+                    let all: Vec<String> = Self::ALL.iter().map(|v| format!("{:?}", v.name())).collect();
+                    format!("must be one of {}, got {s:?}", all.join(", "))
+                })
+            }
+        }
+    };
+}
+
+choice! {
+    /// Where a rank computes (`run.device`): the CPU, cuda:<local rank>, or CUDA when libtorch
+    /// sees a device (else the CPU).
+    DeviceChoice { Cpu = "cpu", Cuda = "cuda", Auto = "auto" }
+}
+
+choice! {
+    /// The floating-point type of parameters and data (`run.dtype`).
+    Dtype { F32 = "f32", F64 = "f64" }
+}
+
+choice! {
+    /// The task distribution (`task.kind`); `folder` is folder-per-class images.
+    TaskKind { Sinusoid = "sinusoid", Omniglot = "omniglot",
+        Miniimagenet = "miniimagenet", Folder = "folder" }
+}
+
+choice! {
+    /// The model (`model.backbone`).
+    Backbone { Mlp = "mlp", Conv4 = "conv4" }
+}
+
+choice! {
+    /// The meta-learning algorithm (`algorithm.name`); each lives in `engine::algorithms`
+    /// (`lslr`: MAML with MAML++'s per-layer, per-step learned inner learning rates).
+    AlgorithmName { Maml = "maml", Fomaml = "fomaml", Metasgd = "metasgd", Anil = "anil",
+        Reptile = "reptile", Pretrain = "pretrain", Lslr = "lslr" }
+}
+
+choice! {
+    /// How second-order meta-gradients keep the unroll (`algorithm.memory`).
+    Memory { Full = "full", Recompute = "recompute" }
+}
+
+choice! {
+    /// The outer (meta) optimizer (`outer.optimizer`).
+    OuterOptimizer { Adam = "adam", Sgd = "sgd" }
+}
+
 /// A value that failed validation: the dotted key and what is allowed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -44,9 +125,9 @@ pub struct RunConfig {
     /// Seed of initialisation and of task sampling.
     pub seed: u64,
     /// "cpu", "cuda" (cuda:<local rank>) or "auto" (cuda when available).
-    pub device: String,
+    pub device: DeviceChoice,
     /// "f32" or "f64".
-    pub dtype: String,
+    pub dtype: Dtype,
     /// Compare a checksum of the meta-parameters across ranks every this many iterations
     /// (0 = never); a mismatch stops every rank.
     pub consistency_every: u64,
@@ -64,8 +145,8 @@ impl Default for RunConfig {
             name: "run".into(),
             out_dir: "runs".into(),
             seed: 0,
-            device: "cpu".into(),
-            dtype: "f32".into(),
+            device: DeviceChoice::Cpu,
+            dtype: Dtype::F32,
             consistency_every: 100,
             threads: 0,
             workers: 0,
@@ -78,7 +159,7 @@ impl Default for RunConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct TaskConfig {
     /// "sinusoid", "omniglot", "miniimagenet" or "folder".
-    pub kind: String,
+    pub kind: TaskKind,
     /// Classes per task (classification).
     pub ways: i64,
     /// Support examples per class (classification) or support points K (regression).
@@ -99,7 +180,7 @@ pub struct TaskConfig {
 impl Default for TaskConfig {
     fn default() -> Self {
         TaskConfig {
-            kind: "sinusoid".into(),
+            kind: TaskKind::Sinusoid,
             ways: 5,
             shots: 10,
             queries: 10,
@@ -117,7 +198,7 @@ impl Default for TaskConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
     /// "mlp" (regression) or "conv4" (classification).
-    pub backbone: String,
+    pub backbone: Backbone,
     /// Hidden widths of the MLP.
     pub hidden: Vec<i64>,
     /// Filters of each Conv-4 block.
@@ -127,7 +208,7 @@ pub struct ModelConfig {
 impl Default for ModelConfig {
     fn default() -> Self {
         ModelConfig {
-            backbone: "mlp".into(),
+            backbone: Backbone::Mlp,
             hidden: vec![40, 40],
             filters: 64,
         }
@@ -139,8 +220,9 @@ impl Default for ModelConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AlgorithmConfig {
     /// "maml", "fomaml", "metasgd", "anil", "reptile", or "pretrain" (the baseline: θ trained
-    /// jointly on all tasks' data, with no inner loop, and fine-tuned like the others at test time).
-    pub name: String,
+    /// jointly on all tasks' data, with no inner loop, and fine-tuned like the others at test
+    /// time), or "lslr" (MAML with MAML++'s learned per-layer, per-step inner learning rates).
+    pub name: AlgorithmName,
     /// Inner steps during meta-training.
     pub inner_steps: usize,
     /// Inner learning rate (the initial value when learned).
@@ -158,20 +240,20 @@ pub struct AlgorithmConfig {
     /// or "recompute" (only the parameter and optimizer-state trajectory; each step's graph is
     /// rebuilt in the backward pass: memory independent of activations × steps, about 1.5× the
     /// compute).
-    pub memory: String,
+    pub memory: Memory,
 }
 
 impl Default for AlgorithmConfig {
     fn default() -> Self {
         AlgorithmConfig {
-            name: "maml".into(),
+            name: AlgorithmName::Maml,
             inner_steps: 1,
             inner_lr: 0.01,
             inner_momentum: 0.0,
             learn_lr: false,
             learn_momentum: false,
             multi_step_loss: false,
-            memory: "full".into(),
+            memory: Memory::Full,
         }
     }
 }
@@ -181,7 +263,7 @@ impl Default for AlgorithmConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct OuterConfig {
     /// "adam" or "sgd".
-    pub optimizer: String,
+    pub optimizer: OuterOptimizer,
     /// Meta learning rate (Reptile: the outer step size ε on θ − φ).
     pub lr: f64,
     /// Tasks per meta-batch, over all ranks.
@@ -196,7 +278,7 @@ pub struct OuterConfig {
 impl Default for OuterConfig {
     fn default() -> Self {
         OuterConfig {
-            optimizer: "adam".into(),
+            optimizer: OuterOptimizer::Adam,
             lr: 1e-3,
             meta_batch: 25,
             iterations: 1000,
@@ -259,24 +341,6 @@ fn err(key: &str, message: impl Into<String>) -> ConfigError {
     }
 }
 
-fn one_of(key: &str, value: &str, allowed: &[&str]) -> Result<(), ConfigError> {
-    if allowed.contains(&value) {
-        Ok(())
-    } else {
-        Err(err(
-            key,
-            format!(
-                "must be one of {}, got {value:?}",
-                allowed
-                    .iter()
-                    .map(|a| format!("{a:?}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ))
-    }
-}
-
 fn positive(key: &str, value: f64) -> Result<(), ConfigError> {
     if value.is_finite() && value > 0.0 {
         Ok(())
@@ -296,6 +360,71 @@ fn at_least(key: &str, value: i64, min: i64) -> Result<(), ConfigError> {
     }
 }
 
+impl ModelConfig {
+    /// The backbone fits the task (an MLP for regression, Conv-4 for images) and its sizes.
+    fn check(&self, classification: bool, kind: TaskKind) -> Result<(), ConfigError> {
+        match (classification, self.backbone) {
+            (false, Backbone::Conv4) => {
+                return Err(err(
+                    "model.backbone",
+                    "sinusoid regression needs \"mlp\", got \"conv4\"",
+                ))
+            }
+            (true, Backbone::Mlp) => {
+                return Err(err(
+                    "model.backbone",
+                    format!("{kind} needs \"conv4\", got \"mlp\""),
+                ))
+            }
+            (false, Backbone::Mlp) | (true, Backbone::Conv4) => {}
+        }
+        if self.backbone == Backbone::Mlp {
+            if self.hidden.is_empty() {
+                return Err(err("model.hidden", "must list at least one hidden width"));
+            }
+            if let Some(h) = self.hidden.iter().find(|h| **h < 1) {
+                return Err(err("model.hidden", format!("widths must be >= 1, got {h}")));
+            }
+        } else {
+            at_least("model.filters", self.filters, 1)?;
+        }
+        Ok(())
+    }
+}
+
+impl AlgorithmConfig {
+    /// The options an algorithm cannot take: learned hyperparameters and the multi-step loss
+    /// need a second-order meta-gradient, recompute one set of hyperparameters for every step.
+    fn check_combination(&self) -> Result<(), ConfigError> {
+        use AlgorithmName::*;
+        let learns = self.learn_lr || self.learn_momentum || self.multi_step_loss;
+        let refused = match self.name {
+            Reptile => Some("reptile has no meta-gradient: learn_lr, learn_momentum and multi_step_loss must be false"),
+            Fomaml => Some("fomaml has no second-order path: learn_lr, learn_momentum and multi_step_loss need \"maml\" (or \"anil\", \"metasgd\", \"lslr\")"),
+            Pretrain => Some("pretrain (the joint-training baseline) has no inner loop to learn: learn_lr, learn_momentum and multi_step_loss must be false"),
+            Maml | Metasgd | Anil | Lslr => None,
+        };
+        if let (true, Some(why)) = (learns, refused) {
+            return Err(err("algorithm.name", why));
+        }
+        if self.memory == Memory::Recompute
+            && (!matches!(self.name, Maml | Metasgd | Anil) || self.multi_step_loss)
+        {
+            return Err(err("algorithm.memory", "\"recompute\" applies to second-order maml, metasgd and anil without multi_step_loss"));
+        }
+        if self.learn_lr && matches!(self.name, Metasgd | Lslr) {
+            return Err(err(
+                "algorithm.learn_lr",
+                format!(
+                    "{} already learns its inner learning rates; leave learn_lr false",
+                    self.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl TrainConfig {
     /// Checks every value; the first bad one is returned with its dotted key.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -309,17 +438,9 @@ impl TrainConfig {
         if self.run.out_dir.is_empty() {
             return Err(err("run.out_dir", "must not be empty"));
         }
-        one_of("run.device", &self.run.device, &["cpu", "cuda", "auto"])?;
-        one_of("run.dtype", &self.run.dtype, &["f32", "f64"])?;
-
-        one_of(
-            "task.kind",
-            &self.task.kind,
-            &["sinusoid", "omniglot", "miniimagenet", "folder"],
-        )?;
         at_least("task.shots", self.task.shots, 1)?;
         at_least("task.queries", self.task.queries, 1)?;
-        let classification = self.task.kind != "sinusoid";
+        let classification = self.is_classification();
         if classification {
             at_least("task.ways", self.task.ways, 2)?;
             at_least("task.image_size", self.task.image_size, 8)?;
@@ -331,38 +452,8 @@ impl TrainConfig {
             }
         }
 
-        one_of("model.backbone", &self.model.backbone, &["mlp", "conv4"])?;
-        match (classification, self.model.backbone.as_str()) {
-            (false, "conv4") => {
-                return Err(err(
-                    "model.backbone",
-                    "sinusoid regression needs \"mlp\", got \"conv4\"",
-                ))
-            }
-            (true, "mlp") => {
-                return Err(err(
-                    "model.backbone",
-                    format!("{} needs \"conv4\", got \"mlp\"", self.task.kind),
-                ))
-            }
-            _ => {}
-        }
-        if self.model.backbone == "mlp" {
-            if self.model.hidden.is_empty() {
-                return Err(err("model.hidden", "must list at least one hidden width"));
-            }
-            if let Some(h) = self.model.hidden.iter().find(|h| **h < 1) {
-                return Err(err("model.hidden", format!("widths must be >= 1, got {h}")));
-            }
-        } else {
-            at_least("model.filters", self.model.filters, 1)?;
-        }
+        self.model.check(classification, self.task.kind)?;
 
-        one_of(
-            "algorithm.name",
-            &self.algorithm.name,
-            &["maml", "fomaml", "metasgd", "anil", "reptile", "pretrain"],
-        )?;
         at_least(
             "algorithm.inner_steps",
             self.algorithm.inner_steps as i64,
@@ -376,46 +467,8 @@ impl TrainConfig {
                 format!("must be in [0, 1), got {m}"),
             ));
         }
-        if self.algorithm.name == "reptile"
-            && (self.algorithm.learn_lr
-                || self.algorithm.learn_momentum
-                || self.algorithm.multi_step_loss)
-        {
-            return Err(err("algorithm.name", "reptile has no meta-gradient: learn_lr, learn_momentum and multi_step_loss must be false"));
-        }
-        if self.algorithm.name == "fomaml"
-            && (self.algorithm.learn_lr
-                || self.algorithm.learn_momentum
-                || self.algorithm.multi_step_loss)
-        {
-            return Err(err("algorithm.name", "fomaml has no second-order path: learn_lr, learn_momentum and multi_step_loss need \"maml\" (or \"anil\", \"metasgd\")"));
-        }
-        if self.algorithm.name == "pretrain"
-            && (self.algorithm.learn_lr
-                || self.algorithm.learn_momentum
-                || self.algorithm.multi_step_loss)
-        {
-            return Err(err("algorithm.name", "pretrain (the joint-training baseline) has no inner loop to learn: learn_lr, learn_momentum and multi_step_loss must be false"));
-        }
-        one_of(
-            "algorithm.memory",
-            &self.algorithm.memory,
-            &["full", "recompute"],
-        )?;
-        if self.algorithm.memory == "recompute"
-            && (!["maml", "metasgd", "anil"].contains(&self.algorithm.name.as_str())
-                || self.algorithm.multi_step_loss)
-        {
-            return Err(err("algorithm.memory", "\"recompute\" applies to second-order maml, metasgd and anil without multi_step_loss"));
-        }
-        if self.algorithm.name == "metasgd" && self.algorithm.learn_lr {
-            return Err(err(
-                "algorithm.learn_lr",
-                "metasgd already learns one lr per element; leave learn_lr false",
-            ));
-        }
+        self.algorithm.check_combination()?;
 
-        one_of("outer.optimizer", &self.outer.optimizer, &["adam", "sgd"])?;
         positive("outer.lr", self.outer.lr)?;
         at_least("outer.meta_batch", self.outer.meta_batch as i64, 1)?;
         at_least("outer.iterations", self.outer.iterations as i64, 1)?;
@@ -445,6 +498,6 @@ impl TrainConfig {
 
     /// True for classification tasks (accuracy is reported), false for regression (MSE).
     pub fn is_classification(&self) -> bool {
-        self.task.kind != "sinusoid"
+        self.task.kind != TaskKind::Sinusoid
     }
 }

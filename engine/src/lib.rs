@@ -1,15 +1,37 @@
-//! metaloop-engine: MAML-family algorithms, tasks and datasets, the meta-training loop.
+//! metaloop-engine: MAML-family algorithms, tasks and datasets, the Trainer and its fit loop.
 //!
 //! It builds on the runtime's InnerLoop and never parses command-line arguments or prints to
 //! the terminal: the launcher does both.
+//!
+//! Training a config without the command line:
+//!
+//! ```no_run
+//! use metaloop_engine::{config::TrainConfig, data::Split, train::Trainer};
+//! # fn main() -> metaloop_engine::Result<()> {
+//! let mut cfg = TrainConfig::default(); // sinusoid regression, second-order MAML
+//! cfg.outer.iterations = 1000;
+//! let mut trainer = Trainer::builder(&cfg).build()?;
+//! trainer.fit(None, &mut ())?; // Some(&mut run_dir) logs and checkpoints
+//! let report = trainer.evaluate(Split::Test, 600)?;
+//! # let _ = report;
+//! # Ok(())
+//! # }
+//! ```
 
+pub mod algorithms;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
 mod error;
+mod evaluate;
+pub mod fit;
+pub mod loss;
 pub mod rundir;
+pub mod setup;
 pub mod train;
 pub mod workers;
 
 pub use error::{Error, Result};
+pub use fit::{FitEnd, Observer};
+pub use train::{Trainer, TrainerBuilder};

@@ -4,8 +4,8 @@
 //!
 //! Why: on the CPU a meta-iteration is thousands of small ops (BatchNorm's double backward on a
 //! 5-image support set, the optimizer step, the autograd bookkeeping) that one intra-op thread
-//! team cannot split; on the omniglot benchmark workload 2 intra-op threads gave 1.4× one
-//! thread, 2 workers of 1 thread each about 1.9× (benches/README.md). Each worker builds its own
+//! team cannot split, while independent tasks can run side by side (benches/README.md has the
+//! measurements). Each worker builds its own
 //! autograd graph on the shared θ0 leaf; libtorch's autograd engine runs concurrent backward
 //! passes on the calling threads. On CUDA one worker drives the device (it is already parallel).
 
@@ -29,10 +29,9 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// The smallest model (parameters per task) that automatic planning spreads over workers.
-    /// Measured on the 2-core machine: the sinusoid MLP (1,761 parameters, 0.8 ms per
-    /// meta-batch of 25) ran no faster on 2 workers than on 1, the Conv-4 (112,005) about 1.9×
-    /// faster than on one thread (benches/README.md).
+    /// The smallest model (parameters per task) that automatic planning spreads over workers:
+    /// below it an iteration is mostly dispatch overhead that more threads do not shorten (the
+    /// sinusoid MLP gains nothing from a second worker, the Conv-4 does; benches/README.md).
     pub const MIN_AUTO_PARAMS: i64 = 10_000;
 
     /// One worker with `threads` intra-op threads: the plain single-thread-of-control path.

@@ -87,6 +87,7 @@ pub fn resolve(origin: &str, text: &str, sets: &[String]) -> anyhow::Result<Trai
                     origin_of(&unknown)
                 )));
             }
+            let message = unknown_variant(&message).unwrap_or(message);
             return Err(bad(format!("{}: {key}: {message}", origin_of(key))));
         }
     }
@@ -207,6 +208,24 @@ fn unknown_prefix(path: &[&str], field: &str) -> String {
     path.join(".")
 }
 
+/// serde's "unknown variant `x`, expected one of `a`, `b`" (or "expected `a` or `b`") for a
+/// config enumeration, as `must be one of "a", "b", got "x"`.
+fn unknown_variant(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown variant `")?;
+    let (value, rest) = rest.split_once('`')?;
+    let list = rest.strip_prefix(", expected ")?;
+    let list = list.strip_prefix("one of ").unwrap_or(list);
+    let allowed: Vec<String> = list
+        .split(", ")
+        .flat_map(|part| part.split(" or "))
+        .map(|name| format!("\"{}\"", name.trim_matches('`')))
+        .collect();
+    Some(format!(
+        "must be one of {}, got \"{value}\"",
+        allowed.join(", ")
+    ))
+}
+
 /// "one of a, b, c" from serde's "..., expected one of `a`, `b`, `c`".
 fn expected_fields(message: &str) -> String {
     match message.split_once(", expected ") {
@@ -249,6 +268,18 @@ mod tests {
         assert_eq!(
             err("", &["algorithm.inner_lr=-1"]),
             "--set: algorithm.inner_lr: must be a finite number > 0, got -1"
+        );
+    }
+
+    #[test]
+    fn an_unknown_enumeration_value_lists_the_allowed_ones() {
+        assert_eq!(
+            err("", &["algorithm.name=mamal"]),
+            "--set: algorithm.name: must be one of \"maml\", \"fomaml\", \"metasgd\", \"anil\", \"reptile\", \"pretrain\", \"lslr\", got \"mamal\""
+        );
+        assert_eq!(
+            err("[run]\ndtype = \"f16\"\n", &[]),
+            "c.toml: run.dtype: must be one of \"f32\", \"f64\", got \"f16\""
         );
     }
 

@@ -5,15 +5,15 @@
 //! directory name, resume checkpoint, datasets), so bad input leaves nothing behind. Only
 //! this module and `main` print.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use metaloop_engine::checkpoint::{self, Checkpoint, SamplerState};
-use metaloop_engine::config::TrainConfig;
+use metaloop_engine::checkpoint::{self, Checkpoint};
+use metaloop_engine::config::{DeviceChoice, TrainConfig};
 use metaloop_engine::data::Split;
+use metaloop_engine::fit::{FitEnd, Observer};
 use metaloop_engine::rundir::{self, RunDir};
 use metaloop_engine::train::{EvalReport, StepMetrics, Trainer};
 use metaloop_engine::Error as EngineError;
@@ -52,22 +52,6 @@ pub fn setup_error(e: EngineError) -> anyhow::Error {
         | RunDirExists { .. } => bad(e.to_string()),
         other => anyhow::Error::new(other),
     }
-}
-
-/// One line of `metrics.jsonl`.
-#[derive(Serialize)]
-struct MetricsLine<'a> {
-    iteration: u64,
-    meta_loss: f64,
-    query_accuracy: Option<f64>,
-    tasks_per_s: f64,
-    grad_norm: f64,
-    /// Seconds of this iteration's step.
-    step_seconds: f64,
-    /// Learned inner hyperparameters (mean value), by name.
-    hparams: BTreeMap<String, f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    val: Option<&'a EvalReport>,
 }
 
 /// `report.json`.
@@ -183,7 +167,11 @@ pub fn communicator(cfg: &TrainConfig) -> Result<Box<dyn Communicator>> {
     }
     let mpi = Mpi::init()?;
     let cuda = tch::Cuda::device_count() as usize;
-    let wants_cuda = cfg.run.device == "cuda" || (cfg.run.device == "auto" && cuda > 0);
+    let wants_cuda = match cfg.run.device {
+        DeviceChoice::Cuda => true,
+        DeviceChoice::Auto => cuda > 0,
+        DeviceChoice::Cpu => false,
+    };
     if wants_cuda && cuda > 0 && mpi.size() > 1 {
         let device = Device::Cuda(mpi.local_rank() % cuda);
         return Ok(Box::new(Nccl::init(mpi, device)?));
@@ -210,14 +198,77 @@ fn progress(total: u64, start: u64) -> ProgressBar {
     bar
 }
 
+/// The launcher's view of the fit loop: the progress bar, warnings, validation lines, and the
+/// stop signals it polls.
+struct Terminal<'a> {
+    bar: ProgressBar,
+    rank0: bool,
+    stop: &'a StopSignals,
+}
+
+impl Observer for Terminal<'_> {
+    fn stop_requested(&mut self) -> Option<i32> {
+        self.stop.received()
+    }
+
+    fn step(&mut self, m: &StepMetrics, tasks_per_s: f64) {
+        self.bar.set_position(m.iteration);
+        let acc = m
+            .query_accuracy
+            .map(|a| format!("  acc {:.1}%", 100.0 * a))
+            .unwrap_or_default();
+        self.bar.set_message(format!(
+            "meta-loss {:.4}{acc}  {tasks_per_s:.0} tasks/s",
+            m.meta_loss
+        ));
+    }
+
+    fn validated(&mut self, iteration: u64, report: &EvalReport) {
+        if self.rank0 {
+            self.bar
+                .suspend(|| println!("iteration {iteration}: validation {}", summary(report)));
+        }
+    }
+
+    fn warning(&mut self, message: &str) {
+        self.bar.suspend(|| warn(message));
+    }
+}
+
+/// The trainer of `cfg` (restored from `from` when resuming) and, on rank 0, its run directory
+/// (created, or opened to continue).
+fn prepare(
+    cfg: &TrainConfig,
+    root: &Path,
+    from: Option<&Checkpoint>,
+    comm: Box<dyn Communicator>,
+) -> Result<(Trainer, Option<RunDir>)> {
+    let rank0 = comm.rank() == 0;
+    let mut trainer = {
+        let _s = tracing::info_span!("setup").entered();
+        Trainer::new(cfg, comm).map_err(setup_error)?
+    };
+    if let Some(ckpt) = from {
+        for w in ckpt.warnings.iter().filter(|_| rank0) {
+            warn(w);
+        }
+        trainer
+            .restore(ckpt.manifest.iteration, &ckpt.tensors)
+            .map_err(|e| bad(format!("{}: {e}", ckpt.path.display())))?;
+    }
+    let run = match (from, rank0) {
+        (_, false) => None,
+        (Some(_), true) => Some(RunDir::open(root).map_err(setup_error)?),
+        (None, true) => Some(RunDir::create(root, &config::to_toml(cfg)?).map_err(setup_error)?),
+    };
+    Ok((trainer, run))
+}
+
 /// Meta-trains `cfg` (fresh, or continuing its run directory with `resume`), meta-tests, writes
 /// the report and the plot.
-// `%` rather than `is_multiple_of`: the workspace's rust-version is 1.85, older than it.
-#[allow(clippy::manual_is_multiple_of)]
 pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Option<Finished>> {
     let started = Instant::now();
     let root = run_root(cfg);
-    let hash = rundir::config_hash(cfg);
     let comm = communicator(cfg)?;
     // Rank 0 alone writes the run directory, logs, checkpoints and shows progress; every rank
     // runs the same steps (the all-reduces are collective).
@@ -233,115 +284,44 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Option<Finished>> {
         }
         None
     };
-    let mut trainer = {
-        let _s = tracing::info_span!("setup").entered();
-        Trainer::new(cfg, comm).map_err(setup_error)?
-    };
-    if let Some(ckpt) = &from {
-        for w in ckpt.warnings.iter().filter(|_| rank0) {
-            warn(w);
-        }
-        trainer
-            .restore(ckpt.manifest.iteration, &ckpt.tensors)
-            .map_err(|e| bad(format!("{}: {e}", ckpt.path.display())))?;
-    }
-    let mut run = match (&from, rank0) {
-        (_, false) => None,
-        (Some(ckpt), true) => {
-            let mut run = RunDir::open(&root).map_err(setup_error)?;
-            run.truncate_metrics_after(ckpt.manifest.iteration)?;
-            Some(run)
-        }
-        (None, true) => Some(RunDir::create(&root, &config::to_toml(cfg)?).map_err(setup_error)?),
-    };
-
-    let total = cfg.outer.iterations;
-    let first = trainer.iteration();
+    let (mut trainer, mut run) = prepare(cfg, &root, from.as_ref(), comm)?;
+    // SIGTERM/SIGINT from here on: stop between iterations, on every rank alike, with a checkpoint.
+    let stop = StopSignals::install()?;
     let bar = if rank0 {
-        progress(total, first)
+        progress(cfg.outer.iterations, trainer.iteration())
     } else {
         ProgressBar::hidden()
     };
-    let loop_started = Instant::now();
-    let mut tasks_done = 0usize;
-    let mut validate = cfg.eval.every > 0;
-    // SIGTERM/SIGINT from here on: stop between iterations, on every rank alike, with a checkpoint.
-    let stop = StopSignals::install()?;
-    let mut saved = from.as_ref().map(|c| c.manifest.iteration);
-    while trainer.iteration() < total {
-        if let Some(signal) = stop.agreed(&trainer)? {
-            bar.finish_and_clear();
-            return Err(stopped(signal, &trainer, run.as_ref(), saved, cfg, &hash)?);
-        }
-        let m: StepMetrics = trainer.step()?;
-        let it = m.iteration;
-        tasks_done += m.tasks;
-        let tasks_per_s = tasks_done as f64 / loop_started.elapsed().as_secs_f64().max(1e-9);
-        let mut val = None;
-        if validate && it % cfg.eval.every == 0 {
-            let _s = tracing::info_span!("validate", iteration = it).entered();
-            match trainer.evaluate(Split::Val, cfg.eval.val_tasks) {
-                Ok(r) => val = Some(r),
-                Err(e @ EngineError::NoSplit { .. }) => {
-                    if rank0 {
-                        bar.suspend(|| warn(&format!("{e}: validation is skipped")));
-                    }
-                    validate = false;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let Some(run) = run.as_mut() else { continue };
-        if it % cfg.log.every == 0 || it == total || val.is_some() {
-            run.log(&MetricsLine {
-                iteration: it,
-                meta_loss: m.meta_loss,
-                query_accuracy: m.query_accuracy,
-                tasks_per_s,
-                grad_norm: m.grad_norm,
-                step_seconds: m.seconds,
-                hparams: m.hparams.iter().cloned().collect(),
-                val: val.as_ref(),
-            })?;
-        }
-        if let Some(v) = &val {
-            bar.suspend(|| println!("iteration {it}: validation {}", summary(v)));
-        }
-        if (cfg.log.checkpoint_every > 0 && it % cfg.log.checkpoint_every == 0) || it == total {
-            save_checkpoint(&trainer, run, cfg, &hash)?;
-            saved = Some(it);
-        }
-        bar.set_position(it);
-        let acc = m
-            .query_accuracy
-            .map(|a| format!("  acc {:.1}%", 100.0 * a))
-            .unwrap_or_default();
-        bar.set_message(format!(
-            "meta-loss {:.4}{acc}  {tasks_per_s:.0} tasks/s",
-            m.meta_loss
-        ));
-    }
-    bar.finish_and_clear();
-    if let Some(signal) = stop.agreed(&trainer)? {
-        return Err(stopped(signal, &trainer, run.as_ref(), saved, cfg, &hash)?);
+    let mut terminal = Terminal {
+        bar,
+        rank0,
+        stop: &stop,
+    };
+    let end = trainer.fit(run.as_mut(), &mut terminal)?;
+    terminal.bar.finish_and_clear();
+    if let FitEnd::Stopped {
+        signal,
+        iteration,
+        checkpoint,
+    } = end
+    {
+        return Err(stopped(signal, iteration, checkpoint, cfg));
     }
     // The last checkpoint holds everything the rest needs: a signal now ends the process at once.
     stop.exit_at_once();
-
     let test = {
         let _s = tracing::info_span!("meta_test", tasks = cfg.eval.test_tasks).entered();
         trainer.evaluate(Split::Test, cfg.eval.test_tasks)?
     };
     let Some(run) = run else { return Ok(None) };
-    let model = run.write_model(trainer.model_params())?;
     let report = Report {
-        config_hash: hash,
+        config_hash: rundir::config_hash(cfg),
         iterations: trainer.iteration(),
         resumed_from: from.as_ref().map(|c| c.manifest.iteration),
         wall_seconds: started.elapsed().as_secs_f64(),
         test: test.clone(),
         val: logged_validations(&run.metrics_path())?,
-        model: model.display().to_string(),
+        model: trainer.write_model(&run)?.display().to_string(),
     };
     run.write_report(&report)?;
     let plots = crate::plot::write(run.path())?;
@@ -352,57 +332,26 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Option<Finished>> {
     }))
 }
 
-/// After a stop signal that every rank agreed on: rank 0 writes the checkpoint of the last
-/// completed iteration (unless it was just written), and no rank exits before it is on disk
-/// (mpirun ends the whole job when the first rank exits). The error to end the command with.
+/// The error that ends a command stopped by a signal that every rank agreed on (the fit loop
+/// wrote the checkpoint of `iteration` first): its exit code is 128 + the signal's number.
 fn stopped(
-    signal: i32,
-    trainer: &Trainer,
-    run: Option<&RunDir>,
-    saved: Option<u64>,
+    signal: Option<i32>,
+    iteration: u64,
+    checkpoint: Option<PathBuf>,
     cfg: &TrainConfig,
-    hash: &str,
-) -> Result<anyhow::Error> {
-    let it = trainer.iteration();
-    let path = match run {
-        Some(run) if saved == Some(it) => run.checkpoints_dir().join(checkpoint::manifest_name(it)),
-        Some(run) => save_checkpoint(trainer, run, cfg, hash)?,
-        None => PathBuf::new(),
-    };
-    trainer.any_rank(false)?;
-    Ok(anyhow::Error::new(Interrupted {
+) -> anyhow::Error {
+    // A rank that received no signal itself stops as mpirun and Slurm would have it: SIGTERM.
+    let signal = signal.unwrap_or(signal_hook::consts::SIGTERM);
+    anyhow::Error::new(Interrupted {
         signal,
         message: format!(
-            "stopped by {} after iteration {it} of {}; checkpoint {}; continue with --resume",
+            "stopped by {} after iteration {iteration} of {}; checkpoint {}; continue with --resume",
             signals::name(signal),
             cfg.outer.iterations,
-            path.display()
+            checkpoint.as_deref().unwrap_or(Path::new("")).display()
         ),
-        print: run.is_some(),
-    }))
-}
-
-fn save_checkpoint(
-    trainer: &Trainer,
-    run: &RunDir,
-    cfg: &TrainConfig,
-    hash: &str,
-) -> Result<PathBuf> {
-    let _s = tracing::info_span!("checkpoint", iteration = trainer.iteration()).entered();
-    run.sync_metrics()?;
-    let it = trainer.iteration();
-    let path = checkpoint::write(
-        &run.checkpoints_dir(),
-        it,
-        &trainer.state()?,
-        hash,
-        SamplerState {
-            seed: cfg.run.seed,
-            iteration: it,
-        },
-        cfg.log.keep_checkpoints,
-    )?;
-    Ok(path)
+        print: checkpoint.is_some(),
+    })
 }
 
 /// The validation reports in `metrics.jsonl`, as `{iteration, report}`.

@@ -1,8 +1,9 @@
 //! Stop requests during meta-training: SIGTERM (Slurm preemption, `kill`, mpirun ending a job) and
 //! SIGINT (Ctrl-C).
 //!
-//! While the training loop runs, a signal only sets a flag. The loop asks [`StopSignals::agreed`]
-//! before each iteration and once after the last; the ranks all-reduce their flags there, so all
+//! While the training loop runs, a signal only sets a flag. The engine's fit loop polls it
+//! ([`StopSignals::received`]) before each iteration and once after the last; the ranks
+//! all-reduce their flags there, so all
 //! of them stop after the same iteration even when the signal reached only some. The loop then
 //! writes the checkpoint of that iteration (rank 0), waits for every rank, and the command exits
 //! with 128 + the signal's number (143 for SIGTERM, 130 for SIGINT), as a process killed by the
@@ -19,7 +20,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::Result;
-use metaloop_engine::train::Trainer;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 /// The flags that the SIGTERM and SIGINT handlers set.
@@ -60,16 +60,6 @@ impl StopSignals {
         } else {
             None
         }
-    }
-
-    /// Whether any rank received a stop signal: collective (every rank must call it at the same
-    /// point of the loop). `Some(signal)` on every rank alike; the signal is this rank's own, or
-    /// SIGTERM on a rank that received none (mpirun and Slurm pass SIGTERM on).
-    pub fn agreed(&self, trainer: &Trainer) -> Result<Option<i32>> {
-        let mine = self.received();
-        Ok(trainer
-            .any_rank(mine.is_some())?
-            .then(|| mine.unwrap_or(SIGTERM)))
     }
 
     /// From now on a signal ends the process at once (exit code 128 + signal): for the phases

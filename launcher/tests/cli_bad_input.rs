@@ -92,6 +92,19 @@ fn an_out_of_range_value_is_named_with_what_is_allowed() {
 }
 
 #[test]
+fn a_misspelt_algorithm_is_named_with_the_algorithms_allowed() {
+    let line = rejects(
+        "algorithm",
+        TINY,
+        &train(&["--set", "algorithm.name=\"mamal\""]),
+    );
+    assert_eq!(
+        line,
+        "metaloop: --set: algorithm.name: must be one of \"maml\", \"fomaml\", \"metasgd\", \"anil\", \"reptile\", \"pretrain\", \"lslr\", got \"mamal\""
+    );
+}
+
+#[test]
 fn a_wrong_type_is_named() {
     let line = rejects(
         "type",

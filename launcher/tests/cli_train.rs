@@ -255,3 +255,43 @@ fn resume_skips_a_corrupt_newest_checkpoint_with_a_warning() {
     assert_eq!(json(&run.join("report.json"))["resumed_from"], 3);
     fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The learned inner rates of LSLR go into `model.safetensors` beside θ0 (`inner.lr`, one row
+/// per inner step and one column per parameter tensor), and `metaloop eval` adapts with them:
+/// it repeats the report's meta-test.
+#[test]
+fn lslr_saves_its_learned_rates_beside_theta_and_eval_uses_them() {
+    let dir = scratch("lslr");
+    fs::write(dir.join("c.toml"), TINY).unwrap();
+    ok(&metaloop(
+        &dir,
+        &[
+            "train",
+            "--config",
+            "c.toml",
+            "--set",
+            "algorithm.name=\"lslr\"",
+            "--set",
+            "algorithm.inner_steps=2",
+        ],
+    ));
+    let run = dir.join("runs/tiny");
+    let model = tch::Tensor::read_safetensors(run.join("model.safetensors")).unwrap();
+    let mut names: Vec<&str> = model.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort();
+    // MLP 1-8-8-1: three Linear layers, six tensors.
+    assert_eq!(
+        names,
+        ["0.bias", "0.weight", "2.bias", "2.weight", "4.bias", "4.weight", "inner.lr"]
+    );
+    let lr = &model.iter().find(|(n, _)| n == "inner.lr").unwrap().1;
+    assert_eq!(lr.size(), [2, 6]);
+    let report = json(&run.join("report.json"));
+    let mean = report["test"]["loss_after"]["mean"].as_f64().unwrap();
+    let stdout = ok(&metaloop(&dir, &["eval", "--checkpoint", "runs/tiny"]));
+    assert!(
+        stdout.contains(&format!("after {mean:.3}")),
+        "{stdout} vs {mean}"
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,306 @@
+//! The meta-learning algorithms, one file each, behind the [`Algorithm`] trait.
+//!
+//! Every algorithm reduces to a meta-gradient over one flat vector of meta-parameters (the initial
+//! weights θ0, then every learned inner hyperparameter). An algorithm says which inner
+//! hyperparameters it learns ([`Algorithm::learned`]), which parameters its inner loop leaves
+//! alone ([`Algorithm::frozen`]) and how a chunk of tasks contributes to the meta-gradient
+//! ([`Algorithm::meta_gradient`]); the Trainer does the rest (sampling, workers, the all-reduce,
+//! the outer step). The support steps are [`adapt`], shared by every algorithm and by evaluation.
+//!
+//! - [`maml`]: second-order MAML (and first-order `fomaml`), MAML++'s multi-step loss, and the
+//!   recompute-and-adjoint path (`algorithm.memory = "recompute"`).
+//! - [`metasgd`]: one learned learning rate per element (Li et al. 2017).
+//! - [`anil`]: only the head adapts (Raghu et al. 2020).
+//! - [`reptile`]: the meta-gradient is θ0 − φ (Nichol et al. 2018).
+//! - [`pretrain`]: the joint-training baseline, no inner loop.
+//! - [`lslr`]: MAML++'s per-layer, per-step learned inner learning rates (Antoniou et al. 2019).
+//!
+//! Adding an algorithm: a file here, a variant of `config::AlgorithmName`, a line in [`build`].
+//! This module never prints and never touches files.
+
+use std::fmt;
+
+use metaloop_runtime::nn::Module;
+use metaloop_runtime::optim::Sgd;
+use metaloop_runtime::StepOptions;
+use metaloop_runtime::{InnerLoop, Layout, Params};
+use tch::{Device, Kind, Tensor};
+
+use crate::config::{AlgorithmConfig, AlgorithmName, Memory};
+use crate::data::MetaBatch;
+use crate::loss::{Loss, TaskLosses};
+use crate::{Error, Result};
+
+pub mod anil;
+pub mod lslr;
+pub mod maml;
+pub mod metasgd;
+pub mod pretrain;
+pub mod reptile;
+
+/// A learned inner hyperparameter: a requires-grad leaf that the inner optimizer reads as the
+/// hyperparameter `name`.
+#[derive(Debug)]
+pub struct Learned {
+    /// The optimizer's hyperparameter ("lr", "momentum").
+    pub name: String,
+    pub tensor: Tensor,
+    /// True when the tensor holds one row per inner step (`[steps, ...]`): step `s` reads row
+    /// `min(s, steps - 1)`. False: the tensor holds for every step.
+    pub per_step: bool,
+}
+
+impl Learned {
+    /// A leaf of `shape` filled with `value`, requiring grad.
+    pub fn filled(
+        name: &str,
+        shape: &[i64],
+        value: f64,
+        opts: Opts,
+        per_step: bool,
+    ) -> Result<Learned> {
+        Ok(Learned {
+            name: name.into(),
+            tensor: Tensor::f_full(shape, value, opts)?.set_requires_grad(true),
+            per_step,
+        })
+    }
+
+    /// A second handle on the same leaf (gradients reach the original).
+    pub fn shallow_clone(&self) -> Learned {
+        Learned {
+            name: self.name.clone(),
+            tensor: self.tensor.shallow_clone(),
+            per_step: self.per_step,
+        }
+    }
+}
+
+/// What a chunk of tasks contributes: the gradients of the meta-objective (θ0 first, then each
+/// learned hyperparameter in order; already divided by the global meta-batch size), and the
+/// per-task query losses `[T]` and accuracies.
+pub struct Contribution {
+    pub grads: Vec<Tensor>,
+    pub query: TaskLosses,
+}
+
+/// A meta-learning algorithm.
+pub trait Algorithm: Send + Sync + fmt::Debug {
+    /// The learned inner hyperparameters, in meta-vector order. The default: a learning rate
+    /// and/or a momentum per parameter tensor when `learn_lr` / `learn_momentum` ask for them.
+    fn learned(&self, a: &AlgorithmConfig, layout: &Layout, opts: Opts) -> Result<Vec<Learned>> {
+        per_tensor_hparams(a, layout, opts)
+    }
+
+    /// Parameters (by name) the inner loop never updates.
+    fn frozen(&self, _layout: &Layout) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The contribution of `batch`'s tasks to the meta-gradient; `global_tasks` is the size of
+    /// the meta-batch over all ranks (every term is divided by it). The default: second-order
+    /// MAML through the algorithm's learned hyperparameters and frozen parameters, by full
+    /// tracking or by recompute-and-adjoint (`algorithm.memory`).
+    fn meta_gradient(&self, shard: &Shard, batch: &MetaBatch, global_tasks: f64) -> MetaGrad {
+        maml::second_order_or_recompute(shard, batch, global_tasks)
+    }
+}
+
+/// The tensor options of learned hyperparameters: θ0's dtype and device.
+pub type Opts = (Kind, Device);
+
+/// What [`Algorithm::meta_gradient`] returns.
+pub type MetaGrad = Result<Contribution>;
+
+/// The algorithm a config names.
+pub fn build(name: AlgorithmName) -> Box<dyn Algorithm> {
+    match name {
+        AlgorithmName::Maml => Box::new(maml::Maml { first_order: false }),
+        AlgorithmName::Fomaml => Box::new(maml::Maml { first_order: true }),
+        AlgorithmName::Metasgd => Box::new(metasgd::MetaSgd),
+        AlgorithmName::Anil => Box::new(anil::Anil),
+        AlgorithmName::Reptile => Box::new(reptile::Reptile),
+        AlgorithmName::Pretrain => Box::new(pretrain::Pretrain),
+        AlgorithmName::Lslr => Box::new(lslr::Lslr),
+    }
+}
+
+/// `learn_lr` / `learn_momentum`: one value per parameter tensor, as in the toy example of
+/// higher.
+pub fn per_tensor_hparams(
+    a: &AlgorithmConfig,
+    layout: &Layout,
+    opts: Opts,
+) -> Result<Vec<Learned>> {
+    let groups = layout.group_sizes().len() as i64;
+    let mut out = Vec::new();
+    if a.learn_lr {
+        out.push(Learned::filled("lr", &[groups], a.inner_lr, opts, false)?);
+    }
+    if a.learn_momentum {
+        out.push(Learned::filled(
+            "momentum",
+            &[groups],
+            a.inner_momentum,
+            opts,
+            false,
+        )?);
+    }
+    Ok(out)
+}
+
+/// What one task-parallel worker needs to compute the meta-gradient of a chunk of the rank's
+/// tasks: the settings, model and loss borrowed, θ0 and the learned hyperparameters as shallow
+/// clones (the same leaves, so every worker's gradients reach them).
+pub struct Shard<'a> {
+    pub(crate) algorithm: &'a AlgorithmConfig,
+    pub(crate) iterations: u64,
+    pub(crate) model: &'a dyn Module,
+    pub(crate) loss: &'a dyn Loss,
+    pub(crate) kind: Kind,
+    pub(crate) device: Device,
+    pub(crate) theta: Params,
+    pub(crate) learned: Vec<Learned>,
+    pub(crate) frozen: &'a [String],
+    pub(crate) iteration: u64,
+    pub(crate) fused: bool,
+}
+
+impl<'a> Shard<'a> {
+    /// The algorithm's settings (inner steps, lr, momentum, multi-step loss, memory).
+    pub fn config(&self) -> &AlgorithmConfig {
+        self.algorithm
+    }
+
+    pub fn model(&self) -> &dyn Module {
+        self.model
+    }
+
+    /// θ0 (a requires-grad leaf `[P]`).
+    pub fn theta(&self) -> &Params {
+        &self.theta
+    }
+
+    /// The learned hyperparameters, in meta-vector order.
+    pub fn learned(&self) -> &[Learned] {
+        &self.learned
+    }
+
+    /// The dtype of parameters and losses.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The outer iteration being computed, and the run's total.
+    pub fn progress(&self) -> (u64, u64) {
+        (self.iteration, self.iterations)
+    }
+
+    /// True for second-order meta-gradients by recompute-and-adjoint.
+    pub fn recompute(&self) -> bool {
+        self.algorithm.memory == Memory::Recompute
+    }
+
+    /// The loss of `params` (`[T, P]`) on inputs `x` against `y`.
+    pub fn losses(
+        &self,
+        params: &Params,
+        x: &Tensor,
+        y: &Tensor,
+    ) -> metaloop_runtime::Result<TaskLosses> {
+        Ok(self
+            .loss
+            .task_losses(&self.model.forward(params, x, true)?, y)?)
+    }
+
+    /// The inner optimizer: SGD with the configured lr and momentum.
+    pub fn inner_optimizer(&self) -> Sgd {
+        Sgd::new(self.algorithm.inner_lr)
+            .momentum(self.algorithm.inner_momentum)
+            .fused(self.fused)
+    }
+
+    /// An inner loop over `tasks` tasks from θ0 (second-order when `track`), with the learned
+    /// hyperparameters that hold for every step already in force.
+    pub fn inner_loop(&self, tasks: i64, track: bool) -> Result<InnerLoop<'a>> {
+        let mut builder = InnerLoop::new(self.model, &self.theta, self.inner_optimizer())
+            .copy_initial_weights(false)
+            .track_higher_grads(track)
+            .tasks(tasks)
+            .freeze(self.frozen);
+        for h in self.learned.iter().filter(|h| !h.per_step) {
+            builder = builder.override_hparam(&h.name, &h.tensor);
+        }
+        Ok(builder.build()?)
+    }
+
+    /// The options of inner step `s`: the per-step learned hyperparameters' row for it.
+    fn step_options(&self, s: usize) -> Result<StepOptions<'static>> {
+        let mut options = StepOptions::new();
+        for h in self.learned.iter().filter(|h| h.per_step) {
+            let rows = h.tensor.size()[0] as usize;
+            let row = h.tensor.f_select(0, s.min(rows - 1) as i64)?;
+            options = options.override_hparam(&h.name, &row);
+        }
+        Ok(options)
+    }
+
+    /// Zeros shaped like each learned hyperparameter: their gradient for algorithms that have
+    /// none.
+    pub fn zero_hypergradients(&self) -> Result<Vec<Tensor>> {
+        Ok(self
+            .learned
+            .iter()
+            .map(|h| h.tensor.f_zeros_like())
+            .collect::<std::result::Result<_, _>>()?)
+    }
+}
+
+/// The support steps every algorithm and evaluation share: `steps` inner steps (second-order
+/// when `track`) on the support loss of `batch`'s tasks. `after(s, inner)` runs after step `s`
+/// (0-based), e.g. for MAML++'s multi-step loss.
+pub fn adapt<'a>(
+    shard: &Shard<'a>,
+    batch: &MetaBatch,
+    steps: usize,
+    track: bool,
+    mut after: impl FnMut(usize, &InnerLoop<'a>) -> Result<()>,
+) -> Result<InnerLoop<'a>> {
+    let _s = tracing::info_span!("inner_loop", steps).entered();
+    let mut inner = shard.inner_loop(batch.len() as i64, track)?;
+    for s in 0..steps {
+        let support = shard
+            .loss
+            .task_losses(&inner.forward(&batch.support_x)?, &batch.support_y)?;
+        inner.step_with(&support.total(shard.kind)?, shard.step_options(s)?)?;
+        after(s, &inner)?;
+    }
+    Ok(inner)
+}
+
+/// The query losses at the adapted weights of `inner`.
+pub fn query_losses(
+    shard: &Shard<'_>,
+    inner: &InnerLoop<'_>,
+    batch: &MetaBatch,
+) -> Result<TaskLosses> {
+    Ok(shard
+        .loss
+        .task_losses(&inner.forward(&batch.query_x)?, &batch.query_y)?)
+}
+
+/// The gradients of `objective` w.r.t. each of `inputs` (zeros where it does not depend on one).
+pub fn gradients(objective: &Tensor, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+    let refs: Vec<&Tensor> = inputs.iter().collect();
+    let g = Tensor::f_run_backward(&[objective], &refs, false, false)?;
+    g.into_iter()
+        .zip(inputs)
+        .map(|(g, x)| {
+            if g.defined() {
+                Ok(g)
+            } else {
+                x.f_zeros_like().map_err(Error::from)
+            }
+        })
+        .collect()
+}

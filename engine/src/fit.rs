@@ -1,0 +1,254 @@
+//! The fit loop: [`Trainer::fit`] runs the outer iterations left, with the validation cadence
+//! (`eval.every`), the metrics log (`log.every`), the checkpoint cadence (`log.checkpoint_every`,
+//! and the last iteration), the truncation of `metrics.jsonl` after a resumed checkpoint, and
+//! the stop that every rank agrees on.
+//!
+//! The caller wires the communicator, restores a checkpoint to resume, and shows progress through
+//! an [`Observer`]; it passes the run directory on the rank that writes (rank 0) and `None` on the
+//! others, which compute the same steps (the all-reduces are collective). A stop request (e.g. a
+//! signal that reached some ranks) is polled before every iteration and once after the last and
+//! all-reduced, so every rank stops after the same iteration; the writing rank then checkpoints
+//! that iteration and every rank waits for it. This module never prints.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::checkpoint::{self, SamplerState};
+use crate::data::Split;
+use crate::rundir::{self, RunDir};
+use crate::train::{EvalReport, StepMetrics, Trainer};
+use crate::{Error, Result};
+
+/// What the fit loop tells its caller as it goes. Every method has a default that does nothing.
+pub trait Observer {
+    /// Polled before every iteration and after the last: `Some(signal)` when this rank was asked
+    /// to stop. The fit loop agrees on it with the other ranks.
+    fn stop_requested(&mut self) -> Option<i32> {
+        None
+    }
+
+    /// After every outer step, with the throughput since the loop started.
+    fn step(&mut self, _metrics: &StepMetrics, _tasks_per_s: f64) {}
+
+    /// After a validation.
+    fn validated(&mut self, _iteration: u64, _report: &EvalReport) {}
+
+    /// Something the user should know that does not stop the run.
+    fn warning(&mut self, _message: &str) {}
+}
+
+/// An observer that ignores everything.
+impl Observer for () {}
+
+/// How the fit loop ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FitEnd {
+    /// Every iteration of `outer.iterations` is done and checkpointed.
+    Finished,
+    /// A stop that every rank agreed on, after `iteration`; `signal` is this rank's own request
+    /// (`None` when only other ranks were asked); `checkpoint` the manifest of `iteration` on the
+    /// writing rank.
+    Stopped {
+        signal: Option<i32>,
+        iteration: u64,
+        checkpoint: Option<PathBuf>,
+    },
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Serialize)]
+struct MetricsLine<'a> {
+    iteration: u64,
+    meta_loss: f64,
+    query_accuracy: Option<f64>,
+    tasks_per_s: f64,
+    grad_norm: f64,
+    /// Seconds of this iteration's step.
+    step_seconds: f64,
+    /// Learned inner hyperparameters (mean value), by name.
+    hparams: BTreeMap<String, f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    val: Option<&'a EvalReport>,
+}
+
+/// The loop's running state.
+struct Progress {
+    started: Instant,
+    tasks_done: usize,
+    validate: bool,
+    /// The iteration whose checkpoint is on disk, if any.
+    saved: Option<u64>,
+}
+
+impl Trainer {
+    /// Runs the outer iterations left (see the module documentation). `run` is the run
+    /// directory on the rank that writes, `None` elsewhere; a trainer restored from a checkpoint
+    /// continues from it, and the metrics logged after it are dropped.
+    pub fn fit(
+        &mut self,
+        mut run: Option<&mut RunDir>,
+        observer: &mut dyn Observer,
+    ) -> Result<FitEnd> {
+        let resumed = self.iteration();
+        if let Some(run) = run.as_deref_mut() {
+            run.truncate_metrics_after(resumed)?;
+        }
+        let mut p = Progress {
+            started: Instant::now(),
+            tasks_done: 0,
+            validate: self.config().eval.every > 0,
+            saved: (resumed > 0).then_some(resumed),
+        };
+        let total = self.config().outer.iterations;
+        while self.iteration() < total {
+            if let Some(end) = self.agreed_stop(run.as_deref(), observer, p.saved)? {
+                return Ok(end);
+            }
+            let m = self.step()?;
+            p.tasks_done += m.tasks;
+            let tasks_per_s = p.tasks_done as f64 / p.started.elapsed().as_secs_f64().max(1e-9);
+            let val = self.validate_now(&mut p, observer)?;
+            if let Some(run) = run.as_deref_mut() {
+                self.record(run, &m, tasks_per_s, val.as_ref(), &mut p)?;
+            }
+            if let Some(v) = &val {
+                observer.validated(m.iteration, v);
+            }
+            observer.step(&m, tasks_per_s);
+        }
+        if let Some(end) = self.agreed_stop(run.as_deref(), observer, p.saved)? {
+            return Ok(end);
+        }
+        Ok(FitEnd::Finished)
+    }
+
+    /// The validation of this iteration, when `eval.every` asks for one; a dataset without a
+    /// validation split turns validation off with a warning.
+    fn validate_now(
+        &self,
+        p: &mut Progress,
+        observer: &mut dyn Observer,
+    ) -> Result<Option<EvalReport>> {
+        let it = self.iteration();
+        if !p.validate || !it.is_multiple_of(self.config().eval.every) {
+            return Ok(None);
+        }
+        let _s = tracing::info_span!("validate", iteration = it).entered();
+        match self.evaluate(Split::Val, self.config().eval.val_tasks) {
+            Ok(r) => Ok(Some(r)),
+            Err(e @ Error::NoSplit { .. }) => {
+                if self.rank() == 0 {
+                    observer.warning(&format!("{e}: validation is skipped"));
+                }
+                p.validate = false;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The writing rank's share of an iteration: the metrics line and the checkpoint when due.
+    fn record(
+        &self,
+        run: &mut RunDir,
+        m: &StepMetrics,
+        tasks_per_s: f64,
+        val: Option<&EvalReport>,
+        p: &mut Progress,
+    ) -> Result<()> {
+        let (it, cfg) = (m.iteration, self.config());
+        let last = it == cfg.outer.iterations;
+        if it.is_multiple_of(cfg.log.every) || last || val.is_some() {
+            run.log(&MetricsLine {
+                iteration: it,
+                meta_loss: m.meta_loss,
+                query_accuracy: m.query_accuracy,
+                tasks_per_s,
+                grad_norm: m.grad_norm,
+                step_seconds: m.seconds,
+                hparams: m.hparams.iter().cloned().collect(),
+                val,
+            })?;
+        }
+        let every = cfg.log.checkpoint_every;
+        if (every > 0 && it.is_multiple_of(every)) || last {
+            self.save_checkpoint(run)?;
+            p.saved = Some(it);
+        }
+        Ok(())
+    }
+
+    /// Writes the checkpoint of the current iteration into `run` (after syncing the metrics
+    /// logged so far). Returns the manifest's path.
+    pub fn save_checkpoint(&self, run: &RunDir) -> Result<PathBuf> {
+        let it = self.iteration();
+        let _s = tracing::info_span!("checkpoint", iteration = it).entered();
+        run.sync_metrics()?;
+        let cfg = self.config();
+        checkpoint::write(
+            &run.checkpoints_dir(),
+            it,
+            &self.state()?,
+            &rundir::config_hash(cfg),
+            SamplerState {
+                seed: cfg.run.seed,
+                iteration: it,
+            },
+            cfg.log.keep_checkpoints,
+        )
+    }
+
+    /// Writes `model.safetensors` into `run`: θ0 under PyTorch's state_dict names and, when the
+    /// algorithm learns inner hyperparameters, each of them beside it as `inner.<name>` (Meta-SGD's
+    /// `inner.lr` `[P]`, LSLR's `inner.lr` `[steps, G]`, `learn_lr`'s `inner.lr` and
+    /// `learn_momentum`'s `inner.momentum` `[G]`, G in θ0's tensor order). PyTorch reads θ0 back
+    /// with `load_state_dict(..., strict=False)`.
+    pub fn write_model(&self, run: &RunDir) -> Result<PathBuf> {
+        if self.learned.is_empty() {
+            return run.write_model(&self.theta);
+        }
+        let path = run.model_path();
+        let scratch = path.with_extension("safetensors.scratch");
+        let io = |source| Error::Io {
+            path: scratch.clone(),
+            source,
+        };
+        tch::Tensor::write_safetensors(&self.model_tensors()?, &scratch)?;
+        let bytes = std::fs::read(&scratch).map_err(io)?;
+        std::fs::remove_file(&scratch).map_err(io)?;
+        checkpoint::write_atomic(&path, &bytes)?;
+        Ok(path)
+    }
+
+    /// A stop that some rank asked for, agreed on by all (collective): the writing rank
+    /// checkpoints the last completed iteration (unless it is already on disk), and no rank
+    /// returns before it is (mpirun ends the whole job when the first rank exits).
+    fn agreed_stop(
+        &self,
+        run: Option<&RunDir>,
+        observer: &mut dyn Observer,
+        saved: Option<u64>,
+    ) -> Result<Option<FitEnd>> {
+        let mine = observer.stop_requested();
+        if !self.any_rank(mine.is_some())? {
+            return Ok(None);
+        }
+        let it = self.iteration();
+        let checkpoint = match run {
+            Some(run) if saved == Some(it) => {
+                Some(run.checkpoints_dir().join(checkpoint::manifest_name(it)))
+            }
+            Some(run) => Some(self.save_checkpoint(run)?),
+            None => None,
+        };
+        self.any_rank(false)?;
+        Ok(Some(FitEnd::Stopped {
+            signal: mine,
+            iteration: it,
+            checkpoint,
+        }))
+    }
+}
