@@ -389,24 +389,13 @@ impl Shard<'_> {
     }
 }
 
-/// Which GPU this rank uses: the local rank that mpirun or Slurm gives it.
-fn local_rank() -> usize {
-    [
-        "OMPI_COMM_WORLD_LOCAL_RANK",
-        "SLURM_LOCALID",
-        "MPI_LOCALRANKID",
-        "MV2_COMM_WORLD_LOCAL_RANK",
-    ]
-    .iter()
-    .find_map(|v| std::env::var(v).ok().and_then(|s| s.parse().ok()))
-    .unwrap_or(0)
-}
-
 fn choose_device(name: &str) -> Result<Device> {
     let cuda = tch::Cuda::device_count() as usize;
     match name {
         "cpu" => Ok(Device::Cpu),
-        "cuda" | "auto" if cuda > 0 => Ok(Device::Cuda(local_rank() % cuda)),
+        "cuda" | "auto" if cuda > 0 => {
+            Ok(Device::Cuda(metaloop_runtime::comm::local_rank() % cuda))
+        }
         "auto" => Ok(Device::Cpu),
         "cuda" => Err(Error::Device(
             "\"cuda\" asked for, but libtorch sees no CUDA device here; use \"cpu\" or \"auto\""
@@ -419,11 +408,7 @@ fn choose_device(name: &str) -> Result<Device> {
 }
 
 fn cache_dir(cfg: &TrainConfig) -> Option<PathBuf> {
-    Some(if cfg.task.cache_dir.is_empty() {
-        PathBuf::from(&cfg.task.root).join(".metaloop-cache")
-    } else {
-        PathBuf::from(&cfg.task.cache_dir)
-    })
+    data::cache::default_dir(&cfg.task.cache_dir)
 }
 
 /// The task distribution the config names (loads and caches image datasets).
@@ -457,12 +442,14 @@ pub fn task_source(cfg: &TrainConfig) -> Result<Arc<dyn TaskSource>> {
             data::folder::load(&c)?
         }
     };
-    Ok(Arc::new(FewShot::new(
+    let episodes = FewShot::new(
         Arc::new(dataset),
         t.ways as usize,
         t.shots as usize,
         t.queries as usize,
-    )?))
+    )?;
+    episodes.check_whole()?;
+    Ok(Arc::new(episodes))
 }
 
 /// The backbone the config names.
@@ -915,10 +902,7 @@ impl Trainer {
         let expected = to_f64s(&reference)?;
         // Equal arithmetic on equal inputs gives equal bits; the tolerance only absorbs a
         // different summation order of the checksum itself on other hardware.
-        let differs = mine
-            .iter()
-            .zip(&expected)
-            .any(|(a, b)| (a - b).abs() > 1e-12 * (1.0 + b.abs()));
+        let differs = metaloop_runtime::comm::checksums_differ(&mine, &expected, 1e-12);
         let mut who = Tensor::f_zeros([self.size() as i64], (Kind::Double, Device::Cpu))?;
         if differs {
             let _ = who.f_narrow(0, self.rank() as i64, 1)?.f_fill_(1.0)?;

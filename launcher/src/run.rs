@@ -27,30 +27,10 @@ use crate::signals::{self, Interrupted, StopSignals};
 /// Engine errors that come from the user's input (config, datasets, checkpoints) become
 /// [`crate::config::BadInput`] (exit code 2); the rest stay failures (exit code 1).
 pub fn setup_error(e: EngineError) -> anyhow::Error {
-    use EngineError::*;
-    match e {
-        Config(_)
-        | Device(_)
-        | State(_)
-        | MissingDirectory { .. }
-        | MissingFile { .. }
-        | EmptyFolder { .. }
-        | UnreadableImage { .. }
-        | ImageSize { .. }
-        | CsvHeader { .. }
-        | CsvRow { .. }
-        | CsvMissingImage { .. }
-        | CsvPath { .. }
-        | Zip { .. }
-        | DatasetSplit { .. }
-        | NoSplit { .. }
-        | TooFewClasses { .. }
-        | TooFewImages { .. }
-        | InvalidSetting { .. }
-        | Checkpoint { .. }
-        | NoUsableCheckpoint { .. }
-        | RunDirExists { .. } => bad(e.to_string()),
-        other => anyhow::Error::new(other),
+    if e.is_user_input() {
+        bad(e.to_string())
+    } else {
+        anyhow::Error::new(e)
     }
 }
 
@@ -66,6 +46,8 @@ struct MetricsLine<'a> {
     step_seconds: f64,
     /// Learned inner hyperparameters (mean value), by name.
     hparams: BTreeMap<String, f64>,
+    /// The outer step was skipped for non-finite values (meta_loss may then be null).
+    skipped: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     val: Option<&'a EvalReport>,
 }
@@ -185,7 +167,7 @@ pub fn communicator(cfg: &TrainConfig) -> Result<Box<dyn Communicator>> {
     let cuda = tch::Cuda::device_count() as usize;
     let wants_cuda = cfg.run.device == "cuda" || (cfg.run.device == "auto" && cuda > 0);
     if wants_cuda && cuda > 0 && mpi.size() > 1 {
-        let device = Device::Cuda(mpi.local_rank() % cuda);
+        let device = Device::Cuda(metaloop_runtime::comm::local_rank() % cuda);
         return Ok(Box::new(Nccl::init(mpi, device)?));
     }
     Ok(Box::new(mpi))
@@ -193,6 +175,14 @@ pub fn communicator(cfg: &TrainConfig) -> Result<Box<dyn Communicator>> {
 
 fn warn(message: &str) {
     eprintln!("metaloop: warning: {message}");
+}
+
+/// The warning of an outer step skipped for non-finite values.
+fn skip_message(m: &StepMetrics, cfg: &TrainConfig) -> String {
+    format!(
+        "iteration {}: non-finite meta-gradient or loss (tasks {:?}): outer step skipped ({} in a row stop the run: outer.max_nonfinite_skips)",
+        m.iteration, m.nonfinite_tasks, cfg.outer.max_nonfinite_skips
+    )
 }
 
 /// The progress bar: iterations, meta-loss, tasks/s, elapsed and ETA. Hidden when stderr is not
@@ -224,7 +214,10 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Option<Finished>> {
     let rank0 = comm.rank() == 0;
     // Checks before anything is written.
     let from = if resume {
-        Some(resume_checkpoint(cfg, &root)?)
+        // Rank 0 reads and checks the checkpoint and sends it: no shared file system needed.
+        Some(checkpoint::agreed(&*comm, || {
+            resume_checkpoint(cfg, &root)
+        })?)
     } else {
         if rank0 && root.exists() {
             return Err(setup_error(EngineError::RunDirExists {
@@ -237,6 +230,8 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Option<Finished>> {
         let _s = tracing::info_span!("setup").entered();
         Trainer::new(cfg, comm).map_err(setup_error)?
     };
+    // Every rank is set up before rank 0 writes anything: a rank that failed has ended the job.
+    trainer.any_rank(false)?;
     if let Some(ckpt) = &from {
         for w in ckpt.warnings.iter().filter(|_| rank0) {
             warn(w);
@@ -275,6 +270,9 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Option<Finished>> {
         }
         let m: StepMetrics = trainer.step()?;
         let it = m.iteration;
+        if m.skipped && rank0 {
+            bar.suspend(|| warn(&skip_message(&m, cfg)));
+        }
         tasks_done += m.tasks;
         let tasks_per_s = tasks_done as f64 / loop_started.elapsed().as_secs_f64().max(1e-9);
         let mut val = None;
@@ -301,6 +299,7 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Option<Finished>> {
                 grad_norm: m.grad_norm,
                 step_seconds: m.seconds,
                 hparams: m.hparams.iter().cloned().collect(),
+                skipped: m.skipped,
                 val: val.as_ref(),
             })?;
         }
@@ -516,6 +515,12 @@ pub fn eval(path: &Path, tasks: Option<usize>) -> Result<Option<(PathBuf, EvalRe
     }
     let comm = communicator(&cfg)?;
     let rank0 = comm.rank() == 0;
+    // Not while a train or resume writes the run directory.
+    let _lock = if rank0 {
+        rundir::RunLock::acquire_for_reading(&root).map_err(setup_error)?
+    } else {
+        None
+    };
     let mut trainer = Trainer::new(&cfg, comm).map_err(setup_error)?;
     trainer
         .restore(ckpt.manifest.iteration, &ckpt.tensors)

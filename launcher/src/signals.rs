@@ -66,6 +66,8 @@ impl StopSignals {
     /// point of the loop). `Some(signal)` on every rank alike; the signal is this rank's own, or
     /// SIGTERM on a rank that received none (mpirun and Slurm pass SIGTERM on).
     pub fn agreed(&self, trainer: &Trainer) -> Result<Option<i32>> {
+        // Called before every iteration: the collective watchdog names it in its report.
+        metaloop_runtime::comm::set_iteration(trainer.iteration());
         let mine = self.received();
         Ok(trainer
             .any_rank(mine.is_some())?
