@@ -47,8 +47,9 @@ pub struct RunLock {
 }
 
 impl RunLock {
-    /// Takes the lock of the run directory `root` without waiting: [`Error::RunDirBusy`], naming
-    /// the holder's pid, when another process holds it.
+    /// Takes the lock of the run directory `root` for a writer (train, resume) without waiting,
+    /// creating the lock file if need be and writing this process's pid into it:
+    /// [`Error::RunDirBusy`], naming the holder's pid, when another process holds it.
     pub fn acquire(root: &Path) -> Result<RunLock> {
         let path = root.join(LOCK);
         let mut file = OpenOptions::new()
@@ -58,21 +59,7 @@ impl RunLock {
             .truncate(false)
             .open(&path)
             .map_err(io(&path))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                let pid = fs::read_to_string(&path).unwrap_or_default();
-                let holder = match pid.trim() {
-                    "" => "another process".to_string(),
-                    pid => format!("pid {pid}"),
-                };
-                return Err(Error::RunDirBusy {
-                    path: root.to_path_buf(),
-                    holder,
-                });
-            }
-            Err(fs::TryLockError::Error(e)) => return Err(io(&path)(e)),
-        }
+        Self::take(root, &path, &file)?;
         file.set_len(0)
             .and_then(|()| file.write_all(std::process::id().to_string().as_bytes()))
             .and_then(|()| file.flush())
@@ -80,14 +67,46 @@ impl RunLock {
         Ok(RunLock { _file: file })
     }
 
-    /// [`RunLock::acquire`] for a reader (`metaloop eval`): `None` when the lock file cannot be
-    /// made (a read-only run directory, which no one can be writing through this lock either).
+    /// The same lock for a reader (`metaloop eval`), which writes nothing: `None` when the run
+    /// directory has no lock file (one written before locks existed) or it cannot be opened.
     pub fn acquire_for_reading(root: &Path) -> Result<Option<RunLock>> {
-        match Self::acquire(root) {
-            Ok(lock) => Ok(Some(lock)),
-            Err(Error::Io { .. }) => Ok(None),
-            Err(e) => Err(e),
+        let path = root.join(LOCK);
+        let Ok(file) = File::open(&path) else {
+            return Ok(None);
+        };
+        Self::take(root, &path, &file)?;
+        Ok(Some(RunLock { _file: file }))
+    }
+
+    /// `flock`s `file` (the lock file `path` of `root`) without waiting.
+    fn take(root: &Path, path: &Path, file: &File) -> Result<()> {
+        match file.try_lock() {
+            Ok(()) => Ok(()),
+            Err(fs::TryLockError::WouldBlock) => Err(Error::RunDirBusy {
+                path: root.to_path_buf(),
+                holder: holder(path, file),
+            }),
+            Err(fs::TryLockError::Error(e)) => Err(io(path)(e)),
         }
+    }
+}
+
+/// Who holds the lock on `file`: the pid that the kernel lists for its inode in /proc/locks (a
+/// reader writes no pid), else the pid the writer wrote into it.
+fn holder(path: &Path, file: &File) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let inode = file.metadata().map(|m| m.ino()).ok();
+    let listed = fs::read_to_string("/proc/locks").ok().and_then(|locks| {
+        locks.lines().find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let ino = f.get(5)?.rsplit(':').next()?.parse::<u64>().ok()?;
+            (f.get(1) == Some(&"FLOCK") && Some(ino) == inode).then(|| f[4].to_string())
+        })
+    });
+    let written = fs::read_to_string(path).unwrap_or_default();
+    match listed.as_deref().unwrap_or(written.trim()) {
+        "" => "another process".to_string(),
+        pid => format!("pid {pid}"),
     }
 }
 

@@ -450,7 +450,7 @@ fn a_size_beyond_the_upper_bound_is_named() {
     );
     assert_eq!(
         line,
-        "metaloop: model.hidden: widths must be <= 65536, got 4000000000"
+        "metaloop: --set: model.hidden: widths must be <= 65536, got 4000000000"
     );
 }
 
