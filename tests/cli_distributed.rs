@@ -8,20 +8,9 @@ use common::netns::TwoHosts;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The launcher's binary, built by `cargo test --workspace` next to this test's directory.
+/// The launcher's binary.
 fn metaloop() -> PathBuf {
-    let deps = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let exe = deps.parent().unwrap().join("metaloop");
-    assert!(
-        exe.exists(),
-        "{} is missing: build the launcher (cargo build -p metaloop-launcher)",
-        exe.display()
-    );
-    exe
+    common::metaloop_binary()
 }
 
 fn report_loss_after(run: &Path) -> f64 {

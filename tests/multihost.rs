@@ -141,3 +141,77 @@ fn namespaces_are_removed_when_a_test_panics() {
         }
     }
 }
+
+/// The config of the two-host resume test (f64 on one thread: runs repeat bit for bit).
+const RESUME_CONFIG: &str = "[run]\nname = \"s\"\ndtype = \"f64\"\nthreads = 1\n[task]\nkind = \"sinusoid\"\nshots = 5\nqueries = 5\n[model]\nhidden = [8]\n[outer]\nmeta_batch = 4\niterations = 20\n[eval]\nevery = 0\ntest_tasks = 4\n[log]\nevery = 1\ncheckpoint_every = 10\nkeep_checkpoints = 3\n";
+
+/// `metaloop train --config c.toml [extra]` with one rank on each of two hosts, each rank in its
+/// own directory `<base>/host<rank>` (its own out_dir: the hosts share no run directory). Two
+/// network-namespace hosts where allowed, else plain mpirun on this host.
+fn train_on_two_hosts(base: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    use common::OutputWithin;
+    let wrapper = base.join("in-host-dir.sh");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\n# Runs metaloop in <base>/host<MPI rank>.\nbase=\"$1\"; shift\ncd \"$base/host$OMPI_COMM_WORLD_RANK\" && exec \"$@\"\n",
+    )
+    .unwrap();
+    let exe = common::metaloop_binary();
+    let mut args: Vec<String> = vec![wrapper.display().to_string(), base.display().to_string()];
+    args.push(exe.display().to_string());
+    args.extend(["train", "--config", "c.toml"].map(String::from));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match TwoHosts::new() {
+        Ok(hosts) => hosts.run(std::path::Path::new("/bin/sh"), &args),
+        Err(why) => {
+            println!("two-host resume on one host with plain mpirun (`ip netns`: {why})");
+            let mut cmd = Command::new("mpirun");
+            cmd.args(["-n", "2", "--oversubscribe", "--bind-to", "none"]);
+            cmd.args(["--allow-run-as-root", "/bin/sh"]).args(&args);
+            cmd.output_within_limit()
+        }
+    }
+}
+
+#[test]
+fn resume_on_two_hosts_with_separate_out_dirs() {
+    if common::under_mpirun() {
+        return;
+    }
+    let base = std::env::temp_dir().join(format!("metaloop-two-host-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    for h in 0..2 {
+        std::fs::create_dir_all(base.join(format!("host{h}"))).unwrap();
+        std::fs::write(base.join(format!("host{h}/c.toml")), RESUME_CONFIG).unwrap();
+    }
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok(train_on_two_hosts(&base, &[]));
+    // Rank 0 alone writes: host 1 has no run directory, so no checkpoint to read.
+    let run = base.join("host0/runs/s");
+    assert!(!base.join("host1/runs").exists());
+    let finished = std::fs::read(run.join("model.safetensors")).unwrap();
+    // A run killed after the checkpoint of iteration 10: its newer files removed.
+    for f in [
+        "checkpoints/ckpt-000000020.json",
+        "checkpoints/ckpt-000000020.safetensors",
+        "model.safetensors",
+        "report.json",
+    ] {
+        std::fs::remove_file(run.join(f)).unwrap();
+    }
+    ok(train_on_two_hosts(&base, &["--resume"]));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["resumed_from"], 10);
+    assert_eq!(std::fs::read(run.join("model.safetensors")).unwrap(), finished);
+    assert!(!base.join("host1/runs").exists());
+    std::fs::remove_dir_all(&base).unwrap();
+}

@@ -7,14 +7,24 @@
 //! the sha256, and [`latest`] falls back to the previous checkpoint (with a warning naming the bad
 //! file) when the newest is truncated or corrupt.
 //!
+//! A manifest is trusted no further than it must be: its tensors file must be a plain file name
+//! in the same directory, its iteration must be the one in its own file name, and the tensors are
+//! parsed from the very bytes whose sha256 was checked. [`agreed`] lets rank 0 alone read the
+//! checkpoint and send it to the other ranks, so that resuming needs no shared file system.
+//!
+//! [`write_atomic`] is the crate's one atomic-write utility (run directory files, checkpoints, the
+//! decode cache): a uniquely named temporary file, so that two processes never share one.
+//!
 //! This module knows nothing of models or configs beyond the tensors and hash it is given, and
 //! never prints: warnings are returned for the launcher to show.
 
 use std::fs::{self, File};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use metaloop_runtime::comm::Communicator;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::{Device, Tensor};
@@ -64,6 +74,8 @@ pub struct Checkpoint {
     /// Newer checkpoints that were skipped because they are unusable, one line each, naming the
     /// file (filled by [`latest`]; empty from [`read`]).
     pub warnings: Vec<String>,
+    /// The tensors file's bytes, as verified against the manifest's sha256.
+    pub bytes: Vec<u8>,
 }
 
 impl Checkpoint {
@@ -112,22 +124,57 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
-/// Writes `bytes` to `path` atomically: `<path>.tmp`, fsync, rename, fsync of the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
-    {
-        let mut f = File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-    }
-    fs::rename(&tmp, path).map_err(io(path))?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+/// The marker in temporary file names: `.<name>.tmp-<pid>-<n>`.
+const TMP_MARK: &str = ".tmp-";
+
+/// A temporary name beside `path` that no other write (of this or another process) uses.
+fn tmp_path(path: &Path) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    path.with_file_name(format!(".{name}{TMP_MARK}{}-{n}", std::process::id()))
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    path.with_file_name(name)
+/// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename, fsync of the
+/// directory. On failure the temporary file is removed and `path` is as it was.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |tmp| {
+        let mut f = File::create(tmp).map_err(io(tmp))?;
+        f.write_all(bytes).map_err(io(tmp))
+    })
+}
+
+/// [`write_atomic`] for content that `fill` writes into the file it is given (a serializer that
+/// writes files itself).
+pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = tmp_path(path);
+    let result = fill(&tmp)
+        .and_then(|()| {
+            File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(io(&tmp))
+        })
+        .and_then(|()| fs::rename(&tmp, path).map_err(io(path)));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    sync_dir(
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    )
+}
+
+/// True for a temporary file left by a write of this process, or of a process that is gone.
+fn leftover_tmp(name: &str) -> bool {
+    let Some((_, rest)) = name.split_once(TMP_MARK) else {
+        // Fixed names of earlier versions: `ckpt-*.tmp`, `ckpt-*.scratch`.
+        return name.starts_with("ckpt-") && (name.ends_with(".tmp") || name.ends_with(".scratch"));
+    };
+    let pid = rest.split('-').next().unwrap_or("");
+    name.starts_with(".ckpt-")
+        && (pid == std::process::id().to_string() || !Path::new("/proc").join(pid).exists())
 }
 
 /// Serialises tensors to safetensors bytes (detached, contiguous, on the CPU).
@@ -142,10 +189,11 @@ fn safetensors_bytes(tensors: &[(String, Tensor)], scratch: &Path) -> Result<Vec
         })
         .collect::<Result<_>>()?;
     // tch serialises to a file only; write to a scratch file and read the bytes back.
-    Tensor::write_safetensors(&cpu, scratch)?;
-    let bytes = fs::read(scratch).map_err(io(scratch))?;
-    fs::remove_file(scratch).map_err(io(scratch))?;
-    Ok(bytes)
+    let written = Tensor::write_safetensors(&cpu, scratch)
+        .map_err(Error::from)
+        .and_then(|()| fs::read(scratch).map_err(io(scratch)));
+    let _ = fs::remove_file(scratch);
+    written
 }
 
 /// Writes the checkpoint of `iteration` into `dir` (created if missing) and keeps only the
@@ -161,7 +209,7 @@ pub fn write(
     fs::create_dir_all(dir).map_err(io(dir))?;
     let tensors_path = dir.join(tensors_name(iteration));
     let manifest_path = dir.join(manifest_name(iteration));
-    let scratch = dir.join(format!("{}.scratch", tensors_name(iteration)));
+    let scratch = tmp_path(&tensors_path);
     let bytes = safetensors_bytes(tensors, &scratch)?;
     let manifest = Manifest {
         format: FORMAT,
@@ -233,8 +281,7 @@ fn prune(dir: &Path, keep: usize) -> Result<()> {
         let entry = entry.map_err(io(dir))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let stale_tmp =
-            name.starts_with("ckpt-") && (name.ends_with(".tmp") || name.ends_with(".scratch"));
+        let stale_tmp = leftover_tmp(name);
         let orphan = iteration_of(name, ".safetensors")
             .is_some_and(|it| oldest_kept.is_some_and(|o| it < o));
         if stale_tmp || orphan {
@@ -246,8 +293,9 @@ fn prune(dir: &Path, keep: usize) -> Result<()> {
 }
 
 /// Reads and verifies the checkpoint whose manifest (`ckpt-*.json`) or tensors file
-/// (`ckpt-*.safetensors`) is `path`: the manifest must parse, the tensors file must have the
-/// recorded size and sha256 and parse as safetensors.
+/// (`ckpt-*.safetensors`) is `path`: the manifest must parse, name a tensors file in its own
+/// directory and the iteration of its own file name; the tensors file must have the recorded size
+/// and sha256 and parse as safetensors.
 pub fn read(path: &Path) -> Result<Checkpoint> {
     let manifest_path =
         match path.extension().and_then(|e| e.to_str()) {
@@ -259,23 +307,66 @@ pub fn read(path: &Path) -> Result<Checkpoint> {
             )),
         };
     let text = fs::read(&manifest_path).map_err(io(&manifest_path))?;
-    let manifest: Manifest = serde_json::from_slice(&text)
-        .map_err(|e| bad(&manifest_path, format!("manifest is not valid: {e}")))?;
+    let manifest = parse_manifest(&manifest_path, &text)?;
+    let dir = manifest_path.parent().unwrap_or(Path::new("."));
+    let tensors_path = dir.join(&manifest.tensors);
+    let bytes = fs::read(&tensors_path).map_err(io(&tensors_path))?;
+    verified(manifest_path, manifest, bytes, &tensors_path)
+}
+
+/// Parses a manifest read from `path` and checks what it may name: the format, a plain tensors
+/// file name, and the iteration of `path`'s own name (`ckpt-<iteration>.json`).
+pub fn parse_manifest(path: &Path, text: &[u8]) -> Result<Manifest> {
+    let manifest: Manifest = serde_json::from_slice(text)
+        .map_err(|e| bad(path, format!("manifest is not valid: {e}")))?;
     if manifest.format != FORMAT {
         return Err(bad(
-            &manifest_path,
+            path,
             format!(
                 "manifest format {} (this build reads {FORMAT})",
                 manifest.format
             ),
         ));
     }
-    let dir = manifest_path.parent().unwrap_or(Path::new("."));
-    let tensors_path = dir.join(&manifest.tensors);
-    let bytes = fs::read(&tensors_path).map_err(io(&tensors_path))?;
+    let mut parts = Path::new(&manifest.tensors).components();
+    let plain = matches!(parts.next(), Some(Component::Normal(_))) && parts.next().is_none();
+    if !plain {
+        return Err(bad(
+            path,
+            format!(
+                "tensors {:?} is not a plain file name beside the manifest",
+                manifest.tensors
+            ),
+        ));
+    }
+    let named = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| iteration_of(n, ".json"));
+    if named != Some(manifest.iteration) {
+        return Err(bad(
+            path,
+            format!(
+                "the manifest says iteration {}, its file name says {}",
+                manifest.iteration,
+                named.map_or_else(|| "none".into(), |n| n.to_string())
+            ),
+        ));
+    }
+    Ok(manifest)
+}
+
+/// The checkpoint of `manifest` whose tensors file (`tensors_path`) holds `bytes`: the size and
+/// sha256 are checked, and the tensors are parsed from these same bytes.
+fn verified(
+    path: PathBuf,
+    manifest: Manifest,
+    bytes: Vec<u8>,
+    tensors_path: &Path,
+) -> Result<Checkpoint> {
     if bytes.len() as u64 != manifest.bytes {
         return Err(bad(
-            &tensors_path,
+            tensors_path,
             format!(
                 "{} bytes, the manifest says {} (truncated?)",
                 bytes.len(),
@@ -286,21 +377,107 @@ pub fn read(path: &Path) -> Result<Checkpoint> {
     let sha = sha256_hex(&bytes);
     if sha != manifest.sha256 {
         return Err(bad(
-            &tensors_path,
+            tensors_path,
             format!(
                 "sha256 {sha} does not match the manifest's {}",
                 manifest.sha256
             ),
         ));
     }
-    let tensors = Tensor::read_safetensors(&tensors_path)
-        .map_err(|e| bad(&tensors_path, format!("not a safetensors file: {e}")))?;
+    let tensors = parse_tensors(&bytes)
+        .map_err(|e| bad(tensors_path, format!("not a safetensors file: {e}")))?;
     Ok(Checkpoint {
-        path: manifest_path,
+        path,
         manifest,
         tensors,
         warnings: Vec::new(),
+        bytes,
     })
+}
+
+/// The named tensors of a safetensors file's bytes, on the CPU, in the file's order.
+pub fn parse_tensors(bytes: &[u8]) -> std::result::Result<Vec<(String, Tensor)>, String> {
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
+    // The header is a JSON object, without order: take the tensors in the order of their data.
+    let mut views = st.tensors();
+    views.sort_by_key(|(_, v)| v.data().as_ptr() as usize);
+    let mut out = Vec::with_capacity(views.len());
+    for (name, view) in views {
+        use safetensors::Dtype as D;
+        use tch::Kind as K;
+        let kind = match view.dtype() {
+            D::F64 => K::Double,
+            D::F32 => K::Float,
+            D::F16 => K::Half,
+            D::BF16 => K::BFloat16,
+            D::I64 => K::Int64,
+            D::I32 => K::Int,
+            D::I16 => K::Int16,
+            D::I8 => K::Int8,
+            D::U8 => K::Uint8,
+            D::BOOL => K::Bool,
+            other => return Err(format!("{name}: dtype {other:?} is not read")),
+        };
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        // SafeTensors::deserialize checked that the data holds exactly shape × dtype bytes.
+        let t = Tensor::f_from_data_size(view.data(), &shape, kind)
+            .map_err(|e| format!("{name}: {e}"))?;
+        out.push((name, t));
+    }
+    Ok(out)
+}
+
+/// The checkpoint every rank resumes from. Rank 0 chooses it with `choose` (reading its own
+/// disk) and broadcasts the manifest and the tensors file's bytes; every other rank checks them
+/// as [`read`] does. So ranks need no shared file system, and all resume from the same iteration.
+/// Collective: every rank calls it. An error of `choose` returns on rank 0 alone (the caller
+/// ends the job, see `comm::abort_job`).
+pub fn agreed<E: From<Error>>(
+    comm: &dyn Communicator,
+    choose: impl FnOnce() -> std::result::Result<Checkpoint, E>,
+) -> std::result::Result<Checkpoint, E> {
+    #[derive(Serialize, Deserialize)]
+    struct Head {
+        path: PathBuf,
+        manifest: Manifest,
+        warnings: Vec<String>,
+    }
+    let root = comm.rank() == 0;
+    let mut message = Vec::new();
+    let mut chosen = None;
+    if root {
+        let ckpt = choose()?;
+        let head = Head {
+            path: ckpt.path.clone(),
+            manifest: ckpt.manifest.clone(),
+            warnings: ckpt.warnings.clone(),
+        };
+        let head = serde_json::to_vec(&head)
+            .map_err(|e| Error::from(bad(&ckpt.path, format!("cannot serialise: {e}"))))?;
+        message.extend_from_slice(&(head.len() as u64).to_le_bytes());
+        message.extend_from_slice(&head);
+        message.extend_from_slice(&ckpt.bytes);
+        chosen = Some(ckpt);
+    }
+    if comm.size() > 1 {
+        comm.broadcast_bytes(&mut message, 0)
+            .map_err(|e| E::from(Error::Runtime(e)))?;
+    }
+    if let Some(ckpt) = chosen {
+        return Ok(ckpt);
+    }
+    let received = Path::new("<checkpoint from rank 0>");
+    let split = message
+        .get(..8)
+        .and_then(|n| usize::try_from(u64::from_le_bytes(n.try_into().ok()?)).ok())
+        .filter(|n| n.checked_add(8).is_some_and(|end| end <= message.len()))
+        .ok_or_else(|| E::from(bad(received, "a truncated message")))?;
+    let head: Head = serde_json::from_slice(&message[8..8 + split])
+        .map_err(|e| E::from(bad(received, format!("not a manifest: {e}"))))?;
+    let bytes = message.split_off(8 + split);
+    let mut ckpt = verified(head.path.clone(), head.manifest, bytes, &head.path)?;
+    ckpt.warnings = head.warnings;
+    Ok(ckpt)
 }
 
 /// The newest usable checkpoint in `dir`. Unusable newer ones (truncated, corrupt, missing their
@@ -522,6 +699,84 @@ mod tests {
         // The next write cleans up the leftovers.
         write(&dir, 3, &tensors(3.0), "cfg", SAMPLER, 3).unwrap();
         assert!(!dir.join(format!("{}.tmp", manifest_name(2))).exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_manifest_naming_a_path_or_another_iteration_is_refused() {
+        let dir = scratch_dir("manifest-trust");
+        let path = write(&dir, 4, &tensors(4.0), "cfg", SAMPLER, 3).unwrap();
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        let with = |key: &str, value: serde_json::Value| {
+            let mut m = manifest.clone();
+            m[key] = value;
+            fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+            read(&path).unwrap_err().to_string()
+        };
+        let outside = dir.join("ckpt-000000004.safetensors");
+        for tensors in [
+            outside.display().to_string(),
+            "../checkpoints/ckpt-000000004.safetensors".into(),
+            "sub/ckpt-000000004.safetensors".into(),
+            "..".into(),
+        ] {
+            let err = with("tensors", tensors.clone().into());
+            assert!(err.contains("is not a plain file name"), "{tensors}: {err}");
+        }
+        let err = with("iteration", 5.into());
+        assert!(
+            err.contains("the manifest says iteration 5, its file name says 4"),
+            "{err}"
+        );
+        fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+        let copy = dir.join("best.json");
+        fs::copy(&path, &copy).unwrap();
+        assert!(read(&copy)
+            .unwrap_err()
+            .to_string()
+            .contains("its file name says none"));
+        assert_eq!(read(&path).unwrap().manifest.iteration, 4);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_tensors_are_parsed_from_the_bytes_that_were_hashed_in_file_order() {
+        let dir = scratch_dir("parsed-bytes");
+        let path = write(&dir, 1, &tensors(1.0), "cfg", SAMPLER, 3).unwrap();
+        let ckpt = read(&path).unwrap();
+        assert_eq!(sha256_hex(&ckpt.bytes), ckpt.manifest.sha256);
+        let names: Vec<&str> = ckpt.tensors.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names.len(), 3);
+        assert_eq!(
+            parse_tensors(&ckpt.bytes)
+                .unwrap()
+                .iter()
+                .map(|(n, _)| n.clone())
+                .collect::<Vec<_>>(),
+            names
+        );
+        assert!(parse_tensors(&ckpt.bytes[..ckpt.bytes.len() - 1]).is_err());
+        // Local: the agreed checkpoint is the chosen one.
+        let agreed = agreed(&metaloop_runtime::comm::Local, || read(&path)).unwrap();
+        assert_eq!(agreed.manifest, ckpt.manifest);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn pruning_removes_leftovers_of_gone_processes_and_of_this_one_only() {
+        let dir = scratch_dir("leftovers");
+        write(&dir, 1, &tensors(1.0), "cfg", SAMPLER, 3).unwrap();
+        let gone = dir.join(".ckpt-000000002.json.tmp-4000000000-0");
+        let mine = dir.join(format!(".ckpt-000000002.json.tmp-{}-7", std::process::id()));
+        // pid 1 is alive: another process's write in progress.
+        let other = dir.join(".ckpt-000000002.json.tmp-1-0");
+        for f in [&gone, &mine, &other] {
+            fs::write(f, b"{").unwrap();
+        }
+        write(&dir, 3, &tensors(3.0), "cfg", SAMPLER, 3).unwrap();
+        assert!(!gone.exists() && !mine.exists());
+        assert!(other.exists());
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -137,6 +137,9 @@ pub struct RunConfig {
     /// Task-parallel worker threads per rank, each with threads / workers intra-op threads
     /// (0 = automatic: one per thread on the CPU, one on CUDA; engine::workers).
     pub workers: usize,
+    /// Seconds a collective (all-reduce, broadcast, barrier) may take before the job is ended
+    /// as hung, naming the collective and the iteration (0 = wait for ever).
+    pub collective_timeout_s: u64,
 }
 
 impl Default for RunConfig {
@@ -150,6 +153,7 @@ impl Default for RunConfig {
             consistency_every: 100,
             threads: 0,
             workers: 0,
+            collective_timeout_s: 600,
         }
     }
 }
@@ -171,7 +175,7 @@ pub struct TaskConfig {
     /// For "folder": the validation and test roots (optional).
     pub val_root: Option<String>,
     pub test_root: Option<String>,
-    /// Where decoded images are cached ("" = `<root>/.metaloop-cache`).
+    /// Where decoded images are cached ("" = the per-user cache, `~/.cache/metaloop/decoded`).
     pub cache_dir: String,
     /// Side of the square images after resizing (28 Omniglot, 84 miniImageNet).
     pub image_size: i64,
@@ -352,6 +356,11 @@ fn positive(key: &str, value: f64) -> Result<(), ConfigError> {
     }
 }
 
+/// A count as i64 for the bounds checks (saturating: a count beyond i64 is beyond every bound).
+fn to_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 fn at_least(key: &str, value: i64, min: i64) -> Result<(), ConfigError> {
     if value >= min {
         Ok(())
@@ -484,6 +493,65 @@ impl TrainConfig {
         }
         at_least("log.every", self.log.every as i64, 1)?;
         at_least("log.keep_checkpoints", self.log.keep_checkpoints as i64, 1)?;
+        self.validate_upper_bounds()
+    }
+
+    /// Upper bounds on every size, so that shapes, buffers and products of them stay far inside
+    /// the integer types and the memory they are computed in (a typo such as
+    /// `model.hidden=[4000000000]` is a config error, not an overflow or an abort).
+    fn validate_upper_bounds(&self) -> Result<(), ConfigError> {
+        const SIZE: i64 = 1 << 16;
+        const COUNT: i64 = 1 << 24;
+        let checks: [(&str, i64, i64); 14] = [
+            ("task.ways", self.task.ways, SIZE),
+            ("task.shots", self.task.shots, SIZE),
+            ("task.queries", self.task.queries, SIZE),
+            ("task.image_size", self.task.image_size, 4096),
+            ("model.filters", self.model.filters, SIZE),
+            (
+                "model.hidden (layers)",
+                self.model.hidden.len() as i64,
+                1024,
+            ),
+            (
+                "algorithm.inner_steps",
+                to_i64(self.algorithm.inner_steps),
+                COUNT,
+            ),
+            ("outer.meta_batch", to_i64(self.outer.meta_batch), COUNT),
+            ("eval.val_tasks", to_i64(self.eval.val_tasks), COUNT),
+            ("eval.test_tasks", to_i64(self.eval.test_tasks), COUNT),
+            ("eval.inner_steps", to_i64(self.eval.inner_steps), COUNT),
+            (
+                "log.keep_checkpoints",
+                to_i64(self.log.keep_checkpoints),
+                COUNT,
+            ),
+            ("run.threads", to_i64(self.run.threads), 1 << 12),
+            ("run.workers", to_i64(self.run.workers), 1 << 12),
+        ];
+        for (key, value, max) in checks {
+            if value > max {
+                return Err(err(key, format!("must be <= {max}, got {value}")));
+            }
+        }
+        if let Some(h) = self.model.hidden.iter().find(|h| **h > SIZE) {
+            return Err(err(
+                "model.hidden",
+                format!("widths must be <= {SIZE}, got {h}"),
+            ));
+        }
+        // One task's examples: ways × (shots + queries) images of 3 × size × size values.
+        let examples = self.task.ways.max(1) * (self.task.shots + self.task.queries);
+        let per_task = examples
+            .checked_mul(3 * self.task.image_size.max(1).pow(2))
+            .filter(|v| *v <= 1 << 32);
+        if self.task.kind != "sinusoid" && per_task.is_none() {
+            return Err(err(
+                "task.ways",
+                "ways × (shots + queries) × 3 × image_size² must be <= 2^32 values per task",
+            ));
+        }
         Ok(())
     }
 

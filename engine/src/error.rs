@@ -174,6 +174,53 @@ pub enum Error {
     /// A run directory that is not one, or a file of it that cannot be written.
     #[error("{path}: {reason}")]
     RunDir { path: PathBuf, reason: String },
+    /// A run directory that another process (a train, resume or eval) is using.
+    #[error(
+        "{path}: run directory in use by {holder} (wait for it to end, or choose another run.name)"
+    )]
+    RunDirBusy { path: PathBuf, holder: String },
+}
+
+impl Error {
+    /// True when the error comes from the user's input (config, device choice, datasets,
+    /// checkpoints, run directory) and the command should exit with code 2; false for failures
+    /// of the machine or of the training itself (exit code 1). Every variant is listed: a new
+    /// one must be placed on one side.
+    pub fn is_user_input(&self) -> bool {
+        use Error::*;
+        match self {
+            Config(_)
+            | Device(_)
+            | State(_)
+            | MissingDirectory { .. }
+            | MissingFile { .. }
+            | EmptyFolder { .. }
+            | UnreadableImage { .. }
+            | ImageSize { .. }
+            | CsvHeader { .. }
+            | CsvRow { .. }
+            | CsvMissingImage { .. }
+            | CsvPath { .. }
+            | Zip { .. }
+            | DatasetSplit { .. }
+            | NoSplit { .. }
+            | TooFewClasses { .. }
+            | TooFewImages { .. }
+            | InvalidSetting { .. }
+            | Checkpoint { .. }
+            | NoUsableCheckpoint { .. }
+            | RunDirExists { .. }
+            | RunDirBusy { .. } => true,
+            Torch(_)
+            | Runtime(_)
+            | NonFinite { .. }
+            | RankMismatch { .. }
+            | Io { .. }
+            | Cache { .. }
+            | Prefetch(_)
+            | RunDir { .. } => false,
+        }
+    }
 }
 
 /// `Result` with the engine's [`Error`].

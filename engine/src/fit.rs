@@ -70,6 +70,8 @@ struct MetricsLine<'a> {
     step_seconds: f64,
     /// Learned inner hyperparameters (mean value), by name.
     hparams: BTreeMap<String, f64>,
+    /// The outer step was skipped for non-finite values (meta_loss may then be null).
+    skipped: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     val: Option<&'a EvalReport>,
 }
@@ -170,6 +172,7 @@ impl Trainer {
                 grad_norm: m.grad_norm,
                 step_seconds: m.seconds,
                 hparams: m.hparams.iter().cloned().collect(),
+                skipped: m.skipped,
                 val,
             })?;
         }
@@ -232,6 +235,8 @@ impl Trainer {
         observer: &mut dyn Observer,
         saved: Option<u64>,
     ) -> Result<Option<FitEnd>> {
+        // Polled before every iteration: the collective watchdog names it in its report.
+        metaloop_runtime::comm::set_iteration(self.iteration());
         let mine = observer.stop_requested();
         if !self.any_rank(mine.is_some())? {
             return Ok(None);

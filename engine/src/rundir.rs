@@ -14,6 +14,11 @@
 //! during creation leaves nothing half-written. Callers create it only after every input was
 //! validated and the datasets were loaded. This module writes files and never prints; what the
 //! lines of `metrics.jsonl` and `report.json` hold is the caller's (serialisable) type.
+//!
+//! A [`RunDir`] holds the directory's advisory lock ([`RunLock`]: `flock` on `<run>/.lock`, which
+//! holds the holder's pid) for as long as it is open, so that two processes never write one run
+//! directory (interleaved metrics, one pruning the other's checkpoints). `metaloop eval` takes
+//! the same lock while it reads.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -21,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::checkpoint::{self, write_atomic};
+use crate::checkpoint::{self, write_atomic, write_atomic_with};
 use crate::config::TrainConfig;
 use crate::{Error, Result};
 
@@ -32,6 +37,78 @@ pub const REPORT: &str = "report.json";
 pub const CHECKPOINTS: &str = "checkpoints";
 pub const MODEL: &str = "model.safetensors";
 pub const PLOTS: &str = "plots";
+pub const LOCK: &str = ".lock";
+
+/// The advisory lock (`flock`, exclusive) on a run directory; released when dropped (or when the
+/// process ends, however it ends).
+#[derive(Debug)]
+pub struct RunLock {
+    _file: File,
+}
+
+impl RunLock {
+    /// Takes the lock of the run directory `root` for a writer (train, resume) without waiting,
+    /// creating the lock file if need be and writing this process's pid into it:
+    /// [`Error::RunDirBusy`], naming the holder's pid, when another process holds it.
+    pub fn acquire(root: &Path) -> Result<RunLock> {
+        let path = root.join(LOCK);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io(&path))?;
+        Self::take(root, &path, &file)?;
+        file.set_len(0)
+            .and_then(|()| file.write_all(std::process::id().to_string().as_bytes()))
+            .and_then(|()| file.flush())
+            .map_err(io(&path))?;
+        Ok(RunLock { _file: file })
+    }
+
+    /// The same lock for a reader (`metaloop eval`), which writes nothing: `None` when the run
+    /// directory has no lock file (one written before locks existed) or it cannot be opened.
+    pub fn acquire_for_reading(root: &Path) -> Result<Option<RunLock>> {
+        let path = root.join(LOCK);
+        let Ok(file) = File::open(&path) else {
+            return Ok(None);
+        };
+        Self::take(root, &path, &file)?;
+        Ok(Some(RunLock { _file: file }))
+    }
+
+    /// `flock`s `file` (the lock file `path` of `root`) without waiting.
+    fn take(root: &Path, path: &Path, file: &File) -> Result<()> {
+        match file.try_lock() {
+            Ok(()) => Ok(()),
+            Err(fs::TryLockError::WouldBlock) => Err(Error::RunDirBusy {
+                path: root.to_path_buf(),
+                holder: holder(path, file),
+            }),
+            Err(fs::TryLockError::Error(e)) => Err(io(path)(e)),
+        }
+    }
+}
+
+/// Who holds the lock on `file`: the pid that the kernel lists for its inode in /proc/locks (a
+/// reader writes no pid), else the pid the writer wrote into it.
+fn holder(path: &Path, file: &File) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let inode = file.metadata().map(|m| m.ino()).ok();
+    let listed = fs::read_to_string("/proc/locks").ok().and_then(|locks| {
+        locks.lines().find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let ino = f.get(5)?.rsplit(':').next()?.parse::<u64>().ok()?;
+            (f.get(1) == Some(&"FLOCK") && Some(ino) == inode).then(|| f[4].to_string())
+        })
+    });
+    let written = fs::read_to_string(path).unwrap_or_default();
+    match listed.as_deref().unwrap_or(written.trim()) {
+        "" => "another process".to_string(),
+        pid => format!("pid {pid}"),
+    }
+}
 
 /// sha256 (hex) of a config's canonical JSON form: two configs have the same hash exactly when
 /// every value is the same, however their TOML files were written.
@@ -53,6 +130,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 pub struct RunDir {
     root: PathBuf,
     metrics: File,
+    _lock: RunLock,
 }
 
 impl RunDir {
@@ -79,24 +157,31 @@ impl RunDir {
             name.to_string_lossy(),
             std::process::id()
         ));
-        let build = || -> Result<()> {
+        // The lock is taken inside the staging directory and moves with it: no other process
+        // can take the new run directory between its rename and its opening.
+        let build = || -> Result<RunLock> {
             fs::create_dir(&staging).map_err(io(&staging))?;
+            let lock = RunLock::acquire(&staging)?;
             fs::create_dir(staging.join(CHECKPOINTS)).map_err(io(&staging))?;
             write_atomic(&staging.join(CONFIG), config_toml.as_bytes())?;
             write_atomic(&staging.join(METRICS), b"")?;
             fs::rename(&staging, root).map_err(io(root))?;
             File::open(&parent)
                 .and_then(|d| d.sync_all())
-                .map_err(io(&parent))
+                .map_err(io(&parent))?;
+            Ok(lock)
         };
-        if let Err(e) = build() {
-            let _ = fs::remove_dir_all(&staging);
-            return Err(e);
+        match build() {
+            Ok(lock) => Self::open_locked(root, lock),
+            Err(e) => {
+                let _ = fs::remove_dir_all(&staging);
+                Err(e)
+            }
         }
-        Self::open(root)
     }
 
-    /// Opens an existing run directory (one holding `config.toml`) to continue it.
+    /// Opens an existing run directory (one holding `config.toml`) to continue it, taking its
+    /// lock ([`Error::RunDirBusy`] when another process holds it).
     pub fn open(root: &Path) -> Result<RunDir> {
         let config = root.join(CONFIG);
         if !config.is_file() {
@@ -105,6 +190,11 @@ impl RunDir {
                 reason: format!("not a run directory (no {CONFIG})"),
             });
         }
+        let lock = RunLock::acquire(root)?;
+        Self::open_locked(root, lock)
+    }
+
+    fn open_locked(root: &Path, lock: RunLock) -> Result<RunDir> {
         let metrics_path = root.join(METRICS);
         let metrics = OpenOptions::new()
             .create(true)
@@ -114,6 +204,7 @@ impl RunDir {
         Ok(RunDir {
             root: root.to_path_buf(),
             metrics,
+            _lock: lock,
         })
     }
 
@@ -218,18 +309,12 @@ impl RunDir {
     /// Writes θ0 as `model.safetensors` (atomically), with PyTorch state_dict names.
     pub fn write_model(&self, params: &metaloop_runtime::Params) -> Result<PathBuf> {
         let path = self.model_path();
-        let tmp = self.root.join(format!("{MODEL}.tmp"));
-        params.save(&tmp).map_err(|e| Error::RunDir {
-            path: path.clone(),
-            reason: e.to_string(),
+        write_atomic_with(&path, |tmp| {
+            params.save(tmp).map_err(|e| Error::RunDir {
+                path: path.clone(),
+                reason: e.to_string(),
+            })
         })?;
-        File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io(&path))?;
-        File::open(&self.root)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&self.root))?;
         Ok(path)
     }
 }
@@ -302,6 +387,25 @@ mod tests {
             text,
             "{\"iteration\":10,\"meta_loss\":1.0}\n{\"iteration\":20,\"meta_loss\":2.0}\n{\"iteration\":30,\"meta_loss\":9.0}\n"
         );
+        fs::remove_dir_all(&out).unwrap();
+    }
+
+    #[test]
+    fn a_second_open_of_a_run_directory_in_use_is_refused_with_the_holders_pid() {
+        let out = scratch("lock");
+        let root = out.join("r");
+        let first = RunDir::create(&root, "").unwrap();
+        let err = RunDir::open(&root).unwrap_err();
+        assert!(err.is_user_input());
+        let text = err.to_string();
+        assert!(
+            text.contains("in use by pid") && text.contains(&std::process::id().to_string()),
+            "{text}"
+        );
+        assert!(RunLock::acquire(&root).is_err());
+        drop(first);
+        let again = RunDir::open(&root).unwrap();
+        drop(again);
         fs::remove_dir_all(&out).unwrap();
     }
 

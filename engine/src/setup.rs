@@ -15,26 +15,13 @@ use crate::config::{Backbone, DeviceChoice, Dtype, TaskKind, TrainConfig};
 use crate::data::{self, FewShot, ImageSpec, Sinusoid, TaskSource};
 use crate::{Error, Result};
 
-/// Which GPU this rank uses: the local rank that mpirun or Slurm gives it.
-fn local_rank() -> usize {
-    [
-        "OMPI_COMM_WORLD_LOCAL_RANK",
-        "SLURM_LOCALID",
-        "MPI_LOCALRANKID",
-        "MV2_COMM_WORLD_LOCAL_RANK",
-    ]
-    .iter()
-    .find_map(|v| std::env::var(v).ok().and_then(|s| s.parse().ok()))
-    .unwrap_or(0)
-}
-
 /// The device `run.device` names: `cuda` is cuda:<local rank> (modulo the visible devices).
 pub fn device(choice: DeviceChoice) -> Result<Device> {
     let cuda = tch::Cuda::device_count() as usize;
     match choice {
         DeviceChoice::Cpu => Ok(Device::Cpu),
         DeviceChoice::Cuda | DeviceChoice::Auto if cuda > 0 => {
-            Ok(Device::Cuda(local_rank() % cuda))
+            Ok(Device::Cuda(metaloop_runtime::comm::local_rank() % cuda))
         }
         DeviceChoice::Auto => Ok(Device::Cpu),
         DeviceChoice::Cuda => Err(Error::Device(
@@ -53,11 +40,7 @@ pub fn kind(dtype: Dtype) -> Kind {
 }
 
 fn cache_dir(cfg: &TrainConfig) -> Option<PathBuf> {
-    Some(if cfg.task.cache_dir.is_empty() {
-        PathBuf::from(&cfg.task.root).join(".metaloop-cache")
-    } else {
-        PathBuf::from(&cfg.task.cache_dir)
-    })
+    data::cache::default_dir(&cfg.task.cache_dir)
 }
 
 /// The task distribution the config names (loads and caches image datasets).
@@ -91,12 +74,14 @@ pub fn task_source(cfg: &TrainConfig) -> Result<Arc<dyn TaskSource>> {
             data::folder::load(&c)?
         }
     };
-    Ok(Arc::new(FewShot::new(
+    let episodes = FewShot::new(
         Arc::new(dataset),
         t.ways as usize,
         t.shots as usize,
         t.queries as usize,
-    )?))
+    )?;
+    episodes.check_whole()?;
+    Ok(Arc::new(episodes))
 }
 
 /// The backbone the config names, for inputs of `input_channels` channels.

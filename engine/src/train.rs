@@ -589,10 +589,7 @@ impl Trainer {
         let expected = to_f64s(&reference)?;
         // Equal arithmetic on equal inputs gives equal bits; the tolerance only absorbs a
         // different summation order of the checksum itself on other hardware.
-        let differs = mine
-            .iter()
-            .zip(&expected)
-            .any(|(a, b)| (a - b).abs() > 1e-12 * (1.0 + b.abs()));
+        let differs = metaloop_runtime::comm::checksums_differ(&mine, &expected, 1e-12);
         let mut who = Tensor::f_zeros([self.size() as i64], (Kind::Double, Device::Cpu))?;
         if differs {
             let _ = who.f_narrow(0, self.rank() as i64, 1)?.f_fill_(1.0)?;

@@ -3,7 +3,13 @@
 //!
 //! Exit codes: 0 success; 2 bad input (one line on stderr naming the file or key and what was
 //! expected, and nothing written); 143 / 130 a training stopped by SIGTERM / SIGINT after writing
-//! the checkpoint of its last completed iteration (see `signals`); 1 any other failure.
+//! the checkpoint of its last completed iteration (see `signals`); 1 any other failure; 101 a
+//! panic (a bug).
+//!
+//! Fail-stop under mpirun or srun: a rank that fails prints its error and calls `MPI_Abort` with
+//! its exit code, which ends every rank of the job; mpirun then exits with that code (Open MPI
+//! 4.1, after its own "MPI_ABORT was invoked" notice). No rank waits in `MPI_Finalize` for a
+//! failed one. A collective that outlasts `run.collective_timeout_s` ends the job the same way.
 
 mod config;
 mod plot;
@@ -12,6 +18,9 @@ mod signals;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use metaloop_runtime::comm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -132,18 +141,19 @@ fn main() -> ExitCode {
         (Command::Demo { .. }, None) => Some(1),
         _ => None,
     };
-    let result = set_threads(threads).and_then(|()| dispatch(cli.command, threads.is_some()));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.downcast_ref::<BadInput>().is_some() => {
-            eprintln!(
-                "metaloop: {}",
-                e.downcast_ref::<BadInput>()
-                    .map(|b| b.0.as_str())
-                    .unwrap_or_default()
-            );
-            ExitCode::from(2)
-        }
+    // Fail-stop: an error or a panic on this rank ends the job (see the crate's notes).
+    comm::hold_mpi_open();
+    set_collective_timeout(DEFAULT_COLLECTIVE_TIMEOUT_S);
+    let run = std::panic::AssertUnwindSafe(|| {
+        set_threads(threads).and_then(|()| dispatch(cli.command, threads.is_some()))
+    });
+    // The panic hook has printed the panic already.
+    let Ok(result) = std::panic::catch_unwind(run) else {
+        comm::abort_job(101);
+        return ExitCode::from(101);
+    };
+    let code = match result {
+        Ok(()) => 0,
         Err(e) if e.downcast_ref::<signals::Interrupted>().is_some() => {
             let Some(stop) = e.downcast_ref::<signals::Interrupted>() else {
                 return ExitCode::FAILURE;
@@ -151,13 +161,52 @@ fn main() -> ExitCode {
             if stop.print {
                 eprintln!("metaloop: {stop}");
             }
-            ExitCode::from(stop.exit_code())
+            // Every rank agreed on the stop and waits for the checkpoint: they end alike.
+            comm::finalize();
+            return ExitCode::from(stop.exit_code());
         }
         Err(e) => {
-            eprintln!("metaloop: {e:#}");
-            ExitCode::FAILURE
+            let code = match e.downcast_ref::<BadInput>() {
+                Some(bad) => {
+                    eprintln!("metaloop: {}", bad.0);
+                    2
+                }
+                None => {
+                    eprintln!("metaloop: {e:#}");
+                    1
+                }
+            };
+            comm::abort_job(i32::from(code));
+            code
         }
+    };
+    comm::finalize();
+    ExitCode::from(code)
+}
+
+/// `run.collective_timeout_s`'s default, until a config says otherwise.
+const DEFAULT_COLLECTIVE_TIMEOUT_S: u64 = 600;
+
+/// Ends the job when a collective outlasts `seconds` (0: never), printing which one.
+fn set_collective_timeout(seconds: u64) {
+    fn report(message: &str) {
+        eprintln!("metaloop: rank {}: {message}", rank_of_this_process());
     }
+    let timeout = (seconds > 0).then(|| Duration::from_secs(seconds));
+    comm::set_collective_timeout(timeout, report);
+}
+
+/// This process's MPI rank, from the environment mpirun or srun gives it (for messages).
+fn rank_of_this_process() -> String {
+    [
+        "OMPI_COMM_WORLD_RANK",
+        "PMIX_RANK",
+        "PMI_RANK",
+        "SLURM_PROCID",
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok())
+    .unwrap_or_else(|| "0".into())
 }
 
 fn set_threads(threads: Option<usize>) -> Result<()> {
@@ -179,6 +228,7 @@ fn dispatch(command: Command, threads_given: bool) -> Result<()> {
             resume,
         } => {
             let cfg = config::load(&config, &sets)?;
+            set_collective_timeout(cfg.run.collective_timeout_s);
             if !threads_given && cfg.run.threads > 0 {
                 tch::set_num_threads(cfg.run.threads as i32);
             }

@@ -20,9 +20,11 @@ use crate::config::bad;
 /// DejaVu Sans (Bitstream Vera license, see launcher/assets/DejaVuSans-LICENSE.txt).
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
+// Non-finite values (a skipped step's loss, a NaN meta-test) are logged as null: every number
+// read here may be missing, and the curves leave such points out.
 #[derive(Deserialize)]
 struct MeanCi {
-    mean: f64,
+    mean: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -36,10 +38,10 @@ struct Val {
 #[derive(Deserialize)]
 struct Line {
     iteration: u64,
-    meta_loss: f64,
+    meta_loss: Option<f64>,
     query_accuracy: Option<f64>,
     #[serde(default)]
-    hparams: BTreeMap<String, f64>,
+    hparams: BTreeMap<String, Option<f64>>,
     val: Option<Val>,
 }
 
@@ -103,10 +105,13 @@ fn panels(lines: &[Line]) -> Vec<Panel> {
     let mut loss = Panel {
         title: "Meta-loss (query loss after adaptation)".into(),
         y_label: loss_name.into(),
-        log_y: lines.iter().all(|l| l.meta_loss > 0.0),
+        log_y: lines.iter().all(|l| l.meta_loss.is_none_or(|v| v > 0.0)),
         series: vec![(
             "train meta-batch".into(),
-            lines.iter().map(|l| (x(l), l.meta_loss)).collect(),
+            lines
+                .iter()
+                .filter_map(|l| l.meta_loss.map(|v| (x(l), v)))
+                .collect(),
         )],
     };
     let vals: Vec<(&Line, &Val)> = lines
@@ -114,19 +119,20 @@ fn panels(lines: &[Line]) -> Vec<Panel> {
         .filter_map(|l| l.val.as_ref().map(|v| (l, v)))
         .collect();
     if !vals.is_empty() {
+        let positive = |m: &MeanCi| m.mean.is_none_or(|v| v > 0.0);
         loss.log_y &= vals
             .iter()
-            .all(|(_, v)| v.loss_before.mean > 0.0 && v.loss_after.mean > 0.0);
+            .all(|(_, v)| positive(&v.loss_before) && positive(&v.loss_after));
         loss.series.push((
             "validation, before adaptation".into(),
             vals.iter()
-                .map(|(l, v)| (x(l), v.loss_before.mean))
+                .filter_map(|(l, v)| v.loss_before.mean.map(|m| (x(l), m)))
                 .collect(),
         ));
         loss.series.push((
             "validation, after adaptation".into(),
             vals.iter()
-                .map(|(l, v)| (x(l), v.loss_after.mean))
+                .filter_map(|(l, v)| v.loss_after.mean.map(|m| (x(l), m)))
                 .collect(),
         ));
     }
@@ -147,7 +153,7 @@ fn panels(lines: &[Line]) -> Vec<Panel> {
         let val_acc: Series = vals
             .iter()
             .filter(|(_, v)| v.metric == "accuracy")
-            .filter_map(|(l, v)| v.accuracy_after.as_ref().map(|a| (x(l), a.mean)))
+            .filter_map(|(l, v)| Some((x(l), v.accuracy_after.as_ref()?.mean?)))
             .collect();
         if !val_acc.is_empty() {
             acc.series.push(("validation".into(), val_acc));
@@ -169,7 +175,7 @@ fn panels(lines: &[Line]) -> Vec<Panel> {
                         (*n).clone(),
                         lines
                             .iter()
-                            .filter_map(|l| l.hparams.get(*n).map(|v| (x(l), *v)))
+                            .filter_map(|l| Some((x(l), (*l.hparams.get(*n)?)?)))
                             .collect(),
                     )
                 })
@@ -281,4 +287,29 @@ fn draw(path: &Path, panels: &[Panel]) -> Result<()> {
     }
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skipped_steps_logged_as_null_are_left_out_of_the_plot() {
+        let dir = std::env::temp_dir().join(format!("metaloop-plot-nulls-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let lines = [
+            r#"{"iteration":1,"meta_loss":null,"query_accuracy":null,"hparams":{"lr":null},"skipped":true}"#,
+            r#"{"iteration":2,"meta_loss":0.5,"query_accuracy":0.25,"hparams":{"lr":0.1},"skipped":false,"val":{"metric":"accuracy","loss_before":{"mean":null},"loss_after":{"mean":1.0},"accuracy_after":{"mean":null}}}"#,
+            r#"{"iteration":3,"meta_loss":null,"query_accuracy":null,"hparams":{},"skipped":true}"#,
+        ];
+        std::fs::write(dir.join("metrics.jsonl"), lines.join("\n") + "\n").unwrap();
+        let written = write(&dir).unwrap();
+        assert_eq!(written, vec![dir.join("plots/learning_curves.png")]);
+        assert!(std::fs::metadata(&written[0]).unwrap().len() > 0);
+        // Only nulls: still a plot (of empty curves), not an error.
+        std::fs::write(dir.join("metrics.jsonl"), format!("{}\n", lines[0])).unwrap();
+        assert!(write(&dir).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

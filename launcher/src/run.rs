@@ -27,30 +27,10 @@ use crate::signals::{self, Interrupted, StopSignals};
 /// Engine errors that come from the user's input (config, datasets, checkpoints) become
 /// [`crate::config::BadInput`] (exit code 2); the rest stay failures (exit code 1).
 pub fn setup_error(e: EngineError) -> anyhow::Error {
-    use EngineError::*;
-    match e {
-        Config(_)
-        | Device(_)
-        | State(_)
-        | MissingDirectory { .. }
-        | MissingFile { .. }
-        | EmptyFolder { .. }
-        | UnreadableImage { .. }
-        | ImageSize { .. }
-        | CsvHeader { .. }
-        | CsvRow { .. }
-        | CsvMissingImage { .. }
-        | CsvPath { .. }
-        | Zip { .. }
-        | DatasetSplit { .. }
-        | NoSplit { .. }
-        | TooFewClasses { .. }
-        | TooFewImages { .. }
-        | InvalidSetting { .. }
-        | Checkpoint { .. }
-        | NoUsableCheckpoint { .. }
-        | RunDirExists { .. } => bad(e.to_string()),
-        other => anyhow::Error::new(other),
+    if e.is_user_input() {
+        bad(e.to_string())
+    } else {
+        anyhow::Error::new(e)
     }
 }
 
@@ -173,7 +153,7 @@ pub fn communicator(cfg: &TrainConfig) -> Result<Box<dyn Communicator>> {
         DeviceChoice::Cpu => false,
     };
     if wants_cuda && cuda > 0 && mpi.size() > 1 {
-        let device = Device::Cuda(mpi.local_rank() % cuda);
+        let device = Device::Cuda(metaloop_runtime::comm::local_rank() % cuda);
         return Ok(Box::new(Nccl::init(mpi, device)?));
     }
     Ok(Box::new(mpi))
@@ -181,6 +161,14 @@ pub fn communicator(cfg: &TrainConfig) -> Result<Box<dyn Communicator>> {
 
 fn warn(message: &str) {
     eprintln!("metaloop: warning: {message}");
+}
+
+/// The warning of an outer step skipped for non-finite values.
+fn skip_message(m: &StepMetrics, max_skips: u32) -> String {
+    format!(
+        "iteration {}: non-finite meta-gradient or loss (tasks {:?}): outer step skipped ({max_skips} in a row stop the run: outer.max_nonfinite_skips)",
+        m.iteration, m.nonfinite_tasks
+    )
 }
 
 /// The progress bar: iterations, meta-loss, tasks/s, elapsed and ETA. Hidden when stderr is not
@@ -204,6 +192,8 @@ struct Terminal<'a> {
     bar: ProgressBar,
     rank0: bool,
     stop: &'a StopSignals,
+    /// `outer.max_nonfinite_skips`, named in the warning of a skipped step.
+    max_skips: u32,
 }
 
 impl Observer for Terminal<'_> {
@@ -212,6 +202,9 @@ impl Observer for Terminal<'_> {
     }
 
     fn step(&mut self, m: &StepMetrics, tasks_per_s: f64) {
+        if m.skipped && self.rank0 {
+            self.bar.suspend(|| warn(&skip_message(m, self.max_skips)));
+        }
         self.bar.set_position(m.iteration);
         let acc = m
             .query_accuracy
@@ -248,6 +241,8 @@ fn prepare(
         let _s = tracing::info_span!("setup").entered();
         Trainer::new(cfg, comm).map_err(setup_error)?
     };
+    // Every rank is set up before rank 0 writes anything: a rank that failed has ended the job.
+    trainer.any_rank(false)?;
     if let Some(ckpt) = from {
         for w in ckpt.warnings.iter().filter(|_| rank0) {
             warn(w);
@@ -275,7 +270,8 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Option<Finished>> {
     let rank0 = comm.rank() == 0;
     // Checks before anything is written.
     let from = if resume {
-        Some(resume_checkpoint(cfg, &root)?)
+        // Rank 0 reads and checks the checkpoint and sends it: no shared file system needed.
+        Some(checkpoint::agreed(&*comm, || resume_checkpoint(cfg, &root))?)
     } else {
         if rank0 && root.exists() {
             return Err(setup_error(EngineError::RunDirExists {
@@ -296,6 +292,7 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Option<Finished>> {
         bar,
         rank0,
         stop: &stop,
+        max_skips: cfg.outer.max_nonfinite_skips,
     };
     let end = trainer.fit(run.as_mut(), &mut terminal)?;
     terminal.bar.finish_and_clear();
@@ -465,6 +462,12 @@ pub fn eval(path: &Path, tasks: Option<usize>) -> Result<Option<(PathBuf, EvalRe
     }
     let comm = communicator(&cfg)?;
     let rank0 = comm.rank() == 0;
+    // Not while a train or resume writes the run directory.
+    let _lock = if rank0 {
+        rundir::RunLock::acquire_for_reading(&root).map_err(setup_error)?
+    } else {
+        None
+    };
     let mut trainer = Trainer::new(&cfg, comm).map_err(setup_error)?;
     trainer
         .restore(ckpt.manifest.iteration, &ckpt.tensors)

@@ -1,6 +1,9 @@
 //! Bad input to `metaloop`: exit code 2, exactly one line on stderr naming the file or key and
 //! what was expected, and nothing written (no run directory).
 
+mod bounded;
+
+use bounded::OutputWithin;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,8 +25,7 @@ fn rejects(name: &str, config: &str, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_metaloop"))
         .current_dir(&dir)
         .args(args)
-        .output()
-        .unwrap();
+        .output_within_limit();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(
         out.status.code(),
@@ -189,8 +191,7 @@ fn an_existing_run_directory_is_not_overwritten() {
     let out = Command::new(env!("CARGO_BIN_EXE_metaloop"))
         .current_dir(&dir)
         .args(train(&[]))
-        .output()
-        .unwrap();
+        .output_within_limit();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("run directory already exists"), "{stderr}");
@@ -231,8 +232,7 @@ fn rejects_in(dir: &Path, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_metaloop"))
         .current_dir(dir)
         .args(args)
-        .output()
-        .unwrap();
+        .output_within_limit();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(
         out.status.code(),
@@ -394,8 +394,7 @@ fn finished_run(dir: &Path, name: &str, hidden: &str) {
             "--config",
             &format!("{name}.toml"),
         ])
-        .output()
-        .unwrap();
+        .output_within_limit();
     assert!(
         out.status.success(),
         "{}",
@@ -451,6 +450,169 @@ fn a_checkpoint_whose_shapes_do_not_match_the_model_is_refused() {
             Path::new("runs/small/config.toml").display()
         )),
         "{line}"
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_size_beyond_the_upper_bound_is_named() {
+    let line = rejects(
+        "too-wide",
+        TINY,
+        &train(&["--set", "model.hidden=[4000000000,4000000000]"]),
+    );
+    assert_eq!(
+        line,
+        "metaloop: --set: model.hidden: widths must be <= 65536, got 4000000000"
+    );
+}
+
+/// A zip archive with one stored entry `name` holding 5 bytes, whose zip64 extra field says it
+/// unpacks to `claimed` bytes.
+fn zip64_claiming(name: &str, claimed: u64) -> Vec<u8> {
+    let data = b"hello";
+    let crc = 0x3610_a686u32; // crc32(b"hello")
+    let extra = [
+        &1u16.to_le_bytes()[..],
+        &8u16.to_le_bytes(),
+        &claimed.to_le_bytes(),
+    ]
+    .concat();
+    let u16le = |v: usize| (v as u16).to_le_bytes();
+    let u32le = |v: usize| (v as u32).to_le_bytes();
+    // What the local header and the central directory entry share, from "version needed" to
+    // the extra field's length: zip64, stored, 1980-01-01, crc, sizes (unpacked: see extra).
+    let common = [
+        &u16le(45)[..],
+        &u16le(0),
+        &u16le(0),
+        &u16le(0),
+        &u16le(0x21),
+        &crc.to_le_bytes(),
+        &u32le(data.len()),
+        &u32::MAX.to_le_bytes(),
+        &u16le(name.len()),
+        &u16le(extra.len()),
+    ]
+    .concat();
+    let mut z = [
+        &0x0403_4b50u32.to_le_bytes()[..],
+        &common,
+        name.as_bytes(),
+        &extra,
+        data,
+    ]
+    .concat();
+    let cd = z.len();
+    z.extend(
+        [
+            &0x0201_4b50u32.to_le_bytes()[..],
+            &u16le(45),
+            &common,
+            &[0u8; 10], // comment length, disk, internal and external attributes
+            &u32le(0),  // the local header's offset
+            name.as_bytes(),
+            &extra,
+        ]
+        .concat(),
+    );
+    let cd_size = z.len() - cd;
+    z.extend(
+        [
+            &0x0605_4b50u32.to_le_bytes()[..],
+            &[0u8; 4],
+            &u16le(1),
+            &u16le(1),
+            &u32le(cd_size),
+            &u32le(cd),
+            &u16le(0),
+        ]
+        .concat(),
+    );
+    z
+}
+
+#[test]
+fn a_zip_entry_claiming_2_pow_62_bytes_is_refused() {
+    // MAML's split needs 1200 characters: the evaluation set as 1200 folders, the background
+    // set as a zip with one entry whose zip64 size is 2^62 (which used to be allocated).
+    let dir = scratch("zip64");
+    let config = "[run]\nname = \"o\"\n[task]\nkind = \"omniglot\"\nroot = \"omni\"\nways = 5\nshots = 1\nqueries = 1\n[model]\nbackbone = \"conv4\"\nfilters = 4\n[outer]\nmeta_batch = 2\niterations = 2\n[eval]\nevery = 0\ntest_tasks = 2\n";
+    fs::write(dir.join("c.toml"), config).unwrap();
+    for c in 0..1200 {
+        let file = dir.join(format!("omni/images_evaluation/Beta/character{c:04}/1.png"));
+        fs::create_dir_all(file.parent().unwrap()).unwrap();
+        image::GrayImage::from_pixel(28, 28, image::Luma([255]))
+            .save(&file)
+            .unwrap();
+    }
+    let entry = "images_background/Alpha/character01/1.png";
+    fs::write(
+        dir.join("omni/images_background.zip"),
+        zip64_claiming(entry, 1 << 62),
+    )
+    .unwrap();
+    let line = rejects_in(&dir, &train(&[]));
+    assert_eq!(
+        line,
+        format!(
+            "metaloop: {}: zip archive: entry {entry} unpacks to {} bytes, more than the {} allowed per image",
+            Path::new("omni/images_background.zip").display(),
+            1u64 << 62,
+            64u64 << 20
+        )
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_fifo_named_like_an_image_is_not_read() {
+    // A FIFO would block the loader for ever; a symbolic link could lead anywhere. Neither is
+    // an image: with them left out, class c has no image.
+    let dir = folder_dataset("fifo");
+    for i in 0..3 {
+        fs::remove_file(dir.join(format!("data/train/c/{i}.png"))).unwrap();
+    }
+    let status = Command::new("mkfifo")
+        .arg(dir.join("data/train/c/0.png"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::os::unix::fs::symlink(
+        dir.join("data/train/a/0.png"),
+        dir.join("data/train/c/1.png"),
+    )
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let d = dir.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(rejects_in(&d, &train(&[])));
+    });
+    let line = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the loader hangs on the FIFO");
+    assert_eq!(
+        line,
+        format!(
+            "metaloop: class folder {} is empty (expected *.png, *.jpg or *.jpeg images)",
+            Path::new("data/train/c").display()
+        )
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_class_with_too_few_images_is_named_before_anything_is_written() {
+    // Class c has one image; an episode needs shots + queries = 2 of each class it draws. Whether
+    // a task ever draws c or not, the run must not start.
+    let dir = folder_dataset("too-few");
+    for i in 1..3 {
+        fs::remove_file(dir.join(format!("data/train/c/{i}.png"))).unwrap();
+    }
+    let line = rejects_in(&dir, &train(&[]));
+    assert_eq!(
+        line,
+        "metaloop: folder: class train/c has 1 images, an episode needs 2 (shots + queries)"
     );
     fs::remove_dir_all(&dir).unwrap();
 }

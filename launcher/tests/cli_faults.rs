@@ -8,6 +8,9 @@
 //! that reruns repeat bit for bit. Each run directory is `runs/s` under its own scratch directory,
 //! so that every run has the same resolved config.
 
+mod bounded;
+
+use bounded::OutputWithin;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -219,7 +222,7 @@ fn uninterrupted(ranks: usize) -> Vec<u8> {
     let cell = if ranks == 1 { &ONE } else { &TWO };
     cell.get_or_init(|| {
         let dir = scratch(&format!("reference-{ranks}"), 100);
-        ok(train(&dir, ranks, &[]).output().unwrap());
+        ok(train(&dir, ranks, &[]).output_within_limit());
         let bytes = model_bytes(&dir);
         fs::remove_dir_all(&dir).unwrap();
         bytes
@@ -277,7 +280,7 @@ fn sigterm_writes_the_checkpoint_of_the_current_iteration_and_resume_finishes_th
     assert!(took < Duration::from_secs(30), "{took:?}");
     assert!(!run_dir(&dir).join("report.json").exists());
 
-    ok(train(&dir, 1, &["--resume"]).output().unwrap());
+    ok(train(&dir, 1, &["--resume"]).output_within_limit());
     assert_eq!(report(&dir)["resumed_from"], stopped_at);
     assert_eq!(logged(&dir), (1..=ITERATIONS).collect::<Vec<_>>());
     assert_eq!(model_bytes(&dir), uninterrupted(1));
@@ -311,7 +314,7 @@ fn sigkill_mid_run_resumes_from_the_last_complete_checkpoint_bit_identically() {
     let last_complete = checkpoints(&dir)[0];
     assert!(last_complete >= 50 && (last_complete / 50) * 50 == last_complete);
 
-    ok(train(&dir, 1, &["--resume"]).output().unwrap());
+    ok(train(&dir, 1, &["--resume"]).output_within_limit());
     assert_eq!(report(&dir)["resumed_from"], last_complete);
     // Lines logged after the checkpoint were redone once: none lost, none twice.
     assert_eq!(logged(&dir), (1..=ITERATIONS).collect::<Vec<_>>());
@@ -363,7 +366,7 @@ fn a_killed_rank_ends_the_mpi_job_in_bounded_time_and_resume_gives_the_uninterru
     assert!(second > first);
 
     // 3. Resuming on 2 ranks ends with the bytes of an uninterrupted 2-rank run.
-    ok(train(&dir, 2, &["--resume"]).output().unwrap());
+    ok(train(&dir, 2, &["--resume"]).output_within_limit());
     assert_eq!(report(&dir)["resumed_from"], second);
     assert_eq!(logged(&dir), (1..=ITERATIONS).collect::<Vec<_>>());
     assert_eq!(model_bytes(&dir), uninterrupted(2));
@@ -387,7 +390,7 @@ fn sigterm_to_one_rank_stops_every_rank_after_the_same_iteration_and_one_rank_re
     let stopped_at = stopped_with_a_checkpoint(&dir, &out, out.status.code().unwrap(), "SIGTERM");
 
     // Elastic: the 2-rank checkpoint resumes on 1 rank to the 1-rank run's parameters.
-    ok(train(&dir, 1, &["--resume"]).output().unwrap());
+    ok(train(&dir, 1, &["--resume"]).output_within_limit());
     assert_eq!(report(&dir)["resumed_from"], stopped_at);
     let diff = max_diff(&model_bytes(&dir), &uninterrupted(1), &dir);
     assert!(diff <= 1e-10, "{diff:e}");
@@ -413,13 +416,225 @@ fn a_checkpoint_of_two_ranks_resumes_on_one_and_one_of_one_rank_on_two() {
     let reference = uninterrupted(1);
     for (from, to) in [(2, 1), (1, 2)] {
         let dir = scratch(&format!("elastic-{from}-{to}"), ITERATIONS / 2);
-        ok(train(&dir, from, &[]).output().unwrap());
+        ok(train(&dir, from, &[]).output_within_limit());
         forget_the_end(&dir);
-        ok(train(&dir, to, &["--resume"]).output().unwrap());
+        ok(train(&dir, to, &["--resume"]).output_within_limit());
         assert_eq!(report(&dir)["resumed_from"], ITERATIONS / 2);
         // f64: another number of ranks sums the meta-gradient's per-task terms in another order.
         let diff = max_diff(&model_bytes(&dir), &reference, &dir);
         assert!(diff <= 1e-10, "{from} -> {to} ranks: {diff:e}");
         fs::remove_dir_all(&dir).unwrap();
     }
+}
+
+// Fail-stop across ranks: an error on one rank ends the whole job (MPI_Abort with the rank's exit
+// code; mpirun exits with it), instead of leaving the others waiting in a collective while the
+// failed rank waits in MPI_Finalize.
+
+/// `mpirun` with `launch`'s flags, each rank started in `<base>/host<rank>` by a small shell
+/// wrapper: ranks that see different files, as on nodes without a shared file system.
+fn mpirun_per_rank_dirs(base: &Path, ranks: usize, args: &[&str]) -> Command {
+    let wrapper = base.join("in-rank-dir.sh");
+    fs::write(
+        &wrapper,
+        "#!/bin/sh\n# Runs the command in <base>/host<MPI rank>.\nbase=\"$1\"; shift\ncd \"$base/host$OMPI_COMM_WORLD_RANK\" && exec \"$@\"\n",
+    )
+    .unwrap();
+    let mut cmd = Command::new("mpirun");
+    cmd.args([
+        "-n",
+        &ranks.to_string(),
+        "--oversubscribe",
+        "--bind-to",
+        "none",
+    ]);
+    cmd.args(["--allow-run-as-root", "sh"]);
+    cmd.arg(&wrapper)
+        .arg(base)
+        .arg(env!("CARGO_BIN_EXE_metaloop"));
+    cmd.args(args);
+    cmd
+}
+
+/// The lines of `stderr` that metaloop itself printed (not mpirun's notices).
+fn metaloop_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("metaloop:"))
+        .collect()
+}
+
+#[test]
+fn launch_into_an_existing_run_directory_exits_2_within_30_s() {
+    let dir = scratch("exists-2-ranks", 100);
+    fs::create_dir_all(run_dir(&dir)).unwrap();
+    fs::write(run_dir(&dir).join("mine.txt"), "keep").unwrap();
+    let (out, took) = finish(spawn(train(&dir, 2, &[])), Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    let lines = metaloop_lines(&stderr);
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("run directory already exists"),
+        "{stderr}"
+    );
+    let left: Vec<_> = fs::read_dir(run_dir(&dir))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("mine.txt")]);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_data_error_on_one_rank_ends_the_2_rank_job_within_30_s_with_the_error_printed_once() {
+    let base = scratch("data-error-one-rank", 100);
+    let config = "[run]\nname = \"f\"\nthreads = 1\n[task]\nkind = \"folder\"\nroot = \"data\"\nways = 2\nshots = 1\nqueries = 1\nimage_size = 8\n[model]\nbackbone = \"conv4\"\nfilters = 4\n[outer]\nmeta_batch = 2\niterations = 2\n[eval]\nevery = 0\ntest_tasks = 2\n";
+    for host in 0..2 {
+        let d = base.join(format!("host{host}"));
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("c.toml"), config).unwrap();
+        for class in ["a", "b", "c"] {
+            for i in 0..2 {
+                let png = d.join(format!("data/{class}/{i}.png"));
+                fs::create_dir_all(png.parent().unwrap()).unwrap();
+                image::GrayImage::from_pixel(8, 8, image::Luma([9]))
+                    .save(&png)
+                    .unwrap();
+            }
+        }
+    }
+    // Rank 1's copy of the dataset has an image that does not decode.
+    fs::write(base.join("host1/data/b/1.png"), b"not a png").unwrap();
+    let cmd = mpirun_per_rank_dirs(&base, 2, &["train", "--config", "c.toml"]);
+    let (out, took) = finish(spawn(cmd), Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    let lines = metaloop_lines(&stderr);
+    assert_eq!(lines.len(), 1, "printed once: {stderr}");
+    let named = format!(
+        "metaloop: {}: unreadable image: ",
+        Path::new("data/b/1.png").display()
+    );
+    assert!(lines[0].starts_with(&named), "{stderr}");
+    // Rank 0, whose data are fine, wrote nothing either: every rank is set up before it writes.
+    assert!(!base.join("host0/runs").exists());
+    fs::remove_dir_all(&base).unwrap();
+}
+
+#[test]
+fn a_second_run_on_a_busy_run_directory_exits_2_naming_the_holder() {
+    let dir = scratch("busy", 50);
+    let mut child = spawn(train(&dir, 1, &[]));
+    wait_until(&mut child, "the first checkpoint", || {
+        !checkpoints(&dir).is_empty()
+    });
+    for args in [
+        vec!["train", "--config", "c.toml", "--resume"],
+        vec!["eval", "--checkpoint", "runs/s"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_metaloop"))
+            .current_dir(&dir)
+            .args(&args)
+            .output_within_limit();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.trim(),
+            format!(
+                "metaloop: {}: run directory in use by pid {} (wait for it to end, or choose another run.name)",
+                Path::new("runs/s").display(),
+                child.id()
+            ),
+            "{args:?}"
+        );
+    }
+    signal(child.id(), "KILL");
+    let _ = finish(child, Duration::from_secs(30));
+    // The lock went with its holder: resuming now works.
+    ok(train(&dir, 1, &["--resume"]).output_within_limit());
+    assert_eq!(logged(&dir), (1..=ITERATIONS).collect::<Vec<_>>());
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_run_whose_every_step_is_skipped_exits_0_with_warnings_a_skipped_field_and_a_plot() {
+    let dir = scratch("all-skipped", 100);
+    // An inner learning rate this large overflows every task's adapted weights: every outer
+    // step of the 5 is skipped for non-finite values, 5 < outer.max_nonfinite_skips = 10.
+    let sets = [
+        "--set",
+        "outer.iterations=5",
+        "--set",
+        "algorithm.inner_lr=1e300",
+        "--set",
+        "outer.max_nonfinite_skips=10",
+    ];
+    let out = ok(train(&dir, 1, &sets).output_within_limit());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warnings = stderr
+        .lines()
+        .filter(|l| l.contains("warning") && l.contains("outer step skipped"))
+        .count();
+    assert_eq!(warnings, 5, "{stderr}");
+    let lines: Vec<serde_json::Value> = fs::read_to_string(run_dir(&dir).join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5);
+    assert!(lines.iter().all(|l| l["skipped"] == true), "{lines:?}");
+    assert!(run_dir(&dir).join("plots/learning_curves.png").is_file());
+    assert!(run_dir(&dir).join("report.json").is_file());
+
+    // Skips in a row up to outer.max_nonfinite_skips stop the run with their own error.
+    let dir2 = scratch("skips-stop", 100);
+    let mut sets = sets;
+    sets[5] = "outer.max_nonfinite_skips=3";
+    let out = train(&dir2, 1, &sets).output_within_limit();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "3 outer steps in a row skipped for non-finite values (outer.max_nonfinite_skips)"
+        ),
+        "{stderr}"
+    );
+    fs::remove_dir_all(&dir).unwrap();
+    fs::remove_dir_all(&dir2).unwrap();
+}
+
+#[test]
+fn a_rank_stopped_with_sigstop_ends_the_job_through_the_collective_watchdog() {
+    let dir = scratch("watchdog", 100_000);
+    let mut child = spawn(train(&dir, 2, &["--set", "run.collective_timeout_s=3"]));
+    let ranks = wait_for_ranks(&mut child, 2);
+    wait_until(&mut child, "the first metrics line", || {
+        !logged(&dir).is_empty()
+    });
+    signal(ranks[1].0, "STOP");
+    let (out, took) = finish(child, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Rank 0 waits for the stopped rank in a collective: 3 s, then the job ends.
+    assert!(!out.status.success(), "{stderr}");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    assert!(
+        stderr.contains("metaloop: rank 0: collective ")
+            && stderr.contains(" at iteration ")
+            && stderr.contains("has not finished after 3 s"),
+        "{stderr}"
+    );
+    let start = Instant::now();
+    while ranks.iter().any(|(pid, _)| alive(*pid)) && start.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (pid, _) in &ranks {
+        if alive(*pid) {
+            signal(*pid, "KILL");
+            panic!("rank pid {pid} outlived the job");
+        }
+    }
+    fs::remove_dir_all(&dir).unwrap();
 }

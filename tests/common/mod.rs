@@ -3,6 +3,27 @@
 
 use std::process::Command;
 
+// One time-limited `Command::output` for every test: the launcher's tests own it.
+#[path = "../../launcher/tests/bounded/mod.rs"]
+mod bounded;
+pub use bounded::OutputWithin;
+
+/// The launcher's binary, built by `cargo test --workspace` next to this test's directory.
+pub fn metaloop_binary() -> std::path::PathBuf {
+    let deps = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let exe = deps.parent().unwrap().join("metaloop");
+    assert!(
+        exe.exists(),
+        "{} is missing: build the launcher (cargo build -p metaloop-launcher)",
+        exe.display()
+    );
+    exe
+}
+
 /// True when this process is one rank of a job started by mpirun (Open MPI) or srun (PMI).
 pub fn under_mpirun() -> bool {
     std::env::var_os("OMPI_COMM_WORLD_SIZE").is_some() || std::env::var_os("PMI_SIZE").is_some()
@@ -45,9 +66,7 @@ pub fn run_under_mpirun_with_env(ranks: usize, test_name: &str, env: &[(&str, &s
         "--test-threads=1",
         "--color=never",
     ]);
-    let out = cmd.output().unwrap_or_else(|e| {
-        panic!("cannot start mpirun ({e}); install Open MPI with `cargo xtask setup`")
-    });
+    let out = cmd.output_within_limit();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -179,10 +179,8 @@ impl TwoHosts {
 
     /// Runs `program args` under [`TwoHosts::mpirun`] with one rank on each host.
     pub fn run(&self, program: &Path, args: &[&str]) -> Output {
-        self.mpirun(1, program)
-            .args(args)
-            .output()
-            .expect("cannot start `ip netns exec ... mpirun`")
+        use super::OutputWithin;
+        self.mpirun(1, program).args(args).output_within_limit()
     }
 }
 

@@ -11,7 +11,14 @@
 use std::process::{Command, ExitCode};
 
 /// The targets, as in fuzz/Cargo.toml.
-const TARGETS: [&str; 3] = ["config", "miniimagenet_csv", "folder_index"];
+const TARGETS: [&str; 6] = [
+    "config",
+    "miniimagenet_csv",
+    "folder_index",
+    "zip_listing",
+    "checkpoint_manifest",
+    "safetensors_header",
+];
 
 pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
     let mut seconds = 60u64;

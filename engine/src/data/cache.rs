@@ -10,12 +10,17 @@
 //! zip entries: the archive's path, size and mtime and the entry's name, size and CRC). Any change
 //! to the sources or the target gives a new key, so a stale cache is never read.
 //!
+//! The cache lives outside the dataset by default ([`default_dir`]: the per-user cache), so that
+//! a read-only dataset works; a cache that cannot be written is reported, not an error.
+//!
+//! One process per cache entry decodes at a time ([`lock`]): the other ranks of a node wait for
+//! its cache instead of decoding the same images at once.
+//!
 //! Both files are written atomically (a temporary file in the same directory, then rename), data
 //! first and index last: an index on disk means its data file is complete. A cache whose index
 //! does not match what the loader expects, or whose data file has the wrong length, is ignored
 //! and rewritten. This module must not decode images.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -25,6 +30,24 @@ use super::images::{ClassSources, ImageSpec, StoredClass};
 use crate::{Error, Result};
 
 const FORMAT: u32 = 1;
+
+/// The decode cache's directory: `configured` if not empty, else the per-user cache
+/// (`$XDG_CACHE_HOME/metaloop/decoded`, or `~/.cache/metaloop/decoded`); `None` (no cache) when
+/// neither is known.
+pub fn default_dir(configured: &str) -> Option<PathBuf> {
+    if !configured.is_empty() {
+        return Some(PathBuf::from(configured));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        })?;
+    Some(base.join("metaloop").join("decoded"))
+}
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 struct Index {
@@ -107,10 +130,30 @@ pub(crate) fn read(
         return None;
     }
     let pixels = std::fs::read(&data_path).ok()?;
-    if pixels.len() != expected.images * spec.image_bytes() {
+    if Some(pixels.len()) != expected.images.checked_mul(spec.image_bytes()) {
         return None;
     }
     Some((pixels, data_path))
+}
+
+/// Waits for, then holds, the lock of one cache entry, so that of the processes that load one
+/// dataset at once (the ranks of a node) one decodes and writes the cache while the others wait
+/// and then read it. The lock is a `flock` on the entry's data file as it is before the write (an
+/// empty file if there was none, which [`read`] ignores for its length); the atomic write renames
+/// the new data over it, and the waiters then read that. `None` when the file cannot be opened
+/// (then every process decodes for itself). Released when dropped.
+pub(crate) fn lock(dir: &Path, dataset: &str, key: &str) -> Option<std::fs::File> {
+    std::fs::create_dir_all(dir).ok()?;
+    let (data_path, _) = paths(dir, dataset, key);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(data_path)
+        .ok()?;
+    file.lock().ok()?;
+    Some(file)
 }
 
 /// Writes the pixels and index of a key atomically; returns the data file's path.
@@ -132,32 +175,13 @@ pub(crate) fn write(
         path: index_path.clone(),
         reason: e.to_string(),
     })?;
-    write_atomic(&data_path, pixels)?;
-    write_atomic(&index_path, &json)?;
-    Ok(data_path)
-}
-
-/// Writes `bytes` to a temporary file beside `path`, syncs it, and renames it over `path`.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let name = path
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}-{nanos}", std::process::id()));
-    let err = |what: &str, e: std::io::Error| Error::Cache {
-        path: path.to_path_buf(),
-        reason: format!("{what} {}: {e}", tmp.display()),
+    let atomic = |path: &Path, bytes: &[u8]| {
+        crate::checkpoint::write_atomic(path, bytes).map_err(|e| Error::Cache {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
     };
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp).map_err(|e| err("cannot create", e))?;
-        file.write_all(bytes).map_err(|e| err("cannot write", e))?;
-        file.sync_all().map_err(|e| err("cannot sync", e))?;
-        std::fs::rename(&tmp, path).map_err(|e| err("cannot rename", e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    atomic(&data_path, pixels)?;
+    atomic(&index_path, &json)?;
+    Ok(data_path)
 }

@@ -1,7 +1,8 @@
 //! The generic folder-per-class layout: `root/<class>/*.{png,jpg,jpeg}`, one root per split.
 //!
 //! Class folders and the images in them are taken in byte order of their names, so every machine
-//! lists them alike; other files (and hidden entries) are ignored. A class is named
+//! lists them alike; other files (and hidden entries) are ignored, and so are symbolic links,
+//! FIFOs and devices: only real folders and regular files are read. A class is named
 //! `<split>/<folder name>`. This module also holds the directory listing helpers that the
 //! Omniglot loader shares. It must not decode images itself (see [`super::images`]).
 
@@ -92,7 +93,18 @@ pub(crate) fn is_image_name(name: &str) -> bool {
     [".png", ".jpg", ".jpeg"].iter().any(|e| lower.ends_with(e))
 }
 
-fn read_dir_sorted(path: &Path) -> Result<Vec<(String, PathBuf, bool)>> {
+/// What a directory entry is, without following symbolic links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    /// A regular file: the only kind of file a dataset reads.
+    File,
+    /// A symbolic link, FIFO, socket or device: never read (a FIFO named `x.png` would block the
+    /// loader for ever; a link may lead outside the dataset).
+    Other,
+}
+
+fn read_dir_sorted(path: &Path) -> Result<Vec<(String, PathBuf, Kind)>> {
     let entries = std::fs::read_dir(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -108,9 +120,18 @@ fn read_dir_sorted(path: &Path) -> Result<Vec<(String, PathBuf, bool)>> {
             continue;
         }
         let path = entry.path();
-        // Follows symbolic links, so a linked class folder counts as a folder.
-        let is_dir = path.is_dir();
-        out.push((name, path, is_dir));
+        let kind = entry.file_type().map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let kind = if kind.is_dir() {
+            Kind::Dir
+        } else if kind.is_file() {
+            Kind::File
+        } else {
+            Kind::Other
+        };
+        out.push((name, path, kind));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
@@ -128,7 +149,7 @@ pub(crate) fn subdirectories(dataset: &'static str, path: &Path) -> Result<Vec<P
     }
     Ok(read_dir_sorted(path)?
         .into_iter()
-        .filter(|e| e.2)
+        .filter(|e| e.2 == Kind::Dir)
         .map(|e| e.1)
         .collect())
 }
@@ -136,8 +157,8 @@ pub(crate) fn subdirectories(dataset: &'static str, path: &Path) -> Result<Vec<P
 /// The images of one class folder, sorted by name; an error if it holds none.
 pub(crate) fn class_images(dir: &Path) -> Result<Vec<ImageSource>> {
     let mut images = Vec::new();
-    for (name, path, is_dir) in read_dir_sorted(dir)? {
-        if !is_dir && is_image_name(&name) {
+    for (name, path, kind) in read_dir_sorted(dir)? {
+        if kind == Kind::File && is_image_name(&name) {
             images.push(ImageSource::file(path)?);
         }
     }

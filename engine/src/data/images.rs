@@ -22,6 +22,45 @@ use tch::Tensor;
 use super::{cache, MetaBatch, Split, TaskRng, TaskSource};
 use crate::{Error, Result};
 
+/// The largest image file or zip entry read, in bytes: a larger one is an error (exit code 2),
+/// never an allocation of the size an archive claims.
+pub(crate) const MAX_IMAGE_FILE_BYTES: u64 = 64 << 20;
+/// The most bytes the image entries of one zip archive may unpack to, together.
+pub(crate) const MAX_ZIP_TOTAL_BYTES: u64 = 16 << 30;
+/// The largest decoded image: its width and height, and the memory its pixels take.
+const MAX_IMAGE_SIDE: u32 = 16_384;
+const MAX_DECODED_BYTES: u64 = 512 << 20;
+/// Images read (zip entries) and decoded per step: what one load holds in memory at once.
+const DECODE_BATCH: usize = 1024;
+
+/// Checks the unpacked size that a zip archive declares for the image entry `name` against the
+/// per-entry cap, and adds it to `total`, checked against the per-archive cap.
+pub(crate) fn check_zip_entry(
+    archive: &Path,
+    name: &str,
+    size: u64,
+    total: &mut u64,
+) -> Result<()> {
+    let too_big = |reason: String| Error::Zip {
+        path: archive.to_path_buf(),
+        reason,
+    };
+    if size > MAX_IMAGE_FILE_BYTES {
+        return Err(too_big(format!(
+            "entry {name} unpacks to {size} bytes, more than the {MAX_IMAGE_FILE_BYTES} allowed per image"
+        )));
+    }
+    *total = total
+        .checked_add(size)
+        .filter(|t| *t <= MAX_ZIP_TOTAL_BYTES)
+        .ok_or_else(|| {
+            too_big(format!(
+                "its image entries unpack to more than {MAX_ZIP_TOTAL_BYTES} bytes together"
+            ))
+        })?;
+    Ok(())
+}
+
 /// How source images are brought to the target size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resize {
@@ -78,7 +117,9 @@ impl ImageSpec {
 
     /// Bytes of one decoded image.
     pub fn image_bytes(&self) -> usize {
-        self.channels * self.height as usize * self.width as usize
+        self.channels
+            .saturating_mul(self.height as usize)
+            .saturating_mul(self.width as usize)
     }
 
     /// A stable text form, hashed into the decode cache's key.
@@ -94,11 +135,15 @@ impl ImageSpec {
     }
 
     fn validate(&self, dataset: &'static str) -> Result<()> {
-        if !(self.channels == 1 || self.channels == 3) || self.height == 0 || self.width == 0 {
+        let sides = 1..=MAX_IMAGE_SIDE;
+        if !(self.channels == 1 || self.channels == 3)
+            || !sides.contains(&self.height)
+            || !sides.contains(&self.width)
+        {
             return Err(Error::InvalidSetting {
                 what: dataset,
                 reason: format!(
-                    "image spec {}×{}×{} (expected 1 or 3 channels and a non-empty size)",
+                    "image spec {}×{}×{} (expected 1 or 3 channels and sides of 1 to {MAX_IMAGE_SIDE})",
                     self.channels, self.height, self.width
                 ),
             });
@@ -142,10 +187,20 @@ pub(crate) struct ImageSource {
 impl ImageSource {
     /// A file, fingerprinted by its path, size and modification time.
     pub fn file(path: PathBuf) -> Result<ImageSource> {
-        let meta = std::fs::metadata(&path).map_err(|source| Error::Io {
+        // Not following a symbolic link: only regular files are read.
+        let meta = std::fs::symlink_metadata(&path).map_err(|source| Error::Io {
             path: path.clone(),
             source,
         })?;
+        if !meta.is_file() || meta.len() > MAX_IMAGE_FILE_BYTES {
+            return Err(Error::UnreadableImage {
+                path: path.display().to_string(),
+                reason: format!(
+                    "not a regular file of at most {MAX_IMAGE_FILE_BYTES} bytes ({} bytes)",
+                    meta.len()
+                ),
+            });
+        }
         let fingerprint = format!("{}\t{}\t{}", path.display(), meta.len(), mtime_ns(&meta));
         Ok(ImageSource {
             origin: Origin::File(path),
@@ -195,6 +250,8 @@ pub enum CacheStatus {
     Hit(PathBuf),
     /// The pixels were decoded and written to this cache data file.
     Written(PathBuf),
+    /// The pixels were decoded, but the cache could not be written (why): a warning.
+    Unwritable(String),
 }
 
 /// One stored class: its name and its images' range in the pixel buffer.
@@ -233,6 +290,7 @@ pub(crate) fn load_store(
     }
     let images = first;
     let key = cache::key(dataset, spec, &classes);
+    let _decoding = cache_dir.and_then(|dir| cache::lock(dir, dataset, &key));
     if let Some(dir) = cache_dir {
         if let Some((pixels, path)) = cache::read(dir, dataset, &key, spec, &stored) {
             let report = LoadReport {
@@ -249,32 +307,13 @@ pub(crate) fn load_store(
         }
     }
     let sources: Vec<&ImageSource> = classes.iter().flat_map(|c| c.images.iter()).collect();
-    let zipped = read_zip_entries(&sources)?;
-    let mut pixels = vec![0u8; images * spec.image_bytes()];
-    if images > 0 {
-        pixels
-            .par_chunks_mut(spec.image_bytes())
-            .zip(sources.par_iter().zip(zipped.par_iter()))
-            .try_for_each(|(out, (source, bytes))| -> Result<()> {
-                let owned;
-                let bytes: &[u8] = match (bytes, &source.origin) {
-                    (Some(b), _) => b,
-                    (None, Origin::File(path)) => {
-                        owned = std::fs::read(path).map_err(|e| Error::UnreadableImage {
-                            path: source.display(),
-                            reason: e.to_string(),
-                        })?;
-                        &owned
-                    }
-                    (None, Origin::Zip { .. }) => unreachable_zip(source)?,
-                };
-                decode_into(source, bytes, spec, out)
-            })?;
-    }
+    let pixels = decode_all(dataset, &sources, spec)?;
     let cache = match cache_dir {
-        Some(dir) => {
-            CacheStatus::Written(cache::write(dir, dataset, &key, spec, &stored, &pixels)?)
-        }
+        Some(dir) => match cache::write(dir, dataset, &key, spec, &stored, &pixels) {
+            Ok(path) => CacheStatus::Written(path),
+            // The pixels are in memory: a cache that cannot be written only costs the next load.
+            Err(e) => CacheStatus::Unwritable(e.to_string()),
+        },
         None => CacheStatus::Disabled,
     };
     let report = LoadReport {
@@ -297,11 +336,86 @@ fn unreachable_zip(source: &ImageSource) -> Result<&'static [u8]> {
     })
 }
 
-/// Reads every zip entry among `sources` (one pass per archive); `None` for plain files, which the
-/// parallel decoder reads itself.
-fn read_zip_entries(sources: &[&ImageSource]) -> Result<Vec<Option<Vec<u8>>>> {
+/// Decodes `sources` into one `[images, C, H, W]` buffer, `DECODE_BATCH` images at a time: the
+/// zip entries of a batch are read (bounded) and decoded in parallel before the next batch.
+fn decode_all(
+    dataset: &'static str,
+    sources: &[&ImageSource],
+    spec: &ImageSpec,
+) -> Result<Vec<u8>> {
+    let one = spec.image_bytes();
+    let total = sources
+        .len()
+        .checked_mul(one)
+        .ok_or_else(|| Error::InvalidSetting {
+            what: dataset,
+            reason: format!(
+                "{} images of {one} bytes do not fit in memory",
+                sources.len()
+            ),
+        })?;
+    let mut pixels = vec![0u8; total];
+    if sources.is_empty() {
+        return Ok(pixels);
+    }
+    let mut archives = HashMap::new();
+    for (out, batch) in pixels
+        .chunks_mut(DECODE_BATCH * one)
+        .zip(sources.chunks(DECODE_BATCH))
+    {
+        let zipped = read_zip_entries(batch, &mut archives)?;
+        out.par_chunks_mut(one)
+            .zip(batch.par_iter().zip(zipped.par_iter()))
+            .try_for_each(|(out, (source, bytes))| -> Result<()> {
+                let owned;
+                let bytes: &[u8] = match (bytes, &source.origin) {
+                    (Some(b), _) => b,
+                    (None, Origin::File(path)) => {
+                        owned = read_image_file(source, path)?;
+                        &owned
+                    }
+                    (None, Origin::Zip { .. }) => unreachable_zip(source)?,
+                };
+                decode_into(source, bytes, spec, out)
+            })?;
+    }
+    Ok(pixels)
+}
+
+/// Reads an image file of at most [`MAX_IMAGE_FILE_BYTES`].
+fn read_image_file(source: &ImageSource, path: &Path) -> Result<Vec<u8>> {
+    let unreadable = |reason: String| Error::UnreadableImage {
+        path: source.display(),
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(|e| unreadable(e.to_string()))?;
+    read_capped(file, 0).map_err(unreadable)
+}
+
+/// Reads at most [`MAX_IMAGE_FILE_BYTES`] from `r`, `expected` bytes being the likely size.
+fn read_capped(r: impl Read, expected: u64) -> std::result::Result<Vec<u8>, String> {
+    let mut bytes = Vec::with_capacity(expected.min(MAX_IMAGE_FILE_BYTES) as usize);
+    r.take(MAX_IMAGE_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_IMAGE_FILE_BYTES {
+        return Err(format!(
+            "more than the {MAX_IMAGE_FILE_BYTES} bytes allowed per image"
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Open zip archives, by path, kept across the batches of one load.
+type Archives = HashMap<Arc<PathBuf>, zip::ZipArchive<std::fs::File>>;
+
+/// Reads the zip entries among `sources`, each bounded by [`MAX_IMAGE_FILE_BYTES`]; `None` for
+/// plain files, which the parallel decoder reads itself.
+fn read_zip_entries(
+    sources: &[&ImageSource],
+    archives: &mut Archives,
+) -> Result<Vec<Option<Vec<u8>>>> {
     let mut out: Vec<Option<Vec<u8>>> = vec![None; sources.len()];
-    let mut archives: HashMap<Arc<PathBuf>, zip::ZipArchive<std::fs::File>> = HashMap::new();
     for (i, source) in sources.iter().enumerate() {
         let Origin::Zip { archive, entry } = &source.origin else {
             continue;
@@ -310,17 +424,14 @@ fn read_zip_entries(sources: &[&ImageSource]) -> Result<Vec<Option<Vec<u8>>>> {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(v) => v.insert(open_zip(archive)?),
         };
-        let mut file = zip.by_name(entry).map_err(|e| Error::UnreadableImage {
+        let unreadable = |reason: String| Error::UnreadableImage {
             path: source.display(),
-            reason: e.to_string(),
-        })?;
-        let mut bytes = Vec::with_capacity(file.size() as usize);
-        file.read_to_end(&mut bytes)
-            .map_err(|e| Error::UnreadableImage {
-                path: source.display(),
-                reason: e.to_string(),
-            })?;
-        out[i] = Some(bytes);
+            reason,
+        };
+        let file = zip.by_name(entry).map_err(|e| unreadable(e.to_string()))?;
+        let size = file.size();
+        check_zip_entry(archive, entry, size, &mut 0)?;
+        out[i] = Some(read_capped(file, size).map_err(unreadable)?);
     }
     Ok(out)
 }
@@ -351,10 +462,19 @@ pub(crate) fn decode_bytes(
     spec: &ImageSpec,
     out: &mut [u8],
 ) -> Result<()> {
-    let img = image::load_from_memory(bytes).map_err(|e| Error::UnreadableImage {
+    let unreadable = |e: image::ImageError| Error::UnreadableImage {
         path: what.to_string(),
         reason: e.to_string(),
-    })?;
+    };
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| unreadable(e.into()))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_DECODED_BYTES);
+    reader.limits(limits);
+    let img = reader.decode().map_err(unreadable)?;
     let (w, h) = (img.width(), img.height());
     let target = (spec.width, spec.height);
     let allowed = if spec.source_sizes.is_empty() {
@@ -588,6 +708,31 @@ impl FewShot {
             shots,
             queries,
         })
+    }
+
+    /// Checks the whole dataset against the episodes at once, before any is drawn: every split
+    /// it has holds at least `ways` classes, each with at least `shots + queries` images. (An
+    /// episode checks only what it draws, possibly after a run has started.)
+    pub fn check_whole(&self) -> Result<()> {
+        for split in Split::ALL {
+            let Ok(classes) = self.dataset.classes(split) else {
+                continue;
+            };
+            self.split_classes(split)?;
+            let needed = self.shots + self.queries;
+            for &class in classes {
+                let stored = self.dataset.stored(class)?;
+                if stored.count < needed {
+                    return Err(Error::TooFewImages {
+                        dataset: self.dataset.name,
+                        class: self.dataset.class_name(class),
+                        images: stored.count,
+                        needed,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The dataset episodes are drawn from.

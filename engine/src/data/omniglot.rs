@@ -23,8 +23,8 @@ use std::sync::Arc;
 
 use super::folder::{class_images, file_name, is_image_name, subdirectories};
 use super::images::{
-    load_store, mtime_ns, open_zip, ClassRef, ClassSources, ImageDataset, ImageSource, ImageSpec,
-    Origin, Resize,
+    check_zip_entry, load_store, mtime_ns, open_zip, ClassRef, ClassSources, ImageDataset,
+    ImageSource, ImageSpec, Origin, Resize,
 };
 use super::TaskRng;
 use crate::{Error, Result};
@@ -166,6 +166,7 @@ fn list_zip(set: &str, path: &Path) -> Result<Vec<ClassSources>> {
     let prefix = format!("{set}/");
     // (alphabet, character) -> images, sorted by key and, below, by entry name.
     let mut characters: BTreeMap<(String, String), Vec<ImageSource>> = BTreeMap::new();
+    let mut unpacked = 0u64;
     for i in 0..zip.len() {
         let entry = zip.by_index(i).map_err(|e| Error::Zip {
             path: path.to_path_buf(),
@@ -188,6 +189,7 @@ fn list_zip(set: &str, path: &Path) -> Result<Vec<ClassSources>> {
         if parts.len() != 3 || !is_image_name(parts[2]) {
             continue;
         }
+        check_zip_entry(path, &name, entry.size(), &mut unpacked)?;
         let fingerprint = format!("{stamp}!{name}\t{}\t{}", entry.size(), entry.crc32());
         characters
             .entry((parts[0].to_string(), parts[1].to_string()))

@@ -6,16 +6,26 @@
 //! are staged through host memory) and [`Nccl`] (cudarc's NCCL on CUDA tensors in place, the
 //! library loaded at run time, CPU tensors and barriers through its [`Mpi`]).
 //! Nothing outside this module may call MPI or NCCL; nothing here knows about models or datasets.
+//!
+//! Failures across ranks (see [`hold_mpi_open`], [`abort_job`], [`finalize`]): a process that
+//! fails must end the whole job, never sit in `MPI_Finalize` (Open MPI waits there for every
+//! rank, while the others wait in a collective). A collective that outlasts
+//! [`set_collective_timeout`] ends the job too (`Mpi`: a watchdog thread; `Nccl`: polling with
+//! `ncclCommGetAsyncError`, then `ncclCommAbort`).
 
 #[cfg(feature = "mpi")]
 mod mpi;
 #[cfg(feature = "nccl")]
 mod nccl;
+#[cfg(feature = "mpi")]
+mod watchdog;
 
 #[cfg(feature = "mpi")]
-pub use self::mpi::Mpi;
+pub use self::mpi::{abort_job, finalize, hold_mpi_open, Mpi};
 #[cfg(feature = "nccl")]
 pub use self::nccl::{Nccl, NCCL_LIBRARY_ENV};
+#[cfg(feature = "mpi")]
+pub use self::watchdog::{set_collective_timeout, set_iteration};
 
 use crate::{Error, Result};
 use tch::{Device, Kind, Tensor};
@@ -32,6 +42,59 @@ pub trait Communicator {
     fn broadcast(&self, t: &mut Tensor, root: usize) -> Result<()>;
     /// Waits until every rank has reached this call.
     fn barrier(&self) -> Result<()>;
+    /// Overwrites `bytes` (any length) on every rank with their value on rank `root`: a
+    /// checkpoint that only rank 0 can read, for instance. This default goes through
+    /// [`Communicator::broadcast`] (the length, then one f64 per byte); `Mpi` sends the bytes.
+    fn broadcast_bytes(&self, bytes: &mut Vec<u8>, root: usize) -> Result<()> {
+        check_root("broadcast_bytes", root, self.size())?;
+        let mut len = Tensor::f_from_slice(&[bytes.len() as f64])?;
+        self.broadcast(&mut len, root)?;
+        let len = len.f_double_value(&[0])? as usize;
+        bytes.resize(len, 0);
+        let wide: Vec<f64> = bytes.iter().map(|&b| f64::from(b)).collect();
+        let mut t = Tensor::f_from_slice(&wide)?;
+        self.broadcast(&mut t, root)?;
+        let wide = Vec::<f64>::try_from(&t)?;
+        for (b, w) in bytes.iter_mut().zip(wide) {
+            *b = w as u8;
+        }
+        Ok(())
+    }
+}
+
+/// This process's index among the ranks on its node: the GPU it uses is `cuda:<local rank>`.
+/// MPI's own answer (the ranks that share memory with this one) once [`Mpi::init`] ran; before
+/// that, or without MPI, what mpirun or Slurm put in the environment; 0 for a process alone.
+pub fn local_rank() -> usize {
+    #[cfg(feature = "mpi")]
+    if let Some(r) = mpi::node_rank() {
+        return r;
+    }
+    [
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "SLURM_LOCALID",
+        "MPI_LOCALRANKID",
+        "MV2_COMM_WORLD_LOCAL_RANK",
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok().and_then(|s| s.parse().ok()))
+    .unwrap_or(0)
+}
+
+/// True when two checksums of the same values differ by more than `rel_tol` (relative to 1 +
+/// |b|), or when exactly one of a pair is NaN, or both are but the other values differ. NaN on
+/// every rank alike is agreement (the ranks still train the same model, if a broken one).
+pub fn checksums_differ(a: &[f64], b: &[f64], rel_tol: f64) -> bool {
+    a.len() != b.len()
+        || a.iter().zip(b).any(|(x, y)| {
+            if x.is_nan() || y.is_nan() {
+                x.is_nan() != y.is_nan()
+            } else if x.is_infinite() || y.is_infinite() {
+                x != y
+            } else {
+                (x - y).abs() > rel_tol * (1.0 + y.abs())
+            }
+        })
 }
 
 /// One rank alone: every collective is the identity.
@@ -103,5 +166,31 @@ impl Buffer {
         let host = host.f_view(t.size().as_slice())?.f_to_device(t.device())?;
         tch::no_grad(|| t.f_copy_(&host))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksums_that_differ_by_a_nan_differ() {
+        let tol = 1e-12;
+        assert!(!checksums_differ(&[1.0, 2.0], &[1.0, 2.0], tol));
+        assert!(checksums_differ(&[1.0, 2.0], &[1.0, 2.5], tol));
+        // `(a - b).abs() > tol` is false when either is NaN: the old comparison let these pass.
+        assert!(checksums_differ(&[f64::NAN, 2.0], &[1.0, 2.0], tol));
+        assert!(checksums_differ(&[1.0, 2.0], &[f64::NAN, 2.0], tol));
+        assert!(!checksums_differ(&[f64::NAN, 2.0], &[f64::NAN, 2.0], tol));
+        assert!(checksums_differ(&[f64::INFINITY], &[1.0], tol));
+        assert!(checksums_differ(&[1.0], &[1.0, 2.0], tol));
+    }
+
+    #[test]
+    fn local_broadcast_of_bytes_keeps_them() {
+        let mut b = vec![1u8, 2, 255];
+        Local.broadcast_bytes(&mut b, 0).unwrap();
+        assert_eq!(b, vec![1, 2, 255]);
+        assert!(Local.broadcast_bytes(&mut b, 1).is_err());
     }
 }

@@ -13,6 +13,10 @@
 //!   after, so that the result is in place when the call returns. One all-reduce per meta-iteration
 //!   makes these synchronisations cheap.
 //! - CPU tensors and barriers go through the [`Mpi`] this communicator owns.
+//! - Waiting: after a collective, an event recorded on the default stream is polled together
+//!   with `ncclCommGetAsyncError`; an NCCL error, or a wait past the collective timeout, aborts
+//!   the communicator (`ncclCommAbort`) and returns an error, so that a dead peer never leaves
+//!   this rank blocked in a device synchronisation.
 //!
 //! This file holds unsafe code: NCCL is a C API and takes raw device pointers. The unsafe blocks
 //! stay here, each with the invariant it relies on; nothing else in the crate calls NCCL.
@@ -38,6 +42,8 @@ pub struct Nccl {
     lib: Lib,
     device: usize,
     ctx: Arc<CudaContext>,
+    /// Set once `ncclCommAbort` ran: the communicator is then not destroyed again.
+    aborted: std::sync::atomic::AtomicBool,
     // Declared last so that MPI is finalized after the NCCL communicator is destroyed.
     mpi: Mpi,
 }
@@ -90,7 +96,7 @@ impl Nccl {
             ));
         }
         let mut bytes: Vec<u8> = id.internal.iter().map(|&c| c as u8).collect();
-        mpi.broadcast_bytes(&mut bytes, 0)?;
+        mpi.broadcast_fixed(&mut bytes, 0)?;
         for (dst, src) in id.internal.iter_mut().zip(&bytes) {
             *dst = *src as std::ffi::c_char;
         }
@@ -109,6 +115,7 @@ impl Nccl {
             lib,
             device: ordinal,
             ctx,
+            aborted: std::sync::atomic::AtomicBool::new(false),
             mpi,
         })
     }
@@ -170,6 +177,42 @@ impl Nccl {
             .map_err(|e| Error::Comm(format!("{op}: cuda:{} synchronize: {e:?}", self.device)))
     }
 
+    /// Waits for the collective just enqueued on the default stream: polls an event recorded
+    /// after it, and NCCL's asynchronous error state. On an NCCL error, or past the collective
+    /// timeout ([`super::set_collective_timeout`]), aborts the NCCL communicator (which makes the
+    /// kernels of this rank return) and returns the error; the caller then ends the job.
+    fn wait(&self, op: &'static str) -> Result<()> {
+        let started = std::time::Instant::now();
+        let done = self.ctx.default_stream().record_event(None).map_err(|e| {
+            Error::Comm(format!("{op}: cuda:{} record an event: {e:?}", self.device))
+        })?;
+        let mut pause = std::time::Duration::from_micros(20);
+        while !done.is_complete() {
+            let mut state = ffi::ncclResult_t::ncclSuccess;
+            // SAFETY: `comm` is a live communicator; `state` is a valid, writable status.
+            let asked = unsafe { (self.lib.ncclCommGetAsyncError)(self.comm, &mut state) };
+            let failure = check(&self.lib, op, asked)
+                .and_then(|()| check(&self.lib, op, state))
+                .err()
+                .or_else(|| {
+                    let limit = super::watchdog::timeout()?;
+                    (started.elapsed() > limit)
+                        .then(|| Error::Comm(super::watchdog::describe(op, started.elapsed())))
+                });
+            if let Some(e) = failure {
+                // SAFETY: `comm` is live; after the abort no collective runs on it again (the
+                // caller ends the job), and `Drop` does not destroy an aborted communicator.
+                let _ = unsafe { (self.lib.ncclCommAbort)(self.comm) };
+                self.aborted
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                return Err(e);
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(std::time::Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
     /// Runs `collective` on a contiguous tensor with the values of `t`, then copies the result back
     /// into `t` if `t` itself was not contiguous.
     fn in_place(
@@ -194,7 +237,7 @@ impl Nccl {
         self.synchronize(op)?;
         let ptr = work.data_ptr();
         check(&self.lib, op, collective(ptr, count, dtype))?;
-        self.synchronize(op)?;
+        self.wait(op)?;
         if !t.is_contiguous() {
             tch::no_grad(|| t.f_copy_(&work))?;
         }
@@ -259,6 +302,9 @@ impl Communicator for Nccl {
 
 impl Drop for Nccl {
     fn drop(&mut self) {
+        if self.aborted.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let _ = self.ctx.bind_to_thread();
         // SAFETY: `comm` came from a successful ncclCommInitRank and is destroyed once, here; no
         // collective is in flight (each call synchronises before returning).
