@@ -69,7 +69,10 @@ fn flips_are_exact_mirror_images() {
         if equal(&yi, &xi.flip([2])) {
             flipped += 1;
         } else {
-            assert!(equal(&yi, &xi), "image {i} is neither itself nor its mirror");
+            assert!(
+                equal(&yi, &xi),
+                "image {i} is neither itself nor its mirror"
+            );
         }
     }
     assert!((4..=28).contains(&flipped), "{flipped} of 32 flipped");
@@ -133,7 +136,14 @@ fn contrast_keeps_the_mean_grey_level() {
     };
     let y = aug.apply(&x, 2).unwrap();
     let luma = Tensor::from_slice(&[0.299, 0.587, 0.114]).view([1, 3, 1, 1]);
-    let grey_mean = |t: &Tensor| (t * &luma).sum_dim_intlist(1, false, Kind::Double).mean_dim(&[1i64, 2][..], false, Kind::Double);
-    let gap = (grey_mean(&y) - grey_mean(&x)).abs().max().double_value(&[]);
+    let grey_mean = |t: &Tensor| {
+        (t * &luma)
+            .sum_dim_intlist(1, false, Kind::Double)
+            .mean_dim(&[1i64, 2][..], false, Kind::Double)
+    };
+    let gap = (grey_mean(&y) - grey_mean(&x))
+        .abs()
+        .max()
+        .double_value(&[]);
     assert!(gap < 1e-12, "contrast moved the mean grey level by {gap:e}");
 }

@@ -60,7 +60,10 @@ impl Standard {
         let mut out = Vec::with_capacity(n as usize);
         for i in 0..n {
             let (dy, dx) = (rng.below(2 * p as usize + 1), rng.below(2 * p as usize + 1));
-            let crop = padded.f_get(i)?.f_narrow(1, dy as i64, h)?.f_narrow(2, dx as i64, w)?;
+            let crop = padded
+                .f_get(i)?
+                .f_narrow(1, dy as i64, h)?
+                .f_narrow(2, dx as i64, w)?;
             let mut x = self.jitter(&crop, &mut rng)?;
             if self.flip && rng.below(2) == 1 {
                 x = x.f_flip([2])?;
@@ -107,7 +110,9 @@ impl Standard {
                 1 => grey(&x)?.f_mean(x.kind())?,
                 _ => grey(&x)?,
             };
-            let blended = x.f_mul_scalar(factor)?.f_add(&reference.f_mul_scalar(1.0 - factor)?)?;
+            let blended = x
+                .f_mul_scalar(factor)?
+                .f_add(&reference.f_mul_scalar(1.0 - factor)?)?;
             x = blended.f_clamp(0.0, 1.0)?;
         }
         Ok(x)

@@ -219,7 +219,9 @@ impl BatchNorm2d {
         }
         let weight = scope.param("weight")?.f_reshape(shape.as_slice())?;
         let bias = scope.param("bias")?.f_reshape(shape.as_slice())?;
-        let normed = x.f_sub(&mean)?.f_mul(&var.f_add_scalar(self.eps)?.f_rsqrt()?)?;
+        let normed = x
+            .f_sub(&mean)?
+            .f_mul(&var.f_add_scalar(self.eps)?.f_rsqrt()?)?;
         Ok(normed.f_mul(&weight)?.f_add(&bias)?)
     }
 }

@@ -97,11 +97,14 @@ pub trait Module: std::fmt::Debug + Send + Sync {
         query: &Tensor,
     ) -> Result<Tensor> {
         let dim = i64::from(params.tasks().is_some());
-        let shots = *support.size().get(dim as usize).ok_or_else(|| Error::Shape {
-            op: "forward_query_with_support_stats",
-            expected: "a support set with a batch dimension".to_string(),
-            got: support.size(),
-        })?;
+        let shots = *support
+            .size()
+            .get(dim as usize)
+            .ok_or_else(|| Error::Shape {
+                op: "forward_query_with_support_stats",
+                expected: "a support set with a batch dimension".to_string(),
+                got: support.size(),
+            })?;
         let x = Tensor::f_cat(&[support, query], dim)?;
         let mut scope = Scope::new(params, false, None);
         scope.support = Some(shots);
