@@ -13,6 +13,7 @@
 //!   [`miniimagenet::load`] or [`folder::load`]; decoding runs on rayon and is cached on disk
 //!   ([`cache`]). Also [`tieredimagenet::load`], [`cifar::load_cifar_fs`] and
 //!   [`cifar::load_fc100`], which read Python pickles with [`pickle`].
+//! - [`augment`]: `task.augment = "standard"` (crop, flip, colour jitter per task seed).
 
 use std::fmt;
 use std::ops::Range;
@@ -21,6 +22,7 @@ use tch::{Device, Tensor};
 
 use crate::Result;
 
+pub mod augment;
 pub mod cache;
 pub mod cifar;
 pub mod folder;

@@ -173,6 +173,9 @@ impl Module for BatchNorm2d {
         } else {
             &[0, 2, 3]
         };
+        if let Some(support) = scope.support() {
+            return self.support_norm(scope, x, dims, support);
+        }
         let inputs = self.prepare(scope, x, || batch_moments(x, dims))?;
         let Some(tasks) = scope.tasks() else {
             return self.norm(x, &inputs.per_task(None)?[0]);
@@ -192,6 +195,34 @@ impl Module for BatchNorm2d {
             ys.push(self.norm(xt, nt)?);
         }
         Ok(Tensor::f_cat(&ys, 0)?.f_view(x.size().as_slice())?)
+    }
+}
+
+impl BatchNorm2d {
+    /// Support-only statistics: `x` normalised per task with the mean and biased variance
+    /// (over `dims`) of its first `support` examples, then the affine map. Differentiable.
+    fn support_norm(
+        &self,
+        scope: &mut Scope<'_>,
+        x: &Tensor,
+        dims: &[i64],
+        support: i64,
+    ) -> Result<Tensor> {
+        let batch_dim = dims[0];
+        let s = x.f_narrow(batch_dim, 0, support)?;
+        let mean = s.f_mean_dim(dims, true, Some(x.kind()))?;
+        let var = s.f_var_dim(dims, false, true)?;
+        let mut shape = vec![1; x.dim()];
+        shape[batch_dim as usize + 1] = self.channels;
+        if let Some(t) = scope.tasks() {
+            shape[0] = t;
+        }
+        let weight = scope.param("weight")?.f_reshape(shape.as_slice())?;
+        let bias = scope.param("bias")?.f_reshape(shape.as_slice())?;
+        let normed = x
+            .f_sub(&mean)?
+            .f_mul(&var.f_add_scalar(self.eps)?.f_rsqrt()?)?;
+        Ok(normed.f_mul(&weight)?.f_add(&bias)?)
     }
 }
 

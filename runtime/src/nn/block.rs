@@ -86,8 +86,9 @@ impl Module for ConvBlock {
                 got: x.size(),
             });
         }
-        let Some(tasks) = scope.tasks().filter(|_| self.tasks.per_task(x)) else {
-            // Single task, or the folded kernels: the layers in turn (pooling before the ReLU,
+        let by_task = self.tasks.per_task(x) && scope.support().is_none();
+        let Some(tasks) = scope.tasks().filter(|_| by_task) else {
+            // Single task, the folded kernels or support-only statistics: the layers in turn (pooling before the ReLU,
             // see the module docs).
             let y = scope.child("0", |s| self.conv.forward_scoped(s, x))?;
             let y = scope.child("1", |s| self.bn.forward_scoped(s, &y))?;

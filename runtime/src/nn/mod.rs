@@ -83,6 +83,35 @@ pub trait Module: std::fmt::Debug + Send + Sync {
     ) -> Result<Tensor> {
         self.forward_scoped(&mut Scope::new(params, train, state).with_seeds(seeds), x)
     }
+
+    /// The query's output in eval mode with support-only BatchNorm (meta-test's
+    /// `eval.batchnorm = "support_only"`): every BatchNorm normalises the query with the mean and
+    /// biased variance of the support set's activations at that layer, per task, instead of the
+    /// query's own statistics (transductive). `support` and `query` are `[T, S, ...]` and
+    /// `[T, Q, ...]` (or `[S, ...]`, `[Q, ...]`); they run as one batch, support first, whose
+    /// statistics come from the first S examples of each task. Random layers are off (eval).
+    fn forward_query_with_support_stats(
+        &self,
+        params: &Params,
+        support: &Tensor,
+        query: &Tensor,
+    ) -> Result<Tensor> {
+        let dim = i64::from(params.tasks().is_some());
+        let shots = *support
+            .size()
+            .get(dim as usize)
+            .ok_or_else(|| Error::Shape {
+                op: "forward_query_with_support_stats",
+                expected: "a support set with a batch dimension".to_string(),
+                got: support.size(),
+            })?;
+        let x = Tensor::f_cat(&[support, query], dim)?;
+        let mut scope = Scope::new(params, false, None);
+        scope.support = Some(shots);
+        let y = self.forward_scoped(&mut scope, &x)?;
+        let total = y.size()[dim as usize];
+        Ok(y.f_narrow(dim, shots, total - shots)?)
+    }
 }
 
 /// What a module sees during a forward pass: the parameters, the name prefix of the module
@@ -94,6 +123,9 @@ pub struct Scope<'a> {
     state: Option<&'a mut BnState>,
     /// One seed per task for random layers, when the caller gave them.
     seeds: Option<&'a [u64]>,
+    /// Support-only BatchNorm: the number of leading examples per task whose statistics
+    /// normalise the batch ([`Module::forward_query_with_support_stats`]).
+    support: Option<i64>,
     /// Every parameter's view, split from the flat tensor on the first [`Scope::param`] call
     /// (one split per forward pass, so one concatenation in its backward).
     views: Option<Vec<Tensor>>,
@@ -107,6 +139,7 @@ impl<'a> Scope<'a> {
             train,
             state,
             seeds: None,
+            support: None,
             views: None,
         }
     }
@@ -120,6 +153,11 @@ impl<'a> Scope<'a> {
     /// The task seeds, when the caller passed them.
     pub fn seeds(&self) -> Option<&[u64]> {
         self.seeds
+    }
+
+    /// With support-only BatchNorm, how many leading examples per task are the support set.
+    pub fn support(&self) -> Option<i64> {
+        self.support
     }
 
     pub fn params(&self) -> &Params {
