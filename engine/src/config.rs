@@ -546,7 +546,7 @@ impl TrainConfig {
         let per_task = examples
             .checked_mul(3 * self.task.image_size.max(1).pow(2))
             .filter(|v| *v <= 1 << 32);
-        if self.task.kind != "sinusoid" && per_task.is_none() {
+        if self.is_classification() && per_task.is_none() {
             return Err(err(
                 "task.ways",
                 "ways × (shots + queries) × 3 × image_size² must be <= 2^32 values per task",

@@ -210,7 +210,9 @@ impl Error {
             | Checkpoint { .. }
             | NoUsableCheckpoint { .. }
             | RunDirExists { .. }
-            | RunDirBusy { .. } => true,
+            | RunDirBusy { .. }
+            | Pickle { .. }
+            | Runtime(metaloop_runtime::Error::StartingWeights { .. }) => true,
             Torch(_)
             | Runtime(_)
             | NonFinite { .. }
