@@ -719,17 +719,8 @@ impl FewShot {
                 continue;
             };
             self.split_classes(split)?;
-            let needed = self.shots + self.queries;
             for &class in classes {
-                let stored = self.dataset.stored(class)?;
-                if stored.count < needed {
-                    return Err(Error::TooFewImages {
-                        dataset: self.dataset.name,
-                        class: self.dataset.class_name(class),
-                        images: stored.count,
-                        needed,
-                    });
-                }
+                self.episode_class(class)?;
             }
         }
         Ok(())
@@ -770,6 +761,21 @@ impl FewShot {
         Ok(classes)
     }
 
+    /// The stored class of `class`, if it has the `shots + queries` images an episode takes.
+    fn episode_class(&self, class: ClassRef) -> Result<&StoredClass> {
+        let stored = self.dataset.stored(class)?;
+        let needed = self.shots + self.queries;
+        if stored.count < needed {
+            return Err(Error::TooFewImages {
+                dataset: self.dataset.name,
+                class: self.dataset.class_name(class),
+                images: stored.count,
+                needed,
+            });
+        }
+        Ok(stored)
+    }
+
     /// Fills one task's support and query pixels.
     fn fill(
         &self,
@@ -783,15 +789,7 @@ impl FewShot {
         let chosen = rng.choose_distinct(classes.len(), self.ways);
         for (label, &ci) in chosen.iter().enumerate() {
             let class = classes[ci];
-            let stored = self.dataset.stored(class)?;
-            if stored.count < per_class {
-                return Err(Error::TooFewImages {
-                    dataset: self.dataset.name,
-                    class: self.dataset.class_name(class),
-                    images: stored.count,
-                    needed: per_class,
-                });
-            }
+            let stored = self.episode_class(class)?;
             for (j, pick) in rng
                 .choose_distinct(stored.count, per_class)
                 .into_iter()
