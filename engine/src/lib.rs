@@ -18,6 +18,7 @@
 //! # }
 //! ```
 
+pub mod adaptation;
 pub mod algorithms;
 pub mod bench;
 pub mod checkpoint;
@@ -29,6 +30,7 @@ pub mod fit;
 pub mod loss;
 pub mod rundir;
 pub mod setup;
+pub mod tensorboard;
 pub mod train;
 pub mod workers;
 

@@ -11,8 +11,11 @@
 //! 4.1, after its own "MPI_ABORT was invoked" notice). No rank waits in `MPI_Finalize` for a
 //! failed one. A collective that outlasts `run.collective_timeout_s` ends the job the same way.
 
+mod compare;
 mod config;
+mod data_cmd;
 mod plot;
+mod plot_adaptation;
 mod run;
 mod signals;
 
@@ -68,8 +71,24 @@ enum Command {
         #[arg(long)]
         tasks: Option<usize>,
     },
-    /// Writes PNG learning curves of a run into RUN_DIR/plots/.
+    /// Writes PNG learning curves of a run into RUN_DIR/plots/ (and, for a finished sinusoid
+    /// run, adaptation.png: predictions before and after 1 and 10 inner steps).
     Plot { run_dir: PathBuf },
+    /// Downloads and checks datasets: `data fetch omniglot`, `data check omniglot data/omniglot`.
+    Data {
+        #[command(subcommand)]
+        command: data_cmd::DataCommand,
+    },
+    /// Compares runs: the config keys that differ, meta-test results with 95% CIs, and an
+    /// overlay plot of their learning curves.
+    Compare {
+        /// Run directories (at least two).
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// Where to write the overlay plot.
+        #[arg(long, default_value = "compare.png")]
+        out: PathBuf,
+    },
     /// Starts N ranks of a metaloop command under mpirun, with the flags this machine needs
     /// (root, more ranks than cores, no core binding): `metaloop launch -n 2 -- train --config c.toml`.
     Launch {
@@ -261,6 +280,18 @@ fn dispatch(command: Command, threads_given: bool) -> Result<()> {
             for p in plot::write(&run_dir)? {
                 println!("{}", p.display());
             }
+            if run_dir.join(metaloop_engine::rundir::MODEL).is_file() {
+                if let Some(p) = plot_adaptation::write_for_run(&run_dir)? {
+                    println!("{}", p.display());
+                }
+            }
+            Ok(())
+        }
+        Command::Data { command } => data_cmd::run(command),
+        Command::Compare { runs, out } => {
+            let c = compare::compare(&runs, &out)?;
+            print!("{}", c.table);
+            println!("learning curves: {}", c.plot.display());
             Ok(())
         }
         Command::Demo { iterations, seed } => demo(iterations, seed),

@@ -45,16 +45,16 @@ struct Line {
     val: Option<Val>,
 }
 
-type Series = Vec<(f64, f64)>;
+pub(crate) type Series = Vec<(f64, f64)>;
 
-struct Panel {
-    title: String,
-    y_label: String,
-    log_y: bool,
-    series: Vec<(String, Series)>,
+pub(crate) struct Panel {
+    pub(crate) title: String,
+    pub(crate) y_label: String,
+    pub(crate) log_y: bool,
+    pub(crate) series: Vec<(String, Series)>,
 }
 
-fn register_font() -> Result<()> {
+pub(crate) fn register_font() -> Result<()> {
     static ONCE: Once = Once::new();
     let mut result = Ok(());
     ONCE.call_once(|| {
@@ -229,7 +229,7 @@ fn tick(y: f64) -> String {
     }
 }
 
-fn draw(path: &Path, panels: &[Panel]) -> Result<()> {
+pub(crate) fn draw(path: &Path, panels: &[Panel]) -> Result<()> {
     register_font()?;
     let height = 360 * panels.len() as u32;
     let root = BitMapBackend::new(path, (960, height)).into_drawing_area();

@@ -5,6 +5,8 @@
 //!   built in a temporary directory and renamed into place, so an interrupted set-up leaves
 //!   nothing half-installed. `.libtorch` in the clone links to its `torch` package
 //!   (`.cargo/config.toml` points `LIBTORCH` there).
+//! - TensorBoard (`tensorboard==2.21.0`) in the same venv: tests/tensorboard.rs reads the
+//!   event files metaloop writes back with TensorBoard's own reader.
 //! - Open MPI and libclang (for rsmpi's bindings): installed with apt-get when running as root,
 //!   otherwise the exact command is printed.
 //!
@@ -18,6 +20,8 @@ use std::process::Command;
 pub const TORCH_VERSION: &str = "2.11.0";
 /// Peers used by fixture generators and benchmarks (DESIGN.md: both work with torch 2.11.0).
 const PEERS: &[&str] = &["higher==0.2.1", "torchopt==0.7.3"];
+/// TensorBoard's own event reader, with which tests/tensorboard.rs reads back the run's scalars.
+const TENSORBOARD: &[&str] = &["tensorboard==2.21.0"];
 /// Free space the venv needs: the CUDA-enabled wheel with its NVIDIA packages is about 4.6 GB.
 const VENV_BYTES: u64 = 7 << 30;
 // iproute2: `ip netns` for the two-host test (tests/multihost.rs).
@@ -53,6 +57,13 @@ pub fn run(peers: bool) -> Result<Env> {
     let venv = cache_dir()?.join(format!("torch-{TORCH_VERSION}"));
     let python = venv.join("bin").join("python");
     let torch_dir = ensure_venv(&venv, &python)?;
+    ensure_extra(
+        &venv,
+        &python,
+        "tensorboard",
+        "import tensorboard.backend.event_processing.event_accumulator",
+        TENSORBOARD,
+    )?;
     if peers {
         ensure_peers(&venv, &python)?;
     }
@@ -250,18 +261,30 @@ fn pip_install(python: &Path, packages: &[&str]) -> Result<()> {
 }
 
 fn ensure_peers(venv: &Path, python: &Path) -> Result<()> {
-    let stamp = venv.join(".metaloop-peers-complete");
+    ensure_extra(venv, python, "peers", "import higher, torchopt", PEERS)
+}
+
+/// Installs `packages` into the venv unless `import_check` already succeeds there; a stamp file
+/// named after `what` makes the next set-up skip even the check.
+fn ensure_extra(
+    venv: &Path,
+    python: &Path,
+    what: &str,
+    import_check: &str,
+    packages: &[&str],
+) -> Result<()> {
+    let stamp = venv.join(format!(".metaloop-{what}-complete"));
     if stamp.exists() {
         return Ok(());
     }
     let ok = Command::new(python)
-        .args(["-c", "import higher, torchopt"])
+        .args(["-c", import_check])
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        pip_install(python, PEERS)?;
+        pip_install(python, packages)?;
     }
-    std::fs::write(&stamp, PEERS.join(" "))
+    std::fs::write(&stamp, packages.join(" "))
         .with_context(|| format!("cannot write {}", stamp.display()))?;
     Ok(())
 }

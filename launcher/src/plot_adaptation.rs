@@ -1,0 +1,188 @@
+//! `plots/adaptation.png` of a sinusoid run: the MAML paper's Figure 2.
+//!
+//! One panel per meta-test task (three by default): the true curve, the K support points, and
+//! the model's prediction before adaptation and after 1 and 10 inner SGD steps on those points,
+//! computed by `metaloop_engine::adaptation`. Reads the run's `config.toml` and
+//! `model.safetensors`, writes the PNG, prints nothing.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use metaloop_engine::adaptation::{self, AdaptationCurves, AdaptationSpec};
+use metaloop_engine::config::TrainConfig;
+use metaloop_runtime::{nn, Params};
+use plotters::prelude::*;
+
+use crate::config::bad;
+
+/// The figure's file name under `plots/`.
+pub const FILE: &str = "adaptation.png";
+
+/// Writes `run_dir/plots/adaptation.png` for a finished sinusoid run (its `config.toml` and
+/// `model.safetensors`) and returns its path; `None` when the run is not a sinusoid run.
+/// The inner loop uses the config's `algorithm.inner_lr`; a run that meta-learned its inner
+/// learning rates should call [`write`] with its learned values as overrides instead.
+pub fn write_for_run(run_dir: &Path) -> Result<Option<PathBuf>> {
+    let cfg = crate::config::load(&run_dir.join(metaloop_engine::rundir::CONFIG), &[])?;
+    if cfg.task.kind != "sinusoid" {
+        return Ok(None);
+    }
+    let model = sinusoid_model(&cfg);
+    let kind = if cfg.run.dtype == "f64" {
+        tch::Kind::Double
+    } else {
+        tch::Kind::Float
+    };
+    let weights = run_dir.join(metaloop_engine::rundir::MODEL);
+    if !weights.is_file() {
+        return Err(bad(format!("{}: no such file", weights.display())));
+    }
+    let params = Params::load(
+        std::sync::Arc::new(nn::Module::layout(&model)?),
+        &weights,
+        kind,
+        tch::Device::Cpu,
+    )
+    .with_context(|| weights.display().to_string())?;
+    let spec = AdaptationSpec::figure(
+        cfg.run.seed,
+        cfg.task.shots as usize,
+        cfg.algorithm.inner_lr,
+    );
+    let curves = adaptation::sinusoid(&model, &params, &spec, &[])?;
+    let path = run_dir.join(metaloop_engine::rundir::PLOTS).join(FILE);
+    write(&path, &curves)?;
+    Ok(Some(path))
+}
+
+/// The sinusoid regressor of a config: MLP 1-hidden-1.
+fn sinusoid_model(cfg: &TrainConfig) -> nn::Sequential {
+    let mut sizes = vec![1];
+    sizes.extend(&cfg.model.hidden);
+    sizes.push(1);
+    nn::mlp(&sizes)
+}
+
+/// Draws `curves` into the PNG `path` (its folder is created).
+pub fn write(path: &Path, curves: &[AdaptationCurves]) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    }
+    draw(path, curves).with_context(|| format!("{}: cannot draw the plot", path.display()))
+}
+
+fn draw(path: &Path, curves: &[AdaptationCurves]) -> Result<()> {
+    crate::plot::register_font()?;
+    let panels = curves.len().max(1);
+    let root = BitMapBackend::new(path, (520 * panels as u32, 440)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let step_colors = [BLUE, GREEN, MAGENTA, CYAN, BLACK];
+    for (c, area) in curves.iter().zip(root.split_evenly((1, panels))) {
+        let (y0, y1) = y_range(c);
+        let mut chart = ChartBuilder::on(&area)
+            .caption(
+                format!(
+                    "A = {:.2}, phase = {:.2}, K = {}",
+                    c.task.amplitude,
+                    c.task.phase,
+                    c.support.len()
+                ),
+                ("sans-serif", 18),
+            )
+            .margin(10)
+            .x_label_area_size(36)
+            .y_label_area_size(44)
+            .build_cartesian_2d(-5.0..5.0, y0..y1)?;
+        chart
+            .configure_mesh()
+            .x_desc("x")
+            .y_desc("y")
+            .label_style(("sans-serif", 13))
+            .axis_desc_style(("sans-serif", 14))
+            .draw()?;
+        let grid = || c.grid.iter().copied();
+        chart
+            .draw_series(LineSeries::new(
+                grid().zip(c.truth.iter().copied()),
+                RED.stroke_width(3),
+            ))?
+            .label("ground truth")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(3)));
+        for (i, p) in c.predictions.iter().enumerate() {
+            let color = step_colors[i % step_colors.len()];
+            let name = match p.steps {
+                0 => "pre-update".to_string(),
+                1 => "1 grad step".to_string(),
+                n => format!("{n} grad steps"),
+            };
+            let style = if p.steps == 0 {
+                color.mix(0.6).stroke_width(2)
+            } else {
+                color.stroke_width(2)
+            };
+            chart
+                .draw_series(LineSeries::new(grid().zip(p.y.iter().copied()), style))?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+        }
+        chart
+            .draw_series(
+                c.support
+                    .iter()
+                    .map(|&(x, y)| TriangleMarker::new((x, y), 7, BLACK.filled())),
+            )?
+            .label("support points")
+            .legend(|(x, y)| TriangleMarker::new((x + 10, y), 6, BLACK.filled()));
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 12))
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+/// The y range covering the truth, the support points and the predictions (clamped, so that a
+/// diverged prediction does not flatten the rest).
+fn y_range(c: &AdaptationCurves) -> (f64, f64) {
+    let truth = c.truth.iter().chain(c.support.iter().map(|(_, y)| y));
+    let (lo, hi) = truth.fold((f64::MAX, f64::MIN), |(lo, hi), &y| (lo.min(y), hi.max(y)));
+    let (lo, hi) = if lo <= hi { (lo, hi) } else { (-1.0, 1.0) };
+    let span = (hi - lo).max(1.0);
+    let preds = c.predictions.iter().flat_map(|p| p.y.iter());
+    let (plo, phi) = preds
+        .filter(|y| y.is_finite())
+        .fold((lo, hi), |(a, b), &y| (a.min(y), b.max(y)));
+    let (lo, hi) = (plo.max(lo - span), phi.min(hi + span));
+    let pad = 0.08 * (hi - lo).max(1e-6);
+    (lo - pad, hi + pad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Kind;
+
+    #[test]
+    fn writes_a_png_with_one_panel_per_task() {
+        let model = nn::mlp(&[1, 40, 40, 1]);
+        let params = Params::init(&model, 3, Kind::Float, tch::Device::Cpu).unwrap();
+        let spec = AdaptationSpec::figure(5, 10, 0.01);
+        let curves = adaptation::sinusoid(&model, &params, &spec, &[]).unwrap();
+        let dir = std::env::temp_dir().join(format!("metaloop-adapt-png-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("plots").join(FILE);
+        write(&path, &curves).unwrap();
+        let img = image::open(&path).unwrap();
+        assert_eq!((img.width(), img.height()), (3 * 520, 440));
+        // Not blank: the curves' colours are there.
+        let rgb = img.to_rgb8();
+        let red = rgb.pixels().filter(|p| p.0 == [255, 0, 0]).count();
+        let black = rgb.pixels().filter(|p| p.0 == [0, 0, 0]).count();
+        assert!(red > 500 && black > 100, "red {red}, black {black}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
