@@ -137,8 +137,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // Keep libtorch's freed CPU memory for the next iteration instead of unmapping it (page
-    // faults were 29% of a Conv-4 meta-iteration) and serve tensors from a caching allocator
+    // Keep libtorch's freed CPU memory for the next iteration instead of unmapping it (every
+    // iteration allocates the same activations again, and re-faulting their pages costs time;
+    // benches/README.md has the figures) and serve tensors from a caching allocator
     // (runtime::host_memory). METALOOP_HOST_MEMORY=system keeps libtorch's and glibc's
     // defaults.
     if std::env::var_os("METALOOP_HOST_MEMORY").is_none_or(|v| v != "system") {

@@ -12,8 +12,9 @@ use crate::Result;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ConvTasks {
     /// [`ConvTasks::Grouped`] on CUDA, [`ConvTasks::PerTask`] elsewhere. On CPU a loop over
-    /// tasks measured faster than one grouped convolution (GitHub issue 6: libtorch's CPU kernels
-    /// for grouped convolutions are slow), while on CUDA one grouped kernel beats T launches.
+    /// tasks is faster than one grouped convolution (libtorch's CPU kernels for grouped
+    /// convolutions are slow; benches/README.md), while on CUDA one grouped kernel beats T
+    /// launches.
     #[default]
     Auto,
     /// One convolution with the tasks folded into the channels (`groups = T`).
@@ -143,8 +144,8 @@ impl Module for Conv2d {
             // concatenation, where a `select` per task would zero-fill a whole [T, ...] gradient
             // each), written back with one concatenation. Channels-last (NHWC) throughout:
             // oneDNN's convolutions run on it directly, and libtorch's CPU max-pool and
-            // batch-norm kernels vectorize over channels in it (NCHW max-pool measured 10× slower
-            // on the omniglot workload's maps, benches/README.md); the layers after this one keep
+            // batch-norm kernels vectorize over channels in it (libtorch's NCHW max-pool is much
+            // slower on the omniglot workload's maps, benches/README.md); the layers after this one keep
             // the layout their input has.
             let batch = per_task[0];
             let (xs, ws, bs) = split_tasks(x, &weight, bias.as_ref(), tasks, batch)?;
