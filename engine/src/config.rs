@@ -326,6 +326,9 @@ pub struct LogConfig {
     pub checkpoint_every: u64,
     /// Checkpoints kept.
     pub keep_checkpoints: usize,
+    /// Write a TensorBoard event file into the run directory (the scalars of every metrics
+    /// line and of every validation).
+    pub tensorboard: bool,
 }
 
 impl Default for LogConfig {
@@ -334,6 +337,7 @@ impl Default for LogConfig {
             every: 20,
             checkpoint_every: 500,
             keep_checkpoints: 3,
+            tensorboard: true,
         }
     }
 }

@@ -19,6 +19,7 @@ use serde::Serialize;
 use crate::checkpoint::{self, SamplerState};
 use crate::data::Split;
 use crate::rundir::{self, RunDir};
+use crate::tensorboard::{tags, TensorBoard};
 use crate::train::{EvalReport, StepMetrics, Trainer};
 use crate::{Error, Result};
 
@@ -83,6 +84,8 @@ struct Progress {
     validate: bool,
     /// The iteration whose checkpoint is on disk, if any.
     saved: Option<u64>,
+    /// The run's TensorBoard event file (`log.tensorboard`, on the writing rank).
+    board: Option<TensorBoard>,
 }
 
 impl Trainer {
@@ -103,6 +106,10 @@ impl Trainer {
             tasks_done: 0,
             validate: self.config().eval.every > 0,
             saved: (resumed > 0).then_some(resumed),
+            board: match run.as_deref() {
+                Some(run) if self.config().log.tensorboard => Some(TensorBoard::create(run.path())?),
+                _ => None,
+            },
         };
         let total = self.config().outer.iterations;
         while self.iteration() < total {
@@ -175,6 +182,9 @@ impl Trainer {
                 skipped: m.skipped,
                 val,
             })?;
+            if let Some(board) = p.board.as_mut() {
+                log_scalars(board, m, tasks_per_s, val)?;
+            }
         }
         let every = cfg.log.checkpoint_every;
         if (every > 0 && it.is_multiple_of(every)) || last {
@@ -256,4 +266,33 @@ impl Trainer {
             checkpoint,
         }))
     }
+}
+
+/// The TensorBoard scalars of one metrics line: the step's meta-loss, query accuracy, tasks/s,
+/// gradient norm and learned hyperparameters, and the validation before and after adaptation.
+fn log_scalars(
+    board: &mut TensorBoard,
+    m: &StepMetrics,
+    tasks_per_s: f64,
+    val: Option<&EvalReport>,
+) -> Result<()> {
+    let hparams: Vec<(String, f64)> = m
+        .hparams
+        .iter()
+        .map(|(name, v)| (format!("{}{name}", tags::HPARAM_PREFIX), *v))
+        .collect();
+    let mut values: Vec<(&str, f64)> = vec![
+        (tags::META_LOSS, m.meta_loss),
+        (tags::TASKS_PER_S, tasks_per_s),
+        (tags::GRAD_NORM, m.grad_norm),
+    ];
+    values.extend(m.query_accuracy.map(|a| (tags::QUERY_ACCURACY, a)));
+    values.extend(hparams.iter().map(|(tag, v)| (tag.as_str(), *v)));
+    if let Some(v) = val {
+        values.push((tags::VAL_LOSS_BEFORE, v.loss_before.mean));
+        values.push((tags::VAL_LOSS_AFTER, v.loss_after.mean));
+        values.extend(v.accuracy_before.map(|a| (tags::VAL_ACCURACY_BEFORE, a.mean)));
+        values.extend(v.accuracy_after.map(|a| (tags::VAL_ACCURACY_AFTER, a.mean)));
+    }
+    board.scalars(m.iteration, &values)
 }

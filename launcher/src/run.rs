@@ -321,7 +321,8 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Option<Finished>> {
         model: trainer.write_model(&run)?.display().to_string(),
     };
     run.write_report(&report)?;
-    let plots = crate::plot::write(run.path())?;
+    let mut plots = crate::plot::write(run.path())?;
+    plots.extend(crate::plot_adaptation::write_for_run(run.path())?);
     Ok(Some(Finished {
         run_dir: run.path().to_path_buf(),
         test,
