@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use metaloop_engine::adaptation::{self, AdaptationCurves, AdaptationSpec};
-use metaloop_engine::config::TrainConfig;
+use metaloop_engine::config::{Dtype, TaskKind, TrainConfig};
 use metaloop_runtime::{nn, Params};
 use plotters::prelude::*;
 
@@ -24,11 +24,11 @@ pub const FILE: &str = "adaptation.png";
 /// learning rates should call [`write`] with its learned values as overrides instead.
 pub fn write_for_run(run_dir: &Path) -> Result<Option<PathBuf>> {
     let cfg = crate::config::load(&run_dir.join(metaloop_engine::rundir::CONFIG), &[])?;
-    if cfg.task.kind != "sinusoid" {
+    if cfg.task.kind != TaskKind::Sinusoid {
         return Ok(None);
     }
     let model = sinusoid_model(&cfg);
-    let kind = if cfg.run.dtype == "f64" {
+    let kind = if cfg.run.dtype == Dtype::F64 {
         tch::Kind::Double
     } else {
         tch::Kind::Float
