@@ -63,12 +63,27 @@ choice! {
 choice! {
     /// The task distribution (`task.kind`); `folder` is folder-per-class images.
     TaskKind { Sinusoid = "sinusoid", Omniglot = "omniglot",
-        Miniimagenet = "miniimagenet", Folder = "folder" }
+        Miniimagenet = "miniimagenet", Tieredimagenet = "tieredimagenet", Cifarfs = "cifarfs",
+        Fc100 = "fc100", Folder = "folder" }
 }
 
 choice! {
     /// The model (`model.backbone`).
-    Backbone { Mlp = "mlp", Conv4 = "conv4" }
+    Backbone { Mlp = "mlp", Conv4 = "conv4", Resnet12 = "resnet12" }
+}
+
+choice! {
+    /// Data augmentation of the support images of training tasks (`task.augment`): "standard"
+    /// is MetaOptNet's random crop with padding, horizontal flip and colour jitter
+    /// (`data::augment`), drawn from each task's seed.
+    Augment { None = "none", Standard = "standard" }
+}
+
+choice! {
+    /// How BatchNorm normalises a task's query at meta-test (`eval.batchnorm`): with the query
+    /// batch's own statistics ("transductive", MAML's convention) or with the support set's
+    /// ("support_only").
+    EvalBatchNorm { Transductive = "transductive", SupportOnly = "support_only" }
 }
 
 choice! {
@@ -162,7 +177,7 @@ impl Default for RunConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TaskConfig {
-    /// "sinusoid", "omniglot", "miniimagenet" or "folder".
+    /// "sinusoid", "omniglot", "miniimagenet", "tieredimagenet", "cifarfs", "fc100" or "folder".
     pub kind: TaskKind,
     /// Classes per task (classification).
     pub ways: i64,
@@ -179,6 +194,10 @@ pub struct TaskConfig {
     pub cache_dir: String,
     /// Side of the square images after resizing (28 Omniglot, 84 miniImageNet).
     pub image_size: i64,
+    /// For "cifarfs": the directory of the split's class lists (train.txt, val.txt, test.txt).
+    pub split_dir: Option<String>,
+    /// "none" or "standard" (augments the support images of training tasks).
+    pub augment: Augment,
 }
 
 impl Default for TaskConfig {
@@ -193,6 +212,8 @@ impl Default for TaskConfig {
             test_root: None,
             cache_dir: String::new(),
             image_size: 28,
+            split_dir: None,
+            augment: Augment::None,
         }
     }
 }
@@ -201,12 +222,20 @@ impl Default for TaskConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// "mlp" (regression) or "conv4" (classification).
+    /// "mlp" (regression), "conv4" or "resnet12" (classification).
     pub backbone: Backbone,
     /// Hidden widths of the MLP.
     pub hidden: Vec<i64>,
     /// Filters of each Conv-4 block.
     pub filters: i64,
+    /// The four block widths of ResNet-12.
+    pub widths: Vec<i64>,
+    /// ResNet-12's MetaOptNet regularisation (absent = none).
+    pub dropblock: Option<DropBlockConfig>,
+    /// A safetensors file of PyTorch-named starting weights (`runtime::nn::load_starting_weights`):
+    /// every parameter must be there with its shape, except the head, which stays freshly
+    /// initialised when the file lacks it or has it for another number of ways.
+    pub init_from: Option<String>,
 }
 
 impl Default for ModelConfig {
@@ -215,7 +244,28 @@ impl Default for ModelConfig {
             backbone: Backbone::Mlp,
             hidden: vec![40, 40],
             filters: 64,
+            widths: vec![64, 160, 320, 640],
+            dropblock: None,
+            init_from: None,
         }
+    }
+}
+
+/// `model.dropblock = { rate, size }`: Dropout(rate) after ResNet-12's blocks 1 and 2,
+/// DropBlock(rate, size) after blocks 3 and 4, as MetaOptNet (whose values, 0.1 and 5, are the
+/// defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DropBlockConfig {
+    /// The drop rate, in [0, 1).
+    pub rate: f64,
+    /// DropBlock's block side.
+    pub size: i64,
+}
+
+impl Default for DropBlockConfig {
+    fn default() -> Self {
+        DropBlockConfig { rate: 0.1, size: 5 }
     }
 }
 
@@ -245,6 +295,9 @@ pub struct AlgorithmConfig {
     /// rebuilt in the backward pass: memory independent of activations × steps, about 1.5× the
     /// compute).
     pub memory: Memory,
+    /// With "recompute": keep θ and the optimizer state every this many inner steps and
+    /// recompute the steps between (0 = ceil(sqrt(inner_steps))).
+    pub checkpoint_interval: usize,
 }
 
 impl Default for AlgorithmConfig {
@@ -258,6 +311,7 @@ impl Default for AlgorithmConfig {
             learn_momentum: false,
             multi_step_loss: false,
             memory: Memory::Full,
+            checkpoint_interval: 0,
         }
     }
 }
@@ -303,6 +357,8 @@ pub struct EvalConfig {
     pub test_tasks: usize,
     /// Inner steps at evaluation (0 = the training value).
     pub inner_steps: usize,
+    /// How BatchNorm normalises the query at validation and meta-test.
+    pub batchnorm: EvalBatchNorm,
 }
 
 impl Default for EvalConfig {
@@ -312,6 +368,7 @@ impl Default for EvalConfig {
             val_tasks: 100,
             test_tasks: 600,
             inner_steps: 0,
+            batchnorm: EvalBatchNorm::Transductive,
         }
     }
 }
@@ -374,38 +431,119 @@ fn at_least(key: &str, value: i64, min: i64) -> Result<(), ConfigError> {
 }
 
 impl ModelConfig {
-    /// The backbone fits the task (an MLP for regression, Conv-4 for images) and its sizes.
+    /// The backbone fits the task (an MLP for regression, Conv-4 or ResNet-12 for images) and
+    /// its sizes.
     fn check(&self, classification: bool, kind: TaskKind) -> Result<(), ConfigError> {
         match (classification, self.backbone) {
-            (false, Backbone::Conv4) => {
+            (false, Backbone::Conv4 | Backbone::Resnet12) => {
                 return Err(err(
                     "model.backbone",
-                    "sinusoid regression needs \"mlp\", got \"conv4\"",
+                    format!(
+                        "sinusoid regression needs \"mlp\", got \"{}\"",
+                        self.backbone
+                    ),
                 ))
             }
             (true, Backbone::Mlp) => {
                 return Err(err(
                     "model.backbone",
-                    format!("{kind} needs \"conv4\", got \"mlp\""),
+                    format!("{kind} needs \"conv4\" or \"resnet12\", got \"mlp\""),
                 ))
             }
-            (false, Backbone::Mlp) | (true, Backbone::Conv4) => {}
+            (false, Backbone::Mlp) | (true, Backbone::Conv4 | Backbone::Resnet12) => {}
         }
-        if self.backbone == Backbone::Mlp {
-            if self.hidden.is_empty() {
-                return Err(err("model.hidden", "must list at least one hidden width"));
+        if self.dropblock.is_some() && self.backbone != Backbone::Resnet12 {
+            return Err(err("model.dropblock", "applies to \"resnet12\" only"));
+        }
+        match self.backbone {
+            Backbone::Mlp => widths("model.hidden", &self.hidden),
+            Backbone::Conv4 => at_least("model.filters", self.filters, 1),
+            Backbone::Resnet12 => self.check_resnet12(),
+        }
+    }
+
+    fn check_resnet12(&self) -> Result<(), ConfigError> {
+        if self.widths.len() != 4 {
+            return Err(err(
+                "model.widths",
+                format!("must list 4 block widths, got {}", self.widths.len()),
+            ));
+        }
+        widths("model.widths", &self.widths)?;
+        if let Some(d) = &self.dropblock {
+            if !(0.0..1.0).contains(&d.rate) {
+                return Err(err(
+                    "model.dropblock.rate",
+                    format!("must be in [0, 1), got {}", d.rate),
+                ));
             }
-            if let Some(h) = self.hidden.iter().find(|h| **h < 1) {
-                return Err(err("model.hidden", format!("widths must be >= 1, got {h}")));
+            at_least("model.dropblock.size", d.size, 1)?;
+        }
+        Ok(())
+    }
+}
+
+/// A non-empty list of widths >= 1.
+fn widths(key: &str, list: &[i64]) -> Result<(), ConfigError> {
+    if list.is_empty() {
+        return Err(err(key, "must list at least one width"));
+    }
+    match list.iter().find(|h| **h < 1) {
+        Some(h) => Err(err(key, format!("widths must be >= 1, got {h}"))),
+        None => Ok(()),
+    }
+}
+
+impl TaskConfig {
+    /// The task's sizes, and the keys its kind needs.
+    fn check(&self) -> Result<(), ConfigError> {
+        at_least("task.shots", self.shots, 1)?;
+        at_least("task.queries", self.queries, 1)?;
+        if self.kind != TaskKind::Sinusoid {
+            at_least("task.ways", self.ways, 2)?;
+            at_least("task.image_size", self.image_size, 8)?;
+            if self.root.is_empty() {
+                return Err(err(
+                    "task.root",
+                    format!("must name the {} dataset directory", self.kind),
+                ));
             }
-        } else {
-            at_least("model.filters", self.filters, 1)?;
+            if self.kind == TaskKind::Cifarfs && self.split_dir.is_none() {
+                return Err(err(
+                    "task.split_dir",
+                    "cifarfs needs the directory of train.txt, val.txt and test.txt",
+                ));
+            }
+            let cifar = matches!(self.kind, TaskKind::Cifarfs | TaskKind::Fc100);
+            if cifar && self.image_size != 32 {
+                return Err(err(
+                    "task.image_size",
+                    format!(
+                        "{} images are 32×32: must be 32, got {}",
+                        self.kind, self.image_size
+                    ),
+                ));
+            }
+        } else if self.augment != Augment::None {
+            return Err(err(
+                "task.augment",
+                "applies to image tasks only; use \"none\"",
+            ));
         }
         Ok(())
     }
 }
 
 impl AlgorithmConfig {
+    /// The recompute mode's checkpoint interval: `algorithm.checkpoint_interval`, or
+    /// ceil(sqrt(inner_steps)) when 0 (the interval that balances stored and recomputed steps).
+    pub fn checkpoint_interval(&self) -> usize {
+        match self.checkpoint_interval {
+            0 => (1..).find(|k| k * k >= self.inner_steps).unwrap_or(1),
+            k => k,
+        }
+    }
+
     /// The options an algorithm cannot take: learned hyperparameters and the multi-step loss
     /// need a second-order meta-gradient, recompute one set of hyperparameters for every step.
     fn check_combination(&self) -> Result<(), ConfigError> {
@@ -420,10 +558,15 @@ impl AlgorithmConfig {
         if let (true, Some(why)) = (learns, refused) {
             return Err(err("algorithm.name", why));
         }
-        if self.memory == Memory::Recompute
-            && (!matches!(self.name, Maml | Metasgd | Anil) || self.multi_step_loss)
-        {
-            return Err(err("algorithm.memory", "\"recompute\" applies to second-order maml, metasgd and anil without multi_step_loss"));
+        if self.memory == Memory::Recompute && !matches!(self.name, Maml | Metasgd | Anil) {
+            return Err(err(
+                "algorithm.memory",
+                "\"recompute\" applies to second-order maml, metasgd and anil",
+            ));
+        }
+        if self.memory == Memory::Recompute && self.multi_step_loss {
+            // runtime::adjoint's pass starts from one meta-loss on the adapted weights θ_N.
+            return Err(err("algorithm.multi_step_loss", "not available with memory = \"recompute\" (its adjoint pass takes one loss on the adapted weights); use memory = \"full\""));
         }
         if self.learn_lr && matches!(self.name, Metasgd | Lslr) {
             return Err(err(
@@ -451,20 +594,8 @@ impl TrainConfig {
         if self.run.out_dir.is_empty() {
             return Err(err("run.out_dir", "must not be empty"));
         }
-        at_least("task.shots", self.task.shots, 1)?;
-        at_least("task.queries", self.task.queries, 1)?;
+        self.task.check()?;
         let classification = self.is_classification();
-        if classification {
-            at_least("task.ways", self.task.ways, 2)?;
-            at_least("task.image_size", self.task.image_size, 8)?;
-            if self.task.root.is_empty() {
-                return Err(err(
-                    "task.root",
-                    format!("must name the {} dataset directory", self.task.kind),
-                ));
-            }
-        }
-
         self.model.check(classification, self.task.kind)?;
 
         at_least(
@@ -506,7 +637,7 @@ impl TrainConfig {
     fn validate_upper_bounds(&self) -> Result<(), ConfigError> {
         const SIZE: i64 = 1 << 16;
         const COUNT: i64 = 1 << 24;
-        let checks: [(&str, i64, i64); 14] = [
+        let checks: [(&str, i64, i64); 16] = [
             ("task.ways", self.task.ways, SIZE),
             ("task.shots", self.task.shots, SIZE),
             ("task.queries", self.task.queries, SIZE),
@@ -531,6 +662,16 @@ impl TrainConfig {
                 to_i64(self.log.keep_checkpoints),
                 COUNT,
             ),
+            (
+                "algorithm.checkpoint_interval",
+                to_i64(self.algorithm.checkpoint_interval),
+                COUNT,
+            ),
+            (
+                "model.dropblock.size",
+                self.model.dropblock.as_ref().map_or(0, |d| d.size),
+                SIZE,
+            ),
             ("run.threads", to_i64(self.run.threads), 1 << 12),
             ("run.workers", to_i64(self.run.workers), 1 << 12),
         ];
@@ -539,11 +680,13 @@ impl TrainConfig {
                 return Err(err(key, format!("must be <= {max}, got {value}")));
             }
         }
-        if let Some(h) = self.model.hidden.iter().find(|h| **h > SIZE) {
-            return Err(err(
-                "model.hidden",
-                format!("widths must be <= {SIZE}, got {h}"),
-            ));
+        for (key, list) in [
+            ("model.hidden", &self.model.hidden),
+            ("model.widths", &self.model.widths),
+        ] {
+            if let Some(h) = list.iter().find(|h| **h > SIZE) {
+                return Err(err(key, format!("widths must be <= {SIZE}, got {h}")));
+            }
         }
         // One task's examples: ways × (shots + queries) images of 3 × size × size values.
         let examples = self.task.ways.max(1) * (self.task.shots + self.task.queries);

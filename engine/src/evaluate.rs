@@ -7,7 +7,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::algorithms::{adapt, query_losses};
+use crate::algorithms::adapt;
 use crate::data::{MetaBatch, Split};
 use crate::loss::TaskLosses;
 use crate::setup::rank_slice;
@@ -45,14 +45,14 @@ impl Trainer {
 
     /// Rows `[T, 4]` (f64, CPU) of loss before, loss after, accuracy before, accuracy after.
     fn evaluate_batch(&self, batch: &MetaBatch) -> Result<Tensor> {
-        let shard = self.shard();
+        let shard = self.shard(batch);
         let t = batch.len() as i64;
         let theta = self.theta.expand_tasks(t)?;
-        let before: TaskLosses =
-            tch::no_grad(|| shard.losses(&theta, &batch.query_x, &batch.query_y))?;
+        let bn = self.cfg.eval.batchnorm;
+        let before: TaskLosses = tch::no_grad(|| shard.test_query_losses(&theta, batch, bn))?;
         let steps = self.cfg.eval_inner_steps();
         let inner = adapt(&shard, batch, steps, false, |_, _| Ok(()))?;
-        let after = tch::no_grad(|| query_losses(&shard, &inner, batch))?;
+        let after = tch::no_grad(|| shard.test_query_losses(inner.params(), batch, bn))?;
         let zeros = Tensor::f_zeros([t], (self.kind, self.device))?;
         let cols = [
             before.loss,

@@ -106,6 +106,11 @@ impl Loss for CrossEntropy {
 pub fn for_task(kind: TaskKind) -> Box<dyn Loss> {
     match kind {
         TaskKind::Sinusoid => Box::new(Mse),
-        TaskKind::Omniglot | TaskKind::Miniimagenet | TaskKind::Folder => Box::new(CrossEntropy),
+        TaskKind::Omniglot
+        | TaskKind::Miniimagenet
+        | TaskKind::Tieredimagenet
+        | TaskKind::Cifarfs
+        | TaskKind::Fc100
+        | TaskKind::Folder => Box::new(CrossEntropy),
     }
 }

@@ -5,10 +5,11 @@
 //! Loading image datasets reads (and caches) files; nothing here prints.
 
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use metaloop_runtime::nn::{self, Module};
+use metaloop_runtime::Params;
 use tch::{Device, Kind};
 
 use crate::config::{Backbone, DeviceChoice, Dtype, TaskKind, TrainConfig};
@@ -66,6 +67,18 @@ pub fn task_source(cfg: &TrainConfig) -> Result<Arc<dyn TaskSource>> {
             c.size = size;
             data::miniimagenet::load(&c)?
         }
+        TaskKind::Tieredimagenet => {
+            let mut c = data::tieredimagenet::TieredImageNetConfig::new(&t.root);
+            c.cache_dir = cache_dir(cfg);
+            c.size = size;
+            data::tieredimagenet::load(&c)?
+        }
+        TaskKind::Cifarfs => {
+            // Validation made sure split_dir is set.
+            let split_dir = t.split_dir.as_deref().unwrap_or_default();
+            data::cifar::load_cifar_fs(Path::new(&t.root), Path::new(split_dir))?
+        }
+        TaskKind::Fc100 => data::cifar::load_fc100(Path::new(&t.root))?,
         TaskKind::Folder => {
             let mut c = data::folder::FolderConfig::new(&t.root, ImageSpec::rgb(size));
             c.val = t.val_root.as_ref().map(PathBuf::from);
@@ -85,21 +98,71 @@ pub fn task_source(cfg: &TrainConfig) -> Result<Arc<dyn TaskSource>> {
 }
 
 /// The backbone the config names, for inputs of `input_channels` channels.
-pub fn build_model(cfg: &TrainConfig, input_channels: i64) -> Box<dyn Module> {
+pub fn build_model(cfg: &TrainConfig, input_channels: i64) -> Result<Box<dyn Module>> {
     match cfg.model.backbone {
         Backbone::Mlp => {
             let mut sizes = vec![1];
             sizes.extend(&cfg.model.hidden);
             sizes.push(1);
-            Box::new(nn::mlp(&sizes))
+            Ok(Box::new(nn::mlp(&sizes)))
         }
-        Backbone::Conv4 => Box::new(nn::conv4_sized(
+        Backbone::Conv4 => Ok(Box::new(nn::conv4_sized(
             input_channels,
             cfg.task.ways,
             cfg.model.filters,
             cfg.task.image_size,
-        )),
+        ))),
+        Backbone::Resnet12 => Ok(Box::new(resnet12(cfg, input_channels)?)),
     }
+}
+
+/// ResNet-12 with `model.widths` and, when set, `model.dropblock`.
+fn resnet12(cfg: &TrainConfig, input_channels: i64) -> Result<nn::ResNet12> {
+    let m = &cfg.model;
+    let widths: [i64; 4] = m.widths.as_slice().try_into().map_err(|_| {
+        Error::Config(crate::config::ConfigError {
+            key: "model.widths".into(),
+            message: format!("must list 4 block widths, got {}", m.widths.len()),
+        })
+    })?;
+    let net = nn::ResNet12::new(widths, cfg.task.ways, input_channels);
+    Ok(match &m.dropblock {
+        Some(d) => net.dropblock(d.rate, d.size)?,
+        None => net,
+    })
+}
+
+/// θ0: the seeded initialisation of `model`, or the `model.init_from` file's weights over it.
+/// The head (the parameters of the last module, e.g. `classifier.weight` and `classifier.bias`)
+/// stays freshly initialised where the file lacks it or has it for another number of ways.
+pub fn initial_params(
+    cfg: &TrainConfig,
+    model: &dyn Module,
+    kind: Kind,
+    device: Device,
+) -> Result<Params> {
+    let theta = Params::init(model, cfg.run.seed, kind, device)?;
+    let Some(path) = &cfg.model.init_from else {
+        return Ok(theta);
+    };
+    let layout = theta.layout().clone();
+    let module = |name: &str| name.rsplit_once('.').map_or("", |(m, _)| m).to_string();
+    let last = layout.names().last().map(module).unwrap_or_default();
+    let head: Vec<String> = layout
+        .names()
+        .filter(|n| module(n) == last)
+        .map(str::to_string)
+        .collect();
+    let loaded = nn::load_starting_weights(
+        layout,
+        Path::new(path),
+        "",
+        &head,
+        cfg.run.seed,
+        kind,
+        device,
+    )?;
+    Ok(loaded.params)
 }
 
 /// The contiguous slice of `0..total` that rank `rank` of `size` takes (sizes differ by at most 1).

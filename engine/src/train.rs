@@ -16,8 +16,8 @@
 //! This module never prints and never touches files (engine::fit does, for the run directory).
 
 use crate::algorithms::{self, Algorithm, Learned, Shard};
-use crate::config::{OuterOptimizer, TrainConfig};
-use crate::data::{MetaBatch, PrefetchConfig, Prefetcher, Split, TaskSource};
+use crate::config::{Augment, OuterOptimizer, TrainConfig};
+use crate::data::{augment, task_seed, MetaBatch, PrefetchConfig, Prefetcher, Split, TaskSource};
 use crate::loss::{self, Loss};
 use crate::setup;
 use crate::workers::Workers;
@@ -124,6 +124,10 @@ pub struct Trainer {
     fused: bool,
 }
 
+/// Separates the random layers' mask seeds from the task-sampling and augmentation streams of
+/// the same task seed.
+const MASKS: u64 = 0x6d61_736b_7365_6564;
+
 /// Builds a [`Trainer`] from a config, with any part replaced: the model, the task source, the
 /// loss, the algorithm and the communicator (one rank alone by default).
 pub struct TrainerBuilder {
@@ -200,16 +204,19 @@ impl TrainerBuilder {
             Some(s) => s,
             None => setup::task_source(&cfg)?,
         };
-        let model = self.model.unwrap_or_else(|| {
-            let channels = source.input_shape().first().copied().unwrap_or(1);
-            setup::build_model(&cfg, channels)
-        });
+        let model = match self.model {
+            Some(m) => m,
+            None => {
+                let channels = source.input_shape().first().copied().unwrap_or(1);
+                setup::build_model(&cfg, channels)?
+            }
+        };
         let comm = self.communicator.unwrap_or_else(|| Box::new(Local));
         let loss = self.loss.unwrap_or_else(|| loss::for_task(cfg.task.kind));
         let algorithm = self
             .algorithm
             .unwrap_or_else(|| algorithms::build(cfg.algorithm.name));
-        let theta = Params::init(model.as_ref(), cfg.run.seed, kind, device)?;
+        let theta = setup::initial_params(&cfg, model.as_ref(), kind, device)?;
         let learned = algorithm.learned(&cfg.algorithm, theta.layout(), (kind, device))?;
         let frozen = algorithm.frozen(theta.layout());
         let outer: Box<dyn Optimizer> = match cfg.outer.optimizer {
@@ -377,8 +384,8 @@ impl Trainer {
         Ok(b)
     }
 
-    /// A worker's view of this trainer (see [`Shard`]).
-    pub(crate) fn shard(&self) -> Shard<'_> {
+    /// A worker's view of this trainer for the tasks of `batch` (see [`Shard`]).
+    pub(crate) fn shard(&self, batch: &MetaBatch) -> Shard<'_> {
         Shard {
             algorithm: &self.cfg.algorithm,
             iterations: self.cfg.outer.iterations,
@@ -391,6 +398,11 @@ impl Trainer {
             frozen: &self.frozen,
             iteration: self.iteration,
             fused: self.fused,
+            seeds: batch
+                .tasks
+                .clone()
+                .map(|i| task_seed(self.cfg.run.seed, Split::Train, batch.iteration, i) ^ MASKS)
+                .collect(),
         }
     }
 
@@ -407,7 +419,10 @@ impl Trainer {
             .workers
             .chunks(batch.len())
             .iter()
-            .map(|r| Ok((self.shard(), batch.slice(r.clone())?)))
+            .map(|r| {
+                let b = batch.slice(r.clone())?;
+                Ok((self.shard(&b), b))
+            })
             .collect::<Result<Vec<_>>>()?;
         let mut parts = self
             .workers
@@ -441,7 +456,27 @@ impl Trainer {
             );
         }
         let batch = self.prefetcher.as_mut().expect("just made").next_batch()?;
+        let batch = self.augment(batch)?;
         self.prepare(batch)
+    }
+
+    /// `task.augment` on the support images of a training batch: each task's images from its
+    /// own seed (`data::task_seed` of the run seed, the iteration and the global task index), so
+    /// that 1 and N ranks augment a task alike.
+    fn augment(&self, mut b: MetaBatch) -> Result<MetaBatch> {
+        match self.cfg.task.augment {
+            Augment::None => {}
+            Augment::Standard => {
+                let seeds: Vec<u64> = b
+                    .tasks
+                    .clone()
+                    .map(|i| task_seed(self.cfg.run.seed, Split::Train, b.iteration, i))
+                    .collect();
+                b.support_x = augment::Standard::for_side(self.cfg.task.image_size)
+                    .apply_tasks(&b.support_x, &seeds)?;
+            }
+        }
+        Ok(b)
     }
 
     /// This rank's part of an iteration's all-reduce buffer: its meta-gradient, [Σ loss, Σ

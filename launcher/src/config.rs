@@ -315,6 +315,47 @@ mod tests {
     }
 
     #[test]
+    fn the_resnet12_dataset_and_protocol_keys_are_read_and_checked() {
+        let base = "[task]\nkind = \"cifarfs\"\nroot = \"r\"\nimage_size = 32\n\
+                    split_dir = \"s\"\naugment = \"standard\"\n[model]\nbackbone = \"resnet12\"\n\
+                    widths = [8, 16, 16, 16]\ndropblock = { rate = 0.1, size = 2 }\n\
+                    [algorithm]\nmemory = \"recompute\"\ninner_steps = 5\n\
+                    [eval]\nbatchnorm = \"support_only\"\n";
+        let cfg = resolve("c.toml", base, &[]).unwrap();
+        assert_eq!(cfg.model.widths, [8, 16, 16, 16]);
+        assert_eq!(cfg.algorithm.checkpoint_interval(), 3, "ceil(sqrt(5))");
+        let set = |s: &str| err(base, &[s]);
+        let w = set("model.widths=[8,16,16]");
+        assert!(
+            w.ends_with("model.widths: must list 4 block widths, got 3"),
+            "{w}"
+        );
+        assert!(
+            set("model.dropblock.rate=1.5")
+                .ends_with("model.dropblock.rate: must be in [0, 1), got 1.5"),
+            "{}",
+            set("model.dropblock.rate=1.5")
+        );
+        assert!(set("task.image_size=84")
+            .ends_with("task.image_size: cifarfs images are 32×32: must be 32, got 84"));
+        assert!(set("eval.batchnorm=\"query\"").ends_with(
+            "eval.batchnorm: must be one of \"transductive\", \"support_only\", got \"query\""
+        ));
+        assert!(set("task.augment=\"heavy\"")
+            .ends_with("task.augment: must be one of \"none\", \"standard\", got \"heavy\""));
+        assert!(set("algorithm.multi_step_loss=true").ends_with(
+            "algorithm.multi_step_loss: not available with memory = \"recompute\" (its adjoint pass takes one loss on the adapted weights); use memory = \"full\""
+        ));
+        let no_split = err(&base.replace("split_dir = \"s\"\n", ""), &[]);
+        assert!(
+            no_split.ends_with(
+                "task.split_dir: cifarfs needs the directory of train.txt, val.txt and test.txt"
+            ),
+            "{no_split}"
+        );
+    }
+
+    #[test]
     fn every_committed_config_parses_and_validates() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
         let mut names = Vec::new();
@@ -331,13 +372,19 @@ mod tests {
         assert_eq!(
             names,
             [
+                "cifarfs_resnet12_5way_1shot",
+                "cifarfs_resnet12_5way_5shot",
                 "miniimagenet_5way_1shot",
                 "miniimagenet_5way_5shot",
+                "miniimagenet_resnet12_5way_1shot",
+                "miniimagenet_resnet12_5way_5shot",
                 "omniglot_20way_1shot",
                 "omniglot_20way_5shot",
                 "omniglot_5way_1shot",
                 "omniglot_5way_5shot",
-                "sinusoid"
+                "sinusoid",
+                "tieredimagenet_resnet12_5way_1shot",
+                "tieredimagenet_resnet12_5way_5shot"
             ]
         );
     }

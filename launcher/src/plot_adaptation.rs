@@ -28,7 +28,7 @@ pub fn write_for_run(run_dir: &Path) -> Result<Option<PathBuf>> {
     if cfg.task.kind != TaskKind::Sinusoid {
         return Ok(None);
     }
-    let model = metaloop_engine::setup::build_model(&cfg, 1);
+    let model = metaloop_engine::setup::build_model(&cfg, 1)?;
     let weights = run_dir.join(metaloop_engine::rundir::MODEL);
     if !weights.is_file() {
         return Err(bad(format!("{}: no such file", weights.display())));

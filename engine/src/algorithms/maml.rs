@@ -131,6 +131,7 @@ pub fn recompute(shard: &Shard, batch: &MetaBatch, global_tasks: f64) -> MetaGra
         tracing::info_span!("inner_loop", steps = a.inner_steps, memory = "recompute").entered();
     let mut mg = MetaGradient::new(shard.inner_optimizer())
         .tasks(batch.len() as i64)
+        .checkpoint_interval(a.checkpoint_interval())
         .freeze(shard.frozen);
     for h in shard.learned() {
         mg = mg.override_hparam(&h.name, &h.tensor);

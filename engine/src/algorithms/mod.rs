@@ -26,7 +26,7 @@ use metaloop_runtime::StepOptions;
 use metaloop_runtime::{InnerLoop, Layout, Params};
 use tch::{Device, Kind, Tensor};
 
-use crate::config::{AlgorithmConfig, AlgorithmName, Memory};
+use crate::config::{AlgorithmConfig, AlgorithmName, EvalBatchNorm, Memory};
 use crate::data::MetaBatch;
 use crate::loss::{Loss, TaskLosses};
 use crate::{Error, Result};
@@ -164,6 +164,9 @@ pub struct Shard<'a> {
     pub(crate) frozen: &'a [String],
     pub(crate) iteration: u64,
     pub(crate) fused: bool,
+    /// One seed per task of the batch, for random layers (Dropout, DropBlock): the same masks
+    /// at every inner step and at the query, so a recomputed step sees the masks it saw.
+    pub(crate) seeds: Vec<u64>,
 }
 
 impl<'a> Shard<'a> {
@@ -208,9 +211,33 @@ impl<'a> Shard<'a> {
         x: &Tensor,
         y: &Tensor,
     ) -> metaloop_runtime::Result<TaskLosses> {
-        Ok(self
-            .loss
-            .task_losses(&self.model.forward(params, x, true)?, y)?)
+        Ok(self.loss.task_losses(&self.forward(params, x)?, y)?)
+    }
+
+    /// The query losses of `params` (`[T, P]`) at meta-test: BatchNorm with the query's own
+    /// statistics (`eval.batchnorm = "transductive"`, as in training) or with the support set's
+    /// (`"support_only"`, random layers off).
+    pub fn test_query_losses(
+        &self,
+        params: &Params,
+        batch: &MetaBatch,
+        batchnorm: EvalBatchNorm,
+    ) -> Result<TaskLosses> {
+        let logits = match batchnorm {
+            EvalBatchNorm::Transductive => self.forward(params, &batch.query_x)?,
+            EvalBatchNorm::SupportOnly => self.model.forward_query_with_support_stats(
+                params,
+                &batch.support_x,
+                &batch.query_x,
+            )?,
+        };
+        Ok(self.loss.task_losses(&logits, &batch.query_y)?)
+    }
+
+    /// The model's output for `params` (`[T, P]`) on `x`, in training mode with the tasks' seeds.
+    pub fn forward(&self, params: &Params, x: &Tensor) -> metaloop_runtime::Result<Tensor> {
+        self.model
+            .forward_seeded(params, x, true, None, &self.seeds)
     }
 
     /// The inner optimizer: SGD with the configured lr and momentum.
@@ -269,9 +296,10 @@ pub fn adapt<'a>(
     let _s = tracing::info_span!("inner_loop", steps).entered();
     let mut inner = shard.inner_loop(batch.len() as i64, track)?;
     for s in 0..steps {
-        let support = shard
-            .loss
-            .task_losses(&inner.forward(&batch.support_x)?, &batch.support_y)?;
+        let support = shard.loss.task_losses(
+            &shard.forward(inner.params(), &batch.support_x)?,
+            &batch.support_y,
+        )?;
         inner.step_with(&support.total(shard.kind)?, shard.step_options(s)?)?;
         after(s, &inner)?;
     }
@@ -284,9 +312,10 @@ pub fn query_losses(
     inner: &InnerLoop<'_>,
     batch: &MetaBatch,
 ) -> Result<TaskLosses> {
-    Ok(shard
-        .loss
-        .task_losses(&inner.forward(&batch.query_x)?, &batch.query_y)?)
+    Ok(shard.loss.task_losses(
+        &shard.forward(inner.params(), &batch.query_x)?,
+        &batch.query_y,
+    )?)
 }
 
 /// The gradients of `objective` w.r.t. each of `inputs` (zeros where it does not depend on one).
