@@ -152,13 +152,15 @@ fn train_writes_config_metrics_checkpoints_report_model_and_plot() {
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
 
     // `metaloop plot` redraws it and prints its path.
+    // `plot` redraws the learning curves and, for a sinusoid run, the adaptation figure.
     let stdout = ok(&metaloop(&dir, &["plot", "runs/tiny"]));
-    assert_eq!(
-        stdout.trim(),
-        Path::new("runs/tiny/plots/learning_curves.png")
-            .display()
-            .to_string()
-    );
+    let plots: Vec<&str> = stdout.lines().collect();
+    let expected: Vec<String> = ["learning_curves.png", "adaptation.png"]
+        .iter()
+        .map(|f| Path::new("runs/tiny/plots").join(f).display().to_string())
+        .collect();
+    assert_eq!(plots, expected);
+    assert!(run.join("plots/adaptation.png").is_file());
 
     // `eval` on a manifest, and on the run directory (its latest checkpoint).
     let stdout = ok(&metaloop(
