@@ -556,6 +556,25 @@ mod tests {
         iteration: 0,
     };
 
+    /// A fresh `name` directory with checkpoints 1 and 2 (θ = 1, 2, 3 and 2, 3, 4).
+    fn two_checkpoints(name: &str) -> PathBuf {
+        let dir = scratch_dir(name);
+        write(&dir, 1, &tensors(1.0), "cfg", SAMPLER, 3).unwrap();
+        write(&dir, 2, &tensors(2.0), "cfg", SAMPLER, 3).unwrap();
+        dir
+    }
+
+    /// The latest usable checkpoint of `dir`, asserted to be checkpoint 1 with a first warning
+    /// that contains each of `named`.
+    fn fell_back_to_the_first(dir: &Path, named: &[&str]) -> Checkpoint {
+        let ckpt = latest(dir).unwrap().unwrap();
+        assert_eq!(ckpt.manifest.iteration, 1);
+        for n in named {
+            assert!(ckpt.warnings[0].contains(n), "{}", ckpt.warnings[0]);
+        }
+        ckpt
+    }
+
     #[test]
     fn write_then_read_round_trips_every_tensor_and_the_manifest() {
         let dir = scratch_dir("roundtrip");
@@ -623,37 +642,22 @@ mod tests {
 
     #[test]
     fn a_truncated_newest_checkpoint_falls_back_to_the_previous_with_a_warning() {
-        let dir = scratch_dir("truncated");
-        write(&dir, 1, &tensors(1.0), "cfg", SAMPLER, 3).unwrap();
-        write(&dir, 2, &tensors(2.0), "cfg", SAMPLER, 3).unwrap();
+        let dir = two_checkpoints("truncated");
         let newest = dir.join(tensors_name(2));
         let bytes = fs::read(&newest).unwrap();
         fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
-        let ckpt = latest(&dir).unwrap().unwrap();
-        assert_eq!(ckpt.manifest.iteration, 1);
+        let ckpt = fell_back_to_the_first(&dir, &["ckpt-000000002.safetensors", "truncated"]);
         assert_eq!(
             Vec::<f64>::try_from(ckpt.tensor("theta").unwrap()).unwrap(),
             vec![1.0, 2.0, 3.0]
         );
         assert_eq!(ckpt.warnings.len(), 1);
-        assert!(
-            ckpt.warnings[0].contains("ckpt-000000002.safetensors"),
-            "{}",
-            ckpt.warnings[0]
-        );
-        assert!(
-            ckpt.warnings[0].contains("truncated"),
-            "{}",
-            ckpt.warnings[0]
-        );
         fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_corrupt_newest_checkpoint_of_the_right_size_is_caught_by_its_sha256() {
-        let dir = scratch_dir("corrupt");
-        write(&dir, 1, &tensors(1.0), "cfg", SAMPLER, 3).unwrap();
-        write(&dir, 2, &tensors(2.0), "cfg", SAMPLER, 3).unwrap();
+        let dir = two_checkpoints("corrupt");
         let newest = dir.join(tensors_name(2));
         let mut bytes = fs::read(&newest).unwrap();
         let last = bytes.len() - 1;
@@ -663,25 +667,15 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("sha256"));
-        let ckpt = latest(&dir).unwrap().unwrap();
-        assert_eq!(ckpt.manifest.iteration, 1);
-        assert!(ckpt.warnings[0].contains("ckpt-000000002.safetensors"));
+        fell_back_to_the_first(&dir, &["ckpt-000000002.safetensors"]);
         fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_garbled_manifest_is_skipped_and_named() {
-        let dir = scratch_dir("manifest");
-        write(&dir, 1, &tensors(1.0), "cfg", SAMPLER, 3).unwrap();
-        write(&dir, 2, &tensors(2.0), "cfg", SAMPLER, 3).unwrap();
+        let dir = two_checkpoints("manifest");
         fs::write(dir.join(manifest_name(2)), b"{\"format\": 1, \"iterat").unwrap();
-        let ckpt = latest(&dir).unwrap().unwrap();
-        assert_eq!(ckpt.manifest.iteration, 1);
-        assert!(
-            ckpt.warnings[0].contains("ckpt-000000002.json"),
-            "{}",
-            ckpt.warnings[0]
-        );
+        fell_back_to_the_first(&dir, &["ckpt-000000002.json"]);
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde_json::Value;
 
-use crate::config::{bad, io_words};
+use crate::config::{bad, dotted, io_words};
 use crate::plot::{Panel, Series};
 
 /// What `compare` found: the table (text) and the plot written.
@@ -78,7 +78,10 @@ fn read_run(dir: &Path) -> Result<Run> {
     let text = std::fs::read_to_string(&metrics_path)
         .map_err(|e| bad(format!("{}: {}", metrics_path.display(), io_words(&e))))?;
     let (mut meta_loss, mut val_after) = (Series::new(), Series::new());
-    for line in text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()) {
+    for line in text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    {
         let Some(x) = line.get("iteration").and_then(Value::as_f64) else {
             continue;
         };
@@ -104,12 +107,7 @@ fn flatten(v: &Value, prefix: &str, out: &mut BTreeMap<String, String>) {
     match v {
         Value::Object(map) => {
             for (k, child) in map {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(child, &key, out);
+                flatten(child, &dotted(prefix, k), out);
             }
         }
         other => {
@@ -142,9 +140,11 @@ fn table(runs: &[Run]) -> String {
     let mut rows = vec![header];
     for r in runs {
         let mut row = vec![r.name.clone()];
-        row.extend(differing.iter().map(|k| {
-            r.config.get(*k).cloned().unwrap_or_else(|| "-".into())
-        }));
+        row.extend(
+            differing
+                .iter()
+                .map(|k| r.config.get(*k).cloned().unwrap_or_else(|| "-".into())),
+        );
         let test = r.test.as_ref();
         let metric = test.and_then(|t| t.get("metric")).and_then(Value::as_str);
         row.push(metric.unwrap_or("-").to_string());
@@ -174,25 +174,32 @@ fn table(runs: &[Run]) -> String {
 }
 
 fn panels(runs: &[Run]) -> Vec<Panel> {
-    let mut out = vec![Panel {
-        title: "Training meta-loss (query loss after adaptation)".into(),
-        y_label: "meta-loss".into(),
-        log_y: runs.iter().all(|r| r.meta_loss.iter().all(|(_, y)| *y > 0.0)),
-        series: runs
-            .iter()
-            .map(|r| (r.name.clone(), r.meta_loss.clone()))
-            .collect(),
-    }];
+    let mut out = vec![panel(
+        runs,
+        "Training meta-loss (query loss after adaptation)",
+        "meta-loss",
+        |r| &r.meta_loss,
+    )];
     if runs.iter().any(|r| !r.val_after.is_empty()) {
-        out.push(Panel {
-            title: "Validation loss after adaptation".into(),
-            y_label: "loss".into(),
-            log_y: runs.iter().all(|r| r.val_after.iter().all(|(_, y)| *y > 0.0)),
-            series: runs
-                .iter()
-                .map(|r| (r.name.clone(), r.val_after.clone()))
-                .collect(),
-        });
+        out.push(panel(
+            runs,
+            "Validation loss after adaptation",
+            "loss",
+            |r| &r.val_after,
+        ));
     }
     out
+}
+
+/// One panel with the series `series` of every run, on a log scale when all its values are > 0.
+fn panel(runs: &[Run], title: &str, y_label: &str, series: impl Fn(&Run) -> &Series) -> Panel {
+    Panel {
+        title: title.into(),
+        y_label: y_label.into(),
+        log_y: runs.iter().all(|r| series(r).iter().all(|(_, y)| *y > 0.0)),
+        series: runs
+            .iter()
+            .map(|r| (r.name.clone(), series(r).clone()))
+            .collect(),
+    }
 }

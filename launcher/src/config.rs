@@ -164,16 +164,20 @@ fn leaves(value: &Value, prefix: &str, out: &mut Vec<(String, Value)>) {
     match value {
         Value::Table(t) if !t.is_empty() => {
             for (k, v) in t {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                leaves(v, &key, out);
+                leaves(v, &dotted(prefix, k), out);
             }
         }
         _ if prefix.is_empty() => {}
         _ => out.push((prefix.to_string(), value.clone())),
+    }
+}
+
+/// The dotted key of `key` under `prefix` (`prefix.key`, or `key` at the top).
+pub(crate) fn dotted(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
     }
 }
 

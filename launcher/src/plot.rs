@@ -99,8 +99,26 @@ pub fn write(run_dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn panels(lines: &[Line]) -> Vec<Panel> {
-    let x = |l: &Line| l.iteration as f64;
     let regression = lines.iter().all(|l| l.query_accuracy.is_none());
+    let vals: Vec<(&Line, &Val)> = lines
+        .iter()
+        .filter_map(|l| l.val.as_ref().map(|v| (l, v)))
+        .collect();
+    let mut out = vec![loss_panel(lines, &vals, regression)];
+    if !regression {
+        out.push(accuracy_panel(lines, &vals));
+    }
+    out.extend(hparams_panel(lines));
+    out
+}
+
+/// The x coordinate of a line: its outer iteration.
+fn x_of(l: &Line) -> f64 {
+    l.iteration as f64
+}
+
+/// The training meta-loss, with the validation losses before and after adaptation.
+fn loss_panel(lines: &[Line], vals: &[(&Line, &Val)], regression: bool) -> Panel {
     let loss_name = if regression { "MSE" } else { "cross-entropy" };
     let mut loss = Panel {
         title: "Meta-loss (query loss after adaptation)".into(),
@@ -110,14 +128,10 @@ fn panels(lines: &[Line]) -> Vec<Panel> {
             "train meta-batch".into(),
             lines
                 .iter()
-                .filter_map(|l| l.meta_loss.map(|v| (x(l), v)))
+                .filter_map(|l| l.meta_loss.map(|v| (x_of(l), v)))
                 .collect(),
         )],
     };
-    let vals: Vec<(&Line, &Val)> = lines
-        .iter()
-        .filter_map(|l| l.val.as_ref().map(|v| (l, v)))
-        .collect();
     if !vals.is_empty() {
         let positive = |m: &MeanCi| m.mean.is_none_or(|v| v > 0.0);
         loss.log_y &= vals
@@ -126,63 +140,69 @@ fn panels(lines: &[Line]) -> Vec<Panel> {
         loss.series.push((
             "validation, before adaptation".into(),
             vals.iter()
-                .filter_map(|(l, v)| v.loss_before.mean.map(|m| (x(l), m)))
+                .filter_map(|(l, v)| v.loss_before.mean.map(|m| (x_of(l), m)))
                 .collect(),
         ));
         loss.series.push((
             "validation, after adaptation".into(),
             vals.iter()
-                .filter_map(|(l, v)| v.loss_after.mean.map(|m| (x(l), m)))
+                .filter_map(|(l, v)| v.loss_after.mean.map(|m| (x_of(l), m)))
                 .collect(),
         ));
     }
-    let mut out = vec![loss];
-    if !regression {
-        let mut acc = Panel {
-            title: "Query accuracy after adaptation".into(),
-            y_label: "accuracy".into(),
-            log_y: false,
-            series: vec![(
-                "train meta-batch".into(),
-                lines
-                    .iter()
-                    .filter_map(|l| l.query_accuracy.map(|a| (x(l), a)))
-                    .collect(),
-            )],
-        };
-        let val_acc: Series = vals
-            .iter()
-            .filter(|(_, v)| v.metric == "accuracy")
-            .filter_map(|(l, v)| Some((x(l), v.accuracy_after.as_ref()?.mean?)))
-            .collect();
-        if !val_acc.is_empty() {
-            acc.series.push(("validation".into(), val_acc));
-        }
-        out.push(acc);
+    loss
+}
+
+/// The training query accuracy, with the validation accuracy after adaptation.
+fn accuracy_panel(lines: &[Line], vals: &[(&Line, &Val)]) -> Panel {
+    let mut acc = Panel {
+        title: "Query accuracy after adaptation".into(),
+        y_label: "accuracy".into(),
+        log_y: false,
+        series: vec![(
+            "train meta-batch".into(),
+            lines
+                .iter()
+                .filter_map(|l| l.query_accuracy.map(|a| (x_of(l), a)))
+                .collect(),
+        )],
+    };
+    let val_acc: Series = vals
+        .iter()
+        .filter(|(_, v)| v.metric == "accuracy")
+        .filter_map(|(l, v)| Some((x_of(l), v.accuracy_after.as_ref()?.mean?)))
+        .collect();
+    if !val_acc.is_empty() {
+        acc.series.push(("validation".into(), val_acc));
     }
+    acc
+}
+
+/// The learned inner hyperparameters, when the run logs any.
+fn hparams_panel(lines: &[Line]) -> Option<Panel> {
     let mut names: Vec<&String> = lines.iter().flat_map(|l| l.hparams.keys()).collect();
     names.sort();
     names.dedup();
-    if !names.is_empty() {
-        out.push(Panel {
-            title: "Learned inner hyperparameters (mean)".into(),
-            y_label: "value".into(),
-            log_y: false,
-            series: names
-                .iter()
-                .map(|n| {
-                    (
-                        (*n).clone(),
-                        lines
-                            .iter()
-                            .filter_map(|l| Some((x(l), (*l.hparams.get(*n)?)?)))
-                            .collect(),
-                    )
-                })
-                .collect(),
-        });
+    if names.is_empty() {
+        return None;
     }
-    out
+    Some(Panel {
+        title: "Learned inner hyperparameters (mean)".into(),
+        y_label: "value".into(),
+        log_y: false,
+        series: names
+            .iter()
+            .map(|n| {
+                (
+                    (*n).clone(),
+                    lines
+                        .iter()
+                        .filter_map(|l| Some((x_of(l), (*l.hparams.get(*n)?)?)))
+                        .collect(),
+                )
+            })
+            .collect(),
+    })
 }
 
 fn range(series: &[(String, Series)], log: bool) -> ((f64, f64), (f64, f64)) {
@@ -229,6 +249,28 @@ fn tick(y: f64) -> String {
     }
 }
 
+/// Draws the legend of `chart`'s labelled series at `position`: `size`-point text in a black
+/// frame on translucent white.
+pub(crate) fn draw_legend<'a, DB, CT>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+    size: u32,
+) -> Result<()>
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    CT: CoordTranslate,
+{
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", size))
+        .draw()?;
+    Ok(())
+}
+
 pub(crate) fn draw(path: &Path, panels: &[Panel]) -> Result<()> {
     register_font()?;
     let height = 360 * panels.len() as u32;
@@ -270,13 +312,7 @@ pub(crate) fn draw(path: &Path, panels: &[Panel]) -> Result<()> {
                             PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
                         });
                 }
-                chart
-                    .configure_series_labels()
-                    .position(SeriesLabelPosition::UpperRight)
-                    .background_style(WHITE.mix(0.8))
-                    .border_style(BLACK)
-                    .label_font(("sans-serif", 14))
-                    .draw()?;
+                draw_legend(&mut chart, SeriesLabelPosition::UpperRight, 14)?;
             }};
         }
         if log_y {

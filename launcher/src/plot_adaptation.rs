@@ -149,13 +149,7 @@ fn draw(path: &Path, curves: &[AdaptationCurves]) -> Result<()> {
             )?
             .label("support points")
             .legend(|(x, y)| TriangleMarker::new((x + 10, y), 6, BLACK.filled()));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 12))
-            .draw()?;
+        crate::plot::draw_legend(&mut chart, SeriesLabelPosition::LowerRight, 12)?;
     }
     root.present()?;
     Ok(())

@@ -1,50 +1,29 @@
 //! Bad input to `metaloop`: exit code 2, exactly one line on stderr naming the file or key and
 //! what was expected, and nothing written (no run directory).
 
-mod bounded;
+mod common;
 
-use bounded::OutputWithin;
+use common::bounded::OutputWithin;
+use common::{entries, gray_png};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("metaloop-bad-{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch("bad", name)
 }
 
 const TINY: &str = "[run]\nname = \"tiny\"\n[model]\nhidden = [4]\n[outer]\nmeta_batch = 2\niterations = 2\n[eval]\nevery = 0\ntest_tasks = 2\n";
 
 /// Runs `metaloop args` in a fresh directory holding `c.toml` (= `config`); asserts exit code 2,
-/// one stderr line, and that the directory afterwards holds only `c.toml`. Returns the line.
+/// one stderr line, and that the directory afterwards holds only `c.toml`, unchanged (see
+/// [`rejects_in`]). Returns the line.
 fn rejects(name: &str, config: &str, args: &[&str]) -> String {
     let dir = scratch(name);
     fs::write(dir.join("c.toml"), config).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_metaloop"))
-        .current_dir(&dir)
-        .args(args)
-        .output_within_limit();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "stderr: {stderr}\nstdout: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr:?}");
-    let left: Vec<_> = fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(
-        left,
-        vec![std::ffi::OsString::from("c.toml")],
-        "files were written"
-    );
+    let line = rejects_in(&dir, args);
     fs::remove_dir_all(&dir).unwrap();
-    stderr.trim().to_string()
+    line
 }
 
 fn train(extra: &[&'static str]) -> Vec<&'static str> {
@@ -158,17 +137,10 @@ fn resume_without_a_checkpoint_is_refused() {
 
 #[test]
 fn eval_of_a_missing_checkpoint_is_refused() {
-    let line = rejects(
-        "eval",
-        TINY,
-        &[
-            "eval",
-            "--checkpoint",
-            "runs/x/checkpoints/ckpt-000000001.json",
-        ],
-    );
+    let checkpoint = "runs/x/checkpoints/ckpt-000000001.json";
+    let line = rejects("eval", TINY, &["eval", "--checkpoint", checkpoint]);
     assert!(
-        line.contains("runs/x/checkpoints/ckpt-000000001.json") && line.contains("no such file"),
+        line.contains(checkpoint) && line.contains("no such file"),
         "{line}"
     );
 }
@@ -195,11 +167,7 @@ fn an_existing_run_directory_is_not_overwritten() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("run directory already exists"), "{stderr}");
-    let left: Vec<_> = fs::read_dir(dir.join("runs/tiny"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(left, vec![std::ffi::OsString::from("mine.txt")]);
+    assert_eq!(entries(&dir.join("runs/tiny")), ["mine.txt"]);
     fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -282,36 +250,32 @@ fn an_empty_class_folder_is_named() {
     fs::remove_dir_all(&dir).unwrap();
 }
 
-#[test]
-fn an_unreadable_image_is_named() {
-    let dir = folder_dataset("unreadable");
-    fs::write(dir.join("data/train/b/1.png"), b"not a png at all").unwrap();
+/// A folder dataset whose `image` is changed by `damage`: the run names it as unreadable.
+fn a_damaged_image_is_named(name: &str, image: &str, damage: impl FnOnce(&Path)) {
+    let dir = folder_dataset(name);
+    damage(&dir.join(image));
     let line = rejects_in(&dir, &train(&[]));
-    assert!(
-        line.starts_with(&format!(
-            "metaloop: {}: unreadable image: ",
-            Path::new("data/train/b/1.png").display()
-        )),
-        "{line}"
+    let named = format!(
+        "metaloop: {}: unreadable image: ",
+        Path::new(image).display()
     );
+    assert!(line.starts_with(&named), "{line}");
     fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
+fn an_unreadable_image_is_named() {
+    a_damaged_image_is_named("unreadable", "data/train/b/1.png", |path| {
+        fs::write(path, b"not a png at all").unwrap()
+    });
+}
+
+#[test]
 fn a_truncated_image_is_named() {
-    let dir = folder_dataset("truncated");
-    let path = dir.join("data/train/c/2.png");
-    let bytes = fs::read(&path).unwrap();
-    fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-    let line = rejects_in(&dir, &train(&[]));
-    assert!(
-        line.starts_with(&format!(
-            "metaloop: {}: unreadable image: ",
-            Path::new("data/train/c/2.png").display()
-        )),
-        "{line}"
-    );
-    fs::remove_dir_all(&dir).unwrap();
+    a_damaged_image_is_named("truncated", "data/train/c/2.png", |path| {
+        let bytes = fs::read(path).unwrap();
+        fs::write(path, &bytes[..bytes.len() / 2]).unwrap();
+    });
 }
 
 #[test]
@@ -328,16 +292,11 @@ fn a_wrongly_sized_image_is_named_with_the_sizes_allowed() {
     ] {
         for c in 0..600 {
             let file = dir.join(format!("omni/{set}/{alphabet}/character{c:03}/1.png"));
-            fs::create_dir_all(file.parent().unwrap()).unwrap();
-            image::GrayImage::from_pixel(28, 28, image::Luma([255]))
-                .save(&file)
-                .unwrap();
+            gray_png(&file, 28, 28, 255);
         }
     }
     let bad = Path::new("omni/images_evaluation/Beta/character123/1.png");
-    image::GrayImage::from_pixel(50, 50, image::Luma([255]))
-        .save(dir.join(bad))
-        .unwrap();
+    gray_png(&dir.join(bad), 50, 50, 255);
     let line = rejects_in(&dir, &train(&[]));
     assert_eq!(
         line,
@@ -541,10 +500,7 @@ fn a_zip_entry_claiming_2_pow_62_bytes_is_refused() {
     fs::write(dir.join("c.toml"), config).unwrap();
     for c in 0..1200 {
         let file = dir.join(format!("omni/images_evaluation/Beta/character{c:04}/1.png"));
-        fs::create_dir_all(file.parent().unwrap()).unwrap();
-        image::GrayImage::from_pixel(28, 28, image::Luma([255]))
-            .save(&file)
-            .unwrap();
+        gray_png(&file, 28, 28, 255);
     }
     let entry = "images_background/Alpha/character01/1.png";
     fs::write(

@@ -1,62 +1,16 @@
 //! `metaloop compare` on two real tiny sinusoid runs trained by the binary with different
 //! `--set` values, and `metaloop plot` writing `plots/adaptation.png` for a sinusoid run.
 
+mod common;
+
+use common::{json, metaloop, ok, scratch, TINY_SINUSOID};
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("metaloop-cmp-{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-const TINY: &str = r#"
-[run]
-name = "a"
-[task]
-kind = "sinusoid"
-shots = 5
-queries = 5
-[model]
-hidden = [8, 8]
-[outer]
-meta_batch = 4
-iterations = 6
-[eval]
-every = 3
-val_tasks = 3
-test_tasks = 4
-[log]
-every = 2
-checkpoint_every = 3
-"#;
-
-fn metaloop(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_metaloop"))
-        .current_dir(cwd)
-        .args(args)
-        .args(["--threads", "1"])
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
 
 #[test]
 fn compare_two_runs_and_plot_their_adaptation() {
-    let dir = scratch("two");
-    fs::write(dir.join("tiny.toml"), TINY).unwrap();
+    let dir = scratch("cmp", "two");
+    let tiny = TINY_SINUSOID.replace("name = \"tiny\"", "name = \"a\"");
+    fs::write(dir.join("tiny.toml"), tiny).unwrap();
     ok(&metaloop(&dir, &["train", "--config", "tiny.toml"]));
     ok(&metaloop(
         &dir,
@@ -70,17 +24,25 @@ fn compare_two_runs_and_plot_their_adaptation() {
             "algorithm.inner_lr=0.02",
         ],
     ));
-    let text = ok(&metaloop(&dir, &["compare", "runs/a", "runs/b", "--out", "cmp/curves.png"]));
+    let text = ok(&metaloop(
+        &dir,
+        &["compare", "runs/a", "runs/b", "--out", "cmp/curves.png"],
+    ));
     let lines: Vec<&str> = text.lines().collect();
     let header = lines.iter().find(|l| l.starts_with("run")).unwrap();
     // Only the keys that differ: the name and the inner lr, not the shared ones.
-    assert!(header.contains("algorithm.inner_lr") && header.contains("run.name"), "{text}");
-    assert!(!header.contains("outer.meta_batch") && !header.contains("task.shots"), "{text}");
+    assert!(
+        header.contains("algorithm.inner_lr") && header.contains("run.name"),
+        "{text}"
+    );
+    assert!(
+        !header.contains("outer.meta_batch") && !header.contains("task.shots"),
+        "{text}"
+    );
     let row_b = lines.iter().find(|l| l.starts_with("runs/b")).unwrap();
     assert!(row_b.contains("0.02") && row_b.contains("mse"), "{text}");
     // Meta-test results with their CI, as report.json has them.
-    let report: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(dir.join("runs/b/report.json")).unwrap()).unwrap();
+    let report = json(&dir.join("runs/b/report.json"));
     let after = &report["test"]["loss_after"];
     let want = format!(
         "{:.4} ± {:.4}",

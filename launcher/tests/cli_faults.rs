@@ -8,9 +8,9 @@
 //! that reruns repeat bit for bit. Each run directory is `runs/s` under its own scratch directory,
 //! so that every run has the same resolved config.
 
-mod bounded;
+mod common;
 
-use bounded::OutputWithin;
+use common::bounded::OutputWithin;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -50,9 +50,7 @@ keep_checkpoints = 2
 }
 
 fn scratch(name: &str, checkpoint_every: u64) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("metaloop-faults-{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch("faults", name);
     fs::write(dir.join("c.toml"), config(checkpoint_every)).unwrap();
     dir
 }
@@ -479,11 +477,7 @@ fn launch_into_an_existing_run_directory_exits_2_within_30_s() {
         lines[0].contains("run directory already exists"),
         "{stderr}"
     );
-    let left: Vec<_> = fs::read_dir(run_dir(&dir))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(left, vec![std::ffi::OsString::from("mine.txt")]);
+    assert_eq!(common::entries(&run_dir(&dir)), ["mine.txt"]);
     fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -497,11 +491,7 @@ fn a_data_error_on_one_rank_ends_the_2_rank_job_within_30_s_with_the_error_print
         fs::write(d.join("c.toml"), config).unwrap();
         for class in ["a", "b", "c"] {
             for i in 0..2 {
-                let png = d.join(format!("data/{class}/{i}.png"));
-                fs::create_dir_all(png.parent().unwrap()).unwrap();
-                image::GrayImage::from_pixel(8, 8, image::Luma([9]))
-                    .save(&png)
-                    .unwrap();
+                common::gray_png(&d.join(format!("data/{class}/{i}.png")), 8, 8, 9);
             }
         }
     }

@@ -2,74 +2,14 @@
 //! directory's files, resuming to the same parameters as an uninterrupted run, and evaluating a
 //! checkpoint.
 
+mod common;
+
+use common::{json, metaloop, metrics, ok, TINY_SINUSOID as TINY};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("metaloop-cli-{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A tiny second-order MAML run: 6 iterations of 4 tasks, f64 so that a resume can be compared
-/// bit for bit.
-const TINY: &str = r#"
-[run]
-name = "tiny"
-dtype = "f64"
-[task]
-kind = "sinusoid"
-shots = 5
-queries = 5
-[model]
-hidden = [8, 8]
-[outer]
-meta_batch = 4
-iterations = 6
-[eval]
-every = 3
-val_tasks = 3
-test_tasks = 4
-[log]
-every = 2
-checkpoint_every = 3
-keep_checkpoints = 2
-"#;
-
-/// Runs the binary with one libtorch thread (tests run side by side; small ops gain nothing from
-/// a thread team).
-fn metaloop(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_metaloop"))
-        .current_dir(cwd)
-        .args(args)
-        .args(["--threads", "1"])
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn metrics(run: &Path) -> Vec<serde_json::Value> {
-    fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    common::scratch("cli", name)
 }
 
 #[test]

@@ -153,16 +153,10 @@ extern "C" {
 // free with metaloop_free_message (fused_step.cpp).
 char* metaloop_batch_norm_train(const at::Tensor* x, const at::Tensor* weight, const at::Tensor* bias,
                                 double eps, at::Tensor** out) {
-  try {
+  return metaloop_catch("batch_norm", [&]() -> char* {
     *out = new at::Tensor(BatchNormTrain::apply(*x, *weight, *bias, eps));
     return nullptr;
-  } catch (const c10::Error& e) {
-    return metaloop_copy_message(e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    return metaloop_copy_message(e.what());
-  } catch (...) {
-    return metaloop_copy_message("batch_norm: unknown C++ exception");
-  }
+  });
 }
 
 }  // extern "C"

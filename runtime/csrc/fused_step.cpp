@@ -301,7 +301,7 @@ extern "C" {
 char* metaloop_fused_step(int32_t op, const at::Tensor* const* inputs, int32_t n_in,
                           const MetaloopStepParams* params, int32_t n_out, metaloop_kernel_fn kernel,
                           at::Tensor** outputs) {
-  try {
+  return metaloop_catch("fused optimizer step", [&]() -> char* {
     variable_list present;
     std::vector<int64_t> slots;
     for (int32_t i = 0; i < n_in; ++i) {
@@ -321,13 +321,7 @@ char* metaloop_fused_step(int32_t op, const at::Tensor* const* inputs, int32_t n
                 " outputs for ", n_out);
     for (int32_t j = 0; j < n_out; ++j) outputs[j] = new at::Tensor(out[j]);
     return nullptr;
-  } catch (const c10::Error& e) {
-    return metaloop_copy_message(e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    return metaloop_copy_message(e.what());
-  } catch (...) {
-    return metaloop_copy_message("fused optimizer step: unknown C++ exception");
-  }
+  });
 }
 
 void metaloop_free_message(char* msg) { std::free(msg); }

@@ -77,21 +77,16 @@ pub struct InnerLoopBuilder<'m> {
 
 inner_spec_builders!(InnerLoopBuilder<'_>);
 
-impl<'m> InnerLoopBuilder<'m> {
+crate::setters!(InnerLoopBuilder<'_> {
     /// higher's meaning: `true` (the default) detaches time 0 from `params`; `false` lets the
     /// meta-gradient reach `params`.
-    pub fn copy_initial_weights(mut self, copy: bool) -> Self {
-        self.copy_initial_weights = copy;
-        self
-    }
-
+    copy_initial_weights: bool,
     /// `true` (the default): differentiable steps and full history. `false`: first-order steps,
     /// only the latest parameters kept, constant memory.
-    pub fn track_higher_grads(mut self, track: bool) -> Self {
-        self.track_higher_grads = track;
-        self
-    }
+    track_higher_grads: bool,
+});
 
+impl<'m> InnerLoopBuilder<'m> {
     /// The inner loop at time 0 (with `copy_initial_weights(false)`, time 0 expanded to tasks is
     /// differentiable back to `params`).
     pub fn build(self) -> Result<InnerLoop<'m>> {

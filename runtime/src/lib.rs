@@ -6,6 +6,7 @@
 
 #[macro_use]
 mod inner_core;
+mod setters;
 pub mod adjoint;
 pub mod comm;
 mod error;

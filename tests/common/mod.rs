@@ -4,7 +4,7 @@
 use std::process::Command;
 
 // One time-limited `Command::output` for every test: the launcher's tests own it.
-#[path = "../../launcher/tests/bounded/mod.rs"]
+#[path = "../../launcher/tests/common/bounded.rs"]
 mod bounded;
 pub use bounded::OutputWithin;
 

@@ -58,14 +58,7 @@ pub fn load(config: &FolderConfig) -> Result<ImageDataset> {
     let mut splits: [Option<Vec<ClassRef>>; 3] = [None, None, None];
     for (split, root) in Split::ALL.into_iter().zip(roots) {
         let Some(root) = root else { continue };
-        let dirs = subdirectories(NAME, root)?;
-        if dirs.is_empty() {
-            return Err(Error::EmptyFolder {
-                what: "dataset",
-                path: root.display().to_string(),
-                expected: "one folder per class",
-            });
-        }
+        let dirs = nonempty_subdirectories(NAME, root, "dataset", "one folder per class")?;
         let mut refs = Vec::new();
         for dir in dirs {
             let name = format!("{split}/{}", file_name(&dir));
@@ -152,6 +145,25 @@ pub(crate) fn subdirectories(dataset: &'static str, path: &Path) -> Result<Vec<P
         .filter(|e| e.2 == Kind::Dir)
         .map(|e| e.1)
         .collect())
+}
+
+/// Like [`subdirectories`], with an error naming the folder as `what` and its `expected` contents
+/// when it has none.
+pub(crate) fn nonempty_subdirectories(
+    dataset: &'static str,
+    path: &Path,
+    what: &'static str,
+    expected: &'static str,
+) -> Result<Vec<PathBuf>> {
+    let dirs = subdirectories(dataset, path)?;
+    if dirs.is_empty() {
+        return Err(Error::EmptyFolder {
+            what,
+            path: path.display().to_string(),
+            expected,
+        });
+    }
+    Ok(dirs)
 }
 
 /// The images of one class folder, sorted by name; an error if it holds none.

@@ -71,6 +71,48 @@ pub fn load(config: &MiniImageNetConfig) -> Result<ImageDataset> {
     ImageDataset::new(NAME, store, splits, false, report)
 }
 
+/// Row `row` (line `line` of `csv`, not empty) as its label and the path of its image, which must
+/// be a plain file name inside `images_dir` and exist.
+fn csv_row<'r>(
+    csv: &std::path::Path,
+    images_dir: &std::path::Path,
+    line: usize,
+    row: &'r str,
+) -> Result<(&'r str, std::path::PathBuf)> {
+    let fields: Vec<&str> = row.split(',').map(str::trim).collect();
+    let (file, label) = match fields[..] {
+        [file, label] if !file.is_empty() && !label.is_empty() => (file, label),
+        _ => {
+            return Err(Error::CsvRow {
+                dataset: NAME,
+                path: csv.to_path_buf(),
+                line,
+                found: row.to_string(),
+            })
+        }
+    };
+    // Names are plain file names inside images/: a path (`../x`, `/etc/x`) would read files
+    // outside the dataset.
+    if file.contains(['/', '\\']) || file == "." || file == ".." {
+        return Err(Error::CsvPath {
+            dataset: NAME,
+            path: csv.to_path_buf(),
+            line,
+            file: file.to_string(),
+        });
+    }
+    let path = images_dir.join(file);
+    if !path.is_file() {
+        return Err(Error::CsvMissingImage {
+            dataset: NAME,
+            csv: csv.to_path_buf(),
+            line,
+            file: format!("images/{file}"),
+        });
+    }
+    Ok((label, path))
+}
+
 /// One split's CSV: label -> images in row order, labels sorted.
 fn read_csv(
     csv: &std::path::Path,
@@ -107,42 +149,7 @@ fn read_csv(
         if row.is_empty() {
             continue;
         }
-        let fields: Vec<&str> = row.split(',').map(str::trim).collect();
-        let [file, label] = fields[..] else {
-            return Err(Error::CsvRow {
-                dataset: NAME,
-                path: csv.to_path_buf(),
-                line: line_no,
-                found: row.to_string(),
-            });
-        };
-        if file.is_empty() || label.is_empty() {
-            return Err(Error::CsvRow {
-                dataset: NAME,
-                path: csv.to_path_buf(),
-                line: line_no,
-                found: row.to_string(),
-            });
-        }
-        // Names are plain file names inside images/: a path (`../x`, `/etc/x`) would read files
-        // outside the dataset.
-        if file.contains(['/', '\\']) || file == "." || file == ".." {
-            return Err(Error::CsvPath {
-                dataset: NAME,
-                path: csv.to_path_buf(),
-                line: line_no,
-                file: file.to_string(),
-            });
-        }
-        let path = images_dir.join(file);
-        if !path.is_file() {
-            return Err(Error::CsvMissingImage {
-                dataset: NAME,
-                csv: csv.to_path_buf(),
-                line: line_no,
-                file: format!("images/{file}"),
-            });
-        }
+        let (label, path) = csv_row(csv, images_dir, line_no, row)?;
         classes
             .entry(label.to_string())
             .or_default()

@@ -125,13 +125,23 @@ impl MetaBatch {
     /// The tasks at positions `r` of this batch (views).
     pub fn slice(&self, r: Range<usize>) -> Result<MetaBatch> {
         let cut = |t: &Tensor| t.f_narrow(0, r.start as i64, r.len() as i64);
+        self.map(cut, self.tasks.start + r.start..self.tasks.start + r.end)
+    }
+
+    /// The batch of the same iteration with each of the four tensors mapped by `f`, as the tasks
+    /// `tasks`.
+    fn map(
+        &self,
+        f: impl Fn(&Tensor) -> std::result::Result<Tensor, tch::TchError>,
+        tasks: Range<usize>,
+    ) -> Result<MetaBatch> {
         Ok(MetaBatch {
-            support_x: cut(&self.support_x)?,
-            support_y: cut(&self.support_y)?,
-            query_x: cut(&self.query_x)?,
-            query_y: cut(&self.query_y)?,
+            support_x: f(&self.support_x)?,
+            support_y: f(&self.support_y)?,
+            query_x: f(&self.query_x)?,
+            query_y: f(&self.query_y)?,
             iteration: self.iteration,
-            tasks: self.tasks.start + r.start..self.tasks.start + r.end,
+            tasks,
         })
     }
 
@@ -184,14 +194,7 @@ impl MetaBatch {
 
     /// A copy on `device`.
     pub fn to_device(&self, device: Device) -> Result<MetaBatch> {
-        Ok(MetaBatch {
-            support_x: self.support_x.f_to_device(device)?,
-            support_y: self.support_y.f_to_device(device)?,
-            query_x: self.query_x.f_to_device(device)?,
-            query_y: self.query_y.f_to_device(device)?,
-            iteration: self.iteration,
-            tasks: self.tasks.clone(),
-        })
+        self.map(|t| t.f_to_device(device), self.tasks.clone())
     }
 }
 

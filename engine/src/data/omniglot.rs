@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::folder::{class_images, file_name, is_image_name, subdirectories};
+use super::folder::{class_images, file_name, is_image_name, nonempty_subdirectories};
 use super::images::{
     check_zip_entry, load_store, mtime_ns, open_zip, ClassRef, ClassSources, ImageDataset,
     ImageSource, ImageSpec, Origin, Resize,
@@ -126,24 +126,10 @@ pub fn load(config: &OmniglotConfig) -> Result<ImageDataset> {
 
 /// Characters of an unpacked set folder: `dir/<alphabet>/<character>/*.png`.
 fn list_folder(set: &str, dir: &Path) -> Result<Vec<ClassSources>> {
-    let alphabets = subdirectories(NAME, dir)?;
-    if alphabets.is_empty() {
-        return Err(Error::EmptyFolder {
-            what: "omniglot",
-            path: dir.display().to_string(),
-            expected: "alphabet folders",
-        });
-    }
+    let alphabets = nonempty_subdirectories(NAME, dir, "omniglot", "alphabet folders")?;
     let mut out = Vec::new();
     for alphabet in alphabets {
-        let characters = subdirectories(NAME, &alphabet)?;
-        if characters.is_empty() {
-            return Err(Error::EmptyFolder {
-                what: "alphabet",
-                path: alphabet.display().to_string(),
-                expected: "character folders",
-            });
-        }
+        let characters = nonempty_subdirectories(NAME, &alphabet, "alphabet", "character folders")?;
         for character in characters {
             out.push(ClassSources {
                 name: format!("{set}/{}/{}", file_name(&alphabet), file_name(&character)),

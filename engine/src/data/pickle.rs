@@ -382,34 +382,26 @@ impl<R: Read> Machine<R> {
             .map_err(|_| "a unicode string that is not UTF-8".into())
     }
 
+    /// The memo index of a PUT (`q`, `r`, MEMOIZE, `p`) or GET (`h`, `j`, `g`) opcode: a byte,
+    /// a little-endian u32, the next free index, or a decimal line.
+    fn memo_index(&mut self, op: u8) -> Result<usize, String> {
+        Ok(match op {
+            b'q' | b'h' => self.byte()? as usize,
+            b'r' | b'j' => u32::from_le_bytes(self.fixed()?) as usize,
+            0x94 => self.memo.len(),
+            b'p' => self.line()?.parse().map_err(|_| "a PUT index")?,
+            _ => self.line()?.parse().map_err(|_| "a GET index")?,
+        })
+    }
+
     fn step_memo(&mut self, op: u8) -> Result<(), String> {
         match op {
-            b'q' => {
-                let i = self.byte()? as usize;
+            b'q' | b'r' | 0x94 | b'p' => {
+                let i = self.memo_index(op)?;
                 self.put(i)
             }
-            b'r' => {
-                let i = u32::from_le_bytes(self.fixed()?) as usize;
-                self.put(i)
-            }
-            0x94 => {
-                let i = self.memo.len();
-                self.put(i)
-            }
-            b'p' => {
-                let i = self.line()?.parse().map_err(|_| "a PUT index")?;
-                self.put(i)
-            }
-            b'h' => {
-                let i = self.byte()? as usize;
-                self.get(i)
-            }
-            b'j' => {
-                let i = u32::from_le_bytes(self.fixed()?) as usize;
-                self.get(i)
-            }
-            b'g' => {
-                let i = self.line()?.parse().map_err(|_| "a GET index")?;
+            b'h' | b'j' | b'g' => {
+                let i = self.memo_index(op)?;
                 self.get(i)
             }
             b'c' => {

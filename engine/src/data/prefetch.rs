@@ -42,29 +42,20 @@ impl PrefetchConfig {
         }
     }
 
-    /// The first iteration (to resume from a checkpoint).
-    pub fn start(mut self, iteration: u64) -> PrefetchConfig {
-        self.start = iteration;
-        self
-    }
-
-    /// Batches prepared ahead of the consumer (at least 1).
-    pub fn depth(mut self, depth: usize) -> PrefetchConfig {
-        self.depth = depth;
-        self
-    }
-
-    /// The device the batches are moved to on the background thread.
-    pub fn device(mut self, device: Device) -> PrefetchConfig {
-        self.device = device;
-        self
-    }
-
     /// Starts the background thread.
     pub fn spawn(self, source: Arc<dyn TaskSource>) -> Result<Prefetcher> {
         Prefetcher::spawn(source, self)
     }
 }
+
+metaloop_runtime::setters!(PrefetchConfig {
+    /// The first iteration (to resume from a checkpoint).
+    start: u64,
+    /// Batches prepared ahead of the consumer (at least 1).
+    depth: usize,
+    /// The device the batches are moved to on the background thread.
+    device: Device,
+});
 
 /// Meta-batches of iterations `start..`, prepared on a background thread (see the module notes).
 #[derive(Debug)]

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use tch::Tensor;
 
+use super::conv::check_maps;
 use super::{ConvTasks, Module, ParamDef, Scope};
 use crate::params::Init;
 use crate::{Error, Result};
@@ -40,19 +41,14 @@ impl BatchNorm2d {
         self.tasks = how;
         self
     }
-
-    /// Added to the variance (default 1e-5).
-    pub fn eps(mut self, eps: f64) -> BatchNorm2d {
-        self.eps = eps;
-        self
-    }
-
-    /// Weight of the new batch in the running statistics (default 0.1).
-    pub fn momentum(mut self, momentum: f64) -> BatchNorm2d {
-        self.momentum = momentum;
-        self
-    }
 }
+
+crate::setters!(BatchNorm2d {
+    /// Added to the variance (default 1e-5).
+    eps: f64,
+    /// Weight of the new batch in the running statistics (default 0.1).
+    momentum: f64,
+});
 
 /// BatchNorm running statistics, owned by the caller and passed to
 /// [`Module::forward_with_state`](super::Module::forward_with_state).
@@ -158,15 +154,7 @@ impl Module for BatchNorm2d {
     /// ([`ConvTasks::Grouped`], the CUDA default: one kernel, at the price of two transposing
     /// copies, which on the CPU cost more than the per-task calls save).
     fn forward_scoped(&self, scope: &mut Scope<'_>, x: &Tensor) -> Result<Tensor> {
-        let expected = format!("[batch, {}, height, width]", self.channels);
-        let per_task = scope.check_input("BatchNorm2d", x, 4, &expected)?;
-        if per_task[1] != self.channels {
-            return Err(Error::Shape {
-                op: "BatchNorm2d",
-                expected,
-                got: x.size(),
-            });
-        }
+        let per_task = check_maps(scope, "BatchNorm2d", x, self.channels)?;
         // Batch statistics over B, H, W ([B, C, H, W]) or over each task's B, H, W.
         let dims: &[i64] = if scope.tasks().is_some() {
             &[1, 3, 4]

@@ -14,9 +14,9 @@
 use tch::Tensor;
 
 use super::batchnorm::batch_moments;
-use super::conv::{channels_last, join_tasks, split_tasks};
+use super::conv::{channels_last, check_maps, join_tasks, split_tasks};
 use super::{BatchNorm2d, Conv2d, ConvTasks, MaxPool2d, Module, ParamDef, Scope};
-use crate::{Error, Result};
+use crate::Result;
 
 #[derive(Clone, Debug)]
 pub struct ConvBlock {
@@ -77,15 +77,7 @@ impl Module for ConvBlock {
     }
 
     fn forward_scoped(&self, scope: &mut Scope<'_>, x: &Tensor) -> Result<Tensor> {
-        let expected = format!("[batch, {}, height, width]", self.in_channels);
-        let per_task = scope.check_input("Conv2d", x, 4, &expected)?;
-        if per_task[1] != self.in_channels {
-            return Err(Error::Shape {
-                op: "Conv2d",
-                expected,
-                got: x.size(),
-            });
-        }
+        let per_task = check_maps(scope, "Conv2d", x, self.in_channels)?;
         let by_task = self.tasks.per_task(x) && scope.support().is_none();
         let Some(tasks) = scope.tasks().filter(|_| by_task) else {
             // Single task, the folded kernels or support-only statistics: the layers in turn (pooling before the ReLU,

@@ -4,7 +4,8 @@
 
 use tch::{Device, Tensor};
 
-use super::{fold_tasks, Module, ParamDef, Scope};
+use super::layers::pool2d;
+use super::{Module, ParamDef, Scope};
 use crate::params::Init;
 use crate::Result;
 
@@ -47,6 +48,13 @@ pub struct Conv2d {
     tasks: ConvTasks,
 }
 
+crate::setters!(Conv2d {
+    /// The step between windows (default 1).
+    stride: i64,
+    /// Zero padding on each side (default 0).
+    padding: i64,
+});
+
 impl Conv2d {
     pub fn new(in_channels: i64, out_channels: i64, kernel: i64) -> Conv2d {
         Conv2d {
@@ -58,17 +66,6 @@ impl Conv2d {
             bias: true,
             tasks: ConvTasks::Auto,
         }
-    }
-
-    pub fn stride(mut self, stride: i64) -> Conv2d {
-        self.stride = stride;
-        self
-    }
-
-    /// Zero padding on each side.
-    pub fn padding(mut self, padding: i64) -> Conv2d {
-        self.padding = padding;
-        self
     }
 
     /// Without the bias (parameter "weight" only).
@@ -121,15 +118,7 @@ impl Module for Conv2d {
 
     /// `[B, C, H, W] -> [B, O, H', W']`; task-batched: `[T, B, C, H, W] -> [T, B, O, H', W']`.
     fn forward_scoped(&self, scope: &mut Scope<'_>, x: &Tensor) -> Result<Tensor> {
-        let expected = format!("[batch, {}, height, width]", self.in_channels);
-        let per_task = scope.check_input("Conv2d", x, 4, &expected)?;
-        if per_task[1] != self.in_channels {
-            return Err(crate::Error::Shape {
-                op: "Conv2d",
-                expected,
-                got: x.size(),
-            });
-        }
+        let per_task = check_maps(scope, "Conv2d", x, self.in_channels)?;
         let weight = scope.param("weight")?;
         let bias = if self.bias {
             Some(scope.param("bias")?)
@@ -207,6 +196,26 @@ pub(super) fn join_tasks(outs: &[Tensor], tasks: i64, batch: i64) -> Result<Tens
     Ok(y.f_view(shape.as_slice())?)
 }
 
+/// Errors unless `x` is `[batch, channels, height, width]` (task-batched: one more leading
+/// dimension) with `channels` channels; returns the per-task shape.
+pub(super) fn check_maps(
+    scope: &Scope<'_>,
+    op: &'static str,
+    x: &Tensor,
+    channels: i64,
+) -> Result<Vec<i64>> {
+    let expected = format!("[batch, {channels}, height, width]");
+    let per_task = scope.check_input(op, x, 4, &expected)?;
+    if per_task[1] != channels {
+        return Err(crate::Error::Shape {
+            op,
+            expected,
+            got: x.size(),
+        });
+    }
+    Ok(per_task)
+}
+
 /// `x` in channels-last memory order with its logical shape unchanged: `to` moves the channel
 /// dimension last, `back` undoes it. No copy when x already is channels-last.
 pub(super) fn channels_last(x: &Tensor, to: &[i64], back: &[i64]) -> Result<Tensor> {
@@ -226,12 +235,12 @@ impl MaxPool2d {
             stride: kernel,
         }
     }
-
-    pub fn stride(mut self, stride: i64) -> MaxPool2d {
-        self.stride = stride;
-        self
-    }
 }
+
+crate::setters!(MaxPool2d {
+    /// The step between windows (default: the kernel size).
+    stride: i64,
+});
 
 impl Module for MaxPool2d {
     fn param_defs(&self) -> Vec<ParamDef> {
@@ -240,10 +249,9 @@ impl Module for MaxPool2d {
 
     /// `[B, C, H, W] -> [B, C, H', W']`; task-batched: tasks folded into the batch.
     fn forward_scoped(&self, scope: &mut Scope<'_>, x: &Tensor) -> Result<Tensor> {
-        scope.check_input("MaxPool2d", x, 4, "[batch, channels, height, width]")?;
         let (k, s) = (self.kernel, self.stride);
-        fold_tasks(scope.tasks(), x, |x| {
-            Ok(x.f_max_pool2d([k, k], [s, s], [0, 0], [1, 1], false)?)
+        pool2d(scope, "MaxPool2d", x, |x| {
+            x.f_max_pool2d([k, k], [s, s], [0, 0], [1, 1], false)
         })
     }
 }

@@ -62,18 +62,14 @@ impl AvgPool2d {
             padding: 0,
         }
     }
-
-    pub fn stride(mut self, stride: i64) -> AvgPool2d {
-        self.stride = stride;
-        self
-    }
-
-    /// Zero padding on each side (counted in the average, as PyTorch's default).
-    pub fn padding(mut self, padding: i64) -> AvgPool2d {
-        self.padding = padding;
-        self
-    }
 }
+
+crate::setters!(AvgPool2d {
+    /// The step between windows (default: the kernel size).
+    stride: i64,
+    /// Zero padding on each side (counted in the average, as PyTorch's default).
+    padding: i64,
+});
 
 impl Module for AvgPool2d {
     fn param_defs(&self) -> Vec<ParamDef> {
@@ -82,12 +78,23 @@ impl Module for AvgPool2d {
 
     /// `[B, C, H, W] -> [B, C, H', W']`; task-batched: tasks folded into the batch.
     fn forward_scoped(&self, scope: &mut Scope<'_>, x: &Tensor) -> Result<Tensor> {
-        scope.check_input("AvgPool2d", x, 4, "[batch, channels, height, width]")?;
         let (k, s, p) = (self.kernel, self.stride, self.padding);
-        fold_tasks(scope.tasks(), x, |x| {
-            Ok(x.f_avg_pool2d([k, k], [s, s], [p, p], false, true, None)?)
+        pool2d(scope, "AvgPool2d", x, |x| {
+            x.f_avg_pool2d([k, k], [s, s], [p, p], false, true, None)
         })
     }
+}
+
+/// `pool` (one of libtorch's 2-d poolings) on `[B, C, H, W]` maps; task-batched: tasks folded into
+/// the batch. `op` names the layer in a shape error.
+pub(super) fn pool2d(
+    scope: &Scope<'_>,
+    op: &'static str,
+    x: &Tensor,
+    pool: impl FnOnce(&Tensor) -> std::result::Result<Tensor, tch::TchError>,
+) -> Result<Tensor> {
+    scope.check_input(op, x, 4, "[batch, channels, height, width]")?;
+    fold_tasks(scope.tasks(), x, |x| Ok(pool(x)?))
 }
 
 /// PyTorch's `nn.AdaptiveAvgPool2d((height, width))`; `new(1)` is global average pooling.
@@ -119,14 +126,10 @@ impl Module for AdaptiveAvgPool2d {
 
     /// `[B, C, H, W] -> [B, C, height, width]`; task-batched: tasks folded into the batch.
     fn forward_scoped(&self, scope: &mut Scope<'_>, x: &Tensor) -> Result<Tensor> {
-        scope.check_input(
-            "AdaptiveAvgPool2d",
-            x,
-            4,
-            "[batch, channels, height, width]",
-        )?;
         let size = [self.height, self.width];
-        fold_tasks(scope.tasks(), x, |x| Ok(x.f_adaptive_avg_pool2d(size)?))
+        pool2d(scope, "AdaptiveAvgPool2d", x, |x| {
+            x.f_adaptive_avg_pool2d(size)
+        })
     }
 }
 
@@ -140,6 +143,11 @@ pub struct LayerNorm {
     affine: bool,
 }
 
+crate::setters!(LayerNorm {
+    /// Added to the variance (default 1e-5).
+    eps: f64,
+});
+
 impl LayerNorm {
     pub fn new(normalized_shape: &[i64]) -> LayerNorm {
         LayerNorm {
@@ -147,12 +155,6 @@ impl LayerNorm {
             eps: 1e-5,
             affine: true,
         }
-    }
-
-    /// Added to the variance (default 1e-5).
-    pub fn eps(mut self, eps: f64) -> LayerNorm {
-        self.eps = eps;
-        self
     }
 
     /// Without the affine parameters.

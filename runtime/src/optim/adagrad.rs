@@ -46,13 +46,15 @@ impl Adagrad {
     /// The accumulator starts at the resolved initial value (see the type's docs); later steps
     /// do not read that hyperparameter.
     fn fused_plan(&self, v: &mut [HValue; 5], state: &OptState) -> Result<FusedPlan> {
-        let first = state.step() == 0 || state.get(Buffer::Sum).is_none();
-        if !first {
-            v[3] = HValue::Const(self.initial_accumulator_value);
-        }
-        let mut plan = FusedPlan::new(&Self::DESCRIPTOR, state);
-        plan.params.first = first;
-        Ok(plan)
+        let initial = self.initial_accumulator_value;
+        Ok(FusedPlan::seeded(
+            &Self::DESCRIPTOR,
+            state,
+            Buffer::Sum,
+            v,
+            3,
+            initial,
+        ))
     }
 
     fn tensor_step(&self, x: StepInput<'_, 5>) -> Result<(Tensor, OptState)> {

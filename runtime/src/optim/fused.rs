@@ -44,6 +44,26 @@ impl FusedPlan {
             keeps: vec![true; desc.buffers.len()],
         }
     }
+
+    /// The plan of an optimizer whose buffer `seeded` starts from hyperparameter `h` at the first
+    /// step (flagged in the params: no step yet, or no such buffer); later steps do not read that
+    /// hyperparameter, so it is passed as the constant `resolved`.
+    pub fn seeded<const N: usize>(
+        desc: &Descriptor,
+        state: &OptState,
+        seeded: Buffer,
+        values: &mut [HValue; N],
+        h: usize,
+        resolved: f64,
+    ) -> FusedPlan {
+        let first = state.step() == 0 || state.get(seeded).is_none();
+        if !first {
+            values[h] = HValue::Const(resolved);
+        }
+        let mut plan = FusedPlan::new(desc, state);
+        plan.params.first = first;
+        plan
+    }
 }
 
 impl Descriptor {

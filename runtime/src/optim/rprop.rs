@@ -68,13 +68,14 @@ impl Rprop {
 
     /// The step sizes start at the resolved lr; later steps do not read lr.
     fn fused_plan(&self, v: &mut [HValue; 5], state: &OptState) -> Result<FusedPlan> {
-        let first = state.step() == 0 || state.get(Buffer::StepSize).is_none();
-        if !first {
-            v[0] = HValue::Const(self.lr);
-        }
-        let mut plan = FusedPlan::new(&Self::DESCRIPTOR, state);
-        plan.params.first = first;
-        Ok(plan)
+        Ok(FusedPlan::seeded(
+            &Self::DESCRIPTOR,
+            state,
+            Buffer::StepSize,
+            v,
+            0,
+            self.lr,
+        ))
     }
 
     fn tensor_step(&self, x: StepInput<'_, 5>) -> Result<(Tensor, OptState)> {

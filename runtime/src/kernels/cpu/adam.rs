@@ -2,7 +2,7 @@
 //! for the blocking, the operands and the const-generic option sets).
 
 use super::{
-    coupled, d_coupled, d_max, d_sqrt, drive, lerp, pick, Derive, Env, Hv, Real, Sink, Src,
+    coupled, d_coupled, d_max, d_sqrt, lerp, pass, pick, Derive, Env, Hv, Real, Sink, Src,
 };
 use crate::kernels::ffi::{StepParams, MAX_HPARAMS};
 
@@ -37,6 +37,28 @@ pub(super) unsafe fn adam<T: Real>(env: &Env<T>) {
     unsafe { specialise!(adam_go::<T>(env) [decoupled, amsgrad, wd] []) }
 }
 
+/// The new moments `lerp(m, g, 1 − β1)` and `β2·v + (1 − β2)·g²`, and the second moment the
+/// step divides by (the running maximum with AMSGrad).
+#[inline(always)]
+fn moments<T: Real, const AMSGRAD: bool>(
+    g: T,
+    m: T,
+    v: T,
+    vmax: T,
+    beta2: T,
+    w1: T,
+    omb2: T,
+) -> (T, T, T) {
+    let exp_avg = lerp(m, g, w1);
+    let exp_avg_sq = v * beta2 + omb2 * (g * g);
+    let second = if AMSGRAD {
+        pick(vmax > exp_avg_sq, vmax, exp_avg_sq)
+    } else {
+        exp_avg_sq
+    };
+    (exp_avg, exp_avg_sq, second)
+}
+
 #[inline(never)]
 unsafe fn adam_go<T: Real, const DECOUPLED: bool, const AMSGRAD: bool, const WD: bool>(
     env: &Env<T>,
@@ -63,109 +85,92 @@ unsafe fn adam_go<T: Real, const DECOUPLED: bool, const AMSGRAD: bool, const WD:
         d(5),
         h(0),
     ];
-    unsafe {
-        if !env.backward {
-            let ys = [
-                env.y(0),
-                env.y(1),
-                env.y(2),
-                if AMSGRAD { env.y(3) } else { Sink::Skip },
-            ];
-            drive(
-                env,
-                xs,
-                &derive,
-                ys,
-                |&[theta, g0, m, v, vmax, beta2, eps, wd, w1, omb2, step, bc2s, decay, _lr]| {
-                    let (decayed, g) = if !WD {
-                        (theta, g0)
-                    } else if DECOUPLED {
-                        (decay * theta, g0)
-                    } else {
-                        (theta, g0 + wd * theta)
-                    };
-                    let exp_avg = lerp(m, g, w1);
-                    let exp_avg_sq = v * beta2 + omb2 * (g * g);
-                    let second = if AMSGRAD {
-                        pick(vmax > exp_avg_sq, vmax, exp_avg_sq)
-                    } else {
-                        exp_avg_sq
-                    };
-                    let denom = second.sqrt() / bc2s + eps;
-                    [
-                        decayed - step * (exp_avg / denom),
-                        exp_avg,
-                        exp_avg_sq,
-                        second,
-                    ]
-                },
-            );
+    let ys = [
+        env.y(0),
+        env.y(1),
+        env.y(2),
+        if AMSGRAD { env.y(3) } else { Sink::Skip },
+    ];
+    let forward =
+        |&[theta, g0, m, v, vmax, beta2, eps, wd, w1, omb2, step, bc2s, decay, _lr]: &[T; 14]| {
+            let (decayed, g) = if !WD {
+                (theta, g0)
+            } else if DECOUPLED {
+                (decay * theta, g0)
+            } else {
+                (theta, g0 + wd * theta)
+            };
+            let (exp_avg, exp_avg_sq, second) =
+                moments::<T, AMSGRAD>(g, m, v, vmax, beta2, w1, omb2);
+            let denom = second.sqrt() / bc2s + eps;
+            [
+                decayed - step * (exp_avg / denom),
+                exp_avg,
+                exp_avg_sq,
+                second,
+            ]
+        };
+    let backward =     |&[theta, g0, m, v, vmax, beta2, eps, wd, w1, omb2, step, bc2s, decay, lr, bc1, pow1, pow2, half_rsqrt_bc2, d_new, d_m_out, d_v_out, d_vmax_out]: &[T; 22]| {
+        let zero = T::of(0.0);
+        let one = T::of(1.0);
+        let g = if DECOUPLED { g0 } else { coupled::<T, WD>(g0, wd, theta) };
+        let (exp_avg, exp_avg_sq, second) =
+            moments::<T, AMSGRAD>(g, m, v, vmax, beta2, w1, omb2);
+        let root = second.sqrt();
+        let scaled_root = root / bc2s;
+        let denom = scaled_root + eps;
+        let ratio = exp_avg / denom;
+        // θ' = decayed − step_size · exp_avg / denom.
+        let d_step = -(ratio * d_new);
+        let d_ratio = -(step * d_new);
+        let d_exp_avg = d_m_out + d_ratio / denom;
+        let d_denom = -(d_ratio * ratio / denom);
+        let d_eps = d_denom;
+        let d_root = d_denom / bc2s;
+        let d_bc2s = -(d_denom * scaled_root / bc2s);
+        let d_second = d_sqrt(second, root, d_root);
+        let (d_vmax, d_exp_avg_sq) = if AMSGRAD {
+            let (a, b) = d_max(vmax, exp_avg_sq, d_second + d_vmax_out);
+            (a, d_v_out + b)
         } else {
-            let xs: [Src<T>; 22] = env.backward_operands(xs, &[d(2), d(6), d(7), d(8)]);
-            let ys: [Sink<T>; 10] = env.input_grads(5);
-            drive(
-                env,
-                xs,
-                &derive,
-                ys,
-                |&[theta, g0, m, v, vmax, beta2, eps, wd, w1, omb2, step, bc2s, decay, lr, bc1, pow1, pow2, half_rsqrt_bc2, d_new, d_m_out, d_v_out, d_vmax_out]| {
-                    let zero = T::of(0.0);
-                    let one = T::of(1.0);
-                    let g = if DECOUPLED { g0 } else { coupled::<T, WD>(g0, wd, theta) };
-                    let exp_avg = lerp(m, g, w1);
-                    let exp_avg_sq = v * beta2 + omb2 * (g * g);
-                    let second = if AMSGRAD {
-                        pick(vmax > exp_avg_sq, vmax, exp_avg_sq)
-                    } else {
-                        exp_avg_sq
-                    };
-                    let root = second.sqrt();
-                    let scaled_root = root / bc2s;
-                    let denom = scaled_root + eps;
-                    let ratio = exp_avg / denom;
-                    // θ' = decayed − step_size · exp_avg / denom.
-                    let d_step = -(ratio * d_new);
-                    let d_ratio = -(step * d_new);
-                    let d_exp_avg = d_m_out + d_ratio / denom;
-                    let d_denom = -(d_ratio * ratio / denom);
-                    let d_eps = d_denom;
-                    let d_root = d_denom / bc2s;
-                    let d_bc2s = -(d_denom * scaled_root / bc2s);
-                    let d_second = d_sqrt(second, root, d_root);
-                    let (d_vmax, d_exp_avg_sq) = if AMSGRAD {
-                        let (a, b) = d_max(vmax, exp_avg_sq, d_second + d_vmax_out);
-                        (a, d_v_out + b)
-                    } else {
-                        (zero, d_v_out + d_second)
-                    };
-                    // Bias corrections: step = lr / bc1, bc1 = 1 − β1ᵗ, bc2s = √(1 − β2ᵗ).
-                    let mut d_lr = d_step / bc1;
-                    let d_bc1 = -(d_step * step / bc1);
-                    let t = T::of(env.params.step as f64);
-                    let mut d_beta1 = -(d_bc1 * t * pow1);
-                    let d_bc2 = d_bc2s * half_rsqrt_bc2;
-                    let mut d_beta2 = -(d_bc2 * t * pow2);
-                    // exp_avg_sq = β2·v + (1 − β2)·g².
-                    d_beta2 = d_beta2 + d_exp_avg_sq * v - d_exp_avg_sq * (g * g);
-                    let d_v = beta2 * d_exp_avg_sq;
-                    let mut d_g = T::of(2.0) * g * (omb2 * d_exp_avg_sq);
-                    // exp_avg = lerp(m, g, 1 − β1).
-                    let d_m = d_exp_avg * (one - w1);
-                    d_g = d_g + d_exp_avg * w1;
-                    d_beta1 = d_beta1 - d_exp_avg * (g - m);
-                    // Weight decay.
-                    let (d_theta, d_wd) = if !WD {
-                        (d_new, T::of(0.0))
-                    } else if DECOUPLED {
-                        let d_factor = theta * d_new;
-                        d_lr = d_lr - wd * d_factor;
-                        (decay * d_new, -(lr * d_factor))
-                    } else {
-                        d_coupled::<T, WD>(d_new, wd, theta, d_g)
-                    };
-                    [d_theta, d_g, d_m, d_v, d_vmax, d_lr, d_beta1, d_beta2, d_eps, d_wd]
-                },
-            );
-        }
+            (zero, d_v_out + d_second)
+        };
+        // Bias corrections: step = lr / bc1, bc1 = 1 − β1ᵗ, bc2s = √(1 − β2ᵗ).
+        let mut d_lr = d_step / bc1;
+        let d_bc1 = -(d_step * step / bc1);
+        let t = T::of(env.params.step as f64);
+        let mut d_beta1 = -(d_bc1 * t * pow1);
+        let d_bc2 = d_bc2s * half_rsqrt_bc2;
+        let mut d_beta2 = -(d_bc2 * t * pow2);
+        // exp_avg_sq = β2·v + (1 − β2)·g².
+        d_beta2 = d_beta2 + d_exp_avg_sq * v - d_exp_avg_sq * (g * g);
+        let d_v = beta2 * d_exp_avg_sq;
+        let mut d_g = T::of(2.0) * g * (omb2 * d_exp_avg_sq);
+        // exp_avg = lerp(m, g, 1 − β1).
+        let d_m = d_exp_avg * (one - w1);
+        d_g = d_g + d_exp_avg * w1;
+        d_beta1 = d_beta1 - d_exp_avg * (g - m);
+        // Weight decay.
+        let (d_theta, d_wd) = if !WD {
+            (d_new, T::of(0.0))
+        } else if DECOUPLED {
+            let d_factor = theta * d_new;
+            d_lr = d_lr - wd * d_factor;
+            (decay * d_new, -(lr * d_factor))
+        } else {
+            d_coupled::<T, WD>(d_new, wd, theta, d_g)
+        };
+        [d_theta, d_g, d_m, d_v, d_vmax, d_lr, d_beta1, d_beta2, d_eps, d_wd]
+    };
+    unsafe {
+        pass(
+            env,
+            &derive,
+            xs,
+            &[d(2), d(6), d(7), d(8)],
+            ys,
+            forward,
+            backward,
+        )
     }
 }

@@ -1,7 +1,7 @@
 //! The CPU kernel of the fused Adamax step, forward and backward (see the parent module
 //! for the blocking, the operands and the const-generic option sets).
 
-use super::{coupled, d_coupled, d_max, drive, lerp, pick, sign, Derive, Env, Hv, Real, Sink, Src};
+use super::{coupled, d_coupled, d_max, lerp, pass, pick, sign, Derive, Env, Hv, Real, Src};
 use crate::kernels::ffi::{StepParams, MAX_HPARAMS};
 
 // Inputs: 0 θ, 1 g, 2 exp_avg, 3 exp_inf, 4.. lr, beta1, beta2, eps, weight_decay. Params:
@@ -34,57 +34,41 @@ unsafe fn adamax_go<T: Real, const WD: bool>(env: &Env<T>) {
     let (x, h, d) = (|k| env.x(k), |k| env.h(k), Src::Derived);
     // Operands: θ, g, m, u, β2, eps, wd, 1 − β1, clr.
     let xs = [x(0), x(1), x(2), x(3), h(2), h(3), h(4), d(0), d(2)];
-    unsafe {
-        if !env.backward {
-            let ys = [env.y(0), env.y(1), env.y(2)];
-            drive(
-                env,
-                xs,
-                &derive,
-                ys,
-                |&[theta, g0, m, u, beta2, eps, wd, w1, clr]| {
-                    let g = coupled::<T, WD>(g0, wd, theta);
-                    let exp_avg = lerp(m, g, w1);
-                    let (a, b) = (u * beta2, g.abs() + eps);
-                    let exp_inf = pick(a > b, a, b);
-                    [theta - (exp_avg / exp_inf) * clr, exp_avg, exp_inf]
-                },
-            );
-        } else {
-            let xs: [Src<T>; 14] = env.backward_operands(xs, &[d(1), d(3)]);
-            let ys: [Sink<T>; 9] = env.input_grads(4);
-            drive(
-                env,
-                xs,
-                &derive,
-                ys,
-                |&[theta, g0, m, u, beta2, eps, wd, w1, clr, bc, dbc, d_new, d_m_out, d_u_out]| {
-                    let g = coupled::<T, WD>(g0, wd, theta);
-                    let exp_avg = lerp(m, g, w1);
-                    let (a, b) = (u * beta2, g.abs() + eps);
-                    let exp_inf = pick(a > b, a, b);
-                    let r = exp_avg / exp_inf;
-                    // θ' = θ − clr · r.
-                    let d_clr = -(r * d_new);
-                    let d_r = -(clr * d_new);
-                    let d_exp_avg = d_m_out + d_r / exp_inf;
-                    let d_exp_inf = d_u_out - d_r * r / exp_inf;
-                    let (d_a, d_b) = d_max(a, b, d_exp_inf);
-                    let d_u = beta2 * d_a;
-                    let d_beta2 = u * d_a;
-                    let d_eps = d_b;
-                    let mut d_g = sign(g) * d_b;
-                    // exp_avg = lerp(m, g, 1 − β1).
-                    let d_m = d_exp_avg * (T::of(1.0) - w1);
-                    d_g = d_g + d_exp_avg * w1;
-                    // clr = lr / bc, bc = 1 − β1ᵗ.
-                    let d_lr = d_clr / bc;
-                    let d_bc = -(d_clr * clr / bc);
-                    let d_beta1 = d_bc * dbc - d_exp_avg * (g - m);
-                    let (d_theta, d_wd) = d_coupled::<T, WD>(d_new, wd, theta, d_g);
-                    [d_theta, d_g, d_m, d_u, d_lr, d_beta1, d_beta2, d_eps, d_wd]
-                },
-            );
-        }
-    }
+    let ys = [env.y(0), env.y(1), env.y(2)];
+    let forward = |&[theta, g0, m, u, beta2, eps, wd, w1, clr]: &[T; 9]| {
+        let g = coupled::<T, WD>(g0, wd, theta);
+        let exp_avg = lerp(m, g, w1);
+        let (a, b) = (u * beta2, g.abs() + eps);
+        let exp_inf = pick(a > b, a, b);
+        [theta - (exp_avg / exp_inf) * clr, exp_avg, exp_inf]
+    };
+    let backward =
+        |&[theta, g0, m, u, beta2, eps, wd, w1, clr, bc, dbc, d_new, d_m_out, d_u_out]: &[T;
+              14]| {
+            let g = coupled::<T, WD>(g0, wd, theta);
+            let exp_avg = lerp(m, g, w1);
+            let (a, b) = (u * beta2, g.abs() + eps);
+            let exp_inf = pick(a > b, a, b);
+            let r = exp_avg / exp_inf;
+            // θ' = θ − clr · r.
+            let d_clr = -(r * d_new);
+            let d_r = -(clr * d_new);
+            let d_exp_avg = d_m_out + d_r / exp_inf;
+            let d_exp_inf = d_u_out - d_r * r / exp_inf;
+            let (d_a, d_b) = d_max(a, b, d_exp_inf);
+            let d_u = beta2 * d_a;
+            let d_beta2 = u * d_a;
+            let d_eps = d_b;
+            let mut d_g = sign(g) * d_b;
+            // exp_avg = lerp(m, g, 1 − β1).
+            let d_m = d_exp_avg * (T::of(1.0) - w1);
+            d_g = d_g + d_exp_avg * w1;
+            // clr = lr / bc, bc = 1 − β1ᵗ.
+            let d_lr = d_clr / bc;
+            let d_bc = -(d_clr * clr / bc);
+            let d_beta1 = d_bc * dbc - d_exp_avg * (g - m);
+            let (d_theta, d_wd) = d_coupled::<T, WD>(d_new, wd, theta, d_g);
+            [d_theta, d_g, d_m, d_u, d_lr, d_beta1, d_beta2, d_eps, d_wd]
+        };
+    unsafe { pass(env, &derive, xs, &[d(1), d(3)], ys, forward, backward) }
 }

@@ -50,51 +50,36 @@ pub(crate) trait Real:
     fn abs(self) -> Self;
 }
 
-impl Real for f32 {
-    #[inline(always)]
-    fn of(x: f64) -> Self {
-        x as f32
-    }
-    #[inline(always)]
-    fn to_f64(self) -> f64 {
-        f64::from(self)
-    }
-    #[inline(always)]
-    fn sqrt(self) -> Self {
-        f32::sqrt(self)
-    }
-    #[inline(always)]
-    fn powf(self, p: Self) -> Self {
-        f32::powf(self, p)
-    }
-    #[inline(always)]
-    fn abs(self) -> Self {
-        f32::abs(self)
-    }
+/// `Real` for a primitive float type: its own `sqrt`, `powf` and `abs`.
+macro_rules! real {
+    ($($t:ident),*) => {$(
+        impl Real for $t {
+            #[inline(always)]
+            #[allow(clippy::unnecessary_cast)]
+            fn of(x: f64) -> Self {
+                x as $t
+            }
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                f64::from(self)
+            }
+            #[inline(always)]
+            fn sqrt(self) -> Self {
+                $t::sqrt(self)
+            }
+            #[inline(always)]
+            fn powf(self, p: Self) -> Self {
+                $t::powf(self, p)
+            }
+            #[inline(always)]
+            fn abs(self) -> Self {
+                $t::abs(self)
+            }
+        }
+    )*};
 }
 
-impl Real for f64 {
-    #[inline(always)]
-    fn of(x: f64) -> Self {
-        x
-    }
-    #[inline(always)]
-    fn to_f64(self) -> f64 {
-        self
-    }
-    #[inline(always)]
-    fn sqrt(self) -> Self {
-        f64::sqrt(self)
-    }
-    #[inline(always)]
-    fn powf(self, p: Self) -> Self {
-        f64::powf(self, p)
-    }
-    #[inline(always)]
-    fn abs(self) -> Self {
-        f64::abs(self)
-    }
-}
+real!(f32, f64);
 
 /// `if c { a } else { b }` as a select (both sides are already computed).
 #[inline(always)]
@@ -473,6 +458,41 @@ fn lane_sum<T: Real>(v: &[T]) -> f64 {
         total += r.to_f64();
     }
     acc.iter().sum::<f64>() + total
+}
+
+/// Runs the call's pass. The forward: `forward` over the operands `xs`, into the outputs `ys`.
+/// The backward: `backward` over `xs`, then `more` (quantities only the backward needs), then the
+/// gradient of each forward output, into the gradients of the input slots (θ, g, the state
+/// buffers) and of each hyperparameter.
+///
+/// # Safety
+/// As [`drive`].
+#[inline(always)]
+unsafe fn pass<
+    T: Real,
+    const NX: usize,
+    const NY: usize,
+    const NB: usize,
+    const NG: usize,
+    const D: usize,
+>(
+    env: &Env<T>,
+    derive: &Derive<T, D>,
+    xs: [Src<T>; NX],
+    more: &[Src<T>],
+    ys: [Sink<T>; NY],
+    forward: impl Fn(&[T; NX]) -> [T; NY],
+    backward: impl Fn(&[T; NB]) -> [T; NG],
+) {
+    // SAFETY: this function's contract.
+    unsafe {
+        if env.backward {
+            let operands: [Src<T>; NB] = env.backward_operands(xs, more);
+            drive(env, operands, derive, env.input_grads(env.hp0), backward);
+        } else {
+            drive(env, xs, derive, ys, forward);
+        }
+    }
 }
 
 /// Runs the element function `f` over the call's range: `xs` are its operands, `ys` where its

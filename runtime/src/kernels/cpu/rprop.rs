@@ -1,7 +1,7 @@
 //! The CPU kernel of the fused Rprop step, forward and backward (see the parent module
 //! for the blocking, the operands and the const-generic option sets).
 
-use super::{drive, pick, sign, Derive, Env, Hv, Real, Sink, Src};
+use super::{pass, pick, sign, Derive, Env, Hv, Real};
 use crate::kernels::ffi::{StepParams, MAX_HPARAMS};
 
 // Inputs: 0 θ, 1 g, 2 prev, 3 step_size (absent at the first step: the step sizes start at lr),
@@ -42,50 +42,44 @@ unsafe fn rprop_go<T: Real, const FIRST: bool>(env: &Env<T>) {
             flipped, grew, factor, s_prev, scaled, lower, step_size, g_kept, theta_new,
         )
     };
-    unsafe {
-        if !env.backward {
-            let ys = [env.y(0), env.y(1), env.y(2)];
-            drive(env, xs, &derive, ys, |x| {
-                let (_, _, _, _, _, _, step_size, g_kept, theta_new) = forward(x);
-                [theta_new, g_kept, step_size]
-            });
+    let ys = [env.y(0), env.y(1), env.y(2)];
+    let outputs = |x: &[T; 9]| {
+        let (_, _, _, _, _, _, step_size, g_kept, theta_new) = forward(x);
+        [theta_new, g_kept, step_size]
+    };
+    let backward = |x: &[T; 12]| {
+        let zero = T::of(0.0);
+        let [_, _, _, _, _, _, _, lo, hi, d_new, d_prev_out, d_s_out] = *x;
+        let fx = [x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], x[8]];
+        let (flipped, grew, factor, s_prev, scaled, lower, _, g_kept, _) = forward(&fx);
+        // θ' = θ − sign(g')·step_size; g' = g masked where the sign flipped.
+        let d_step = d_s_out - sign(g_kept) * d_new;
+        let d_g = pick(flipped, zero, d_prev_out);
+        // clamp_max(lower, max), then clamp_min(scaled, min).
+        let d_lower = pick(lower <= hi, d_step, zero);
+        let d_hi = pick(lower > hi, d_step, zero);
+        let d_scaled = pick(scaled >= lo, d_lower, zero);
+        let d_lo = pick(scaled < lo, d_lower, zero);
+        let d_s_prev = factor * d_scaled;
+        let d_factor = s_prev * d_scaled;
+        let d_eta_minus = pick(flipped, d_factor, zero);
+        let d_eta_plus = pick(!flipped && grew, d_factor, zero);
+        let (d_s, d_lr) = if FIRST {
+            (zero, d_s_prev)
         } else {
-            let xs2: [Src<T>; 12] = env.backward_operands(xs, &[]);
-            let ys: [Sink<T>; 9] = env.input_grads(4);
-            drive(env, xs2, &derive, ys, |x| {
-                let zero = T::of(0.0);
-                let [_, _, _, _, _, _, _, lo, hi, d_new, d_prev_out, d_s_out] = *x;
-                let fx = [x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], x[8]];
-                let (flipped, grew, factor, s_prev, scaled, lower, _, g_kept, _) = forward(&fx);
-                // θ' = θ − sign(g')·step_size; g' = g masked where the sign flipped.
-                let d_step = d_s_out - sign(g_kept) * d_new;
-                let d_g = pick(flipped, zero, d_prev_out);
-                // clamp_max(lower, max), then clamp_min(scaled, min).
-                let d_lower = pick(lower <= hi, d_step, zero);
-                let d_hi = pick(lower > hi, d_step, zero);
-                let d_scaled = pick(scaled >= lo, d_lower, zero);
-                let d_lo = pick(scaled < lo, d_lower, zero);
-                let d_s_prev = factor * d_scaled;
-                let d_factor = s_prev * d_scaled;
-                let d_eta_minus = pick(flipped, d_factor, zero);
-                let d_eta_plus = pick(!flipped && grew, d_factor, zero);
-                let (d_s, d_lr) = if FIRST {
-                    (zero, d_s_prev)
-                } else {
-                    (d_s_prev, zero)
-                };
-                [
-                    d_new,
-                    d_g,
-                    zero,
-                    d_s,
-                    d_lr,
-                    d_eta_minus,
-                    d_eta_plus,
-                    d_lo,
-                    d_hi,
-                ]
-            });
-        }
-    }
+            (d_s_prev, zero)
+        };
+        [
+            d_new,
+            d_g,
+            zero,
+            d_s,
+            d_lr,
+            d_eta_minus,
+            d_eta_plus,
+            d_lo,
+            d_hi,
+        ]
+    };
+    unsafe { pass(env, &derive, xs, &[], ys, outputs, backward) }
 }

@@ -1,6 +1,5 @@
 //! `Command::output` with a time limit, for the launcher's CLI tests: a hung `metaloop` (or
 //! mpirun job) fails its test instead of holding CI.
-#![allow(dead_code)]
 
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
