@@ -48,8 +48,10 @@ pub(super) fn timeout() -> Option<Duration> {
     }
 }
 
-/// "all_reduce_sum at iteration 12 has not finished after 600 s".
+/// "all_reduce_sum at iteration 12 has not finished after 600 s": the configured timeout (the
+/// time actually waited, which polling under load can round up, only when none is set).
 pub(super) fn describe(op: &str, waited: Duration) -> String {
+    let waited = timeout().unwrap_or(waited);
     let at = match ITERATION.load(Ordering::SeqCst) {
         u64::MAX => String::new(),
         it => format!(" at iteration {it}"),
