@@ -40,7 +40,10 @@ fn curves_lie_on_the_task_and_adaptation_fits_the_support_points() {
         let grid = Tensor::from_slice(&c.grid).view([200, 1]);
         let before = values(&model.forward(&params, &grid, true).unwrap());
         let max_diff = |a: &[f64], b: &[f64]| {
-            a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f64::max)
         };
         assert!(max_diff(&before, &c.predictions[0].y) < 1e-12);
 
@@ -51,7 +54,10 @@ fn curves_lie_on_the_task_and_adaptation_fits_the_support_points() {
         let ys: Vec<f64> = c.support.iter().map(|p| p.1).collect();
         let sx = Tensor::from_slice(&xs).view([10, 1]);
         let sy = Tensor::from_slice(&ys).view([10, 1]);
-        let loss = model.forward(&at, &sx, true).unwrap().mse_loss(&sy, tch::Reduction::Mean);
+        let loss = model
+            .forward(&at, &sx, true)
+            .unwrap()
+            .mse_loss(&sy, tch::Reduction::Mean);
         let grad = Tensor::run_backward(&[&loss], &[&theta], false, false).remove(0);
         let theta1 = (theta.detach() - grad * lr).detach();
         let p1 = Params::from_flat(params.layout().clone(), theta1).unwrap();

@@ -179,7 +179,8 @@ fn resume_on_two_hosts_with_separate_out_dirs() {
     if common::under_mpirun() {
         return;
     }
-    let base = std::env::temp_dir().join(format!("metaloop-two-host-resume-{}", std::process::id()));
+    let base =
+        std::env::temp_dir().join(format!("metaloop-two-host-resume-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
     for h in 0..2 {
         std::fs::create_dir_all(base.join(format!("host{h}"))).unwrap();
@@ -211,7 +212,10 @@ fn resume_on_two_hosts_with_separate_out_dirs() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["resumed_from"], 10);
-    assert_eq!(std::fs::read(run.join("model.safetensors")).unwrap(), finished);
+    assert_eq!(
+        std::fs::read(run.join("model.safetensors")).unwrap(),
+        finished
+    );
     assert!(!base.join("host1/runs").exists());
     std::fs::remove_dir_all(&base).unwrap();
 }

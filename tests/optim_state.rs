@@ -18,15 +18,28 @@ fn theta_grad() -> (Tensor, Tensor) {
 fn options_start_at_torch_defaults_and_setters_set_them() {
     let adam = optim::Adam::new(1e-3);
     assert_eq!(
-        (adam.beta1, adam.beta2, adam.eps, adam.weight_decay, adam.amsgrad),
+        (
+            adam.beta1,
+            adam.beta2,
+            adam.eps,
+            adam.weight_decay,
+            adam.amsgrad
+        ),
         (0.9, 0.999, 1e-8, 0.0, false)
     );
     assert_eq!(optim::AdamW::new(1e-3).weight_decay, 1e-2);
     assert_eq!(optim::Adagrad::new(0.1).eps, 1e-10);
     assert_eq!(optim::Adadelta::new(1.0).eps, 1e-6);
-    let rprop = optim::Rprop::new(0.01).etas(0.4, 1.3).step_sizes(1e-5, 10.0);
+    let rprop = optim::Rprop::new(0.01)
+        .etas(0.4, 1.3)
+        .step_sizes(1e-5, 10.0);
     assert_eq!(
-        (rprop.eta_minus, rprop.eta_plus, rprop.step_size_min, rprop.step_size_max),
+        (
+            rprop.eta_minus,
+            rprop.eta_plus,
+            rprop.step_size_min,
+            rprop.step_size_max
+        ),
         (0.4, 1.3, 1e-5, 10.0)
     );
     let sgd = optim::Sgd::new(0.1).momentum(0.9).nesterov(true);

@@ -31,7 +31,10 @@ print(json.dumps(out))
 fn tensorboard_reads_back_every_scalar() {
     let python = venv_python();
     let importable = Command::new(&python)
-        .args(["-c", "import tensorboard.backend.event_processing.event_accumulator"])
+        .args([
+            "-c",
+            "import tensorboard.backend.event_processing.event_accumulator",
+        ])
         .output()
         .is_ok_and(|o| o.status.success());
     if !importable {
@@ -69,7 +72,9 @@ fn tensorboard_reads_back_every_scalar() {
     // A second writer in the same directory (a resumed run) adds its own file.
     let mut resumed = TensorBoard::create(&dir).unwrap();
     assert_ne!(resumed.path(), tb.path());
-    resumed.scalar(tags::VAL_ACCURACY_AFTER, 2000, 0.875).unwrap();
+    resumed
+        .scalar(tags::VAL_ACCURACY_AFTER, 2000, 0.875)
+        .unwrap();
     expected.push((tags::VAL_ACCURACY_AFTER.into(), 2000, 0.875));
 
     let out = Command::new(&python)
@@ -77,7 +82,11 @@ fn tensorboard_reads_back_every_scalar() {
         .arg(&dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let read: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let read = read.as_object().unwrap();
     let tags_read: std::collections::BTreeSet<&String> = read.keys().collect();

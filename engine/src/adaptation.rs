@@ -104,7 +104,15 @@ pub fn sinusoid(
                 predictions: Vec::new(),
             };
             let gx = gx.f_to_device(params.device())?;
-            adapt(model, params, spec, overrides, (&support_x, &support_y), &gx, curves)
+            adapt(
+                model,
+                params,
+                spec,
+                overrides,
+                (&support_x, &support_y),
+                &gx,
+                curves,
+            )
         })
         .collect()
 }

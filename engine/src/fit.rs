@@ -107,7 +107,9 @@ impl Trainer {
             validate: self.config().eval.every > 0,
             saved: (resumed > 0).then_some(resumed),
             board: match run.as_deref() {
-                Some(run) if self.config().log.tensorboard => Some(TensorBoard::create(run.path())?),
+                Some(run) if self.config().log.tensorboard => {
+                    Some(TensorBoard::create(run.path())?)
+                }
                 _ => None,
             },
         };
@@ -291,7 +293,10 @@ fn log_scalars(
     if let Some(v) = val {
         values.push((tags::VAL_LOSS_BEFORE, v.loss_before.mean));
         values.push((tags::VAL_LOSS_AFTER, v.loss_after.mean));
-        values.extend(v.accuracy_before.map(|a| (tags::VAL_ACCURACY_BEFORE, a.mean)));
+        values.extend(
+            v.accuracy_before
+                .map(|a| (tags::VAL_ACCURACY_BEFORE, a.mean)),
+        );
         values.extend(v.accuracy_after.map(|a| (tags::VAL_ACCURACY_AFTER, a.mean)));
     }
     board.scalars(m.iteration, &values)

@@ -65,7 +65,11 @@ impl TensorBoard {
         let host = hostname();
         let mut n = 0;
         let (path, file) = loop {
-            let suffix = if n == 0 { String::new() } else { format!(".{n}") };
+            let suffix = if n == 0 {
+                String::new()
+            } else {
+                format!(".{n}")
+            };
             let path = dir.join(format!("events.out.tfevents.{now}.{host}{suffix}"));
             match File::options().write(true).create_new(true).open(&path) {
                 Ok(f) => break (path, f),
@@ -182,7 +186,11 @@ pub fn crc32c(data: &[u8]) -> u32 {
             let mut c = i as u32;
             let mut k = 0;
             while k < 8 {
-                c = if c & 1 != 0 { (c >> 1) ^ 0x82F6_3B78 } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    (c >> 1) ^ 0x82F6_3B78
+                } else {
+                    c >> 1
+                };
                 k += 1;
             }
             table[i] = c;

@@ -100,7 +100,10 @@ pub fn run(command: DataCommand) -> Result<()> {
 
 fn fetch_omniglot(to: &Path) -> Result<()> {
     let custom = std::env::var(URL_ENV).ok().filter(|u| !u.is_empty());
-    let base = custom.as_deref().unwrap_or(OMNIGLOT_URL).trim_end_matches('/');
+    let base = custom
+        .as_deref()
+        .unwrap_or(OMNIGLOT_URL)
+        .trim_end_matches('/');
     let md5s = expected_md5s(custom.is_some())?;
     std::fs::create_dir_all(to)
         .map_err(|e| bad(format!("{}: {}", to.display(), crate::config::io_words(&e))))?;
@@ -111,12 +114,18 @@ fn fetch_omniglot(to: &Path) -> Result<()> {
     for (archive, md5) in OMNIGLOT.iter().zip(md5s) {
         let file = to.join(format!("{}.zip", archive.set));
         if to.join(archive.set).is_dir() {
-            println!("{}: present as a folder, not downloaded", to.join(archive.set).display());
+            println!(
+                "{}: present as a folder, not downloaded",
+                to.join(archive.set).display()
+            );
             continue;
         }
         if file.is_file() {
             let summary = verify(&file, archive, md5.as_deref()).map_err(|e| {
-                bad(format!("{}: {e:#}; delete it to download it again", file.display()))
+                bad(format!(
+                    "{}: {e:#}; delete it to download it again",
+                    file.display()
+                ))
             })?;
             println!("{}: present, {summary}", file.display());
             continue;
@@ -136,7 +145,11 @@ fn fetch_omniglot(to: &Path) -> Result<()> {
             }
         }
     }
-    println!("omniglot is in {}: task.root = {:?}", to.display(), to.display().to_string());
+    println!(
+        "omniglot is in {}: task.root = {:?}",
+        to.display(),
+        to.display().to_string()
+    );
     Ok(())
 }
 
@@ -173,15 +186,15 @@ fn download(agent: &ureq::Agent, url: &str, part: &Path) -> Result<()> {
         Err(ureq::Error::Status(code, r)) => {
             return Err(bad(format!("{url}: HTTP {code} {}", r.status_text())))
         }
-        Err(ureq::Error::Transport(t)) => {
-            return Err(bad(format!(
-                "{url}: cannot download ({}): check the network, or set {URL_ENV} to a reachable copy",
-                one_line(&t.to_string())
-            )))
-        }
+        Err(ureq::Error::Transport(t)) => return Err(bad(format!(
+            "{url}: cannot download ({}): check the network, or set {URL_ENV} to a reachable copy",
+            one_line(&t.to_string())
+        ))),
     };
     let start = if response.status() == 206 { have } else { 0 };
-    let length: Option<u64> = response.header("Content-Length").and_then(|v| v.parse().ok());
+    let length: Option<u64> = response
+        .header("Content-Length")
+        .and_then(|v| v.parse().ok());
     let total = length.map(|l| l + start);
     let mut file = File::options()
         .create(true)
@@ -196,7 +209,8 @@ fn download(agent: &ureq::Agent, url: &str, part: &Path) -> Result<()> {
     let bar = progress_bar(url, total, start);
     let written = copy_body(response.into_reader(), &mut file, &bar);
     bar.finish_and_clear();
-    file.sync_all().with_context(|| part.display().to_string())?;
+    file.sync_all()
+        .with_context(|| part.display().to_string())?;
     let got = start + written.as_ref().map_or_else(|(n, _)| *n, |n| *n);
     match (written, total) {
         (Err((_, e)), _) => Err(bad(format!(
@@ -279,7 +293,11 @@ fn verify(path: &Path, archive: &Archive, md5: Option<&str>) -> Result<String> {
     if let Some(((a, c), n)) = counts.iter().find(|(_, n)| **n != DRAWINGS) {
         anyhow::bail!("{a}/{c} has {n} drawings, expected {DRAWINGS}");
     }
-    let md5_note = if md5.is_some() { "checked" } else { "not checked" };
+    let md5_note = if md5.is_some() {
+        "checked"
+    } else {
+        "not checked"
+    };
     Ok(format!(
         "{} alphabets, {} characters, {} drawings; zip CRCs checked; MD5 {got_md5} ({md5_note}); SHA-256 {sha256}",
         alphabets.len(),
@@ -389,7 +407,11 @@ fn check(kind: &str, root: &Path) -> Result<()> {
             continue;
         };
         let images: usize = classes.iter().map(|&c| ds.class_len(c)).sum();
-        println!("  {}: {} classes, {images} images", split.name(), classes.len());
+        println!(
+            "  {}: {} classes, {images} images",
+            split.name(),
+            classes.len()
+        );
     }
     if kind == "omniglot" {
         println!("{}", omniglot_structure(&ds));
@@ -406,7 +428,10 @@ fn omniglot_structure(ds: &metaloop_engine::data::ImageDataset) -> String {
             if c.rotation != 0 {
                 continue;
             }
-            let name = ds.class_name(ClassRef { class: c.class, rotation: 0 });
+            let name = ds.class_name(ClassRef {
+                class: c.class,
+                rotation: 0,
+            });
             let parts: Vec<&str> = name.split('/').collect();
             if let [set, alphabet, _] = parts[..] {
                 let e = sets.entry(set.to_string()).or_default();
@@ -419,8 +444,9 @@ fn omniglot_structure(ds: &metaloop_engine::data::ImageDataset) -> String {
     let mut lines = Vec::new();
     let mut standard = true;
     for a in &OMNIGLOT {
-        let (alphabets, characters, drawings) =
-            sets.get(a.set).map_or((0, 0, BTreeSet::new()), |e| (e.0.len(), e.1, e.2.clone()));
+        let (alphabets, characters, drawings) = sets
+            .get(a.set)
+            .map_or((0, 0, BTreeSet::new()), |e| (e.0.len(), e.1, e.2.clone()));
         standard &= alphabets == a.alphabets
             && characters == a.characters
             && drawings.iter().all(|&d| d == DRAWINGS);

@@ -271,7 +271,9 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Option<Finished>> {
     // Checks before anything is written.
     let from = if resume {
         // Rank 0 reads and checks the checkpoint and sends it: no shared file system needed.
-        Some(checkpoint::agreed(&*comm, || resume_checkpoint(cfg, &root))?)
+        Some(checkpoint::agreed(&*comm, || {
+            resume_checkpoint(cfg, &root)
+        })?)
     } else {
         if rank0 && root.exists() {
             return Err(setup_error(EngineError::RunDirExists {

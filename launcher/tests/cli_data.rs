@@ -22,7 +22,8 @@ fn scratch(name: &str) -> PathBuf {
 
 /// One 28×28 grayscale PNG, the bytes of every drawing.
 fn png() -> Vec<u8> {
-    let img = image::GrayImage::from_fn(28, 28, |x, y| image::Luma([((x * 9 + y * 5) % 256) as u8]));
+    let img =
+        image::GrayImage::from_fn(28, 28, |x, y| image::Luma([((x * 9 + y * 5) % 256) as u8]));
     let mut out = std::io::Cursor::new(Vec::new());
     img.write_to(&mut out, image::ImageFormat::Png).unwrap();
     out.into_inner()
@@ -33,7 +34,8 @@ fn png() -> Vec<u8> {
 fn omniglot_zip(set: &str, alphabets: usize, characters: usize) -> Vec<u8> {
     let png = png();
     let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let opts = zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let opts =
+        zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for c in 0..characters {
         let alphabet = c % alphabets;
         for d in 1..=20 {
@@ -57,7 +59,10 @@ fn standard() -> &'static (Vec<u8>, Vec<u8>) {
 }
 
 fn md5_hex(bytes: &[u8]) -> String {
-    md5::Md5::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    md5::Md5::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A one-thread HTTP/1.1 file server with Range support. `cut_first`: the first GET of that
@@ -111,7 +116,8 @@ fn read_request(stream: &TcpStream) -> (String, Option<String>) {
 
 fn respond(mut stream: TcpStream, body: Option<&Vec<u8>>, range: Option<&str>, truncate: bool) {
     let Some(body) = body else {
-        let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let _ = stream
+            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         return;
     };
     let start: usize = range
@@ -143,7 +149,9 @@ fn respond(mut stream: TcpStream, body: Option<&Vec<u8>>, range: Option<&str>, t
 
 fn metaloop(cwd: &Path, url: &str, md5s: Option<&str>, args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_metaloop"));
-    cmd.current_dir(cwd).args(args).env("METALOOP_OMNIGLOT_URL", url);
+    cmd.current_dir(cwd)
+        .args(args)
+        .env("METALOOP_OMNIGLOT_URL", url);
     match md5s {
         Some(m) => cmd.env("METALOOP_OMNIGLOT_MD5", m),
         None => cmd.env_remove("METALOOP_OMNIGLOT_MD5"),
@@ -158,14 +166,22 @@ fn stdout(out: &Output) -> String {
 /// Exit code 2 and exactly one line on stderr; returns that line.
 fn bad_input(out: &Output) -> String {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(2), "stdout {}\nstderr {err}", stdout(out));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "stdout {}\nstderr {err}",
+        stdout(out)
+    );
     assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
     err
 }
 
 fn files_in(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -189,25 +205,55 @@ fn fetch_resumes_a_cut_download_checks_it_and_data_check_reads_it() {
 
     let first = metaloop(&dir, &server.url, Some(&md5s), &args);
     let line = bad_input(&first);
-    assert!(line.contains("interrupted") && line.contains("resume"), "{line}");
+    assert!(
+        line.contains("interrupted") && line.contains("resume"),
+        "{line}"
+    );
     let root = dir.join("omniglot");
     assert_eq!(files_in(&root), [".images_background.zip.part"]);
-    let partial = std::fs::metadata(root.join(".images_background.zip.part")).unwrap().len();
+    let partial = std::fs::metadata(root.join(".images_background.zip.part"))
+        .unwrap()
+        .len();
     assert!(partial > 0 && (partial as usize) < bg.len());
 
     let second = metaloop(&dir, &server.url, Some(&md5s), &args);
     let text = stdout(&second);
-    assert!(second.status.success(), "{text}\n{}", String::from_utf8_lossy(&second.stderr));
-    assert_eq!(files_in(&root), ["images_background.zip", "images_evaluation.zip"]);
-    assert_eq!(&std::fs::read(root.join("images_background.zip")).unwrap(), bg);
-    assert_eq!(&std::fs::read(root.join("images_evaluation.zip")).unwrap(), ev);
-    assert!(text.contains("30 alphabets, 964 characters, 19280 drawings"), "{text}");
-    assert!(text.contains("20 alphabets, 659 characters, 13180 drawings"), "{text}");
-    assert!(text.contains(&format!("MD5 {} (checked)", md5_hex(bg))), "{text}");
+    assert!(
+        second.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert_eq!(
+        files_in(&root),
+        ["images_background.zip", "images_evaluation.zip"]
+    );
+    assert_eq!(
+        &std::fs::read(root.join("images_background.zip")).unwrap(),
+        bg
+    );
+    assert_eq!(
+        &std::fs::read(root.join("images_evaluation.zip")).unwrap(),
+        ev
+    );
+    assert!(
+        text.contains("30 alphabets, 964 characters, 19280 drawings"),
+        "{text}"
+    );
+    assert!(
+        text.contains("20 alphabets, 659 characters, 13180 drawings"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("MD5 {} (checked)", md5_hex(bg))),
+        "{text}"
+    );
     let requests = server.requests.lock().unwrap().clone();
     let resumed = format!("bytes={partial}-");
     assert!(
-        requests.iter().any(|(p, r)| p.ends_with("images_background.zip") && r.as_deref() == Some(resumed.as_str())),
+        requests
+            .iter()
+            .any(|(p, r)| p.ends_with("images_background.zip")
+                && r.as_deref() == Some(resumed.as_str())),
         "no Range request from byte {partial}: {requests:?}"
     );
 
@@ -219,13 +265,30 @@ fn fetch_resumes_a_cut_download_checks_it_and_data_check_reads_it() {
     assert_eq!(server.requests.lock().unwrap().len(), before);
 
     // `data check` loads them with the training loader.
-    let check = metaloop(&dir, &server.url, None, &["data", "check", "omniglot", "omniglot"]);
+    let check = metaloop(
+        &dir,
+        &server.url,
+        None,
+        &["data", "check", "omniglot", "omniglot"],
+    );
     let text = stdout(&check);
-    assert!(check.status.success(), "{text}\n{}", String::from_utf8_lossy(&check.stderr));
+    assert!(
+        check.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     assert!(text.contains("32460 images"), "{text}");
-    assert!(text.contains("train: 4400 classes") && text.contains("val: 400 classes"), "{text}");
+    assert!(
+        text.contains("train: 4400 classes") && text.contains("val: 400 classes"),
+        "{text}"
+    );
     assert!(text.contains("test: 1692 classes"), "{text}");
-    assert!(text.contains("images_background: 30 alphabets, 964 characters, drawings per character {20}"), "{text}");
+    assert!(
+        text.contains(
+            "images_background: 30 alphabets, 964 characters, drawings per character {20}"
+        ),
+        "{text}"
+    );
     assert!(text.contains("the standard Omniglot"), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -239,11 +302,23 @@ fn a_wrong_structure_keeps_nothing() {
         omniglot_zip("images_background", 29, 964),
     );
     let server = serve(files, None);
-    let out = metaloop(&dir, &server.url, None, &["data", "fetch", "omniglot", "--to", "o"]);
+    let out = metaloop(
+        &dir,
+        &server.url,
+        None,
+        &["data", "fetch", "omniglot", "--to", "o"],
+    );
     let line = bad_input(&out);
-    assert!(line.contains("29 alphabets and 964 characters, expected 30 and 964"), "{line}");
+    assert!(
+        line.contains("29 alphabets and 964 characters, expected 30 and 964"),
+        "{line}"
+    );
     assert!(line.contains("images_background.zip"), "{line}");
-    assert!(files_in(&dir.join("o")).is_empty(), "{:?}", files_in(&dir.join("o")));
+    assert!(
+        files_in(&dir.join("o")).is_empty(),
+        "{:?}",
+        files_in(&dir.join("o"))
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -257,7 +332,12 @@ fn a_corrupt_entry_fails_the_zip_crc() {
     let mut files = good_files();
     files.insert("images_background.zip".into(), bg);
     let server = serve(files, None);
-    let out = metaloop(&dir, &server.url, None, &["data", "fetch", "omniglot", "--to", "o"]);
+    let out = metaloop(
+        &dir,
+        &server.url,
+        None,
+        &["data", "fetch", "omniglot", "--to", "o"],
+    );
     let line = bad_input(&out);
     assert!(line.to_lowercase().contains("checksum"), "{line}");
     assert!(files_in(&dir.join("o")).is_empty());
@@ -269,9 +349,17 @@ fn a_wrong_md5_keeps_nothing() {
     let dir = scratch("md5");
     let server = serve(good_files(), None);
     let wrong = format!("{},{}", "0".repeat(32), md5_hex(&standard().1));
-    let out = metaloop(&dir, &server.url, Some(&wrong), &["data", "fetch", "omniglot", "--to", "o"]);
+    let out = metaloop(
+        &dir,
+        &server.url,
+        Some(&wrong),
+        &["data", "fetch", "omniglot", "--to", "o"],
+    );
     let line = bad_input(&out);
-    assert!(line.contains(&format!("expected {}", "0".repeat(32))), "{line}");
+    assert!(
+        line.contains(&format!("expected {}", "0".repeat(32))),
+        "{line}"
+    );
     assert!(files_in(&dir.join("o")).is_empty());
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -280,11 +368,23 @@ fn a_wrong_md5_keeps_nothing() {
 fn an_unreachable_server_is_one_line() {
     let dir = scratch("offline");
     // A port that was free a moment ago and has no listener now.
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let url = format!("http://127.0.0.1:{port}/python");
-    let out = metaloop(&dir, &url, None, &["data", "fetch", "omniglot", "--to", "o"]);
+    let out = metaloop(
+        &dir,
+        &url,
+        None,
+        &["data", "fetch", "omniglot", "--to", "o"],
+    );
     let line = bad_input(&out);
-    assert!(line.contains("cannot download") && line.contains(&url), "{line}");
+    assert!(
+        line.contains("cannot download") && line.contains(&url),
+        "{line}"
+    );
     assert!(files_in(&dir.join("o")).is_empty());
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -292,12 +392,28 @@ fn an_unreachable_server_is_one_line() {
 #[test]
 fn miniimagenet_says_where_to_get_it_and_check_names_what_is_missing() {
     let dir = scratch("mini");
-    let out = metaloop(&dir, "http://127.0.0.1:9/", None, &["data", "fetch", "miniimagenet"]);
+    let out = metaloop(
+        &dir,
+        "http://127.0.0.1:9/",
+        None,
+        &["data", "fetch", "miniimagenet"],
+    );
     let text = stdout(&out);
     assert!(out.status.success());
-    assert!(text.contains("ILSVRC-2012") && text.contains("data/miniimagenet/train.csv"), "{text}");
-    assert!(files_in(&dir).is_empty(), "fetch miniimagenet writes nothing");
-    let check = metaloop(&dir, "", None, &["data", "check", "miniimagenet", "nowhere"]);
+    assert!(
+        text.contains("ILSVRC-2012") && text.contains("data/miniimagenet/train.csv"),
+        "{text}"
+    );
+    assert!(
+        files_in(&dir).is_empty(),
+        "fetch miniimagenet writes nothing"
+    );
+    let check = metaloop(
+        &dir,
+        "",
+        None,
+        &["data", "check", "miniimagenet", "nowhere"],
+    );
     let line = bad_input(&check);
     assert!(line.contains("nowhere"), "{line}");
     let unknown = metaloop(&dir, "", None, &["data", "fetch", "cifar"]);

@@ -6,7 +6,6 @@
 
 #[macro_use]
 mod inner_core;
-mod setters;
 pub mod adjoint;
 pub mod comm;
 mod error;
@@ -16,6 +15,7 @@ pub mod kernels;
 pub mod nn;
 pub mod optim;
 mod params;
+mod setters;
 
 pub use error::{Error, Result};
 pub use inner::{GradCallback, InnerLoop, InnerLoopBuilder, StepOptions};
