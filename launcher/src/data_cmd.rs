@@ -186,10 +186,12 @@ fn download(agent: &ureq::Agent, url: &str, part: &Path) -> Result<()> {
         Err(ureq::Error::Status(code, r)) => {
             return Err(bad(format!("{url}: HTTP {code} {}", r.status_text())))
         }
-        Err(ureq::Error::Transport(t)) => return Err(bad(format!(
+        Err(ureq::Error::Transport(t)) => {
+            return Err(bad(format!(
             "{url}: cannot download ({}): check the network, or set {URL_ENV} to a reachable copy",
             one_line(&t.to_string())
-        ))),
+        )))
+        }
     };
     let start = if response.status() == 206 { have } else { 0 };
     let length: Option<u64> = response
