@@ -1,4 +1,5 @@
-//! The seed's toy example of `higher.innerloop_ctx` (../shared/seeds/), in metaloop, with its two
+//! The toy example of `higher.innerloop_ctx` (a learned-lr-and-momentum fit in the style of higher's
+//! README example), in metaloop, with its two
 //! lost lines restored (`diffopt.step(loss)` after the inner loss, `meta_opt.step()` before the
 //! third run).
 //!
@@ -60,7 +61,7 @@ fn run_inner_loop_once(
     copy_initial_weights: bool,
     verbose: bool,
 ) -> Run {
-    // As in the seed: float32 hyperparameter tensors ([1]) on a float64 model.
+    // As in the original example: float32 hyperparameter tensors ([1]) on a float64 model.
     let lr = Tensor::from_slice(&[0.3f32]).set_requires_grad(true);
     let momentum = Tensor::from_slice(&[0.5f32]).set_requires_grad(true);
     let mut inner = InnerLoop::new(model, params, Sgd::new(0.3).momentum(0.5))

@@ -1,4 +1,4 @@
-//! The seed's toy example (examples/higher_toy.rs) prints the same parameter history, meta-losses
+//! The higher toy example (examples/higher_toy.rs) prints the same parameter history, meta-losses
 //! and gradients (weight, lr, momentum) as higher on the same data
 //! (tests/fixtures/higher/toy.safetensors, from gen_higher.py).
 
@@ -50,7 +50,7 @@ fn toy_example_prints_what_higher_prints() {
             value(&fx, &format!("run{r}.meta_loss"))[0],
             1e-12,
         );
-        // The lr and momentum tensors are float32, as in the seed: their gradients are rounded to
+        // The lr and momentum tensors are float32, as in the original example: their gradients are rounded to
         // f32 (relative precision 6e-8), hence a relative tolerance of 1e-6.
         let lr_grad = value(&fx, &format!("run{r}.lr_grad"))[0];
         close(

@@ -7,7 +7,7 @@
 //! MLP 1-40-40-1, P = 1761, f32), 10 support points each, Adam (two moment buffers per step).
 //! One test function only: other tests' allocations in the same process would move the RSS.
 
-use metaloop::runtime::nn::{self, Module};
+use metaloop::runtime::nn;
 use metaloop::runtime::optim::Adam;
 use metaloop::runtime::{InnerLoop, Params};
 use tch::{Device, Kind, Tensor};

@@ -5,13 +5,19 @@
 //! - `omniglot`: Conv-4 (64 filters, BatchNorm with batch statistics), 1×28×28, 5-way 1-shot,
 //!   15 query per class, meta-batch 8, 5 SGD steps, lr 0.4.
 //! - `omniglot20` (the GPU variant): 20-way 1-shot, meta-batch 32, 5 steps.
+//! - `miniimagenet-conv4`: Conv-4 (32 filters), 3×84×84, 5-way 1-shot, 15 query per class,
+//!   meta-batch 4, 5 SGD steps, lr 0.01 (MAML's miniImageNet setting).
+//! - `miniimagenet-resnet12`: ResNet-12 (64-160-320-640, [`nn::ResNet12`], no DropBlock),
+//!   3×84×84, 5-way 5-shot, 15 query per class, meta-batch 4, 5 SGD steps, lr 0.01;
+//!   `miniimagenet-resnet12-long`: the same with 20 steps (the long unroll of the memory goal).
 //!
 //! One timed iteration is the Trainer's own step ([`Trainer::step`]): second-order MAML on the
-//! whole meta-batch (all tasks batched through the InnerLoop), the meta-gradient, and an Adam
-//! outer step, what the peers time too; the tasks are served from memory. This module measures
-//! and returns numbers; it prints nothing.
+//! whole meta-batch (all tasks batched through the InnerLoop), the meta-gradient (full tracking,
+//! or recompute-and-adjoint with [`Options::memory`]), and an Adam outer step, what the peers
+//! time too; the tasks are served from memory. This module measures and returns numbers; it
+//! prints nothing.
 
-use crate::config::TrainConfig;
+use crate::config::{Memory, TrainConfig};
 use crate::data::{MetaBatch, Split, TaskSource};
 use crate::loss::{CrossEntropy, Mse};
 use crate::train::Trainer;
@@ -23,50 +29,133 @@ use std::sync::Mutex;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
+/// The model a workload meta-trains.
+#[derive(Debug, Clone, Copy)]
+pub enum Model {
+    /// The sinusoid MLP 1-40-40-1.
+    Mlp,
+    /// MAML's Conv-4 with this many filters per layer.
+    Conv4 { filters: i64 },
+    /// ResNet-12 with these block widths.
+    ResNet12 { widths: [i64; 4] },
+}
+
 /// A benchmark workload's shapes and inner loop.
 #[derive(Debug, Clone, Copy)]
 pub struct Workload {
     pub name: &'static str,
+    pub model: Model,
     pub meta_batch: i64,
     pub steps: usize,
     pub lr: f64,
     /// 0 for the sinusoid MLP; else classes per task.
     pub ways: i64,
+    /// Support examples per class (per task for the sinusoid).
+    pub shots: i64,
+    /// Query examples per class (per task for the sinusoid).
     pub queries: i64,
+    /// Image channels and side (unused by the MLP).
+    pub channels: i64,
+    pub side: i64,
 }
 
-pub const WORKLOADS: [Workload; 3] = [
+/// The image workloads' common shape: 5-way, 15 queries per class, Omniglot's 1×28×28.
+const IMAGES: Workload = Workload {
+    name: "",
+    model: Model::Conv4 { filters: 64 },
+    meta_batch: 8,
+    steps: 5,
+    lr: 0.4,
+    ways: 5,
+    shots: 1,
+    queries: 15,
+    channels: 1,
+    side: 28,
+};
+
+/// miniImageNet's shape: 3×84×84, lr 0.01, meta-batch 4.
+const MINI: Workload = Workload {
+    meta_batch: 4,
+    lr: 0.01,
+    channels: 3,
+    side: 84,
+    ..IMAGES
+};
+
+const RESNET12: Model = Model::ResNet12 {
+    widths: nn::ResNet12::WIDTHS,
+};
+
+pub const WORKLOADS: [Workload; 6] = [
     Workload {
         name: "sinusoid",
+        model: Model::Mlp,
         meta_batch: 25,
         steps: 1,
         lr: 0.01,
         ways: 0,
+        shots: 10,
         queries: 10,
+        channels: 1,
+        side: 1,
     },
     Workload {
         name: "omniglot",
-        meta_batch: 8,
-        steps: 5,
-        lr: 0.4,
-        ways: 5,
-        queries: 15,
+        ..IMAGES
     },
     Workload {
         name: "omniglot20",
         meta_batch: 32,
-        steps: 5,
-        lr: 0.4,
         ways: 20,
-        queries: 15,
+        ..IMAGES
+    },
+    Workload {
+        name: "miniimagenet-conv4",
+        model: Model::Conv4 { filters: 32 },
+        ..MINI
+    },
+    Workload {
+        name: "miniimagenet-resnet12",
+        model: RESNET12,
+        shots: 5,
+        ..MINI
+    },
+    Workload {
+        name: "miniimagenet-resnet12-long",
+        model: RESNET12,
+        shots: 5,
+        steps: 20,
+        ..MINI
     },
 ];
+
+/// How [`run`] measures a workload.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Timed iterations (their median is reported), after `warmup` untimed ones.
+    pub iters: usize,
+    pub warmup: usize,
+    pub device: Device,
+    /// The fused optimizer kernels (runtime::kernels) instead of the tensor-op reference path.
+    pub fused: bool,
+    /// Task-parallel worker threads (0: automatic), with `threads` libtorch threads in all
+    /// (engine::workers), as training does.
+    pub workers: usize,
+    pub threads: usize,
+    /// Full tracking of the unroll, or recompute-and-adjoint (`algorithm.memory`).
+    pub memory: Memory,
+}
 
 /// What one workload measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchResult {
     pub peer: String,
     pub workload: String,
+    /// The workload's meta-batch and inner steps as run (they can be overridden).
+    pub meta_batch: i64,
+    pub steps: usize,
+    /// "full" or "recompute".
+    pub memory: Memory,
     pub tasks_per_s: f64,
     pub median_s: f64,
     /// Peak resident memory of the process (CPU), MiB; NaN where not measured (CUDA).
@@ -89,7 +178,8 @@ pub fn workload(name: &str) -> Result<Workload> {
         .ok_or_else(|| Error::InvalidSetting {
             what: "bench workload",
             reason: format!(
-                "unknown workload {name:?} (expected sinusoid, omniglot or omniglot20)"
+                "unknown workload {name:?} (expected one of {})",
+                WORKLOADS.map(|w| w.name).join(", ")
             ),
         })
 }
@@ -126,7 +216,7 @@ impl RandomTasks {
                     .f_mul_scalar(10.0)?
                     .f_sub_scalar(5.0)?)
             };
-            let (xs, xq) = (points(10)?, points(w.queries)?);
+            let (xs, xq) = (points(w.shots)?, points(w.queries)?);
             let batch = MetaBatch {
                 support_y: xs.f_sin()?,
                 query_y: xq.f_sin()?,
@@ -148,17 +238,19 @@ impl RandomTasks {
                 .f_expand([t, w.ways * per], false)?
                 .f_contiguous()?)
         };
+        let images =
+            |per: i64| Tensor::f_rand([t, w.ways * per, w.channels, w.side, w.side], opts);
         let batch = MetaBatch {
-            support_x: Tensor::f_rand([t, w.ways, 1, 28, 28], opts)?,
-            support_y: labels(1)?,
-            query_x: Tensor::f_rand([t, w.ways * w.queries, 1, 28, 28], opts)?,
+            support_x: images(w.shots)?,
+            support_y: labels(w.shots)?,
+            query_x: images(w.queries)?,
             query_y: labels(w.queries)?,
             iteration: 0,
             tasks: range,
         };
         Ok(RandomTasks {
             batch: Mutex::new(batch),
-            input: vec![1, 28, 28],
+            input: vec![w.channels, w.side, w.side],
             outputs: w.ways as usize,
         })
     }
@@ -191,54 +283,58 @@ impl TaskSource for RandomTasks {
 }
 
 /// The Trainer's config of workload `w`: second-order MAML, SGD inner steps, Adam outer steps.
-fn config(w: &Workload, iterations: u64, workers: usize) -> TrainConfig {
+fn config(w: &Workload, iterations: u64, o: &Options) -> TrainConfig {
     let mut cfg = TrainConfig::default();
     cfg.algorithm.inner_steps = w.steps;
     cfg.algorithm.inner_lr = w.lr;
+    cfg.algorithm.memory = o.memory;
     cfg.outer.meta_batch = w.meta_batch as usize;
     cfg.outer.iterations = iterations;
-    cfg.run.workers = workers;
+    cfg.run.workers = o.workers;
     cfg.run.consistency_every = 0;
     cfg
 }
 
-/// Runs `iters` timed iterations (after `warmup`) of workload `w` on `device`: each one the
-/// Trainer's own outer step ([`Trainer::step`]) on the workload's tasks. `fused` picks the fused
-/// optimizer kernels (runtime::kernels) or the tensor-op reference path; `workers` (0:
-/// automatic) spreads the meta-batch over task-parallel threads with `threads` libtorch threads
-/// in all (engine::workers), as training does.
-pub fn run(
-    w: &Workload,
-    iters: usize,
-    warmup: usize,
-    device: Device,
-    fused: bool,
-    workers: usize,
-    threads: usize,
-) -> Result<BenchResult> {
-    tch::manual_seed(0);
-    let cfg = config(w, (warmup + iters) as u64, workers);
+/// The Trainer of workload `w` on its random tasks.
+fn trainer(w: &Workload, o: &Options) -> Result<Trainer> {
+    let cfg = config(w, (o.warmup + o.iters) as u64, o);
     let builder = Trainer::builder(&cfg)
         .tasks(RandomTasks::new(w)?)
-        .device(device)
-        .threads(threads)
-        .fused(fused);
-    let mut trainer = if w.ways == 0 {
-        builder.model(nn::mlp(&[1, 40, 40, 1])).loss(Mse).build()?
-    } else {
-        builder
-            .model(nn::conv4(1, w.ways, 64))
+        .device(o.device)
+        .threads(o.threads)
+        .fused(o.fused);
+    match w.model {
+        Model::Mlp => builder.model(nn::mlp(&[1, 40, 40, 1])).loss(Mse).build(),
+        Model::Conv4 { filters } => builder
+            .model(nn::conv4_sized(w.channels, w.ways, filters, w.side))
             .loss(CrossEntropy)
-            .build()?
-    };
-    let mut times = Vec::with_capacity(iters);
-    for i in 0..warmup + iters {
+            .build(),
+        Model::ResNet12 { widths } => builder
+            .model(nn::ResNet12::new(widths, w.ways, w.channels))
+            .loss(CrossEntropy)
+            .build(),
+    }
+}
+
+/// Runs `o.iters` timed iterations (after `o.warmup`) of workload `w`: each one the Trainer's
+/// own outer step ([`Trainer::step`]) on the workload's tasks.
+pub fn run(w: &Workload, o: &Options) -> Result<BenchResult> {
+    if o.iters == 0 {
+        return Err(Error::InvalidSetting {
+            what: "bench iterations",
+            reason: "must be >= 1, got 0".into(),
+        });
+    }
+    tch::manual_seed(0);
+    let mut trainer = trainer(w, o)?;
+    let mut times = Vec::with_capacity(o.iters);
+    for i in 0..o.warmup + o.iters {
         let started = Instant::now();
         trainer.step()?;
-        if let Device::Cuda(index) = device {
+        if let Device::Cuda(index) = o.device {
             tch::Cuda::synchronize(index as i64);
         }
-        if i >= warmup {
+        if i >= o.warmup {
             times.push(started.elapsed().as_secs_f64());
         }
     }
@@ -247,18 +343,21 @@ pub fn run(
     let workers = trainer.workers();
     Ok(BenchResult {
         peer: "metaloop".into(),
-        fused,
+        fused: o.fused,
         workload: w.name.into(),
+        meta_batch: w.meta_batch,
+        steps: w.steps,
+        memory: o.memory,
         tasks_per_s: w.meta_batch as f64 / median,
         median_s: median,
-        peak_mib: if device == Device::Cpu {
+        peak_mib: if o.device == Device::Cpu {
             peak_rss_mib()
         } else {
             f64::NAN
         },
         threads: (workers.count * workers.intra_threads) as i32,
         workers: workers.count,
-        device: match device {
+        device: match o.device {
             Device::Cpu => "cpu".into(),
             Device::Cuda(index) => format!("cuda:{index}"),
             other => format!("{other:?}"),

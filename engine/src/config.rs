@@ -283,12 +283,13 @@ pub struct AlgorithmConfig {
     pub inner_lr: f64,
     /// Inner SGD momentum (the initial value when learned).
     pub inner_momentum: f64,
-    /// Meta-learn the inner lr (one per parameter tensor) as in the seed's example. Meta-SGD
+    /// Meta-learn the inner lr (one per parameter tensor) as in higher's toy example. Meta-SGD
     /// learns one per element instead.
     pub learn_lr: bool,
     /// Meta-learn the inner momentum (one per parameter tensor).
     pub learn_momentum: bool,
-    /// MAML++'s multi-step loss: the query loss after every inner step, weighted.
+    /// MAML++'s multi-step loss: the query loss after every inner step, weighted (with either
+    /// memory mode).
     pub multi_step_loss: bool,
     /// How second-order meta-gradients keep the unroll: "full" (every step's graph, as higher)
     /// or "recompute" (only the parameter and optimizer-state trajectory; each step's graph is
@@ -563,10 +564,6 @@ impl AlgorithmConfig {
                 "algorithm.memory",
                 "\"recompute\" applies to second-order maml, metasgd and anil",
             ));
-        }
-        if self.memory == Memory::Recompute && self.multi_step_loss {
-            // runtime::adjoint's pass starts from one meta-loss on the adapted weights θ_N.
-            return Err(err("algorithm.multi_step_loss", "not available with memory = \"recompute\" (its adjoint pass takes one loss on the adapted weights); use memory = \"full\""));
         }
         if self.learn_lr && matches!(self.name, Metasgd | Lslr) {
             return Err(err(

@@ -123,6 +123,19 @@ enum Command {
         /// thread for CPU models of at least 10,000 parameters, else one).
         #[arg(long, default_value_t = 0)]
         workers: usize,
+        /// "full" (every step's graph) or "recompute" (recompute-and-adjoint), as
+        /// `algorithm.memory`.
+        #[arg(long, default_value = "full")]
+        memory: String,
+        /// Untimed warm-up iterations before the timed ones.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Override the workload's meta-batch (e.g. to measure memory per task).
+        #[arg(long)]
+        meta_batch: Option<i64>,
+        /// Override the workload's inner steps (e.g. to measure memory per step).
+        #[arg(long)]
+        steps: Option<usize>,
     },
     /// A first meta-training on CPU: second-order MAML on sinusoid regression (configs/sinusoid.toml,
     /// the MAML paper's values) into runs/sinusoid-demo*/.
@@ -276,7 +289,30 @@ fn dispatch(command: Command, threads_given: bool) -> Result<()> {
             json,
             fused,
             workers,
-        } => bench(&workload, iters, &device, json, fused, workers),
+            memory,
+            warmup,
+            meta_batch,
+            steps,
+        } => {
+            let mut w = metaloop_engine::bench::workload(&workload)
+                .map_err(|e| config::bad(format!("--workload: {e}")))?;
+            if let Some(m) = meta_batch {
+                if m < 1 {
+                    return Err(config::bad(format!("--meta-batch: must be >= 1, got {m}")));
+                }
+                w.meta_batch = m;
+            }
+            if let Some(n) = steps {
+                if n < 1 {
+                    return Err(config::bad("--steps: must be >= 1, got 0"));
+                }
+                w.steps = n;
+            }
+            let memory = memory
+                .parse()
+                .map_err(|e| config::bad(format!("--memory: {e}")))?;
+            bench(&w, iters, warmup, &device, json, fused, workers, memory)
+        }
         Command::Plot { run_dir } => {
             for p in plot::write(&run_dir)? {
                 println!("{}", p.display());
@@ -393,16 +429,18 @@ fn is_root() -> bool {
 }
 
 /// `metaloop bench`: one workload, printed as text or one JSON line.
+#[allow(clippy::too_many_arguments)] // one per command-line flag
 fn bench(
-    workload: &str,
+    w: &metaloop_engine::bench::Workload,
     iters: usize,
+    warmup: usize,
     device: &str,
     json: bool,
     fused: bool,
     workers: usize,
+    memory: metaloop_engine::config::Memory,
 ) -> Result<()> {
     use metaloop_engine::bench;
-    let w = bench::workload(workload).map_err(|e| config::bad(format!("--workload: {e}")))?;
     let device = match device {
         "cpu" => tch::Device::Cpu,
         "cuda" if tch::Cuda::is_available() => tch::Device::Cuda(0),
@@ -420,17 +458,27 @@ fn bench(
     if iters == 0 {
         return Err(config::bad("--iters: must be >= 1, got 0"));
     }
-    let threads = tch::get_num_threads().max(1) as usize;
-    let r = bench::run(&w, iters, 3, device, fused, workers, threads)?;
+    let options = bench::Options {
+        iters,
+        warmup,
+        device,
+        fused,
+        workers,
+        threads: tch::get_num_threads().max(1) as usize,
+        memory,
+    };
+    let r = bench::run(w, &options)?;
     if json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "{}: {:.1} tasks/s (median {:.2} ms per meta-batch of {}), peak RSS {:.0} MiB, {} threads ({} workers), {}",
+            "{}: {:.2} tasks/s (median {:.2} ms per meta-batch of {}, {} steps, {} memory), peak RSS {:.0} MiB, {} threads ({} workers), {}",
             r.workload,
             r.tasks_per_s,
             1e3 * r.median_s,
-            w.meta_batch,
+            r.meta_batch,
+            r.steps,
+            r.memory,
             r.peak_mib,
             r.threads,
             r.workers,

@@ -15,11 +15,27 @@ const PEERS: [(&str, &str); 3] = [
     ("torchopt", "TorchOpt"),
 ];
 
+/// The workloads of engine::bench and peers.py.
+const WORKLOADS: [&str; 6] = [
+    "sinusoid",
+    "omniglot",
+    "omniglot20",
+    "miniimagenet-conv4",
+    "miniimagenet-resnet12",
+    "miniimagenet-resnet12-long",
+];
+
 struct Options {
     peers: bool,
     workloads: Vec<String>,
     iters: usize,
+    warmup: usize,
     threads: usize,
+    /// metaloop's memory modes ("full", "recompute"); the peers always track the full unroll.
+    memory: Vec<String>,
+    /// Overrides of every workload's meta-batch and inner steps.
+    meta_batch: Option<usize>,
+    steps: Option<usize>,
 }
 
 fn parse(args: &[String]) -> Result<Options> {
@@ -27,7 +43,11 @@ fn parse(args: &[String]) -> Result<Options> {
         peers: false,
         workloads: vec!["sinusoid".into(), "omniglot".into()],
         iters: 10,
+        warmup: 3,
         threads: 2,
+        memory: vec!["full".into()],
+        meta_batch: None,
+        steps: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -36,21 +56,35 @@ fn parse(args: &[String]) -> Result<Options> {
                 .cloned()
                 .with_context(|| format!("{name} needs a value"))
         };
+        let list = |v: String| v.split(',').map(str::to_string).collect::<Vec<_>>();
+        let count = |name: &str, v: String| -> Result<usize> {
+            v.parse()
+                .with_context(|| format!("{name}: expected a positive integer, got `{v}`"))
+        };
         match a.as_str() {
             "--peers" => o.peers = true,
-            "--workloads" => o.workloads = value("--workloads")?.split(',').map(str::to_string).collect(),
-            "--iters" => o.iters = value("--iters")?.parse().context("--iters: expected a positive integer")?,
-            "--threads" => o.threads = value("--threads")?.parse().context("--threads: expected a positive integer")?,
-            other => bail!("bench: unknown argument `{other}` (expected --peers, --workloads, --iters, --threads)"),
+            "--workloads" => o.workloads = list(value(a)?),
+            "--memory" => o.memory = list(value(a)?),
+            "--iters" => o.iters = count(a, value(a)?)?,
+            "--warmup" => o.warmup = count(a, value(a)?)?,
+            "--threads" => o.threads = count(a, value(a)?)?,
+            "--meta-batch" => o.meta_batch = Some(count(a, value(a)?)?),
+            "--steps" => o.steps = Some(count(a, value(a)?)?),
+            other => bail!("bench: unknown argument `{other}` (expected --peers, --workloads, --memory, --iters, --warmup, --threads, --meta-batch, --steps)"),
         }
     }
     for w in &o.workloads {
-        if !["sinusoid", "omniglot", "omniglot20"].contains(&w.as_str()) {
-            bail!("--workloads: unknown workload `{w}` (expected sinusoid, omniglot, omniglot20)");
+        if !WORKLOADS.contains(&w.as_str()) {
+            bail!("--workloads: unknown workload `{w}` (expected {})", WORKLOADS.join(", "));
         }
     }
-    if o.iters == 0 || o.threads == 0 {
-        bail!("--iters and --threads must be >= 1");
+    for m in &o.memory {
+        if !["full", "recompute"].contains(&m.as_str()) {
+            bail!("--memory: unknown mode `{m}` (expected full, recompute)");
+        }
+    }
+    if o.iters == 0 || o.threads == 0 || o.meta_batch == Some(0) || o.steps == Some(0) {
+        bail!("--iters, --threads, --meta-batch and --steps must be >= 1");
     }
     Ok(o)
 }
@@ -58,20 +92,29 @@ fn parse(args: &[String]) -> Result<Options> {
 /// One JSON result line of `metaloop bench --json` or peers.py.
 #[derive(Debug)]
 struct Row {
+    /// "metaloop" (with its memory mode: "metaloop recompute") or the peer's name.
     peer: String,
     workload: String,
+    /// NaN when the peer ran out of memory.
     tasks_per_s: f64,
     peak_mib: f64,
+    oom: bool,
 }
 
 fn parse_row(line: &str) -> Option<Row> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let mut peer = v["peer"].as_str()?.to_string();
+    if let Some(m) = v["memory"].as_str().filter(|m| *m != "full") {
+        peer = format!("{peer} {m}");
+    }
+    let oom = v["oom"].as_bool().unwrap_or(false);
     Some(Row {
-        peer: v["peer"].as_str()?.to_string(),
+        peer,
         workload: v["workload"].as_str()?.to_string(),
-        tasks_per_s: v["tasks_per_s"].as_f64()?,
+        tasks_per_s: if oom { f64::NAN } else { v["tasks_per_s"].as_f64()? },
         // NaN (not measured) is written as null.
         peak_mib: v["peak_mib"].as_f64().unwrap_or(f64::NAN),
+        oom,
     })
 }
 
@@ -96,6 +139,22 @@ fn run_json(cmd: &mut Command, what: &str) -> Result<Row> {
         .with_context(|| format!("{what} printed no result line"))
 }
 
+/// The flags both `metaloop bench` and peers.py take: iterations, warm-up, threads and the
+/// overrides.
+fn common_args(o: &Options) -> Vec<String> {
+    let args: Vec<String> = [
+        ("--iters", o.iters),
+        ("--warmup", o.warmup),
+        ("--threads", o.threads),
+    ]
+    .iter()
+    .chain(o.meta_batch.map(|m| ("--meta-batch", m)).iter())
+    .chain(o.steps.map(|n| ("--steps", n)).iter())
+    .flat_map(|(flag, v)| [flag.to_string(), v.to_string()])
+    .collect();
+    args
+}
+
 pub fn run(args: &[String]) -> Result<ExitCode> {
     let o = parse(args)?;
     let env = setup::run(o.peers)?;
@@ -115,33 +174,21 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     let metaloop = root.join("target/release/metaloop");
     let mut rows = Vec::new();
     for w in &o.workloads {
-        eprintln!("xtask: bench: metaloop {w}");
-        let mut cmd = Command::new(&metaloop);
-        cmd.args([
-            "bench",
-            "--workload",
-            w,
-            "--iters",
-            &o.iters.to_string(),
-            "--threads",
-            &o.threads.to_string(),
-            "--json",
-        ]);
-        rows.push(run_json(&mut cmd, &format!("metaloop bench {w}"))?);
+        for memory in &o.memory {
+            eprintln!("xtask: bench: metaloop {w} ({memory})");
+            let mut cmd = Command::new(&metaloop);
+            // --threads is the launcher's own flag (before the subcommand).
+            cmd.args(["bench", "--workload", w, "--memory", memory, "--json"])
+                .args(common_args(&o));
+            rows.push(run_json(&mut cmd, &format!("metaloop bench {w} {memory}"))?);
+        }
         if o.peers {
             for (peer, _) in PEERS {
                 eprintln!("xtask: bench: {peer} {w}");
                 let mut cmd = Command::new(&env.python);
-                cmd.arg(root.join("benches/peers/peers.py")).args([
-                    "--peer",
-                    peer,
-                    "--workload",
-                    w,
-                    "--iters",
-                    &o.iters.to_string(),
-                    "--threads",
-                    &o.threads.to_string(),
-                ]);
+                cmd.arg(root.join("benches/peers/peers.py"))
+                    .args(["--peer", peer, "--workload", w])
+                    .args(common_args(&o));
                 rows.push(run_json(&mut cmd, &format!("peers.py {peer} {w}"))?);
             }
         }
@@ -150,7 +197,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     std::fs::create_dir_all(&dir)?;
     let lines: Vec<String> = rows
         .iter()
-        .map(|r| serde_json::json!({"peer": r.peer, "workload": r.workload, "tasks_per_s": r.tasks_per_s, "peak_mib": r.peak_mib}).to_string())
+        .map(|r| serde_json::json!({"peer": r.peer, "workload": r.workload, "tasks_per_s": r.tasks_per_s, "peak_mib": r.peak_mib, "oom": r.oom}).to_string())
         .collect();
     std::fs::write(dir.join("results.jsonl"), lines.join("\n") + "\n")?;
     print_table(&o, &rows);
@@ -159,44 +206,49 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
 
 fn print_table(o: &Options, rows: &[Row]) {
     println!(
-        "\nsecond-order MAML, {} timed iterations (median), {} threads, CPU",
-        o.iters, o.threads
+        "\nsecond-order MAML, {} timed iterations (median) after {} warm-up, {} threads, CPU{}{}",
+        o.iters,
+        o.warmup,
+        o.threads,
+        o.meta_batch.map(|m| format!(", meta-batch {m}")).unwrap_or_default(),
+        o.steps.map(|n| format!(", {n} inner steps")).unwrap_or_default(),
     );
-    let mut header = format!("{:<11} {:>12} {:>9}", "workload", "metaloop", "peak MiB");
+    let mut columns: Vec<(String, String)> = o
+        .memory
+        .iter()
+        .map(|m| match m.as_str() {
+            "full" => ("metaloop".to_string(), "metaloop".to_string()),
+            m => (format!("metaloop {m}"), format!("metaloop {m}")),
+        })
+        .collect();
     if o.peers {
-        for (_, label) in PEERS {
-            header.push_str(&format!(" {:>24}", format!("{label} (ratio)")));
-        }
+        columns.extend(PEERS.iter().map(|(p, l)| (p.to_string(), format!("{l} (ratio)"))));
+    }
+    let mut header = format!("{:<27}", "workload");
+    for (_, label) in &columns {
+        header.push_str(&format!(" {label:>28}"));
     }
     println!("{header}");
     for w in &o.workloads {
-        let Some(ours) = rows
+        let ours = rows
             .iter()
-            .find(|r| &r.workload == w && r.peer == "metaloop")
-        else {
-            continue;
-        };
-        let mut line = format!(
-            "{:<11} {:>8.1} t/s {:>9.0}",
-            w, ours.tasks_per_s, ours.peak_mib
-        );
-        if o.peers {
-            for (peer, _) in PEERS {
-                match rows.iter().find(|r| &r.workload == w && r.peer == peer) {
-                    Some(p) => line.push_str(&format!(
-                        " {:>24}",
-                        format!(
-                            "{:.1} t/s, {:.0} MiB ({:.2}×)",
-                            p.tasks_per_s,
-                            p.peak_mib,
-                            ours.tasks_per_s / p.tasks_per_s
-                        )
-                    )),
-                    None => line.push_str(&format!(" {:>24}", "-")),
+            .find(|r| &r.workload == w && r.peer.starts_with("metaloop"));
+        let mut line = format!("{w:<27}");
+        for (peer, _) in &columns {
+            let cell = match rows.iter().find(|r| &r.workload == w && &r.peer == peer) {
+                None => "-".to_string(),
+                Some(r) if r.oom => format!("out of memory at {:.0} MiB", r.peak_mib),
+                Some(r) => {
+                    let mut c = format!("{:.2} t/s, {:.0} MiB", r.tasks_per_s, r.peak_mib);
+                    if let Some(ours) = ours.filter(|_| !peer.starts_with("metaloop")) {
+                        c.push_str(&format!(" ({:.2}×)", ours.tasks_per_s / r.tasks_per_s));
+                    }
+                    c
                 }
-            }
+            };
+            line.push_str(&format!(" {cell:>28}"));
         }
         println!("{line}");
     }
-    println!("(ratio: metaloop's tasks/s over the peer's; t/s: tasks per second)");
+    println!("(ratio: metaloop's tasks/s (first memory mode) over the peer's; t/s: tasks per second; MiB: peak RSS)");
 }

@@ -8,9 +8,8 @@
 //! hyperparameters or a frozen body: their meta-gradient is the trait's default,
 //! [`second_order_or_recompute`].
 
-use std::cell::RefCell;
-
 use metaloop_runtime::adjoint::MetaGradient;
+use metaloop_runtime::Params;
 use tch::Tensor;
 
 use super::{adapt, gradients, query_losses, Algorithm, Contribution, MetaGrad, Shard};
@@ -57,6 +56,17 @@ pub fn multi_step_weights(steps: usize, iteration: u64, iterations: u64) -> Vec<
     w
 }
 
+/// MAML++'s weights of the query losses after steps 1..=N when `multi_step_loss` is on (empty
+/// when off: the meta-objective is the last query loss alone).
+fn step_weights(shard: &Shard) -> Vec<f64> {
+    let a = shard.config();
+    if !a.multi_step_loss {
+        return Vec::new();
+    }
+    let (iteration, iterations) = shard.progress();
+    multi_step_weights(a.inner_steps, iteration, iterations)
+}
+
 /// The adapted inner loop's meta-objective (divided by `global_tasks`) and its query losses:
 /// the query loss after the last step, with MAML++'s weighted earlier query losses when
 /// `multi_step_loss` is on.
@@ -66,14 +76,8 @@ fn objective<'a>(
     global_tasks: f64,
     track: bool,
 ) -> Result<(metaloop_runtime::InnerLoop<'a>, Tensor, TaskLosses)> {
-    let a = shard.config();
-    let steps = a.inner_steps;
-    let weights = if a.multi_step_loss {
-        let (iteration, iterations) = shard.progress();
-        multi_step_weights(steps, iteration, iterations)
-    } else {
-        Vec::new()
-    };
+    let steps = shard.config().inner_steps;
+    let weights = step_weights(shard);
     let mut multi: Option<Tensor> = None;
     let inner = adapt(shard, batch, steps, track, |s, inner| {
         if weights.is_empty() || s + 1 == steps {
@@ -124,11 +128,12 @@ fn first_order(shard: &Shard, batch: &MetaBatch, global_tasks: f64) -> MetaGrad 
 }
 
 /// The second-order meta-gradient with only the trajectory stored (runtime::adjoint): the same
-/// values as full tracking, memory independent of steps × activations.
+/// values as full tracking, memory independent of steps × activations. With MAML++'s multi-step
+/// loss, the adjoint pass adds each step's weighted query loss at θ_t as it passes t.
 pub fn recompute(shard: &Shard, batch: &MetaBatch, global_tasks: f64) -> MetaGrad {
     let a = shard.config();
-    let _s =
-        tracing::info_span!("inner_loop", steps = a.inner_steps, memory = "recompute").entered();
+    let steps = a.inner_steps;
+    let _s = tracing::info_span!("inner_loop", steps, memory = "recompute").entered();
     let mut mg = MetaGradient::new(shard.inner_optimizer())
         .tasks(batch.len() as i64)
         .checkpoint_interval(a.checkpoint_interval())
@@ -136,28 +141,37 @@ pub fn recompute(shard: &Shard, batch: &MetaBatch, global_tasks: f64) -> MetaGra
     for h in shard.learned() {
         mg = mg.override_hparam(&h.name, &h.tensor);
     }
-    let query: RefCell<Option<TaskLosses>> = RefCell::new(None);
-    let grads = mg.compute(
-        shard.theta(),
-        a.inner_steps,
-        |theta, _| {
-            Ok(shard
-                .losses(theta, &batch.support_x, &batch.support_y)?
-                .total(shard.kind())?)
-        },
-        |theta| {
-            let q = shard.losses(theta, &batch.query_x, &batch.query_y)?;
-            let objective = q.total(shard.kind())?.f_div_scalar(global_tasks)?;
-            *query.borrow_mut() = Some(TaskLosses {
+    let weights = step_weights(shard);
+    let mut support = |theta: &Params, _| -> metaloop_runtime::Result<Tensor> {
+        Ok(shard
+            .losses(theta, &batch.support_x, &batch.support_y)?
+            .total(shard.kind())?)
+    };
+    let trajectory = mg.forward(shard.theta(), steps, &mut support)?;
+    let mut query: Option<TaskLosses> = None;
+    let grads = mg.backward(trajectory, &mut support, |theta, t| {
+        // The query loss after step t (1-based), weighted when the multi-step loss is on.
+        let weight = match (t, weights.is_empty()) {
+            (0, _) => return Ok(None),
+            (t, true) if t < steps => return Ok(None),
+            (_, true) => None,
+            (t, false) => Some(weights[t - 1]),
+        };
+        let q = shard.losses(theta, &batch.query_x, &batch.query_y)?;
+        let mut term = q.total(shard.kind())?;
+        if let Some(w) = weight {
+            term = term.f_mul_scalar(w)?;
+        }
+        if t == steps {
+            query = Some(TaskLosses {
                 loss: q.loss.f_detach()?,
                 accuracy: q.accuracy.map(|a| a.f_detach()).transpose()?,
             });
-            Ok(objective)
-        },
-    )?;
-    let query = query
-        .into_inner()
-        .ok_or_else(|| Error::State("the adjoint pass evaluated no meta-loss".into()))?;
+        }
+        Ok(Some(term.f_div_scalar(global_tasks)?))
+    })?;
+    let query =
+        query.ok_or_else(|| Error::State("the adjoint pass evaluated no meta-loss".into()))?;
     let mut out = vec![grads.theta0];
     out.extend(grads.hypergradients.into_iter().map(|(_, g)| g));
     Ok(Contribution { grads: out, query })
