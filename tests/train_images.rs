@@ -7,7 +7,7 @@
 mod data_support;
 
 use data_support::{write_rgb, TempDir};
-use metaloop::engine::config::{Augment, Backbone, DropBlockConfig, Memory, TaskKind, TrainConfig};
+use metaloop::engine::config::{Backbone, Memory, TaskKind, TrainConfig};
 use metaloop::engine::data::Split;
 use metaloop::engine::train::Trainer;
 use metaloop::runtime::comm::Local;
@@ -170,8 +170,8 @@ fn maml_on_conv4_rises_above_chance_on_omniglot_format_data() {
 }
 
 /// A miniImageNet-layout dataset (`images/` + `train.csv`, `val.csv`, `test.csv`) of generated
-/// 32×32 JPEGs: `classes` classes per split, `drawings` images each.
-fn write_miniimagenet(root: &std::path::Path, classes: [u32; 3], drawings: u32) {
+/// `side`×`side` JPEGs: `classes` classes per split, `drawings` images each.
+fn write_miniimagenet(root: &std::path::Path, classes: [u32; 3], drawings: u32, side: u32) {
     let mut class = 0;
     for (split, n) in ["train", "val", "test"].into_iter().zip(classes) {
         let mut csv = String::from("filename,label\n");
@@ -179,7 +179,7 @@ fn write_miniimagenet(root: &std::path::Path, classes: [u32; 3], drawings: u32) 
             let label = format!("n{:07}", 1000 + class);
             for d in 0..drawings {
                 let file = format!("{label}{:08}.jpg", d + 1);
-                write_rgb(&root.join("images").join(&file), 32, 32, class, d);
+                write_rgb(&root.join("images").join(&file), side, side, class, d);
                 csv.push_str(&format!("{file},{label}\n"));
             }
             class += 1;
@@ -191,7 +191,7 @@ fn write_miniimagenet(root: &std::path::Path, classes: [u32; 3], drawings: u32) 
 #[test]
 fn maml_on_a_small_resnet12_learns_miniimagenet_layout_episodes() {
     let tmp = TempDir::new("train-resnet12");
-    write_miniimagenet(tmp.path(), [12, 5, 8], 6);
+    write_miniimagenet(tmp.path(), [12, 5, 8], 6, 16);
     let mut cfg = TrainConfig::default();
     cfg.run.threads = 1;
     cfg.task.kind = TaskKind::Miniimagenet;
@@ -200,16 +200,15 @@ fn maml_on_a_small_resnet12_learns_miniimagenet_layout_episodes() {
     cfg.task.ways = 5;
     cfg.task.shots = 1;
     cfg.task.queries = 3;
-    cfg.task.image_size = 32;
-    cfg.task.augment = Augment::Standard;
+    cfg.task.image_size = 16;
     cfg.model.backbone = Backbone::Resnet12;
     cfg.model.widths = vec![8, 16, 16, 16];
-    cfg.model.dropblock = Some(DropBlockConfig { rate: 0.1, size: 2 });
     cfg.algorithm.inner_steps = 1;
     cfg.algorithm.inner_lr = 0.1;
+    cfg.outer.lr = 3e-3;
     cfg.algorithm.memory = Memory::Recompute;
     cfg.outer.meta_batch = 4;
-    cfg.outer.iterations = 150;
+    cfg.outer.iterations = 60;
     cfg.eval.test_tasks = 40;
     let mut trainer = Trainer::new(&cfg, Box::new(Local)).unwrap();
     for _ in 0..cfg.outer.iterations {
@@ -221,12 +220,13 @@ fn maml_on_a_small_resnet12_learns_miniimagenet_layout_episodes() {
         "resnet12 test accuracy after {:.3} ± {:.3}",
         after.mean, after.ci95
     );
-    // Chance is 1/5 on unseen classes. A ResNet-12 this small, with DropBlock and augmentation
-    // on, learns slowly in the 150 iterations a test affords (measured: 0.33 ± 0.04 after one
-    // inner step); the lower end of the 95% CI must clear 0.25, so chance is excluded with room
-    // to spare while the bar stays below what the run reaches.
+    // Chance is 1/5 on unseen classes. The bar: the lower end of the 95% CI at least twice
+    // chance (0.4). Measured: 0.66 ± 0.04 after 60 iterations. The images are
+    // 16×16 (four 2×2 poolings leave 1×1 maps) to keep the test short; DropBlock (which needs
+    // maps of at least 2×2 after the last block) and augmentation have their own tests
+    // (nn_layers, data_augment) and slow learning down beyond what a test affords.
     assert!(
-        after.mean - after.ci95 > 0.25,
+        after.mean - after.ci95 > 0.4,
         "accuracy after adaptation {} ± {} is not above chance",
         after.mean,
         after.ci95
