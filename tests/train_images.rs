@@ -6,7 +6,7 @@
 #[allow(dead_code)]
 mod data_support;
 
-use data_support::{write_rgb, TempDir};
+use data_support::{write_character, write_rgb, TempDir};
 use metaloop::engine::config::{Backbone, Memory, TaskKind, TrainConfig};
 use metaloop::engine::data::Split;
 use metaloop::engine::train::Trainer;
@@ -87,24 +87,6 @@ fn cache_written(dir: &std::path::Path) -> bool {
                 .any(|e| e.path().extension().is_some_and(|x| x == "u8"))
         })
         .unwrap_or(false)
-}
-
-/// A 28×28 "character": a 4×4 grid of 7-pixel blocks, ink where the bits of a hash of the class
-/// are set (so every class differs, and its rotations differ from it), each drawing shifted by a
-/// pixel and with a few pixels flipped.
-fn write_character(path: &std::path::Path, class: u32, drawing: u32) {
-    let mut h = (class as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    h ^= h >> 29;
-    let bits = (h & 0xFFFF) as u16 | 0x0001; // at least one block of ink
-    let (dx, dy) = (drawing % 2, drawing / 2 % 2);
-    let img = image::GrayImage::from_fn(28, 28, |x, y| {
-        let (bx, by) = (((x + dx) / 7).min(3), ((y + dy) / 7).min(3));
-        let ink = bits >> (by * 4 + bx) & 1 == 1;
-        let noise = (x * 31 + y * 17 + drawing * 7 + class) % 23 == 0;
-        image::Luma([if ink != noise { 0 } else { 255 }])
-    });
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    img.save(path).unwrap();
 }
 
 #[test]

@@ -358,6 +358,15 @@ pub struct EvalConfig {
     pub test_tasks: usize,
     /// Inner steps at evaluation (0 = the training value).
     pub inner_steps: usize,
+    /// Classes per validation and meta-test task (0 = `task.ways`). Another number than the
+    /// trained one evaluates with a head of this width whose rows start at zero
+    /// (engine::protocol). Regression tasks have no classes: 0 only.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub ways: usize,
+    /// Support examples per class (classification) or support points K (regression) of
+    /// validation and meta-test tasks (0 = `task.shots`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub shots: usize,
     /// How BatchNorm normalises the query at validation and meta-test.
     pub batchnorm: EvalBatchNorm,
 }
@@ -369,6 +378,8 @@ impl Default for EvalConfig {
             val_tasks: 100,
             test_tasks: 600,
             inner_steps: 0,
+            ways: 0,
+            shots: 0,
             batchnorm: EvalBatchNorm::Transductive,
         }
     }
@@ -398,6 +409,12 @@ impl Default for LogConfig {
             tensorboard: true,
         }
     }
+}
+
+/// Left out of the written config (and of its hash) at its default, so that configs written
+/// before the key existed keep their hash.
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 fn err(key: &str, message: impl Into<String>) -> ConfigError {
@@ -620,6 +637,15 @@ impl TrainConfig {
         )?;
 
         at_least("eval.test_tasks", self.eval.test_tasks as i64, 2)?;
+        if self.eval.ways != 0 {
+            if !classification {
+                return Err(err(
+                    "eval.ways",
+                    "sinusoid regression has no classes: leave it 0 (eval.shots sets the support points)",
+                ));
+            }
+            at_least("eval.ways", to_i64(self.eval.ways), 2)?;
+        }
         if self.eval.every > 0 {
             at_least("eval.val_tasks", self.eval.val_tasks as i64, 2)?;
         }
@@ -634,7 +660,7 @@ impl TrainConfig {
     fn validate_upper_bounds(&self) -> Result<(), ConfigError> {
         const SIZE: i64 = 1 << 16;
         const COUNT: i64 = 1 << 24;
-        let checks: [(&str, i64, i64); 16] = [
+        let checks: [(&str, i64, i64); 18] = [
             ("task.ways", self.task.ways, SIZE),
             ("task.shots", self.task.shots, SIZE),
             ("task.queries", self.task.queries, SIZE),
@@ -654,6 +680,8 @@ impl TrainConfig {
             ("eval.val_tasks", to_i64(self.eval.val_tasks), COUNT),
             ("eval.test_tasks", to_i64(self.eval.test_tasks), COUNT),
             ("eval.inner_steps", to_i64(self.eval.inner_steps), COUNT),
+            ("eval.ways", to_i64(self.eval.ways), SIZE),
+            ("eval.shots", to_i64(self.eval.shots), SIZE),
             (
                 "log.keep_checkpoints",
                 to_i64(self.log.keep_checkpoints),
@@ -685,18 +713,39 @@ impl TrainConfig {
                 return Err(err(key, format!("widths must be <= {SIZE}, got {h}")));
             }
         }
-        // One task's examples: ways × (shots + queries) images of 3 × size × size values.
-        let examples = self.task.ways.max(1) * (self.task.shots + self.task.queries);
-        let per_task = examples
-            .checked_mul(3 * self.task.image_size.max(1).pow(2))
-            .filter(|v| *v <= 1 << 32);
-        if self.is_classification() && per_task.is_none() {
-            return Err(err(
-                "task.ways",
-                "ways × (shots + queries) × 3 × image_size² must be <= 2^32 values per task",
-            ));
+        // One task's examples: ways × (shots + queries) images of 3 × size × size values, in
+        // training and at evaluation.
+        let t = &self.task;
+        let (ways, shots) = (to_i64(self.eval_ways()), to_i64(self.eval_shots()));
+        for (key, ways, shots) in [("task.ways", t.ways, t.shots), ("eval.ways", ways, shots)] {
+            let per_task = (ways.max(1) * (shots + t.queries))
+                .checked_mul(3 * t.image_size.max(1).pow(2))
+                .filter(|v| *v <= 1 << 32);
+            if self.is_classification() && per_task.is_none() {
+                return Err(err(
+                    key,
+                    "ways × (shots + queries) × 3 × image_size² must be <= 2^32 values per task",
+                ));
+            }
         }
         Ok(())
+    }
+
+    /// Classes per evaluation task: `eval.ways`, or `task.ways` when 0.
+    pub fn eval_ways(&self) -> usize {
+        match self.eval.ways {
+            0 => usize::try_from(self.task.ways).unwrap_or(0),
+            w => w,
+        }
+    }
+
+    /// Support examples per class (support points) of evaluation tasks: `eval.shots`, or
+    /// `task.shots` when 0.
+    pub fn eval_shots(&self) -> usize {
+        match self.eval.shots {
+            0 => usize::try_from(self.task.shots).unwrap_or(0),
+            s => s,
+        }
     }
 
     /// Inner steps used at evaluation.

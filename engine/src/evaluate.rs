@@ -1,5 +1,6 @@
 //! Meta-testing and validation: the query loss (and accuracy) of held-out tasks before and after
-//! adapting on their support sets, with 95% confidence intervals over tasks.
+//! adapting on their support sets, with 95% confidence intervals over tasks. Tasks have the
+//! evaluation protocol's ways and shots, and the model its head (engine::protocol).
 //!
 //! The support steps are the algorithms' own [`crate::algorithms::adapt`] (first order: nothing
 //! is differentiated), with the learned inner hyperparameters in force. Each rank evaluates its
@@ -7,7 +8,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::algorithms::adapt;
+use crate::algorithms::{adapt, Shard};
 use crate::data::{MetaBatch, Split};
 use crate::loss::TaskLosses;
 use crate::setup::rank_slice;
@@ -23,15 +24,18 @@ impl Trainer {
         // Per task: loss before, loss after, accuracy before, accuracy after.
         let mut table = Tensor::f_zeros([tasks as i64, 4], (Kind::Double, Device::Cpu))?;
         let chunk = self.cfg.outer.meta_batch.clamp(1, 32);
+        let weights = self.protocol.weights(&self.theta, &self.learned)?;
         let mut start = mine.start;
         while start < mine.end {
             let end = (start + chunk).min(mine.end);
-            let batch =
-                self.prepare(
-                    self.source
-                        .meta_batch(self.cfg.run.seed, 0, start..end, split)?,
-                )?;
-            let rows = self.evaluate_batch(&batch)?;
+            let batch = self.prepare(self.protocol.source.meta_batch(
+                self.cfg.run.seed,
+                0,
+                start..end,
+                split,
+            )?)?;
+            let shard = self.eval_shard(&batch, weights.as_ref());
+            let rows = self.evaluate_batch(&shard, &batch)?;
             tch::no_grad(|| {
                 table
                     .f_narrow(0, start as i64, batch.len() as i64)?
@@ -44,14 +48,13 @@ impl Trainer {
     }
 
     /// Rows `[T, 4]` (f64, CPU) of loss before, loss after, accuracy before, accuracy after.
-    fn evaluate_batch(&self, batch: &MetaBatch) -> Result<Tensor> {
-        let shard = self.shard(batch);
+    fn evaluate_batch(&self, shard: &Shard<'_>, batch: &MetaBatch) -> Result<Tensor> {
         let t = batch.len() as i64;
-        let theta = self.theta.expand_tasks(t)?;
+        let theta = shard.theta().expand_tasks(t)?;
         let bn = self.cfg.eval.batchnorm;
         let before: TaskLosses = tch::no_grad(|| shard.test_query_losses(&theta, batch, bn))?;
         let steps = self.cfg.eval_inner_steps();
-        let inner = adapt(&shard, batch, steps, false, |_, _| Ok(()))?;
+        let inner = adapt(shard, batch, steps, false, |_, _| Ok(()))?;
         let after = tch::no_grad(|| shard.test_query_losses(inner.params(), batch, bn))?;
         let zeros = Tensor::f_zeros([t], (self.kind, self.device))?;
         let cols = [
@@ -85,6 +88,8 @@ impl Trainer {
             split: split.name().into(),
             tasks,
             inner_steps: self.cfg.eval_inner_steps(),
+            ways: self.protocol.ways,
+            shots: self.protocol.shots,
             metric: self.loss.metric().into(),
             loss_before: l0,
             loss_after: l1,

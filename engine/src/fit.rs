@@ -1,7 +1,8 @@
 //! The fit loop: [`Trainer::fit`] runs the outer iterations left, with the validation cadence
 //! (`eval.every`), the metrics log (`log.every`), the checkpoint cadence (`log.checkpoint_every`,
 //! and the last iteration), the truncation of `metrics.jsonl` after a resumed checkpoint, and
-//! the stop that every rank agrees on.
+//! the stop that every rank agrees on, and model selection: a validation better than every
+//! earlier one of the run (engine::selection) writes `model.best.safetensors` and `best.json`.
 //!
 //! The caller wires the communicator, restores a checkpoint to resume, and shows progress through
 //! an [`Observer`]; it passes the run directory on the rank that writes (rank 0) and `None` on the
@@ -19,6 +20,7 @@ use serde::Serialize;
 use crate::checkpoint::{self, SamplerState};
 use crate::data::Split;
 use crate::rundir::{self, RunDir};
+use crate::selection::Best;
 use crate::tensorboard::{tags, TensorBoard};
 use crate::train::{EvalReport, StepMetrics, Trainer};
 use crate::{Error, Result};
@@ -86,6 +88,8 @@ struct Progress {
     saved: Option<u64>,
     /// The run's TensorBoard event file (`log.tensorboard`, on the writing rank).
     board: Option<TensorBoard>,
+    /// The best validation so far (on the writing rank; read back from `best.json` on resume).
+    best: Option<Best>,
 }
 
 impl Trainer {
@@ -111,6 +115,10 @@ impl Trainer {
                     Some(TensorBoard::create(run.path())?)
                 }
                 _ => None,
+            },
+            best: match run.as_deref() {
+                Some(run) => Best::read(run.path())?,
+                None => None,
             },
         };
         let total = self.config().outer.iterations;
@@ -188,6 +196,9 @@ impl Trainer {
                 log_scalars(board, m, tasks_per_s, val)?;
             }
         }
+        if let Some(v) = val {
+            self.keep_if_best(run, Best::of(it, v), &mut p.best)?;
+        }
         let every = cfg.log.checkpoint_every;
         if (every > 0 && it.is_multiple_of(every)) || last {
             self.save_checkpoint(run)?;
@@ -216,16 +227,32 @@ impl Trainer {
         )
     }
 
+    /// A validation `candidate` better than the best so far: `model.best.safetensors`, then
+    /// `best.json` (a crash between the two leaves a record no better than the file).
+    fn keep_if_best(&self, run: &RunDir, candidate: Best, best: &mut Option<Best>) -> Result<()> {
+        if !candidate.beats(best.as_ref()) {
+            return Ok(());
+        }
+        self.write_model_file(run.best_model_path())?;
+        candidate.write(run.path())?;
+        *best = Some(candidate);
+        Ok(())
+    }
+
     /// Writes `model.safetensors` into `run`: θ0 under PyTorch's state_dict names and, when the
     /// algorithm learns inner hyperparameters, each of them beside it as `inner.<name>` (Meta-SGD's
     /// `inner.lr` `[P]`, LSLR's `inner.lr` `[steps, G]`, `learn_lr`'s `inner.lr` and
     /// `learn_momentum`'s `inner.momentum` `[G]`, G in θ0's tensor order). PyTorch reads θ0 back
     /// with `load_state_dict(..., strict=False)`.
     pub fn write_model(&self, run: &RunDir) -> Result<PathBuf> {
+        self.write_model_file(run.model_path())
+    }
+
+    /// [`Trainer::write_model`]'s content as the file `path`, written atomically.
+    fn write_model_file(&self, path: PathBuf) -> Result<PathBuf> {
         if self.learned.is_empty() {
-            return run.write_model(&self.theta);
+            return rundir::write_params(path, &self.theta);
         }
-        let path = run.model_path();
         let scratch = path.with_extension("safetensors.scratch");
         let io = |source| Error::Io {
             path: scratch.clone(),

@@ -7,6 +7,8 @@
 //!   checkpoints/     ckpt-<iteration>.safetensors + ckpt-<iteration>.json (see crate::checkpoint)
 //!   report.json      the final meta-test and validation reports
 //!   model.safetensors  θ0 with PyTorch state_dict names (PyTorch's load_state_dict reads it)
+//!   model.best.safetensors  the same at the best validation so far, and best.json its
+//!                    iteration and value (crate::selection)
 //!   plots/           PNG learning curves (written by the launcher)
 //! ```
 //!
@@ -36,6 +38,8 @@ pub const METRICS: &str = "metrics.jsonl";
 pub const REPORT: &str = "report.json";
 pub const CHECKPOINTS: &str = "checkpoints";
 pub const MODEL: &str = "model.safetensors";
+pub const BEST_MODEL: &str = "model.best.safetensors";
+pub const BEST: &str = "best.json";
 pub const PLOTS: &str = "plots";
 pub const LOCK: &str = ".lock";
 
@@ -238,6 +242,11 @@ impl RunDir {
         self.root.join(MODEL)
     }
 
+    /// `<run>/model.best.safetensors`.
+    pub fn best_model_path(&self) -> PathBuf {
+        self.root.join(BEST_MODEL)
+    }
+
     /// `<run>/plots`.
     pub fn plots_dir(&self) -> PathBuf {
         self.root.join(PLOTS)
@@ -308,15 +317,19 @@ impl RunDir {
 
     /// Writes θ0 as `model.safetensors` (atomically), with PyTorch state_dict names.
     pub fn write_model(&self, params: &metaloop_runtime::Params) -> Result<PathBuf> {
-        let path = self.model_path();
-        write_atomic_with(&path, |tmp| {
-            params.save(tmp).map_err(|e| Error::RunDir {
-                path: path.clone(),
-                reason: e.to_string(),
-            })
-        })?;
-        Ok(path)
+        write_params(self.model_path(), params)
     }
+}
+
+/// Writes θ0 as the safetensors file `path` (atomically), with PyTorch state_dict names.
+pub fn write_params(path: PathBuf, params: &metaloop_runtime::Params) -> Result<PathBuf> {
+    write_atomic_with(&path, |tmp| {
+        params.save(tmp).map_err(|e| Error::RunDir {
+            path: path.clone(),
+            reason: e.to_string(),
+        })
+    })?;
+    Ok(path)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use metaloop_runtime::nn::{self, Module};
-use metaloop_runtime::Params;
+use metaloop_runtime::{Layout, Params};
 use tch::{Device, Kind};
 
 use crate::config::{Backbone, DeviceChoice, Dtype, TaskKind, TrainConfig};
@@ -146,13 +146,7 @@ pub fn initial_params(
         return Ok(theta);
     };
     let layout = theta.layout().clone();
-    let module = |name: &str| name.rsplit_once('.').map_or("", |(m, _)| m).to_string();
-    let last = layout.names().last().map(module).unwrap_or_default();
-    let head: Vec<String> = layout
-        .names()
-        .filter(|n| module(n) == last)
-        .map(str::to_string)
-        .collect();
+    let head = head_names(&layout);
     let loaded = nn::load_starting_weights(
         layout,
         Path::new(path),
@@ -163,6 +157,18 @@ pub fn initial_params(
         device,
     )?;
     Ok(loaded.params)
+}
+
+/// The head of a model: the parameters of its last module (e.g. `classifier.weight` and
+/// `classifier.bias`), the ones that depend on the number of ways.
+pub fn head_names(layout: &Layout) -> Vec<String> {
+    let module = |name: &str| name.rsplit_once('.').map_or("", |(m, _)| m).to_string();
+    let last = layout.names().last().map(module).unwrap_or_default();
+    layout
+        .names()
+        .filter(|n| module(n) == last)
+        .map(str::to_string)
+        .collect()
 }
 
 /// The contiguous slice of `0..total` that rank `rank` of `size` takes (sizes differ by at most 1).

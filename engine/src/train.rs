@@ -19,6 +19,7 @@ use crate::algorithms::{self, Algorithm, Learned, Shard};
 use crate::config::{Augment, OuterOptimizer, TrainConfig};
 use crate::data::{augment, task_seed, MetaBatch, PrefetchConfig, Prefetcher, Split, TaskSource};
 use crate::loss::{self, Loss};
+use crate::protocol::EvalProtocol;
 use crate::setup;
 use crate::workers::Workers;
 use crate::{Error, Result};
@@ -87,6 +88,10 @@ pub struct EvalReport {
     pub split: String,
     pub tasks: usize,
     pub inner_steps: usize,
+    /// Classes per task (classification; absent for regression).
+    pub ways: Option<usize>,
+    /// Support examples per class (classification) or support points (regression).
+    pub shots: usize,
     /// "mse" (regression) or "accuracy" (classification).
     pub metric: String,
     pub loss_before: MeanCi,
@@ -122,6 +127,8 @@ pub struct Trainer {
     workers: Workers,
     /// Fused optimizer kernels (runtime::kernels) in the inner and outer steps.
     fused: bool,
+    /// The tasks and model of validation and meta-test (`eval.ways`, `eval.shots`).
+    pub(crate) protocol: EvalProtocol,
 }
 
 /// Separates the random layers' mask seeds from the task-sampling and augmentation streams of
@@ -204,6 +211,8 @@ impl TrainerBuilder {
             Some(s) => s,
             None => setup::task_source(&cfg)?,
         };
+        let own_model = self.model.is_none();
+        let protocol = EvalProtocol::new(&cfg, &source, own_model)?;
         let model = match self.model {
             Some(m) => m,
             None => {
@@ -253,6 +262,7 @@ impl TrainerBuilder {
             skips_in_a_row: 0,
             workers,
             fused: self.fused,
+            protocol,
         };
         trainer.outer_state = trainer.outer.init_state(&trainer.meta_vector()?)?;
         Ok(trainer)

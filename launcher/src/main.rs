@@ -63,10 +63,14 @@ enum Command {
         #[arg(long)]
         resume: bool,
     },
-    /// Meta-tests a checkpoint (a ckpt-*.json / .safetensors file, or a run directory: its latest).
+    /// Meta-tests a checkpoint (a ckpt-*.json / .safetensors file, or a run directory: its
+    /// latest), or with --best a run directory's model.best.safetensors (its best validation).
     Eval {
-        #[arg(long)]
-        checkpoint: PathBuf,
+        #[arg(long, required_unless_present = "best", conflicts_with = "best")]
+        checkpoint: Option<PathBuf>,
+        /// A run directory: meta-tests its model.best.safetensors.
+        #[arg(long, value_name = "RUN_DIR")]
+        best: Option<PathBuf>,
         /// Meta-test tasks (default: the run's eval.test_tasks).
         #[arg(long)]
         tasks: Option<usize>,
@@ -270,9 +274,18 @@ fn dispatch(command: Command, threads_given: bool) -> Result<()> {
             }
             Ok(())
         }
-        Command::Eval { checkpoint, tasks } => {
-            if let Some((path, report)) = run::eval(&checkpoint, tasks)? {
-                println!("checkpoint: {}", path.display());
+        Command::Eval {
+            checkpoint,
+            best,
+            tasks,
+        } => {
+            let result = match (checkpoint, best) {
+                (_, Some(run_dir)) => run::eval_best(&run_dir, tasks)?,
+                (Some(checkpoint), None) => run::eval(&checkpoint, tasks)?,
+                (None, None) => return Err(config::bad("eval: give --checkpoint or --best")),
+            };
+            if let Some((source, report)) = result {
+                println!("{source}");
                 println!("meta-test: {}", run::summary(&report));
             }
             Ok(())

@@ -572,3 +572,64 @@ fn a_class_with_too_few_images_is_named_before_anything_is_written() {
     );
     fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn eval_ways_and_shots_out_of_range_are_named() {
+    let line = rejects("eval-ways", TINY, &train(&["--set", "eval.ways=3"]));
+    assert_eq!(
+        line,
+        "metaloop: --set: eval.ways: sinusoid regression has no classes: leave it 0 (eval.shots sets the support points)"
+    );
+    let dir = folder_dataset("eval-ways-one");
+    let line = rejects_in(&dir, &train(&["--set", "eval.ways=1"]));
+    assert_eq!(line, "metaloop: --set: eval.ways: must be >= 2, got 1");
+    let line = rejects_in(&dir, &train(&["--set", "eval.shots=70000"]));
+    assert_eq!(
+        line,
+        "metaloop: --set: eval.shots: must be <= 65536, got 70000"
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn eval_ways_beyond_the_classes_of_the_test_split_is_named_before_anything_is_written() {
+    let dir = folder_dataset("eval-ways-classes");
+    for class in ["a", "b", "c"] {
+        for i in 0..3 {
+            png(&dir.join(format!("data/test/{class}/{i}.png")), 10, 12);
+        }
+    }
+    let config = FOLDER.replace(
+        "root = \"data/train\"\n",
+        "root = \"data/train\"\ntest_root = \"data/test\"\n",
+    );
+    fs::write(dir.join("c.toml"), config).unwrap();
+    let line = rejects_in(&dir, &train(&["--set", "eval.ways=4"]));
+    assert_eq!(
+        line,
+        "metaloop: eval.ways: folder: the test split has 3 classes, an episode needs 4 (ways)"
+    );
+    // Each class has 3 images: 2 shots + 1 query fit, 3 shots do not.
+    let line = rejects_in(&dir, &train(&["--set", "eval.shots=3"]));
+    assert!(
+        line.starts_with("metaloop: eval.shots: folder: class test/")
+            && line.ends_with("has 3 images, an episode needs 4 (shots + queries)"),
+        "{line}"
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn eval_best_of_a_run_without_validation_names_the_missing_file() {
+    let dir = scratch("no-best");
+    finished_run(&dir, "plain", "[4]");
+    let line = rejects_in(&dir, &["eval", "--best", "runs/plain"]);
+    assert_eq!(
+        line,
+        format!(
+            "metaloop: --best: {}: no such file (a run writes it at each validation better than the earlier ones; eval.every = 0 never validates)",
+            Path::new("runs/plain/model.best.safetensors").display()
+        )
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}

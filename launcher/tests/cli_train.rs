@@ -237,3 +237,116 @@ fn lslr_saves_its_learned_rates_beside_theta_and_eval_uses_them() {
     );
     fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The validations (iteration, MSE after adaptation) that `metrics.jsonl` logged.
+fn validations(run: &Path) -> Vec<(u64, f64)> {
+    metrics(run)
+        .iter()
+        .filter(|l| l.get("val").is_some())
+        .map(|l| {
+            (
+                l["iteration"].as_u64().unwrap(),
+                l["val"]["loss_after"]["mean"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The `meta-test:` line of a command's output.
+fn meta_test_line(stdout: &str) -> String {
+    let line = stdout.lines().find(|l| l.starts_with("meta-test:"));
+    line.unwrap_or_else(|| panic!("no meta-test line in {stdout}"))
+        .to_string()
+}
+
+/// Model selection: the best validation (lowest MSE after adaptation) leaves
+/// `model.best.safetensors` and `best.json`; `eval --best` names its iteration and meta-tests
+/// exactly what `eval --checkpoint` of that iteration's checkpoint does.
+#[test]
+fn the_best_validation_is_kept_and_eval_best_meta_tests_it() {
+    let dir = scratch("best");
+    fs::write(dir.join("tiny.toml"), TINY).unwrap();
+    let stdout = ok(&metaloop(&dir, &["train", "--config", "tiny.toml"]));
+    let run = dir.join("runs/tiny");
+    let vals = validations(&run);
+    assert_eq!(vals.len(), 2);
+    let (it, value) = *vals.iter().min_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
+    let best = json(&run.join("best.json"));
+    assert_eq!(best["iteration"], it);
+    assert_eq!(best["metric"], "loss_after");
+    assert_eq!(best["value"].as_f64(), Some(value));
+    assert_eq!(json(&run.join("report.json"))["best"]["iteration"], it);
+    assert!(
+        stdout.contains(&format!(
+            "model.best.safetensors: best model: iteration {it} (validation loss after adaptation"
+        )),
+        "{stdout}"
+    );
+    let names = |file: &str| {
+        let mut n: Vec<String> = tch::Tensor::read_safetensors(run.join(file))
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names("model.best.safetensors"), names("model.safetensors"));
+
+    let by_best = ok(&metaloop(&dir, &["eval", "--best", "runs/tiny"]));
+    assert!(
+        by_best.contains(&format!("best model: iteration {it} ")),
+        "{by_best}"
+    );
+    let ckpt = format!("runs/tiny/checkpoints/ckpt-{it:09}.json");
+    let by_ckpt = ok(&metaloop(&dir, &["eval", "--checkpoint", &ckpt]));
+    assert_eq!(meta_test_line(&by_best), meta_test_line(&by_ckpt));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A resumed run knows the best so far from `best.json`: a record better than any validation
+/// it redoes stays, with its model file; a worse one is replaced by the redone validation.
+#[test]
+fn resume_keeps_a_better_best_and_replaces_a_worse_one() {
+    let dir = scratch("best-resume");
+    fs::write(dir.join("tiny.toml"), TINY).unwrap();
+    ok(&metaloop(&dir, &["train", "--config", "tiny.toml"]));
+    let run = dir.join("runs/tiny");
+    let last = *validations(&run).last().unwrap();
+    let resume_from_3 = |best_value: f64| {
+        for f in [
+            "checkpoints/ckpt-000000006.json",
+            "checkpoints/ckpt-000000006.safetensors",
+            "model.safetensors",
+            "report.json",
+        ] {
+            let _ = fs::remove_file(run.join(f));
+        }
+        let record = format!(
+            "{{\"iteration\": 1, \"metric\": \"loss_after\", \"value\": {best_value}, \"ci95\": 0.0, \"tasks\": 3}}"
+        );
+        fs::write(run.join("best.json"), &record).unwrap();
+        let model = fs::read(run.join("model.best.safetensors")).unwrap();
+        ok(&metaloop(
+            &dir,
+            &["train", "--config", "tiny.toml", "--resume"],
+        ));
+        (record, model)
+    };
+
+    // Better than the validation at 6 that the resume redoes: kept, file and record.
+    let (record, model) = resume_from_3(1e-12);
+    assert_eq!(fs::read_to_string(run.join("best.json")).unwrap(), record);
+    assert_eq!(fs::read(run.join("model.best.safetensors")).unwrap(), model);
+
+    // Worse: the validation at 6 replaces it, with the final θ0.
+    resume_from_3(1e12);
+    let best = json(&run.join("best.json"));
+    assert_eq!(best["iteration"], 6);
+    assert_eq!(best["value"].as_f64(), Some(last.1));
+    assert_eq!(
+        fs::read(run.join("model.best.safetensors")).unwrap(),
+        fs::read(run.join("model.safetensors")).unwrap()
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}

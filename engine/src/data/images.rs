@@ -714,7 +714,12 @@ impl FewShot {
     /// it has holds at least `ways` classes, each with at least `shots + queries` images. (An
     /// episode checks only what it draws, possibly after a run has started.)
     pub fn check_whole(&self) -> Result<()> {
-        for split in Split::ALL {
+        self.check_splits(&Split::ALL)
+    }
+
+    /// [`FewShot::check_whole`] for the splits `splits` (those the dataset has).
+    pub fn check_splits(&self, splits: &[Split]) -> Result<()> {
+        for &split in splits {
             let Ok(classes) = self.dataset.classes(split) else {
                 continue;
             };
@@ -859,5 +864,13 @@ impl TaskSource for FewShot {
 
     fn num_outputs(&self) -> usize {
         self.ways
+    }
+
+    /// The same dataset and queries, `ways` classes and `shots` support images per class; the
+    /// val and test splits are checked for them.
+    fn reshaped(&self, ways: usize, shots: usize) -> Result<Arc<dyn TaskSource>> {
+        let episodes = FewShot::new(self.dataset.clone(), ways, shots, self.queries)?;
+        episodes.check_splits(&[Split::Val, Split::Test])?;
+        Ok(Arc::new(episodes))
     }
 }

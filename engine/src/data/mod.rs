@@ -17,10 +17,11 @@
 
 use std::fmt;
 use std::ops::Range;
+use std::sync::Arc;
 
 use tch::{Device, Tensor};
 
-use crate::Result;
+use crate::{Error, Result};
 
 pub mod augment;
 pub mod cache;
@@ -222,4 +223,17 @@ pub trait TaskSource: Send + Sync {
 
     /// The model's output width: 1 for regression, `ways` for classification.
     fn num_outputs(&self) -> usize;
+
+    /// The same distribution with tasks of `ways` classes (1 for regression) and `shots` support
+    /// examples per class (support points for regression), for validation and meta-test with
+    /// another protocol than training's (`eval.ways`, `eval.shots`); the val and test splits
+    /// are checked for them. The default: an error, for sources whose tasks have one shape.
+    fn reshaped(&self, ways: usize, shots: usize) -> Result<Arc<dyn TaskSource>> {
+        Err(Error::InvalidSetting {
+            what: "eval.ways / eval.shots",
+            reason: format!(
+                "this task source draws tasks of one shape only, not {ways}-way {shots}-shot ones"
+            ),
+        })
+    }
 }

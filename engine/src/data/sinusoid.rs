@@ -7,6 +7,7 @@
 
 use std::f64::consts::PI;
 use std::ops::Range;
+use std::sync::Arc;
 
 use tch::{Kind, Tensor};
 
@@ -158,5 +159,18 @@ impl TaskSource for Sinusoid {
 
     fn num_outputs(&self) -> usize {
         1
+    }
+
+    /// `shots` support points and the same query points; `ways` must be 1 (one output).
+    fn reshaped(&self, ways: usize, shots: usize) -> Result<Arc<dyn TaskSource>> {
+        if ways != 1 {
+            return Err(Error::InvalidSetting {
+                what: "sinusoid",
+                reason: format!("regression tasks have one output, not {ways} ways"),
+            });
+        }
+        Ok(Arc::new(
+            Sinusoid::new(shots, self.query)?.with_kind(self.kind),
+        ))
     }
 }
