@@ -28,6 +28,7 @@ mod error;
 mod evaluate;
 pub mod fit;
 pub mod loss;
+pub mod predictions;
 pub mod rundir;
 pub mod setup;
 pub mod tensorboard;
