@@ -5,7 +5,6 @@
 //! (how `metaloop plot` reads a model file back) round-trips `model_tensors`.
 
 #[path = "data_support/mod.rs"]
-#[allow(dead_code)]
 mod data_support;
 
 use data_support::{write_rgb, TempDir};

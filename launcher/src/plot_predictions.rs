@@ -99,7 +99,7 @@ pub fn write(path: &Path, grid: &[TaskPredictions]) -> Result<()> {
 
 /// The figure's size in pixels for `grid`.
 pub fn size(grid: &[TaskPredictions]) -> (u32, u32) {
-    let columns = grid.iter().map(|t| columns(t)).max().unwrap_or(1);
+    let columns = grid.iter().map(columns).max().unwrap_or(1);
     let blocks: i32 = grid.iter().map(block_height).sum();
     let gaps = GAP * (grid.len().max(1) as i32 - 1);
     let width = 2 * MARGIN + CELL_W * columns as i32;
@@ -378,7 +378,6 @@ mod tests {
             red > 2 * 4 * 84 && green > 18 * 4 * 84,
             "red {red}, green {green}"
         );
-        std::fs::copy(&path, std::env::temp_dir().join("metaloop-pred-sample.png")).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
