@@ -28,6 +28,7 @@ mod error;
 mod evaluate;
 pub mod fit;
 pub mod loss;
+pub mod predictions;
 mod protocol;
 pub mod rundir;
 pub mod selection;

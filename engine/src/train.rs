@@ -340,6 +340,56 @@ impl Trainer {
         Ok(out)
     }
 
+    /// Sets θ0 and the learned inner hyperparameters from a model file's tensors (what
+    /// [`Trainer::model_tensors`] returns and `model.safetensors` holds): every tensor of θ0 and
+    /// every `inner.<name>` the algorithm learns, each with the model's shape, and nothing else.
+    pub fn set_model_tensors(&mut self, tensors: &[(String, Tensor)]) -> Result<()> {
+        let wrong = |reason: String| Error::InvalidSetting {
+            what: "model file",
+            reason,
+        };
+        let fit = |name: &str, like: &Tensor| -> Result<Tensor> {
+            let (_, t) = tensors
+                .iter()
+                .find(|(n, _)| n == name)
+                .ok_or_else(|| wrong(format!("tensor `{name}` is missing")))?;
+            if t.size() != like.size() {
+                return Err(wrong(format!(
+                    "tensor `{name}` has shape {:?}, the model needs {:?}",
+                    t.size(),
+                    like.size()
+                )));
+            }
+            Ok(t.f_to_device(like.device())?.f_to_kind(like.kind())?)
+        };
+        let mut names: Vec<String> = self.theta.iter().map(|(n, _)| n.to_string()).collect();
+        names.extend(self.learned.iter().map(|h| format!("inner.{}", h.name)));
+        if let Some((extra, _)) = tensors.iter().find(|(n, _)| !names.contains(n)) {
+            return Err(wrong(format!(
+                "tensor `{extra}` is not one of this model's"
+            )));
+        }
+        let theta: Vec<(String, Tensor)> = self
+            .theta
+            .iter()
+            .map(|(name, view)| Ok((name.to_string(), fit(name, &view)?)))
+            .collect::<Result<_>>()?;
+        let learned: Vec<Tensor> = self
+            .learned
+            .iter()
+            .map(|h| fit(&format!("inner.{}", h.name), &h.tensor))
+            .collect::<Result<_>>()?;
+        for (name, t) in &theta {
+            self.theta.set(name, t)?;
+        }
+        tch::no_grad(|| -> Result<()> {
+            for (h, v) in self.learned.iter().zip(&learned) {
+                h.tensor.shallow_clone().f_copy_(v)?;
+            }
+            Ok(())
+        })
+    }
+
     /// θ0 and the learned hyperparameters, detached, as one flat vector.
     fn meta_vector(&self) -> Result<Tensor> {
         let mut parts = vec![self.theta.flat().f_detach()?];

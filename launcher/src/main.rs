@@ -16,6 +16,7 @@ mod config;
 mod data_cmd;
 mod plot;
 mod plot_adaptation;
+mod plot_predictions;
 mod run;
 mod signals;
 
@@ -76,7 +77,9 @@ enum Command {
         tasks: Option<usize>,
     },
     /// Writes PNG learning curves of a run into RUN_DIR/plots/ (and, for a finished sinusoid
-    /// run, adaptation.png: predictions before and after 1 and 10 inner steps).
+    /// run, adaptation.png: predictions before and after 1 and 10 inner steps; for a finished
+    /// classification run, predictions.png: query images with their predicted classes before and
+    /// after adaptation, from the run's meta-test split).
     Plot { run_dir: PathBuf },
     /// Downloads and checks datasets: `data fetch omniglot`, `data check omniglot data/omniglot`.
     Data {
@@ -327,13 +330,24 @@ fn dispatch(command: Command, threads_given: bool) -> Result<()> {
             bench(&w, iters, warmup, &device, json, fused, workers, memory)
         }
         Command::Plot { run_dir } => {
+            let finished = run_dir.join(metaloop_engine::rundir::MODEL).is_file();
+            // Loads a classification run's dataset before anything is drawn: a missing one
+            // leaves the plots as they were.
+            let predictions = if finished {
+                plot_predictions::for_run(&run_dir)?
+            } else {
+                None
+            };
             for p in plot::write(&run_dir)? {
                 println!("{}", p.display());
             }
-            if run_dir.join(metaloop_engine::rundir::MODEL).is_file() {
+            if finished {
                 if let Some(p) = plot_adaptation::write_for_run(&run_dir)? {
                     println!("{}", p.display());
                 }
+            }
+            if let Some(grid) = predictions {
+                println!("{}", plot_predictions::write_in(&run_dir, &grid)?.display());
             }
             Ok(())
         }

@@ -330,6 +330,10 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Option<Finished>> {
     run.write_report(&report)?;
     let mut plots = crate::plot::write(run.path())?;
     plots.extend(crate::plot_adaptation::write_for_run(run.path())?);
+    plots.extend(crate::plot_predictions::write_for_trainer(
+        &trainer,
+        run.path(),
+    )?);
     Ok(Some(Finished {
         run_dir: run.path().to_path_buf(),
         test,

@@ -1,6 +1,6 @@
 //! `metaloop train`, `--resume`, `eval` and `plot` end to end on a tiny sinusoid run: the run
 //! directory's files, resuming to the same parameters as an uninterrupted run, and evaluating a
-//! checkpoint.
+//! checkpoint; and a tiny image run's predictions figure.
 
 mod common;
 
@@ -348,5 +348,118 @@ fn resume_keeps_a_better_best_and_replaces_a_worse_one() {
         fs::read(run.join("model.best.safetensors")).unwrap(),
         fs::read(run.join("model.safetensors")).unwrap()
     );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A tiny Meta-SGD run on 5-way 1-shot tasks of 28×28 RGB PNG folders (`data/train`,
+/// `data/test`, no validation split), `runs/images`; a large outer lr, so that the learned inner
+/// rates move far from `inner_lr` and a figure drawn without them differs.
+const TINY_IMAGES: &str = r#"
+[run]
+name = "images"
+[task]
+kind = "folder"
+root = "data/train"
+test_root = "data/test"
+cache_dir = "cache"
+ways = 5
+shots = 1
+queries = 2
+image_size = 28
+[model]
+backbone = "conv4"
+filters = 8
+[algorithm]
+name = "metasgd"
+inner_lr = 0.4
+[outer]
+meta_batch = 2
+iterations = 3
+lr = 0.05
+[eval]
+every = 0
+test_tasks = 2
+[log]
+every = 1
+checkpoint_every = 3
+"#;
+
+/// `class` drawn a `drawing`-th time: a colour per class, a block whose place depends on the
+/// drawing.
+fn write_image(path: &Path, class: u32, drawing: u32) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let colour = [
+        (class * 53 % 256) as u8,
+        (class * 97 % 256) as u8,
+        255 - class as u8,
+    ];
+    image::RgbImage::from_fn(28, 28, |x, y| {
+        let block = (x / 7 + drawing) % 4 == class % 4 && y / 7 == class % 4;
+        image::Rgb(if block { [0, 0, 0] } else { colour })
+    })
+    .save(path)
+    .unwrap();
+}
+
+/// The width and height in a PNG's IHDR chunk (after checking the signature).
+fn png_size(png: &[u8]) -> (u32, u32) {
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(&png[12..16], b"IHDR");
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    (be(&png[16..20]), be(&png[20..24]))
+}
+
+/// An image run writes `plots/predictions.png` at the end of `train` (two meta-test tasks, two
+/// queries per class), and `plot` redraws the same figure from `config.toml` and
+/// `model.safetensors`, Meta-SGD's learned inner rates included.
+#[test]
+fn image_run_writes_the_predictions_figure_and_plot_redraws_it() {
+    let dir = scratch("predictions");
+    for (split, first, classes) in [("train", 0, 8), ("test", 20, 6)] {
+        for c in first..first + classes {
+            for d in 0..4 {
+                write_image(&dir.join(format!("data/{split}/c{c:02}/{d}.png")), c, d);
+            }
+        }
+    }
+    fs::write(dir.join("images.toml"), TINY_IMAGES).unwrap();
+    let stdout = ok(&metaloop(&dir, &["train", "--config", "images.toml"]));
+    let figure = Path::new("runs/images/plots/predictions.png");
+    assert!(
+        stdout.contains(&format!("plot: {}", figure.display())),
+        "{stdout}"
+    );
+    let png = fs::read(dir.join(figure)).unwrap();
+    // 5 classes of 200 px and the margins; per task a header (32), two labels (22), a support
+    // row (114) and two query rows (134), tasks 16 px apart.
+    let expected = (
+        2 * 16 + 5 * 200,
+        2 * 16 + 2 * (32 + 22 + 114 + 22 + 2 * 134) + 16,
+    );
+    assert_eq!(png_size(&png), expected);
+    let decoded = image::load_from_memory(&png).unwrap();
+    assert_eq!((decoded.width(), decoded.height()), expected);
+
+    fs::remove_file(dir.join(figure)).unwrap();
+    let stdout = ok(&metaloop(&dir, &["plot", "runs/images"]));
+    let plots: Vec<&str> = stdout.lines().collect();
+    let expected: Vec<String> = ["learning_curves.png", "predictions.png"]
+        .iter()
+        .map(|f| Path::new("runs/images/plots").join(f).display().to_string())
+        .collect();
+    assert_eq!(plots, expected);
+    assert!(
+        fs::read(dir.join(figure)).unwrap() == png,
+        "plot drew another figure"
+    );
+
+    // Without its dataset, `plot` exits 2 naming it and redraws nothing.
+    fs::rename(dir.join("data"), dir.join("moved")).unwrap();
+    fs::remove_file(dir.join(figure)).unwrap();
+    let out = metaloop(&dir, &["plot", "runs/images"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("data/train"), "{stderr}");
+    assert!(!dir.join(figure).exists());
     fs::remove_dir_all(&dir).unwrap();
 }

@@ -223,15 +223,25 @@ impl<'a> Shard<'a> {
         batch: &MetaBatch,
         batchnorm: EvalBatchNorm,
     ) -> Result<TaskLosses> {
-        let logits = match batchnorm {
+        let logits = self.test_query_outputs(params, batch, batchnorm)?;
+        Ok(self.loss.task_losses(&logits, &batch.query_y)?)
+    }
+
+    /// The model's outputs on the query (`[T, N, out]`) that [`Shard::test_query_losses`] scores.
+    pub fn test_query_outputs(
+        &self,
+        params: &Params,
+        batch: &MetaBatch,
+        batchnorm: EvalBatchNorm,
+    ) -> Result<Tensor> {
+        Ok(match batchnorm {
             EvalBatchNorm::Transductive => self.forward(params, &batch.query_x)?,
             EvalBatchNorm::SupportOnly => self.model.forward_query_with_support_stats(
                 params,
                 &batch.support_x,
                 &batch.query_x,
             )?,
-        };
-        Ok(self.loss.task_losses(&logits, &batch.query_y)?)
+        })
     }
 
     /// The model's output for `params` (`[T, P]`) on `x`, in training mode with the tasks' seeds.
