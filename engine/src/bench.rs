@@ -238,8 +238,7 @@ impl RandomTasks {
                 .f_expand([t, w.ways * per], false)?
                 .f_contiguous()?)
         };
-        let images =
-            |per: i64| Tensor::f_rand([t, w.ways * per, w.channels, w.side, w.side], opts);
+        let images = |per: i64| Tensor::f_rand([t, w.ways * per, w.channels, w.side, w.side], opts);
         let batch = MetaBatch {
             support_x: images(w.shots)?,
             support_y: labels(w.shots)?,

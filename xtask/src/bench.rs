@@ -75,7 +75,10 @@ fn parse(args: &[String]) -> Result<Options> {
     }
     for w in &o.workloads {
         if !WORKLOADS.contains(&w.as_str()) {
-            bail!("--workloads: unknown workload `{w}` (expected {})", WORKLOADS.join(", "));
+            bail!(
+                "--workloads: unknown workload `{w}` (expected {})",
+                WORKLOADS.join(", ")
+            );
         }
     }
     for m in &o.memory {
@@ -111,7 +114,11 @@ fn parse_row(line: &str) -> Option<Row> {
     Some(Row {
         peer,
         workload: v["workload"].as_str()?.to_string(),
-        tasks_per_s: if oom { f64::NAN } else { v["tasks_per_s"].as_f64()? },
+        tasks_per_s: if oom {
+            f64::NAN
+        } else {
+            v["tasks_per_s"].as_f64()?
+        },
         // NaN (not measured) is written as null.
         peak_mib: v["peak_mib"].as_f64().unwrap_or(f64::NAN),
         oom,
@@ -210,8 +217,12 @@ fn print_table(o: &Options, rows: &[Row]) {
         o.iters,
         o.warmup,
         o.threads,
-        o.meta_batch.map(|m| format!(", meta-batch {m}")).unwrap_or_default(),
-        o.steps.map(|n| format!(", {n} inner steps")).unwrap_or_default(),
+        o.meta_batch
+            .map(|m| format!(", meta-batch {m}"))
+            .unwrap_or_default(),
+        o.steps
+            .map(|n| format!(", {n} inner steps"))
+            .unwrap_or_default(),
     );
     let mut columns: Vec<(String, String)> = o
         .memory
@@ -222,7 +233,11 @@ fn print_table(o: &Options, rows: &[Row]) {
         })
         .collect();
     if o.peers {
-        columns.extend(PEERS.iter().map(|(p, l)| (p.to_string(), format!("{l} (ratio)"))));
+        columns.extend(
+            PEERS
+                .iter()
+                .map(|(p, l)| (p.to_string(), format!("{l} (ratio)"))),
+        );
     }
     let mut header = format!("{:<27}", "workload");
     for (_, label) in &columns {
@@ -239,7 +254,8 @@ fn print_table(o: &Options, rows: &[Row]) {
                 None => "-".to_string(),
                 Some(r) if r.oom => format!("out of memory at {:.0} MiB", r.peak_mib),
                 Some(r) => {
-                    let mut c = format!("{:.2} t/s, {:.0} MiB", r.tasks_per_s, r.peak_mib);
+                    let mut c =
+                        format!("{} t/s, {:.0} MiB", significant(r.tasks_per_s), r.peak_mib);
                     if let Some(ours) = ours.filter(|_| !peer.starts_with("metaloop")) {
                         c.push_str(&format!(" ({:.2}×)", ours.tasks_per_s / r.tasks_per_s));
                     }
@@ -251,4 +267,13 @@ fn print_table(o: &Options, rows: &[Row]) {
         println!("{line}");
     }
     println!("(ratio: metaloop's tasks/s (first memory mode) over the peer's; t/s: tasks per second; MiB: peak RSS)");
+}
+
+/// `x` with three significant digits (0.0206, 0.781, 21.1, 31012).
+fn significant(x: f64) -> String {
+    if !x.is_finite() || x == 0.0 {
+        return format!("{x}");
+    }
+    let decimals = (2 - x.abs().log10().floor() as i64).max(0) as usize;
+    format!("{x:.decimals$}")
 }
