@@ -6,8 +6,8 @@
 #[allow(dead_code)]
 mod data_support;
 
-use data_support::{write_character, TempDir};
-use metaloop::engine::config::{Backbone, TaskKind, TrainConfig};
+use data_support::{folder_conv4_config, write_character, TempDir};
+use metaloop::engine::config::TrainConfig;
 use metaloop::engine::data::Split;
 use metaloop::engine::train::Trainer;
 use metaloop::engine::Error;
@@ -31,18 +31,7 @@ fn write_split(root: &std::path::Path, first_class: u32, classes: u32, drawings:
 fn five_way(tmp: &TempDir) -> TrainConfig {
     write_split(&tmp.path().join("train"), 0, 12, 6);
     write_split(&tmp.path().join("test"), 100, 12, 6);
-    let mut cfg = TrainConfig::default();
-    cfg.task.kind = TaskKind::Folder;
-    cfg.task.root = tmp.path().join("train").display().to_string();
-    cfg.task.test_root = Some(tmp.path().join("test").display().to_string());
-    cfg.task.cache_dir = tmp.path().join("cache").display().to_string();
-    cfg.task.ways = 5;
-    cfg.task.shots = 1;
-    cfg.task.queries = 3;
-    cfg.task.image_size = 28;
-    cfg.model.backbone = Backbone::Conv4;
-    cfg.model.filters = 8;
-    cfg.algorithm.inner_lr = 0.4; // MAML's Omniglot value
+    let mut cfg = folder_conv4_config(tmp.path());
     cfg.outer.meta_batch = 4;
     cfg.outer.iterations = 40;
     cfg.eval.test_tasks = 40;

@@ -7,10 +7,8 @@
 #[path = "data_support/mod.rs"]
 mod data_support;
 
-use data_support::{write_rgb, TempDir};
-use metaloop::engine::config::{
-    AlgorithmName, Backbone, Dtype, EvalBatchNorm, TaskKind, TrainConfig,
-};
+use data_support::{folder_conv4_config, write_rgb, TempDir};
+use metaloop::engine::config::{AlgorithmName, Dtype, EvalBatchNorm, TrainConfig};
 use metaloop::engine::data::Split;
 use metaloop::engine::predictions::{PredictionSpec, TaskPredictions};
 use metaloop::engine::setup;
@@ -31,19 +29,8 @@ fn config(tmp: &TempDir) -> TrainConfig {
             }
         }
     }
-    let mut cfg = TrainConfig::default();
-    cfg.task.kind = TaskKind::Folder;
-    cfg.task.root = tmp.path().join("train").display().to_string();
-    cfg.task.test_root = Some(tmp.path().join("test").display().to_string());
-    cfg.task.cache_dir = tmp.path().join("cache").display().to_string();
-    cfg.task.ways = 5;
-    cfg.task.shots = 1;
-    cfg.task.queries = 3;
-    cfg.task.image_size = 28;
-    cfg.model.backbone = Backbone::Conv4;
-    cfg.model.filters = 8;
+    let mut cfg = folder_conv4_config(tmp.path());
     cfg.algorithm.inner_steps = 1;
-    cfg.algorithm.inner_lr = 0.4;
     cfg.eval.inner_steps = 3;
     cfg.outer.meta_batch = 2;
     cfg

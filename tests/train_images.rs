@@ -6,7 +6,7 @@
 #[allow(dead_code)]
 mod data_support;
 
-use data_support::{write_character, write_rgb, TempDir};
+use data_support::{folder_conv4_config, write_character, write_rgb, TempDir};
 use metaloop::engine::config::{Backbone, Memory, TaskKind, TrainConfig};
 use metaloop::engine::data::Split;
 use metaloop::engine::train::Trainer;
@@ -31,19 +31,8 @@ fn maml_on_conv4_learns_five_way_one_shot_episodes_from_png_folders() {
     let tmp = TempDir::new("train-images");
     write_split(&tmp.path().join("train"), 0, 12, 6);
     write_split(&tmp.path().join("test"), 100, 8, 6);
-    let mut cfg = TrainConfig::default();
-    cfg.task.kind = TaskKind::Folder;
-    cfg.task.root = tmp.path().join("train").display().to_string();
-    cfg.task.test_root = Some(tmp.path().join("test").display().to_string());
-    cfg.task.cache_dir = tmp.path().join("cache").display().to_string();
-    cfg.task.ways = 5;
-    cfg.task.shots = 1;
-    cfg.task.queries = 3;
-    cfg.task.image_size = 28;
-    cfg.model.backbone = Backbone::Conv4;
-    cfg.model.filters = 8;
+    let mut cfg = folder_conv4_config(tmp.path());
     cfg.algorithm.inner_steps = 1;
-    cfg.algorithm.inner_lr = 0.4; // MAML's Omniglot value
     cfg.outer.meta_batch = 4;
     cfg.outer.iterations = 150;
     cfg.eval.test_tasks = 40;

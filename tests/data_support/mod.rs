@@ -171,3 +171,23 @@ pub fn write_character(path: &Path, class: u32, drawing: u32) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     img.save(path).unwrap();
 }
+
+/// MAML's 5-way 1-shot Conv-4 (8 filters; inner lr 0.4, MAML's Omniglot value) on 28×28 images
+/// from the folders `<tmp>/train` and `<tmp>/test` (one folder per class), 3 queries per class,
+/// the image cache in `<tmp>/cache`.
+pub fn folder_conv4_config(tmp: &Path) -> metaloop::engine::config::TrainConfig {
+    use metaloop::engine::config::{Backbone, TaskKind, TrainConfig};
+    let mut cfg = TrainConfig::default();
+    cfg.task.kind = TaskKind::Folder;
+    cfg.task.root = tmp.join("train").display().to_string();
+    cfg.task.test_root = Some(tmp.join("test").display().to_string());
+    cfg.task.cache_dir = tmp.join("cache").display().to_string();
+    cfg.task.ways = 5;
+    cfg.task.shots = 1;
+    cfg.task.queries = 3;
+    cfg.task.image_size = 28;
+    cfg.model.backbone = Backbone::Conv4;
+    cfg.model.filters = 8;
+    cfg.algorithm.inner_lr = 0.4;
+    cfg
+}
