@@ -347,9 +347,9 @@ mod tests {
         ));
         assert!(set("task.augment=\"heavy\"")
             .ends_with("task.augment: must be one of \"none\", \"standard\", got \"heavy\""));
-        assert!(set("algorithm.multi_step_loss=true").ends_with(
-            "algorithm.multi_step_loss: not available with memory = \"recompute\" (its adjoint pass takes one loss on the adapted weights); use memory = \"full\""
-        ));
+        // MAML++'s multi-step loss goes with recompute-and-adjoint (engine::algorithms::maml).
+        let msl = resolve("c.toml", base, &["algorithm.multi_step_loss=true".into()]).unwrap();
+        assert!(msl.algorithm.multi_step_loss);
         let no_split = err(&base.replace("split_dir = \"s\"\n", ""), &[]);
         assert!(
             no_split.ends_with(
