@@ -494,7 +494,11 @@ fn bench(
         threads: tch::get_num_threads().max(1) as usize,
         memory,
     };
-    let r = bench::run(w, &options)?;
+    let r = match bench::run(w, &options) {
+        Ok(r) => r,
+        Err(e) if out_of_memory(&e.to_string()) => return bench_oom(w, &options, json),
+        Err(e) => return Err(e.into()),
+    };
     if json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
@@ -510,6 +514,35 @@ fn bench(
             r.threads,
             r.workers,
             r.device
+        );
+    }
+    Ok(())
+}
+
+/// True for libtorch's refusals to allocate: the host's ("can't allocate memory", e.g. under
+/// `ulimit -v`) and CUDA's ("out of memory").
+fn out_of_memory(message: &str) -> bool {
+    message.contains("can't allocate memory") || message.contains("out of memory")
+}
+
+/// A workload that ran out of memory is a result, as peers.py reports it: one line (or JSON with
+/// `"oom": true`) with the peak memory reached.
+fn bench_oom(
+    w: &metaloop_engine::bench::Workload,
+    o: &metaloop_engine::bench::Options,
+    json: bool,
+) -> Result<()> {
+    let peak = metaloop_engine::bench::peak_rss_mib();
+    if json {
+        let line = serde_json::json!({
+            "peer": "metaloop", "workload": w.name, "oom": true, "peak_mib": peak,
+            "meta_batch": w.meta_batch, "steps": w.steps, "memory": o.memory,
+        });
+        println!("{line}");
+    } else {
+        println!(
+            "{}: out of memory (meta-batch {}, {} steps, {} memory), peak RSS {peak:.0} MiB",
+            w.name, w.meta_batch, w.steps, o.memory
         );
     }
     Ok(())

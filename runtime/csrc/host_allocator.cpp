@@ -54,7 +54,7 @@ class CachingHostAllocator final : public c10::Allocator {
       }
     }
     if (base == nullptr) {
-      base = c10::alloc_cpu(cls + kHeader);
+      base = fresh(cls + kHeader);
     }
     *static_cast<size_t*>(base) = cls;
     void* data = static_cast<char*>(base) + kHeader;
@@ -96,6 +96,18 @@ class CachingHostAllocator final : public c10::Allocator {
   }
 
  private:
+  // A new block from the system. When the system refuses (a memory limit), the cached blocks
+  // of every size class go back first, so their memory can serve this request, and the
+  // allocation is tried once more; a second refusal is libtorch's "can't allocate memory".
+  void* fresh(size_t bytes) {
+    try {
+      return c10::alloc_cpu(bytes);
+    } catch (const c10::Error&) {
+      empty_cache();
+      return c10::alloc_cpu(bytes);
+    }
+  }
+
   static void release(void* data) {
     if (data == nullptr) {
       return;

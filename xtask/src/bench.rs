@@ -36,6 +36,9 @@ struct Options {
     /// Overrides of every workload's meta-batch and inner steps.
     meta_batch: Option<usize>,
     steps: Option<usize>,
+    /// Address-space limit of every benchmark process (`ulimit -v`), GiB: a workload that
+    /// needs more is reported as out of memory instead of meeting the kernel's OOM killer.
+    memory_limit_gib: Option<usize>,
 }
 
 fn parse(args: &[String]) -> Result<Options> {
@@ -48,6 +51,7 @@ fn parse(args: &[String]) -> Result<Options> {
         memory: vec!["full".into()],
         meta_batch: None,
         steps: None,
+        memory_limit_gib: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -70,7 +74,8 @@ fn parse(args: &[String]) -> Result<Options> {
             "--threads" => o.threads = count(a, value(a)?)?,
             "--meta-batch" => o.meta_batch = Some(count(a, value(a)?)?),
             "--steps" => o.steps = Some(count(a, value(a)?)?),
-            other => bail!("bench: unknown argument `{other}` (expected --peers, --workloads, --memory, --iters, --warmup, --threads, --meta-batch, --steps)"),
+            "--memory-limit-gib" => o.memory_limit_gib = Some(count(a, value(a)?)?),
+            other => bail!("bench: unknown argument `{other}` (expected --peers, --workloads, --memory, --iters, --warmup, --threads, --meta-batch, --steps, --memory-limit-gib)"),
         }
     }
     for w in &o.workloads {
@@ -86,8 +91,13 @@ fn parse(args: &[String]) -> Result<Options> {
             bail!("--memory: unknown mode `{m}` (expected full, recompute)");
         }
     }
-    if o.iters == 0 || o.threads == 0 || o.meta_batch == Some(0) || o.steps == Some(0) {
-        bail!("--iters, --threads, --meta-batch and --steps must be >= 1");
+    if o.iters == 0
+        || o.threads == 0
+        || o.meta_batch == Some(0)
+        || o.steps == Some(0)
+        || o.memory_limit_gib == Some(0)
+    {
+        bail!("--iters, --threads, --meta-batch, --steps and --memory-limit-gib must be >= 1");
     }
     Ok(o)
 }
@@ -162,6 +172,21 @@ fn common_args(o: &Options) -> Vec<String> {
     args
 }
 
+/// A benchmark process of `program`, under `--memory-limit-gib` when given (through the shell's
+/// `ulimit -v`; the arguments added later reach `program` unchanged).
+fn command(program: &std::path::Path, o: &Options) -> Command {
+    match o.memory_limit_gib {
+        None => Command::new(program),
+        Some(gib) => {
+            let mut cmd = Command::new("sh");
+            cmd.arg("-c")
+                .arg(format!("ulimit -v {} && exec \"$0\" \"$@\"", gib << 20))
+                .arg(program);
+            cmd
+        }
+    }
+}
+
 pub fn run(args: &[String]) -> Result<ExitCode> {
     let o = parse(args)?;
     let env = setup::run(o.peers)?;
@@ -183,7 +208,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     for w in &o.workloads {
         for memory in &o.memory {
             eprintln!("xtask: bench: metaloop {w} ({memory})");
-            let mut cmd = Command::new(&metaloop);
+            let mut cmd = command(&metaloop, &o);
             // --threads is the launcher's own flag (before the subcommand).
             cmd.args(["bench", "--workload", w, "--memory", memory, "--json"])
                 .args(common_args(&o));
@@ -192,7 +217,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         if o.peers {
             for (peer, _) in PEERS {
                 eprintln!("xtask: bench: {peer} {w}");
-                let mut cmd = Command::new(&env.python);
+                let mut cmd = command(&env.python, &o);
                 cmd.arg(root.join("benches/peers/peers.py"))
                     .args(["--peer", peer, "--workload", w])
                     .args(common_args(&o));
@@ -213,7 +238,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
 
 fn print_table(o: &Options, rows: &[Row]) {
     println!(
-        "\nsecond-order MAML, {} timed iterations (median) after {} warm-up, {} threads, CPU{}{}",
+        "\nsecond-order MAML, {} timed iterations (median) after {} warm-up, {} threads, CPU{}{}{}",
         o.iters,
         o.warmup,
         o.threads,
@@ -222,6 +247,9 @@ fn print_table(o: &Options, rows: &[Row]) {
             .unwrap_or_default(),
         o.steps
             .map(|n| format!(", {n} inner steps"))
+            .unwrap_or_default(),
+        o.memory_limit_gib
+            .map(|g| format!(", ulimit -v {g} GiB"))
             .unwrap_or_default(),
     );
     let mut columns: Vec<(String, String)> = o
