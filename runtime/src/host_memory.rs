@@ -13,7 +13,9 @@
 //! per size class and hands it out again without calling malloc at all. It keeps, per size
 //! class, as many blocks as were ever in use at once, so a process whose tensor shapes change
 //! between phases can hold both phases' peaks; [`host_cache_bytes`] and [`empty_host_cache`]
-//! report and release what it holds. What each setting saves is measured in benches/README.md.
+//! report and release what it holds. When the system refuses a new block (a memory limit), the
+//! allocator releases its free lists and tries once more before libtorch's "can't allocate
+//! memory" error. What each setting saves is measured in benches/README.md.
 //!
 //! This is the only place that changes process-wide allocator settings; the launcher calls it
 //! once at start-up (see its `METALOOP_HOST_MEMORY` switch). Its foreign calls live in
