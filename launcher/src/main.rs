@@ -310,47 +310,10 @@ fn dispatch(command: Command, threads_given: bool) -> Result<()> {
             meta_batch,
             steps,
         } => {
-            let mut w = metaloop_engine::bench::workload(&workload)
-                .map_err(|e| config::bad(format!("--workload: {e}")))?;
-            if let Some(m) = meta_batch {
-                if m < 1 {
-                    return Err(config::bad(format!("--meta-batch: must be >= 1, got {m}")));
-                }
-                w.meta_batch = m;
-            }
-            if let Some(n) = steps {
-                if n < 1 {
-                    return Err(config::bad("--steps: must be >= 1, got 0"));
-                }
-                w.steps = n;
-            }
-            let memory = memory
-                .parse()
-                .map_err(|e| config::bad(format!("--memory: {e}")))?;
+            let (w, memory) = bench_workload(&workload, meta_batch, steps, &memory)?;
             bench(&w, iters, warmup, &device, json, fused, workers, memory)
         }
-        Command::Plot { run_dir } => {
-            let finished = run_dir.join(metaloop_engine::rundir::MODEL).is_file();
-            // Loads a classification run's dataset before anything is drawn: a missing one
-            // leaves the plots as they were.
-            let predictions = if finished {
-                plot_predictions::for_run(&run_dir)?
-            } else {
-                None
-            };
-            for p in plot::write(&run_dir)? {
-                println!("{}", p.display());
-            }
-            if finished {
-                if let Some(p) = plot_adaptation::write_for_run(&run_dir)? {
-                    println!("{}", p.display());
-                }
-            }
-            if let Some(grid) = predictions {
-                println!("{}", plot_predictions::write_in(&run_dir, &grid)?.display());
-            }
-            Ok(())
-        }
+        Command::Plot { run_dir } => plot_run(&run_dir),
         Command::Data { command } => data_cmd::run(command),
         Command::Compare { runs, out } => {
             let c = compare::compare(&runs, &out)?;
@@ -453,6 +416,62 @@ fn is_root() -> bool {
                 .map(|l| l.split_whitespace().nth(1) == Some("0"))
         })
         .unwrap_or(false)
+}
+
+/// `metaloop plot RUN`: the learning curves and, for a finished run, the adaptation figure
+/// (sinusoid) or the predictions grid (image classification). Prints each path.
+fn plot_run(run_dir: &std::path::Path) -> Result<()> {
+    let finished = run_dir.join(metaloop_engine::rundir::MODEL).is_file();
+    // Loads a classification run's dataset before anything is drawn: a missing one
+    // leaves the plots as they were.
+    let predictions = if finished {
+        plot_predictions::for_run(run_dir)?
+    } else {
+        None
+    };
+    for p in plot::write(run_dir)? {
+        println!("{}", p.display());
+    }
+    if finished {
+        if let Some(p) = plot_adaptation::write_for_run(run_dir)? {
+            println!("{}", p.display());
+        }
+    }
+    if let Some(grid) = predictions {
+        println!("{}", plot_predictions::write_in(run_dir, &grid)?.display());
+    }
+    Ok(())
+}
+
+/// `metaloop bench`'s workload with the `--meta-batch` and `--steps` overrides, and its
+/// `--memory` mode.
+fn bench_workload(
+    name: &str,
+    meta_batch: Option<i64>,
+    steps: Option<usize>,
+    memory: &str,
+) -> Result<(
+    metaloop_engine::bench::Workload,
+    metaloop_engine::config::Memory,
+)> {
+    let mut w = metaloop_engine::bench::workload(name)
+        .map_err(|e| config::bad(format!("--workload: {e}")))?;
+    if let Some(m) = meta_batch {
+        if m < 1 {
+            return Err(config::bad(format!("--meta-batch: must be >= 1, got {m}")));
+        }
+        w.meta_batch = m;
+    }
+    if let Some(n) = steps {
+        if n < 1 {
+            return Err(config::bad("--steps: must be >= 1, got 0"));
+        }
+        w.steps = n;
+    }
+    let memory = memory
+        .parse()
+        .map_err(|e| config::bad(format!("--memory: {e}")))?;
+    Ok((w, memory))
 }
 
 /// `metaloop bench`: one workload, printed as text or one JSON line.
