@@ -50,12 +50,11 @@ impl Trainer {
     /// Rows `[T, 4]` (f64, CPU) of loss before, loss after, accuracy before, accuracy after.
     fn evaluate_batch(&self, shard: &Shard<'_>, batch: &MetaBatch) -> Result<Tensor> {
         let t = batch.len() as i64;
-        let theta = shard.theta().expand_tasks(t)?;
-        let bn = self.cfg.eval.batchnorm;
-        let before: TaskLosses = tch::no_grad(|| shard.test_query_losses(&theta, batch, bn))?;
-        let steps = self.cfg.eval_inner_steps();
-        let inner = adapt(shard, batch, steps, false, |_, _| Ok(()))?;
-        let after = tch::no_grad(|| shard.test_query_losses(inner.params(), batch, bn))?;
+        let (before, after) = self.adapted_query_outputs(shard, batch)?;
+        let score = |outputs: &Tensor| -> Result<TaskLosses> {
+            Ok(shard.loss.task_losses(outputs, &batch.query_y)?)
+        };
+        let (before, after) = (score(&before)?, score(&after)?);
         let zeros = Tensor::f_zeros([t], (self.kind, self.device))?;
         let cols = [
             before.loss,
@@ -72,6 +71,24 @@ impl Trainer {
             })
             .collect::<std::result::Result<_, _>>()?;
         Ok(Tensor::f_stack(&cols, 1)?)
+    }
+
+    /// The query outputs `[T, N, out]` of `batch` at the shard's θ0 and after `eval.inner_steps`
+    /// support steps ([`adapt`], nothing differentiated), BatchNorm as `eval.batchnorm` says:
+    /// what the meta-test scores and [`Trainer::predictions`] shows.
+    pub(crate) fn adapted_query_outputs(
+        &self,
+        shard: &Shard<'_>,
+        batch: &MetaBatch,
+    ) -> Result<(Tensor, Tensor)> {
+        let theta = shard.theta().expand_tasks(batch.len() as i64)?;
+        let bn = self.cfg.eval.batchnorm;
+        let before = tch::no_grad(|| shard.test_query_outputs(&theta, batch, bn))?;
+        let inner = adapt(shard, batch, self.cfg.eval_inner_steps(), false, |_, _| {
+            Ok(())
+        })?;
+        let after = tch::no_grad(|| shard.test_query_outputs(inner.params(), batch, bn))?;
+        Ok((before, after))
     }
 
     /// The report of an all-reduced table of `tasks` rows.

@@ -13,7 +13,6 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::algorithms::adapt;
 use crate::config::TaskKind;
 use crate::data::{MetaBatch, Split};
 use crate::train::{to_f64s, Trainer};
@@ -139,18 +138,12 @@ impl Trainer {
     }
 
     /// The query logits `[T, N, ways]` of `batch` at θ0 and after `eval.inner_steps` support
-    /// steps, as [`Trainer::evaluate`] computes them.
+    /// steps, with the meta-test's model (engine::protocol), as [`Trainer::evaluate`] computes
+    /// them.
     fn query_logits(&self, batch: &MetaBatch) -> Result<(Tensor, Tensor)> {
         let weights = self.protocol.weights(&self.theta, &self.learned)?;
         let shard = self.eval_shard(batch, weights.as_ref());
-        let theta = shard.theta().expand_tasks(batch.len() as i64)?;
-        let bn = self.cfg.eval.batchnorm;
-        let before = tch::no_grad(|| shard.test_query_outputs(&theta, batch, bn))?;
-        let inner = adapt(&shard, batch, self.cfg.eval_inner_steps(), false, |_, _| {
-            Ok(())
-        })?;
-        let after = tch::no_grad(|| shard.test_query_outputs(inner.params(), batch, bn))?;
-        Ok((before, after))
+        self.adapted_query_outputs(&shard, batch)
     }
 }
 

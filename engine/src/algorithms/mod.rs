@@ -214,20 +214,9 @@ impl<'a> Shard<'a> {
         Ok(self.loss.task_losses(&self.forward(params, x)?, y)?)
     }
 
-    /// The query losses of `params` (`[T, P]`) at meta-test: BatchNorm with the query's own
-    /// statistics (`eval.batchnorm = "transductive"`, as in training) or with the support set's
-    /// (`"support_only"`, random layers off).
-    pub fn test_query_losses(
-        &self,
-        params: &Params,
-        batch: &MetaBatch,
-        batchnorm: EvalBatchNorm,
-    ) -> Result<TaskLosses> {
-        let logits = self.test_query_outputs(params, batch, batchnorm)?;
-        Ok(self.loss.task_losses(&logits, &batch.query_y)?)
-    }
-
-    /// The model's outputs on the query (`[T, N, out]`) that [`Shard::test_query_losses`] scores.
+    /// The model's outputs on the query (`[T, N, out]`) at meta-test: BatchNorm with the query's
+    /// own statistics (`eval.batchnorm = "transductive"`, as in training) or with the support
+    /// set's (`"support_only"`, random layers off).
     pub fn test_query_outputs(
         &self,
         params: &Params,
