@@ -66,6 +66,11 @@ pub(crate) fn run_status(cmd: &mut Command) -> anyhow::Result<ExitCode> {
 pub(crate) fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(setup::repo_root());
+    // The per-user cache's path rather than the clone's `.libtorch` link: see `stable_libtorch`.
+    // `.cargo/config.toml` does not force its value, so this one wins.
+    if let Some(dir) = setup::stable_libtorch() {
+        cmd.env("LIBTORCH", dir);
+    }
     // mpirun refuses root unless told; CI runs as root. Tests pass --oversubscribe themselves.
     cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1");
     cmd.env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");

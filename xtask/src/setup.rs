@@ -34,12 +34,36 @@ pub struct Env {
     pub python: PathBuf,
 }
 
-/// The clone's root (the parent of xtask/).
+/// The clone's root (the parent of xtask/), found at run time.
+///
+/// Not from `env!("CARGO_MANIFEST_DIR")`: two clones sharing a `CARGO_TARGET_DIR` share this
+/// binary, and a path fixed at compile time would then point into the other clone. `cargo run`
+/// sets `CARGO_MANIFEST_DIR` for the binary it starts; otherwise the working directory and its
+/// parents are searched for `xtask/Cargo.toml`.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the repo root")
-        .to_path_buf()
+    if let Some(dir) = std::env::var_os("CARGO_MANIFEST_DIR") {
+        if let Some(root) = Path::new(&dir).parent().filter(|r| is_root(r)) {
+            return root.to_path_buf();
+        }
+    }
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    cwd.ancestors()
+        .find(|d| is_root(d))
+        .map(Path::to_path_buf)
+        .unwrap_or(cwd)
+}
+
+fn is_root(dir: &Path) -> bool {
+    dir.join("xtask").join("Cargo.toml").is_file() && dir.join("Cargo.toml").is_file()
+}
+
+/// The libtorch directory every cargo command of xtask builds against: the venv's torch package
+/// in the per-user cache, the target of `.libtorch`.
+///
+/// One path for every clone, so that clones sharing a `CARGO_TARGET_DIR` reuse torch-sys's build
+/// (its build script reruns whenever the string `LIBTORCH` changes). `None` before set-up.
+pub fn stable_libtorch() -> Option<PathBuf> {
+    std::fs::read_link(repo_root().join(".libtorch")).ok()
 }
 
 fn cache_dir() -> Result<PathBuf> {
