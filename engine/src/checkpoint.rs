@@ -12,16 +12,13 @@
 //! parsed from the very bytes whose sha256 was checked. [`agreed`] lets rank 0 alone read the
 //! checkpoint and send it to the other ranks, so that resuming needs no shared file system.
 //!
-//! [`write_atomic`] is the crate's one atomic-write utility (run directory files, checkpoints, the
-//! decode cache): a uniquely named temporary file, so that two processes never share one.
+//! Every file goes through `crate::atomic`, the crate's one atomic write.
 //!
 //! This module knows nothing of models or configs beyond the tensors and hash it is given, and
 //! never prints: warnings are returned for the launcher to show.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use metaloop_runtime::comm::Communicator;
@@ -29,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::{Device, Tensor};
 
+use crate::atomic::{leftover_tmp, sync_dir, tmp_path, write_atomic};
 use crate::{Error, Result};
 
 /// The version of the manifest format written by [`write`].
@@ -117,64 +115,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         out.push_str(&format!("{b:02x}"));
     }
     out
-}
-
-/// Fsyncs a directory so that renames inside it survive a crash.
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
-}
-
-/// The marker in temporary file names: `.<name>.tmp-<pid>-<n>`.
-const TMP_MARK: &str = ".tmp-";
-
-/// A temporary name beside `path` that no other write (of this or another process) uses.
-fn tmp_path(path: &Path) -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    path.with_file_name(format!(".{name}{TMP_MARK}{}-{n}", std::process::id()))
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename, fsync of the
-/// directory. On failure the temporary file is removed and `path` is as it was.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic_with(path, |tmp| {
-        let mut f = File::create(tmp).map_err(io(tmp))?;
-        f.write_all(bytes).map_err(io(tmp))
-    })
-}
-
-/// [`write_atomic`] for content that `fill` writes into the file it is given (a serializer that
-/// writes files itself).
-pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let tmp = tmp_path(path);
-    let result = fill(&tmp)
-        .and_then(|()| {
-            File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(io(&tmp))
-        })
-        .and_then(|()| fs::rename(&tmp, path).map_err(io(path)));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result?;
-    sync_dir(
-        path.parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new(".")),
-    )
-}
-
-/// True for a temporary file left by a write of this process, or of a process that is gone.
-fn leftover_tmp(name: &str) -> bool {
-    let Some((_, rest)) = name.split_once(TMP_MARK) else {
-        // Fixed names of earlier versions: `ckpt-*.tmp`, `ckpt-*.scratch`.
-        return name.starts_with("ckpt-") && (name.ends_with(".tmp") || name.ends_with(".scratch"));
-    };
-    let pid = rest.split('-').next().unwrap_or("");
-    name.starts_with(".ckpt-")
-        && (pid == std::process::id().to_string() || !Path::new("/proc").join(pid).exists())
 }
 
 /// Serialises tensors to safetensors bytes (detached, contiguous, on the CPU).
@@ -281,7 +221,7 @@ fn prune(dir: &Path, keep: usize) -> Result<()> {
         let entry = entry.map_err(io(dir))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let stale_tmp = leftover_tmp(name);
+        let stale_tmp = leftover_tmp(name, "ckpt-");
         let orphan = iteration_of(name, ".safetensors")
             .is_some_and(|it| oldest_kept.is_some_and(|o| it < o));
         if stale_tmp || orphan {

@@ -261,7 +261,7 @@ impl Trainer {
         tch::Tensor::write_safetensors(&self.model_tensors()?, &scratch)?;
         let bytes = std::fs::read(&scratch).map_err(io)?;
         std::fs::remove_file(&scratch).map_err(io)?;
-        checkpoint::write_atomic(&path, &bytes)?;
+        crate::atomic::write_atomic(&path, &bytes)?;
         Ok(path)
     }
 

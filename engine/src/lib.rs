@@ -20,6 +20,7 @@
 
 pub mod adaptation;
 pub mod algorithms;
+pub mod atomic;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;

@@ -28,7 +28,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::checkpoint::{self, write_atomic, write_atomic_with};
+use crate::atomic::{write_atomic, write_atomic_with};
+use crate::checkpoint;
 use crate::config::TrainConfig;
 use crate::{Error, Result};
 

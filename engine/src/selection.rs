@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use crate::checkpoint::write_atomic;
+use crate::atomic::write_atomic;
 use crate::rundir::BEST;
 use crate::train::{EvalReport, Trainer};
 use crate::{Error, Result};

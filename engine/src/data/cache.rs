@@ -176,7 +176,7 @@ pub(crate) fn write(
         reason: e.to_string(),
     })?;
     let atomic = |path: &Path, bytes: &[u8]| {
-        crate::checkpoint::write_atomic(path, bytes).map_err(|e| Error::Cache {
+        crate::atomic::write_atomic(path, bytes).map_err(|e| Error::Cache {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })

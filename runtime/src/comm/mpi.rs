@@ -3,7 +3,7 @@
 //! `comm::nccl`, which uses it to agree on NCCL's unique id).
 
 use super::watchdog::watch;
-use super::{check_root, Buffer, Communicator};
+use super::communicator::{check_root, Buffer, Communicator};
 use crate::{Error, Result};
 use mpi::collective::SystemOperation;
 use mpi::environment::Universe;
@@ -115,7 +115,7 @@ impl Mpi {
     /// (NCCL's unique id).
     pub(super) fn broadcast_fixed(&self, bytes: &mut [u8], root: usize) -> Result<()> {
         check_root("broadcast", root, self.size())?;
-        let _w = watch("broadcast");
+        let _w = watch("broadcast", abort_job);
         // MPI counts are C ints: send at most 1 GiB at a time.
         for chunk in bytes.chunks_mut(1 << 30) {
             self.world
@@ -127,7 +127,7 @@ impl Mpi {
 
     /// The sum over ranks of one count per rank (how many ranks failed a step, for instance).
     pub(super) fn sum_counts(&self, count: u64) -> u64 {
-        let _w = watch("all_reduce");
+        let _w = watch("all_reduce", abort_job);
         let mut total = 0u64;
         self.world
             .all_reduce_into(&count, &mut total, SystemOperation::sum());
@@ -144,7 +144,7 @@ impl Communicator for Mpi {
     }
     fn all_reduce_sum(&self, t: &mut Tensor) -> Result<()> {
         let send = Buffer::from_tensor("all_reduce_sum", t)?;
-        let _w = watch("all_reduce_sum");
+        let _w = watch("all_reduce_sum", abort_job);
         let reduced = match send {
             Buffer::F32(send) => {
                 let mut recv = vec![0f32; send.len()];
@@ -164,7 +164,7 @@ impl Communicator for Mpi {
     fn broadcast(&self, t: &mut Tensor, root: usize) -> Result<()> {
         check_root("broadcast", root, self.size())?;
         let mut buf = Buffer::from_tensor("broadcast", t)?;
-        let _w = watch("broadcast");
+        let _w = watch("broadcast", abort_job);
         let process = self.world.process_at_rank(root as i32);
         match &mut buf {
             Buffer::F32(v) => process.broadcast_into(&mut v[..]),
@@ -173,7 +173,7 @@ impl Communicator for Mpi {
         buf.copy_into(t)
     }
     fn barrier(&self) -> Result<()> {
-        let _w = watch("barrier");
+        let _w = watch("barrier", abort_job);
         self.world.barrier();
         Ok(())
     }
@@ -181,7 +181,7 @@ impl Communicator for Mpi {
         check_root("broadcast_bytes", root, self.size())?;
         let mut len = bytes.len() as u64;
         {
-            let _w = watch("broadcast_bytes");
+            let _w = watch("broadcast_bytes", abort_job);
             self.world
                 .process_at_rank(root as i32)
                 .broadcast_into(&mut len);

@@ -21,7 +21,8 @@
 //! This file holds unsafe code: NCCL is a C API and takes raw device pointers. The unsafe blocks
 //! stay here, each with the invariant it relies on; nothing else in the crate calls NCCL.
 
-use super::{check_root, Communicator, Mpi};
+use super::communicator::{check_root, Communicator};
+use super::mpi::Mpi;
 use crate::{Error, Result};
 use cudarc::driver::CudaContext;
 use cudarc::nccl::sys::{self as ffi, Lib};

@@ -5,8 +5,8 @@
 //! ([`set_collective_timeout`]), a thread looks at the collective in flight a few times per
 //! timeout (at least once a second) and, when one has outlasted the timeout, reports which one
 //! and at which iteration ([`set_iteration`]) through the program's callback (this crate never
-//! prints), then ends the whole job with `MPI_Abort` ([`super::abort_job`]). `Nccl` waits for its
-//! kernels by polling and applies the same timeout itself (see `comm::nccl`).
+//! prints), then ends the whole job with the `abort` its caller passes (`MPI_Abort`). `Nccl`
+//! waits for its kernels by polling and applies the same timeout itself (see `comm::nccl`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, Once};
@@ -73,14 +73,15 @@ pub(super) fn report(message: &str) {
 /// A collective in flight, from [`watch`] until dropped.
 pub(super) struct Watch;
 
-/// Marks the collective `op` in flight until the returned guard is dropped.
-pub(super) fn watch(op: &'static str) -> Watch {
+/// Marks the collective `op` in flight until the returned guard is dropped. The first call
+/// starts the watchdog thread, which ends the job with `abort` when a collective is late.
+pub(super) fn watch(op: &'static str, abort: fn(i32)) -> Watch {
     if timeout().is_some() {
         THREAD.call_once(|| {
             // Without the thread there is only no watchdog, which is what a failed spawn can give.
             let _ = std::thread::Builder::new()
                 .name("metaloop-watchdog".into())
-                .spawn(run);
+                .spawn(move || run(abort));
         });
     }
     if let Ok(mut f) = IN_FLIGHT.lock() {
@@ -98,7 +99,7 @@ impl Drop for Watch {
 }
 
 /// The watchdog thread's loop.
-fn run() {
+fn run(abort: fn(i32)) {
     loop {
         let period = timeout().map_or(Duration::from_secs(1), |t| {
             (t / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
@@ -112,7 +113,7 @@ fn run() {
             .filter(|(_, since)| since.elapsed() > limit);
         if let Some((op, since)) = late {
             report(&describe(op, since.elapsed()));
-            super::abort_job(TIMEOUT_EXIT_CODE);
+            abort(TIMEOUT_EXIT_CODE);
         }
     }
 }

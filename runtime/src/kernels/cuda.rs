@@ -36,8 +36,9 @@ fn kernel_name(kernel: StepKernel, backward: bool, dtype: i32) -> String {
 
 #[cfg(feature = "cuda-kernels")]
 mod imp {
-    use super::super::ffi::{self, KernelCall, StepParams, MAX_IN, MAX_OUT};
-    use super::{kernel_name, StepKernel, SOURCE};
+    use crate::kernels::cuda::{kernel_name, SOURCE};
+    use crate::kernels::ffi::{self, KernelCall, StepParams, MAX_IN, MAX_OUT};
+    use crate::kernels::step::StepKernel;
     use cudarc::driver::{result, sys};
     use cudarc::nvrtc;
     use std::collections::HashMap;
@@ -205,7 +206,8 @@ mod imp {
 
 #[cfg(not(feature = "cuda-kernels"))]
 mod imp {
-    use super::{KernelCall, StepKernel};
+    use crate::kernels::ffi::KernelCall;
+    use crate::kernels::step::StepKernel;
 
     const MISSING: &str = "metaloop-runtime was built without the `cuda-kernels` feature";
 

@@ -2,12 +2,10 @@
 //! ([`BnState`]). It must not keep statistics inside the layer: a model is shared by every task
 //! and every inner step, so hidden state would leak between them.
 
-use std::collections::BTreeMap;
-
 use tch::Tensor;
 
-use super::conv::check_maps;
-use super::{ConvTasks, Module, ParamDef, Scope};
+use super::shared::{batch_moments, check_maps, ConvTasks};
+use super::{Module, ParamDef, Scope};
 use crate::params::Init;
 use crate::{Error, Result};
 
@@ -49,62 +47,6 @@ crate::setters!(BatchNorm2d {
     /// Weight of the new batch in the running statistics (default 0.1).
     momentum: f64,
 });
-
-/// BatchNorm running statistics, owned by the caller and passed to
-/// [`Module::forward_with_state`](super::Module::forward_with_state).
-///
-/// Entries are named as PyTorch's buffers ("0.1.running_mean", "0.1.running_var"), shaped `[C]`
-/// for single-task parameters and `[T, C]` (one row per task) for task-batched ones. A train
-/// forward replaces entries with new tensors rather than writing into them, so a clone taken
-/// before a step still holds that step's statistics: keep one clone per inner step to have
-/// statistics "per step". Missing entries read as mean 0, variance 1.
-#[derive(Debug, Default)]
-pub struct BnState {
-    stats: BTreeMap<String, Tensor>,
-}
-
-/// A cheap clone: the tensors are shared, which is safe because forwards replace entries and
-/// never write into them.
-impl Clone for BnState {
-    fn clone(&self) -> BnState {
-        BnState {
-            stats: self
-                .stats
-                .iter()
-                .map(|(k, v)| (k.clone(), v.shallow_clone()))
-                .collect(),
-        }
-    }
-}
-
-impl BnState {
-    pub fn new() -> BnState {
-        BnState::default()
-    }
-
-    /// The statistic `name` ("0.1.running_mean"), if a train forward stored it.
-    pub fn get(&self, name: &str) -> Option<&Tensor> {
-        self.stats.get(name)
-    }
-
-    /// Sets a statistic (e.g. read from a checkpoint).
-    pub fn insert(&mut self, name: impl Into<String>, value: Tensor) {
-        self.stats.insert(name.into(), value);
-    }
-
-    /// `(name, tensor)` in name order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor)> {
-        self.stats.iter().map(|(k, v)| (k.as_str(), v))
-    }
-
-    pub fn len(&self) -> usize {
-        self.stats.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.stats.is_empty()
-    }
-}
 
 impl BatchNorm2d {
     /// The running statistic `name`, `[C]` or `[T, C]`, or its default `fill` if absent.
@@ -212,15 +154,6 @@ impl BatchNorm2d {
             .f_mul(&var.f_add_scalar(self.eps)?.f_rsqrt()?)?;
         Ok(normed.f_mul(&weight)?.f_add(&bias)?)
     }
-}
-
-/// The per-channel mean and unbiased variance of `x` over `dims`, without autograd.
-pub(super) fn batch_moments(x: &Tensor, dims: &[i64]) -> Result<(Tensor, Tensor)> {
-    let xd = x.f_detach()?;
-    Ok((
-        xd.f_mean_dim(dims, false, Some(xd.kind()))?,
-        xd.f_var_dim(dims, true, false)?,
-    ))
 }
 
 /// What one forward pass normalises with: the affine parameters (`[C]` or `[T, C]`) and, when

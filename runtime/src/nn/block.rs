@@ -13,9 +13,9 @@
 
 use tch::Tensor;
 
-use super::batchnorm::batch_moments;
-use super::conv::{channels_last, check_maps, join_tasks, split_tasks};
-use super::{BatchNorm2d, Conv2d, ConvTasks, MaxPool2d, Module, ParamDef, Scope};
+use super::batchnorm::Norm;
+use super::shared::{batch_moments, channels_last, check_maps, join_tasks, split_tasks, ConvTasks};
+use super::{BatchNorm2d, Conv2d, MaxPool2d, Module, ParamDef, Scope};
 use crate::Result;
 
 #[derive(Clone, Debug)]
@@ -53,7 +53,7 @@ impl ConvBlock {
 
     /// The rest of one task's block after its convolution: channels-last, BatchNorm with `norm`,
     /// pooling, ReLU.
-    fn after_conv(&self, y: &Tensor, norm: &super::batchnorm::Norm) -> Result<Tensor> {
+    fn after_conv(&self, y: &Tensor, norm: &Norm) -> Result<Tensor> {
         let y = channels_last(y, &[0, 2, 3, 1], &[0, 3, 1, 2])?;
         Ok(self
             .bn

@@ -2,41 +2,15 @@
 //! kernel per device (see [`ConvTasks`]). It must not own weights: they come from each call's
 //! `Params`.
 
-use tch::{Device, Tensor};
+use tch::Tensor;
 
-use super::layers::pool2d;
+use super::shared::{check_maps, join_tasks, pool2d, split_tasks, ConvTasks};
 use super::{Module, ParamDef, Scope};
 use crate::params::Init;
 use crate::Result;
 
-/// How a task-batched convolution (`[T, P]` parameters) runs its T tasks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ConvTasks {
-    /// [`ConvTasks::Grouped`] on CUDA, [`ConvTasks::PerTask`] elsewhere. On CPU a loop over
-    /// tasks is faster than one grouped convolution (libtorch's CPU kernels for grouped
-    /// convolutions are slow; benches/README.md), while on CUDA one grouped kernel beats T
-    /// launches.
-    #[default]
-    Auto,
-    /// One convolution with the tasks folded into the channels (`groups = T`).
-    Grouped,
-    /// One convolution per task, results stacked.
-    PerTask,
-}
-
 /// PyTorch's `nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding)` with a square
 /// kernel: parameters "weight" `[out, in, k, k]` and "bias" `[out]`.
-impl ConvTasks {
-    /// True when task-batched input `x` runs one kernel per task.
-    pub(super) fn per_task(self, x: &Tensor) -> bool {
-        match self {
-            ConvTasks::Grouped => false,
-            ConvTasks::PerTask => true,
-            ConvTasks::Auto => !matches!(x.device(), Device::Cuda(_)),
-        }
-    }
-}
-
 #[derive(Clone, Debug)]
 pub struct Conv2d {
     in_channels: i64,
@@ -161,67 +135,6 @@ impl Module for Conv2d {
 }
 
 /// PyTorch's `nn.MaxPool2d(kernel_size)` (stride = kernel size unless set, no padding).
-/// A task-batched convolution's per-task pieces: each task's `[B, C, H, W]` input and
-/// `[O, C, k, k]` weights as channels-last views (split and unbind: their backward is one
-/// concatenation, where a `select` per task would zero-fill a whole `[T, ...]` gradient each),
-/// and its bias.
-pub(super) type TaskPieces = (Vec<Tensor>, Vec<Tensor>, Vec<Option<Tensor>>);
-
-pub(super) fn split_tasks(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    tasks: i64,
-    batch: i64,
-) -> Result<TaskPieces> {
-    let xs = channels_last(&x.f_flatten(0, 1)?, &[0, 2, 3, 1], &[0, 3, 1, 2])?.f_split(batch, 0)?;
-    let ws = channels_last(weight, &[0, 1, 3, 4, 2], &[0, 1, 4, 2, 3])?.f_unbind(0)?;
-    let bs = match bias {
-        Some(b) => b.f_unbind(0)?.into_iter().map(Some).collect(),
-        None => (0..tasks).map(|_| None).collect(),
-    };
-    Ok((xs, ws, bs))
-}
-
-/// Joins T per-task `[B, C, H, W]` outputs into `[T, B, C, H, W]` with one concatenation, in
-/// channels-last memory order whatever order the outputs have.
-pub(super) fn join_tasks(outs: &[Tensor], tasks: i64, batch: i64) -> Result<Tensor> {
-    let nhwc = outs
-        .iter()
-        .map(|y| y.f_permute([0, 2, 3, 1]))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    let y = Tensor::f_cat(&nhwc, 0)?.f_permute([0, 3, 1, 2])?;
-    let mut shape = vec![tasks, batch];
-    shape.extend_from_slice(&y.size()[1..]);
-    Ok(y.f_view(shape.as_slice())?)
-}
-
-/// Errors unless `x` is `[batch, channels, height, width]` (task-batched: one more leading
-/// dimension) with `channels` channels; returns the per-task shape.
-pub(super) fn check_maps(
-    scope: &Scope<'_>,
-    op: &'static str,
-    x: &Tensor,
-    channels: i64,
-) -> Result<Vec<i64>> {
-    let expected = format!("[batch, {channels}, height, width]");
-    let per_task = scope.check_input(op, x, 4, &expected)?;
-    if per_task[1] != channels {
-        return Err(crate::Error::Shape {
-            op,
-            expected,
-            got: x.size(),
-        });
-    }
-    Ok(per_task)
-}
-
-/// `x` in channels-last memory order with its logical shape unchanged: `to` moves the channel
-/// dimension last, `back` undoes it. No copy when x already is channels-last.
-pub(super) fn channels_last(x: &Tensor, to: &[i64], back: &[i64]) -> Result<Tensor> {
-    Ok(x.f_permute(to)?.f_contiguous()?.f_permute(back)?)
-}
-
 #[derive(Clone, Debug)]
 pub struct MaxPool2d {
     kernel: i64,

@@ -1,11 +1,13 @@
-//! Parameter-free activations and pooling (LeakyReLU, average and adaptive average pooling) and
-//! LayerNorm, single-task or task-batched. Pooling folds the tasks into the batch (one kernel for
-//! all tasks); LayerNorm normalises each example on its own and applies each task's affine
-//! parameters by broadcasting. Nothing here owns weights: they come from each call's `Params`.
+//! Parameter-free activations, flattening and pooling (ReLU, Tanh, Flatten, LeakyReLU, average
+//! and adaptive average pooling) and LayerNorm, single-task or task-batched. Pooling folds the
+//! tasks into the batch (one kernel for all tasks); LayerNorm normalises each example on its own
+//! and applies each task's affine parameters by broadcasting. Nothing here owns weights: they
+//! come from each call's `Params`.
 
 use tch::Tensor;
 
-use super::{fold_tasks, Module, ParamDef, Scope};
+use super::shared::pool2d;
+use super::{Module, ParamDef, Scope};
 use crate::params::Init;
 use crate::{Error, Result};
 
@@ -83,18 +85,6 @@ impl Module for AvgPool2d {
             x.f_avg_pool2d([k, k], [s, s], [p, p], false, true, None)
         })
     }
-}
-
-/// `pool` (one of libtorch's 2-d poolings) on `[B, C, H, W]` maps; task-batched: tasks folded into
-/// the batch. `op` names the layer in a shape error.
-pub(super) fn pool2d(
-    scope: &Scope<'_>,
-    op: &'static str,
-    x: &Tensor,
-    pool: impl FnOnce(&Tensor) -> std::result::Result<Tensor, tch::TchError>,
-) -> Result<Tensor> {
-    scope.check_input(op, x, 4, "[batch, channels, height, width]")?;
-    fold_tasks(scope.tasks(), x, |x| Ok(pool(x)?))
 }
 
 /// PyTorch's `nn.AdaptiveAvgPool2d((height, width))`; `new(1)` is global average pooling.
@@ -229,4 +219,57 @@ fn join(shape: &[i64]) -> String {
         .map(i64::to_string)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Rectified linear unit (no parameters).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Relu;
+
+impl Module for Relu {
+    fn param_defs(&self) -> Vec<ParamDef> {
+        Vec::new()
+    }
+    fn forward_scoped(&self, _scope: &mut Scope<'_>, x: &Tensor) -> Result<Tensor> {
+        Ok(x.f_relu()?)
+    }
+}
+
+/// Hyperbolic tangent (no parameters).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tanh;
+
+impl Module for Tanh {
+    fn param_defs(&self) -> Vec<ParamDef> {
+        Vec::new()
+    }
+    fn forward_scoped(&self, _scope: &mut Scope<'_>, x: &Tensor) -> Result<Tensor> {
+        Ok(x.f_tanh()?)
+    }
+}
+
+/// Flattens every dimension after the batch one: `[B, ...] -> [B, F]`, `[T, B, ...] -> [T, B, F]`
+/// (PyTorch's `nn.Flatten()`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Flatten;
+
+impl Module for Flatten {
+    fn param_defs(&self) -> Vec<ParamDef> {
+        Vec::new()
+    }
+    fn forward_scoped(&self, scope: &mut Scope<'_>, x: &Tensor) -> Result<Tensor> {
+        let start = if scope.tasks().is_some() { 2 } else { 1 };
+        if (x.dim() as i64) <= start {
+            return Err(Error::Shape {
+                op: "Flatten",
+                expected: if start == 2 {
+                    "[tasks, batch, d, ...]"
+                } else {
+                    "[batch, d, ...]"
+                }
+                .to_string(),
+                got: x.size(),
+            });
+        }
+        Ok(x.f_flatten(start, -1)?)
+    }
 }

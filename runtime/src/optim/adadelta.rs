@@ -23,8 +23,8 @@ optimizer! {
             weight_decay: 0.0,
         }
         options {}
-        kernel: Adadelta,
         buffers: [SquareAvg, AccDelta],
+        kernel: Adadelta,
         restart: [],
     }
 }

@@ -29,8 +29,8 @@ optimizer! {
             eps: 1e-10,
         }
         options {}
-        kernel: Adagrad,
         buffers: [Sum],
+        kernel: Adagrad,
         restart: [Sum],
     }
 }

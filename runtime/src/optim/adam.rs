@@ -27,8 +27,8 @@ optimizer! {
             /// Normalize by the running maximum of the second moment (AMSGrad).
             amsgrad: false,
         }
-        kernel: Adam,
         buffers: [ExpAvg, ExpAvgSq, MaxExpAvgSq],
+        kernel: Adam,
         restart: [],
     }
 }
@@ -51,8 +51,8 @@ optimizer! {
             /// Normalize by the running maximum of the second moment (AMSGrad).
             amsgrad: false,
         }
-        kernel: Adam,
         buffers: [ExpAvg, ExpAvgSq, MaxExpAvgSq],
+        kernel: Adam,
         restart: [],
     }
 }
@@ -73,8 +73,8 @@ optimizer! {
             weight_decay: 0.0,
         }
         options {}
-        kernel: Adamax,
         buffers: [ExpAvg, ExpInf],
+        kernel: Adamax,
         restart: [],
     }
 }

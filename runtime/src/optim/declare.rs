@@ -1,8 +1,11 @@
 //! `optimizer!`: declares an optimizer once. From the list of its hyperparameters (with torch's
-//! defaults), its options and its fused-kernel descriptor it makes the public options struct,
-//! `new(lr)`, one setter per hyperparameter and option, `fused`, the typed per-step values, and
-//! the `Optimizer` impl; the optimizer's file then writes only its arithmetic
-//! (`initial_state`, `fused_plan`, `tensor_step`).
+//! defaults), its options, its state buffers and, optionally, its fused kernel it makes the public
+//! options struct, `new(lr)`, one setter per hyperparameter and option, `fused`, the typed
+//! per-step values, and the `Optimizer` impl; the optimizer's file then writes only its
+//! arithmetic (`initial_state`, `tensor_step`, and `fused_plan` when it names a kernel).
+//!
+//! Without `kernel:` and `restart:` the optimizer has no fused path: `fused(true)` is accepted
+//! and every step takes the tensor-op path.
 //!
 //! It generates code; it holds no state and computes nothing itself.
 
@@ -20,9 +23,9 @@ macro_rules! optimizer {
         pub struct $ty:ident ($torch:literal) {
             hparams { $($(#[$hdoc:meta])* $h:ident: $hdef:expr,)* }
             options { $($(#[$odoc:meta])* $o:ident: $odef:expr,)* }
-            kernel: $kernel:ident,
             buffers: [$($buf:ident),* $(,)?],
-            restart: [$($rbuf:ident),* $(,)?],
+            $(kernel: $kernel:ident,
+            restart: [$($rbuf:ident),* $(,)?],)?
         }
     ) => {
         $(#[$meta])*
@@ -41,13 +44,8 @@ macro_rules! optimizer {
             /// slot order.
             const NAMES: &'static [&'static str] = &["lr", $(stringify!($h)),*];
 
-            /// The fused path's view of this optimizer.
-            const DESCRIPTOR: $crate::optim::fused::Descriptor = $crate::optim::fused::Descriptor {
-                name: $torch,
-                kernel: $crate::kernels::StepKernel::$kernel,
-                buffers: &[$($crate::optim::Buffer::$buf),*],
-                restart: &[$($crate::optim::Buffer::$rbuf),*],
-            };
+            /// The state buffers a step may keep, in the fused kernel's slot order.
+            const BUFFERS: &'static [$crate::optim::Buffer] = &[$($crate::optim::Buffer::$buf),*];
 
             /// Learning rate `lr`; every other hyperparameter and option at torch.optim's default.
             pub fn new(lr: f64) -> $ty {
@@ -76,7 +74,9 @@ macro_rules! optimizer {
             /// (tests/fused_optim.rs; benches/README.md compares their speed). Off by default:
             /// the fused backward cannot itself be differentiated (`create_graph` through a
             /// step's backward: third-order derivatives), which the tensor-op path, the
-            /// reference, can.
+            /// reference, can. An optimizer without a kernel (see
+            /// [`Optimizer::fused_kernel`](crate::optim::Optimizer::fused_kernel))
+            /// takes the tensor-op path either way.
             pub fn fused(mut self, fused: bool) -> $ty {
                 self.fused = fused;
                 self
@@ -96,12 +96,23 @@ macro_rules! optimizer {
             }
         }
 
+        $(
+        impl $ty {
+            /// The fused path's view of this optimizer.
+            const DESCRIPTOR: $crate::optim::fused::Descriptor = $crate::optim::fused::Descriptor {
+                kernel: $crate::kernels::StepKernel::$kernel,
+                buffers: Self::BUFFERS,
+                restart: &[$($crate::optim::Buffer::$rbuf),*],
+            };
+        }
+
         // The descriptor fits the kernel: one buffer per state slot, one name per hyperparameter
         // slot (checked when the crate compiles).
         const _: () = assert!(
             $ty::DESCRIPTOR.buffers.len() == $ty::DESCRIPTOR.kernel.state_slots()
                 && $ty::NAMES.len() == $ty::DESCRIPTOR.kernel.hparam_count()
         );
+        )?
 
         impl $crate::optim::Optimizer for $ty {
             fn name(&self) -> &'static str {
@@ -132,18 +143,27 @@ macro_rules! optimizer {
                 hp: &$crate::optim::HParams,
             ) -> $crate::Result<(tch::Tensor, $crate::optim::OptState)> {
                 $crate::optim::check_shapes(concat!($torch, ".update"), theta, grad)?;
-                state.check(&Self::DESCRIPTOR)?;
+                state.check($torch, Self::BUFFERS)?;
+                #[allow(unused_mut)]
                 let mut values = self.values(hp, theta)?;
+                $(
                 if self.fused && $crate::kernels::supports(theta) {
+                    let _ = $crate::kernels::StepKernel::$kernel;
                     let plan = self.fused_plan(&mut values, state)?;
                     return Self::DESCRIPTOR.run(theta, grad, state, &values, plan);
                 }
+                )?
                 self.tensor_step($crate::optim::StepInput {
                     theta,
                     grad,
                     state,
                     v: &values,
                 })
+            }
+
+            fn fused_kernel(&self) -> Option<$crate::kernels::StepKernel> {
+                const KERNEL: &[$crate::kernels::StepKernel] = &[$($crate::kernels::StepKernel::$kernel)?];
+                KERNEL.first().copied()
             }
 
             fn box_clone(&self) -> Box<dyn $crate::optim::Optimizer> {

@@ -13,8 +13,6 @@ use tch::Tensor;
 /// What the fused path of one optimizer needs to know about it.
 #[derive(Debug)]
 pub(crate) struct Descriptor {
-    /// torch.optim's class name.
-    pub name: &'static str,
     pub kernel: StepKernel,
     /// The state buffers, in the kernel's input-slot and output order.
     pub buffers: &'static [Buffer],
@@ -105,5 +103,15 @@ impl Descriptor {
         )?;
         let buffers = kept.into_iter().zip(out).collect();
         Ok((theta, OptState::from_buffers(plan.params.step, buffers)))
+    }
+}
+
+/// A hyperparameter value as a kernel slot.
+impl<'a> From<&'a HValue> for Slot<'a> {
+    fn from(v: &'a HValue) -> Slot<'a> {
+        match v {
+            HValue::Const(c) => Slot::Const(*c),
+            HValue::Tensor(t) => Slot::Tensor(t),
+        }
     }
 }

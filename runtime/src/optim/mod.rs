@@ -12,9 +12,31 @@
 //! higher #125 and TorchOpt #26).
 //!
 //! Each optimizer is declared once with `optimizer!` (declare.rs: its options with torch's
-//! defaults, setters, hyperparameter names and fused-kernel descriptor) and writes only its
-//! arithmetic; `fused` is the one place that hands a step to runtime::kernels. Its state names
-//! each buffer with a [`Buffer`].
+//! defaults, setters, hyperparameter names, state buffers and, optionally, its fused kernel) and
+//! writes only its arithmetic; `fused` is the one place that hands a step to runtime::kernels. Its
+//! state names each buffer with a [`Buffer`].
+//!
+//! # Adding an optimizer
+//!
+//! The files it touches, and nothing else:
+//! 1. `runtime/src/optim/<name>.rs`: the `optimizer!` declaration (hyperparameters with torch's
+//!    defaults, options, `buffers`) and two methods, `initial_state` and `tensor_step`.
+//!    [`RAdam`] (radam.rs) is such a file.
+//! 2. `runtime/src/optim/mod.rs` (this file): `mod <name>;` and `pub use <name>::<Type>;`.
+//!
+//! Only when the optimizer keeps a buffer that torch names differently from every [`Buffer`]:
+//! 3. `runtime/src/optim/state.rs`: the variant, its torch name in `Buffer::name`, and
+//!    `Buffer::ALL`.
+//!
+//! A fused kernel is optional: without one, `fused(true)` falls back to the tensor-op path
+//! ([`Optimizer::fused_kernel`] is `None`). Adding one later touches `kernel:`, `restart:` and a
+//! `fused_plan` method in the optimizer's file, plus runtime::kernels: a `StepKernel` variant
+//! (kernels/step.rs), `kernels/cpu/<name>.rs` with its `mod` line in kernels/cpu/mod.rs and its
+//! arm in kernels/cpu/dispatch.rs, and the CUDA kernel in kernels/cuda.cu with its name in
+//! kernels/cuda.rs.
+//!
+//! The engine builds only SGD (inner loop) and SGD or Adam (outer, `outer.optimizer`), so a new
+//! optimizer is for library users until engine/src/config.rs and engine/src/train.rs name it.
 //!
 //! This module must not mutate its inputs, keep tensors between calls, read a tensor's value back to
 //! the host (no GPU sync), know about models or parameter names, or print.
@@ -26,6 +48,7 @@ mod adagrad;
 mod adam;
 pub(crate) mod fused;
 mod hparams;
+mod radam;
 mod rmsprop;
 mod rprop;
 mod sgd;
@@ -35,6 +58,7 @@ pub use adadelta::Adadelta;
 pub use adagrad::Adagrad;
 pub use adam::{Adam, AdamW, Adamax};
 pub use hparams::{HParams, HValue};
+pub use radam::RAdam;
 pub use rmsprop::RMSprop;
 pub use rprop::Rprop;
 pub use sgd::Sgd;
@@ -63,6 +87,11 @@ pub trait Optimizer: std::fmt::Debug + Send + Sync {
         state: &OptState,
         hp: &HParams,
     ) -> Result<(Tensor, OptState)>;
+    /// The fused kernel that `fused(true)` steps run, or `None` when the optimizer has none
+    /// and every step takes the tensor-op path.
+    fn fused_kernel(&self) -> Option<crate::kernels::StepKernel> {
+        None
+    }
     /// A boxed copy (options and builder values).
     fn box_clone(&self) -> Box<dyn Optimizer>;
 }

@@ -32,8 +32,8 @@ optimizer! {
             /// Normalize by an estimate of the gradient's variance instead of its second moment.
             centered: false,
         }
-        kernel: RMSprop,
         buffers: [SquareAvg, MomentumBuffer, GradAvg],
+        kernel: RMSprop,
         restart: [],
     }
 }

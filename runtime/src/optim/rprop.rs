@@ -42,8 +42,8 @@ optimizer! {
             step_size_max: 50.0,
         }
         options {}
-        kernel: Rprop,
         buffers: [Prev, StepSize],
+        kernel: Rprop,
         restart: [StepSize],
     }
 }

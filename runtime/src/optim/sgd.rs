@@ -30,8 +30,8 @@ optimizer! {
             /// Nesterov momentum (torch requires momentum > 0 and dampening 0 for it).
             nesterov: false,
         }
-        kernel: Sgd,
         buffers: [MomentumBuffer],
+        kernel: Sgd,
         restart: [MomentumBuffer],
     }
 }

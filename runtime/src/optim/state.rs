@@ -4,7 +4,6 @@
 //! It only holds tensors; it never computes an update and never copies tensor data (clones are
 //! shallow).
 
-use super::fused::Descriptor;
 use crate::{Error, Result};
 use tch::Tensor;
 
@@ -201,21 +200,21 @@ impl OptState {
         }
     }
 
-    /// Errors unless every buffer is one of the optimizer's (`desc`) and every name was known.
-    pub(crate) fn check(&self, desc: &Descriptor) -> Result<()> {
+    /// Errors unless every buffer is one of `buffers`, those of the optimizer torch calls
+    /// `optimizer`, and every name was known.
+    pub(crate) fn check(&self, optimizer: &'static str, buffers: &[Buffer]) -> Result<()> {
         let foreign = self.unknown.first().cloned().or_else(|| {
             self.buffers
                 .iter()
-                .find(|(b, _)| !desc.buffers.contains(b))
+                .find(|(b, _)| !buffers.contains(b))
                 .map(|(b, _)| b.name().to_string())
         });
         match foreign {
             None => Ok(()),
             Some(name) => Err(Error::OptState {
-                optimizer: desc.name,
+                optimizer,
                 name,
-                allowed: desc
-                    .buffers
+                allowed: buffers
                     .iter()
                     .map(|b| b.name())
                     .collect::<Vec<_>>()

@@ -703,37 +703,6 @@ unsafe fn add_partial_sums<T: Real, const NY: usize>(
     }
 }
 
-/// Runs one call on the CPU.
-///
-/// # Safety
-/// `call` must come from the shim: every non-null pointer valid for the elements its layout reads
-/// (θ's `numel`, a row's `row_len`, the number of rows, or one), of the dtype it names (partial
-/// sums: f64), outputs not aliasing inputs.
-pub(crate) unsafe fn run(kernel: StepKernel, call: &KernelCall) -> Result<(), String> {
-    match call.dtype {
-        0 => unsafe { run_typed::<f32>(kernel, call) },
-        1 => unsafe { run_typed::<f64>(kernel, call) },
-        d => Err(format!("unknown dtype code {d}")),
-    }
-}
-
-unsafe fn run_typed<T: Real>(kernel: StepKernel, call: &KernelCall) -> Result<(), String> {
-    // SAFETY (all): the contract of `run`.
-    unsafe {
-        let env = Env::<T>::new(call, kernel)?;
-        match kernel {
-            StepKernel::Sgd => sgd::sgd(&env),
-            StepKernel::Adam => adam::adam(&env),
-            StepKernel::Adamax => adamax::adamax(&env),
-            StepKernel::Adagrad => adagrad::adagrad(&env),
-            StepKernel::RMSprop => rmsprop::rmsprop(&env),
-            StepKernel::Adadelta => adadelta::adadelta(&env),
-            StepKernel::Rprop => rprop::rprop(&env),
-        }
-    }
-    Ok(())
-}
-
 /// Calls `$f::<T, a, b, …>($args)` with each runtime bool turned into a const generic.
 macro_rules! specialise {
     ($f:ident::<$t:ty>($($arg:expr),*) [] [$($done:expr),*]) => {
@@ -755,3 +724,6 @@ mod adamax;
 mod rmsprop;
 mod rprop;
 mod sgd;
+mod dispatch;
+
+pub(crate) use dispatch::run;
