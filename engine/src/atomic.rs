@@ -74,6 +74,7 @@ pub(crate) fn leftover_tmp(name: &str, prefix: &str) -> bool {
         return name.starts_with(prefix) && (name.ends_with(".tmp") || name.ends_with(".scratch"));
     };
     let pid = rest.split('-').next().unwrap_or("");
-    name.strip_prefix('.').is_some_and(|n| n.starts_with(prefix))
+    name.strip_prefix('.')
+        .is_some_and(|n| n.starts_with(prefix))
         && (pid == std::process::id().to_string() || !Path::new("/proc").join(pid).exists())
 }

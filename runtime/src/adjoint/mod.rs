@@ -35,7 +35,6 @@ mod pass;
 mod results;
 mod unroll;
 
-
 use tch::Tensor;
 
 use crate::inner_core::InnerSpec;

@@ -30,7 +30,11 @@ pub(super) struct Adjoint {
 }
 
 impl Adjoint {
-    pub(super) fn new(hparams: &HParams, initial: &Tensor, overrides: &[(String, Tensor)]) -> Result<Adjoint> {
+    pub(super) fn new(
+        hparams: &HParams,
+        initial: &Tensor,
+        overrides: &[(String, Tensor)],
+    ) -> Result<Adjoint> {
         let mut step_hparams = hparams.clone();
         let mut hparam_adjoints = Vec::new();
         for (name, value) in hparams.iter() {

@@ -69,7 +69,11 @@ pub(super) struct Point {
 
 /// The support gradient of a step (with a graph when `create_graph`); zeros where the loss does
 /// not depend on θ.
-pub(super) fn support_gradient(loss: &Tensor, theta: &Tensor, create_graph: bool) -> Result<Tensor> {
+pub(super) fn support_gradient(
+    loss: &Tensor,
+    theta: &Tensor,
+    create_graph: bool,
+) -> Result<Tensor> {
     check_scalar("MetaGradient support_loss", loss)?;
     if !loss.requires_grad() {
         return Ok(theta.f_zeros_like()?);

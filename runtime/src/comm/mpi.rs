@@ -2,8 +2,8 @@
 //! works with any MPI, CUDA-aware or not. It must stay the only place that calls MPI (with
 //! `comm::nccl`, which uses it to agree on NCCL's unique id).
 
-use super::watchdog::watch;
 use super::communicator::{check_root, Buffer, Communicator};
+use super::watchdog::watch;
 use crate::{Error, Result};
 use mpi::collective::SystemOperation;
 use mpi::environment::Universe;

@@ -75,10 +75,7 @@ impl RAdam {
         let denom = eps.add_to(&sqrt_finite_grad(&exp_avg_sq)?)?;
         // torch's `bias_correction2 ** 0.5 / (√v + ε)` (a float over a tensor: its reciprocal
         // times the float, as `HValue::div` does).
-        let adaptive = match bias_correction2
-            .powf(0.5)?
-            .div(&HValue::Tensor(denom))?
-        {
+        let adaptive = match bias_correction2.powf(0.5)?.div(&HValue::Tensor(denom))? {
             HValue::Tensor(t) => t,
             HValue::Const(_) => unreachable!("a constant over a tensor is a tensor"),
         };
@@ -98,7 +95,9 @@ struct Rho {
 impl Rho {
     /// `ρ∞ = 2/(1 − β2) − 1` and `ρt = ρ∞ − 2t·β2ᵗ/(1 − β2ᵗ)`, in torch's order of operations.
     fn new(beta2: &HValue, bias_correction2: &HValue, step: i64) -> Result<Rho> {
-        let inf = HValue::Const(2.0).div(&beta2.rsub(1.0)?)?.add_scalar(-1.0)?;
+        let inf = HValue::Const(2.0)
+            .div(&beta2.rsub(1.0)?)?
+            .add_scalar(-1.0)?;
         let decay = beta2
             .powf(step as f64)?
             .mul_scalar(2.0 * step as f64)?

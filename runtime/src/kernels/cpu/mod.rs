@@ -721,9 +721,9 @@ mod adadelta;
 mod adagrad;
 mod adam;
 mod adamax;
+mod dispatch;
 mod rmsprop;
 mod rprop;
 mod sgd;
-mod dispatch;
 
 pub(crate) use dispatch::run;
