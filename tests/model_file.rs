@@ -32,11 +32,21 @@ fn config(algorithm: AlgorithmName) -> TrainConfig {
     cfg
 }
 
-/// Asserts that `a` and `b` hold the same names, in order, with bitwise equal values.
+/// Asserts that `a` and `b` hold the same names (a file keeps them sorted), with bitwise equal
+/// values of the same dtype.
 fn assert_same(what: &str, a: &[(String, Tensor)], b: &[(String, Tensor)]) {
+    let sorted = |t: &[(String, Tensor)]| {
+        let mut t: Vec<(String, Tensor)> = t
+            .iter()
+            .map(|(n, x)| (n.clone(), x.shallow_clone()))
+            .collect();
+        t.sort_by(|p, q| p.0.cmp(&q.0));
+        t
+    };
+    let (a, b) = (sorted(a), sorted(b));
     let names = |t: &[(String, Tensor)]| t.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
-    assert_eq!(names(a), names(b), "{what}");
-    for ((n, x), (_, y)) in a.iter().zip(b) {
+    assert_eq!(names(&a), names(&b), "{what}");
+    for ((n, x), (_, y)) in a.iter().zip(&b) {
         assert_eq!(x.kind(), y.kind(), "{what}: `{n}`");
         assert!(x.equal(y), "{what}: `{n}` differs");
     }
