@@ -88,7 +88,7 @@ fn same_parameters_on_1_2_and_3_ranks() {
             }
         }
         // The meta-parameters did move (the comparison is not between two untouched inits).
-        assert!(one.iter().any(|(n, _)| n == "hparam.lr"));
+        assert!(one.iter().any(|(n, _)| n == "inner.lr"));
     }
     std::fs::remove_dir_all(&dir).ok();
 }

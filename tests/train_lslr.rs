@@ -24,11 +24,7 @@ fn meta_loss(trainer: &mut Trainer, start: &[(String, Tensor)], lr: &Tensor) -> 
     let state: Vec<(String, Tensor)> = start
         .iter()
         .map(|(n, t)| {
-            let t = if n == "hparam.lr" {
-                lr.copy()
-            } else {
-                t.copy()
-            };
+            let t = if n == "inner.lr" { lr.copy() } else { t.copy() };
             (n.clone(), t)
         })
         .collect();
@@ -48,14 +44,14 @@ fn lslr_hypergradients_match_finite_differences() {
     let mut trainer = Trainer::new(&cfg, Box::new(Local)).unwrap();
     let groups = trainer.model_params().layout().len() as i64;
     let start = trainer.state().unwrap();
-    let lr0 = tensor(&start, "hparam.lr").copy();
+    let lr0 = tensor(&start, "inner.lr").copy();
     assert_eq!(lr0.size(), vec![3, groups], "one rate per step and tensor");
     // Distinct rates per step and tensor, so that a mixed-up row or column shows.
     let lr0 = lr0
         + Tensor::arange(3 * groups, (Kind::Double, tch::Device::Cpu)).reshape([3, groups]) * 1e-3;
     meta_loss(&mut trainer, &start, &lr0);
     let after = trainer.state().unwrap();
-    let hypergradient = &lr0 - tensor(&after, "hparam.lr");
+    let hypergradient = &lr0 - tensor(&after, "inner.lr");
     // Central differences with h = 1e-6. Truncation error ~ h²·|f'''|/6: the meta-loss is
     // strongly curved in the rates (at h = 1e-5 it measured 1e-6 on a gradient of 9), so about
     // 1e-8 at h = 1e-6; rounding error ~ 1e-16·|L|/h ≈ 3e-10. 1e-7 (relative, with an absolute

@@ -11,6 +11,7 @@ use metaloop_runtime::nn::Module;
 use metaloop_runtime::{optim, InnerLoop, Params};
 use tch::{Kind, Tensor};
 
+use crate::algorithms::Learned;
 use crate::data::sinusoid::{Sinusoid, SinusoidTask};
 use crate::data::{Split, TaskSource};
 use crate::Result;
@@ -72,6 +73,22 @@ pub struct AdaptationCurves {
     pub truth: Vec<f64>,
     /// The predictions, in the order of [`AdaptationSpec::steps`].
     pub predictions: Vec<Prediction>,
+}
+
+/// The inner-loop overrides of a model's learned inner hyperparameters: the learned `lr`
+/// (Meta-SGD's per-element rates, `learn_lr`'s per-tensor ones) as it is, and of per-step rates
+/// (LSLR's `[steps, G]`) the first step's row (the figure's steps run past the trained unroll).
+/// Other learned hyperparameters are left out: the figure's inner loop is plain SGD.
+pub fn overrides(learned: &[Learned]) -> Result<Vec<(String, Tensor)>> {
+    learned
+        .iter()
+        .filter(|h| h.name == "lr")
+        .map(|h| {
+            let t = h.tensor.f_detach()?;
+            let t = if h.per_step { t.f_get(0)? } else { t };
+            Ok((h.name.clone(), t))
+        })
+        .collect()
 }
 
 /// Adapts `params` of `model` (a 1-input, 1-output regressor) to each meta-test task and returns

@@ -6,35 +6,55 @@
 //! is differentiated), with the learned inner hyperparameters in force. Each rank evaluates its
 //! slice of the tasks; one all-reduce gathers the per-task table. Nothing here prints.
 
+use metaloop_runtime::comm::Communicator;
 use tch::{Device, Kind, Tensor};
 
-use crate::algorithms::{adapt, Shard};
+use crate::algorithms::{adapt, Learned, Shard};
+use crate::config::TrainConfig;
 use crate::data::{MetaBatch, Split};
+use crate::host::to_f64s;
 use crate::loss::TaskLosses;
+use crate::meta_params::MetaParams;
+use crate::net::Net;
+use crate::protocol::{EvalProtocol, EvalWeights};
+use crate::report::{EvalReport, MeanCi};
 use crate::setup::rank_slice;
-use crate::train::{to_f64s, EvalReport, MeanCi, Trainer};
 use crate::Result;
 
-impl Trainer {
+/// What a meta-test borrows from the Trainer: the config, the communicator, the model, the
+/// meta-parameters and the evaluation protocol.
+pub struct MetaTest<'a> {
+    pub(crate) cfg: &'a TrainConfig,
+    pub(crate) comm: &'a dyn Communicator,
+    pub(crate) net: &'a Net,
+    pub(crate) meta: &'a MetaParams,
+    pub(crate) protocol: &'a EvalProtocol,
+    /// Outer iterations completed (random layers' masks depend on it).
+    pub(crate) iteration: u64,
+}
+
+impl MetaTest<'_> {
     /// Meta-tests (or validates) on `tasks` tasks of `split`: query loss (and accuracy) before and
-    /// after `eval.inner_steps` inner steps on each task's support set.
-    pub fn evaluate(&self, split: Split, tasks: usize) -> Result<EvalReport> {
+    /// after `eval.inner_steps` inner steps on each task's support set. Collective.
+    pub fn run(&self, split: Split, tasks: usize) -> Result<EvalReport> {
         let _s = tracing::info_span!("evaluate", split = split.name(), tasks).entered();
-        let mine = rank_slice(tasks, self.rank(), self.size());
+        let mine = rank_slice(tasks, self.comm.rank(), self.comm.size());
         // Per task: loss before, loss after, accuracy before, accuracy after.
         let mut table = Tensor::f_zeros([tasks as i64, 4], (Kind::Double, Device::Cpu))?;
         let chunk = self.cfg.outer.meta_batch.clamp(1, 32);
-        let weights = self.protocol.weights(&self.theta, &self.learned)?;
+        let weights = self
+            .protocol
+            .weights(&self.meta.theta, &self.meta.learned)?;
         let mut start = mine.start;
         while start < mine.end {
             let end = (start + chunk).min(mine.end);
-            let batch = self.prepare(self.protocol.source.meta_batch(
+            let batch = self.net.prepare(self.protocol.source.meta_batch(
                 self.cfg.run.seed,
                 0,
                 start..end,
                 split,
             )?)?;
-            let shard = self.eval_shard(&batch, weights.as_ref());
+            let shard = self.shard(&batch, weights.as_ref());
             let rows = self.evaluate_batch(&shard, &batch)?;
             tch::no_grad(|| {
                 table
@@ -55,7 +75,7 @@ impl Trainer {
             Ok(shard.loss.task_losses(outputs, &batch.query_y)?)
         };
         let (before, after) = (score(&before)?, score(&after)?);
-        let zeros = Tensor::f_zeros([t], (self.kind, self.device))?;
+        let zeros = Tensor::f_zeros([t], (self.net.kind, self.net.device))?;
         let cols = [
             before.loss,
             after.loss,
@@ -75,7 +95,7 @@ impl Trainer {
 
     /// The query outputs `[T, N, out]` of `batch` at the shard's θ0 and after `eval.inner_steps`
     /// support steps ([`adapt`], nothing differentiated), BatchNorm as `eval.batchnorm` says:
-    /// what the meta-test scores and [`Trainer::predictions`] shows.
+    /// what the meta-test scores and the predictions (engine::predictions) show.
     pub(crate) fn adapted_query_outputs(
         &self,
         shard: &Shard<'_>,
@@ -93,7 +113,7 @@ impl Trainer {
 
     /// The report of an all-reduced table of `tasks` rows.
     fn report(&self, split: Split, tasks: usize, table: &Tensor) -> Result<EvalReport> {
-        let cls = self.classification();
+        let cls = self.net.classification();
         let column = |i: i64| -> Result<Vec<f64>> { to_f64s(&table.f_select(1, i)?) };
         let (l0, l1) = (MeanCi::of(&column(0)?), MeanCi::of(&column(1)?));
         let (a0, a1) = if cls {
@@ -107,11 +127,30 @@ impl Trainer {
             inner_steps: self.cfg.eval_inner_steps(),
             ways: self.protocol.ways,
             shots: self.protocol.shots,
-            metric: self.loss.metric().into(),
+            metric: self.net.loss.metric().into(),
             loss_before: l0,
             loss_after: l1,
             accuracy_before: a0,
             accuracy_after: a1,
         })
+    }
+
+    /// A worker's view for evaluating `batch`: the trainer's own, or the evaluation model's with
+    /// `weights`.
+    pub(crate) fn shard<'b>(
+        &'b self,
+        batch: &MetaBatch,
+        weights: Option<&EvalWeights<'b>>,
+    ) -> Shard<'b> {
+        let shard = self.net.shard(self.cfg, self.meta, self.iteration, batch);
+        match weights {
+            Some(w) => Shard {
+                model: w.model,
+                theta: w.theta.clone(),
+                learned: w.learned.iter().map(Learned::shallow_clone).collect(),
+                ..shard
+            },
+            None => shard,
+        }
     }
 }

@@ -17,12 +17,13 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::checkpoint::{self, SamplerState};
+use crate::checkpoint;
 use crate::data::Split;
-use crate::rundir::{self, RunDir};
-use crate::selection::Best;
+use crate::report::{EvalReport, StepMetrics};
+use crate::rundir::RunDir;
+use crate::selection::Selection;
 use crate::tensorboard::{tags, TensorBoard};
-use crate::train::{EvalReport, StepMetrics, Trainer};
+use crate::train::Trainer;
 use crate::{Error, Result};
 
 /// What the fit loop tells its caller as it goes. Every method has a default that does nothing.
@@ -88,8 +89,8 @@ struct Progress {
     saved: Option<u64>,
     /// The run's TensorBoard event file (`log.tensorboard`, on the writing rank).
     board: Option<TensorBoard>,
-    /// The best validation so far (on the writing rank; read back from `best.json` on resume).
-    best: Option<Best>,
+    /// Model selection (on the writing rank; read back from `best.json` on resume).
+    selection: Selection,
 }
 
 impl Trainer {
@@ -116,10 +117,7 @@ impl Trainer {
                 }
                 _ => None,
             },
-            best: match run.as_deref() {
-                Some(run) => Best::read(run.path())?,
-                None => None,
-            },
+            selection: Selection::resume(run.as_deref().map(RunDir::path))?,
         };
         let total = self.config().outer.iterations;
         while self.iteration() < total {
@@ -197,7 +195,7 @@ impl Trainer {
             }
         }
         if let Some(v) = val {
-            self.keep_if_best(run, Best::of(it, v), &mut p.best)?;
+            p.selection.consider(run, it, v, self.meta())?;
         }
         let every = cfg.log.checkpoint_every;
         if (every > 0 && it.is_multiple_of(every)) || last {
@@ -205,64 +203,6 @@ impl Trainer {
             p.saved = Some(it);
         }
         Ok(())
-    }
-
-    /// Writes the checkpoint of the current iteration into `run` (after syncing the metrics
-    /// logged so far). Returns the manifest's path.
-    pub fn save_checkpoint(&self, run: &RunDir) -> Result<PathBuf> {
-        let it = self.iteration();
-        let _s = tracing::info_span!("checkpoint", iteration = it).entered();
-        run.sync_metrics()?;
-        let cfg = self.config();
-        checkpoint::write(
-            &run.checkpoints_dir(),
-            it,
-            &self.state()?,
-            &rundir::config_hash(cfg),
-            SamplerState {
-                seed: cfg.run.seed,
-                iteration: it,
-            },
-            cfg.log.keep_checkpoints,
-        )
-    }
-
-    /// A validation `candidate` better than the best so far: `model.best.safetensors`, then
-    /// `best.json` (a crash between the two leaves a record no better than the file).
-    fn keep_if_best(&self, run: &RunDir, candidate: Best, best: &mut Option<Best>) -> Result<()> {
-        if !candidate.beats(best.as_ref()) {
-            return Ok(());
-        }
-        self.write_model_file(run.best_model_path())?;
-        candidate.write(run.path())?;
-        *best = Some(candidate);
-        Ok(())
-    }
-
-    /// Writes `model.safetensors` into `run`: θ0 under PyTorch's state_dict names and, when the
-    /// algorithm learns inner hyperparameters, each of them beside it as `inner.<name>` (Meta-SGD's
-    /// `inner.lr` `[P]`, LSLR's `inner.lr` `[steps, G]`, `learn_lr`'s `inner.lr` and
-    /// `learn_momentum`'s `inner.momentum` `[G]`, G in θ0's tensor order). PyTorch reads θ0 back
-    /// with `load_state_dict(..., strict=False)`.
-    pub fn write_model(&self, run: &RunDir) -> Result<PathBuf> {
-        self.write_model_file(run.model_path())
-    }
-
-    /// [`Trainer::write_model`]'s content as the file `path`, written atomically.
-    fn write_model_file(&self, path: PathBuf) -> Result<PathBuf> {
-        if self.learned.is_empty() {
-            return rundir::write_params(path, &self.theta);
-        }
-        let scratch = path.with_extension("safetensors.scratch");
-        let io = |source| Error::Io {
-            path: scratch.clone(),
-            source,
-        };
-        tch::Tensor::write_safetensors(&self.model_tensors()?, &scratch)?;
-        let bytes = std::fs::read(&scratch).map_err(io)?;
-        std::fs::remove_file(&scratch).map_err(io)?;
-        crate::atomic::write_atomic(&path, &bytes)?;
-        Ok(path)
     }
 
     /// A stop that some rank asked for, agreed on by all (collective): the writing rank

@@ -2,7 +2,7 @@
 //! support steps changed on a classification task.
 //!
 //! For the first meta-test tasks (the same tasks, drawn from the run's seed, that
-//! [`Trainer::evaluate`] meta-tests first): the support images with their labels and, for a few
+//! [`MetaTest::run`] meta-tests first): the support images with their labels and, for a few
 //! query images per class, the true label and the predicted class with its softmax probability
 //! at θ0 and after `eval.inner_steps` inner steps. The support steps are the algorithms' own
 //! [`crate::algorithms::adapt`], with the learned inner hyperparameters in force, and the query
@@ -15,10 +15,11 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::TaskKind;
 use crate::data::{MetaBatch, Split};
-use crate::train::{to_f64s, Trainer};
+use crate::evaluate::MetaTest;
+use crate::host::to_f64s;
 use crate::{Error, Result};
 
-/// Which tasks and queries [`Trainer::predictions`] returns.
+/// Which tasks and queries [`PredictionSpec::predict`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PredictionSpec {
     /// Meta-test tasks `0..tasks` (of the test split, as the meta-test draws them).
@@ -86,11 +87,12 @@ pub struct TaskPredictions {
     pub queries: Vec<QueryPrediction>,
 }
 
-impl Trainer {
-    /// The predictions of `spec` for this trainer's θ0 and learned inner hyperparameters
-    /// (classification only; computed on this rank alone, no collective).
-    pub fn predictions(&self, spec: &PredictionSpec) -> Result<Vec<TaskPredictions>> {
-        if !self.classification() {
+impl PredictionSpec {
+    /// The predictions of this spec for the meta-test `test`'s θ0 and learned inner
+    /// hyperparameters (classification only; computed on this rank alone, no collective).
+    pub fn predict(&self, test: &MetaTest<'_>) -> Result<Vec<TaskPredictions>> {
+        let spec = self;
+        if !test.net.classification() {
             return Err(Error::InvalidSetting {
                 what: "predictions",
                 reason: "the task is not classification (its loss reports no accuracy)".into(),
@@ -102,13 +104,13 @@ impl Trainer {
         let _s = tracing::info_span!("predictions", tasks = spec.tasks).entered();
         // The meta-test's own tasks and model (`eval.ways`, `eval.shots`: engine::protocol).
         let batch =
-            self.protocol
+            test.protocol
                 .source
-                .meta_batch(self.cfg.run.seed, 0, 0..spec.tasks, Split::Test)?;
-        let batch = self.prepare(batch)?;
-        let (before, after) = self.query_logits(&batch)?;
+                .meta_batch(test.cfg.run.seed, 0, 0..spec.tasks, Split::Test)?;
+        let batch = test.net.prepare(batch)?;
+        let (before, after) = query_logits(test, &batch)?;
         let (before, after) = (guesses(&before)?, guesses(&after)?);
-        let inverted = self.cfg.task.kind == TaskKind::Omniglot;
+        let inverted = test.cfg.task.kind == TaskKind::Omniglot;
         (0..batch.len())
             .map(|t| {
                 let episode = batch.task(t)?;
@@ -129,22 +131,23 @@ impl Trainer {
                     .collect();
                 Ok(TaskPredictions {
                     task: batch.tasks.start + t,
-                    inner_steps: self.cfg.eval_inner_steps(),
+                    inner_steps: test.cfg.eval_inner_steps(),
                     support,
                     queries,
                 })
             })
             .collect()
     }
+}
 
-    /// The query logits `[T, N, ways]` of `batch` at θ0 and after `eval.inner_steps` support
-    /// steps, with the meta-test's model (engine::protocol), as [`Trainer::evaluate`] computes
-    /// them.
-    fn query_logits(&self, batch: &MetaBatch) -> Result<(Tensor, Tensor)> {
-        let weights = self.protocol.weights(&self.theta, &self.learned)?;
-        let shard = self.eval_shard(batch, weights.as_ref());
-        self.adapted_query_outputs(&shard, batch)
-    }
+/// The query logits `[T, N, ways]` of `batch` at θ0 and after `eval.inner_steps` support steps,
+/// with the meta-test's model (engine::protocol), as [`MetaTest::run`] computes them.
+fn query_logits(test: &MetaTest<'_>, batch: &MetaBatch) -> Result<(Tensor, Tensor)> {
+    let weights = test
+        .protocol
+        .weights(&test.meta.theta, &test.meta.learned)?;
+    let shard = test.shard(batch, weights.as_ref());
+    test.adapted_query_outputs(&shard, batch)
 }
 
 /// Per task and query: the arg-max class of `logits` (`[T, N, ways]`, as the accuracy of

@@ -21,11 +21,10 @@ use metaloop_runtime::nn::Module;
 use metaloop_runtime::{Layout, Params};
 use tch::Tensor;
 
-use crate::algorithms::{Learned, Shard};
+use crate::algorithms::Learned;
 use crate::config::{ConfigError, TrainConfig};
-use crate::data::{MetaBatch, TaskSource};
+use crate::data::TaskSource;
 use crate::setup;
-use crate::train::Trainer;
 use crate::{Error, Result};
 
 /// The tasks and the model that validation and meta-test use.
@@ -50,9 +49,9 @@ struct EvalHead {
 
 /// θ0 and the learned inner hyperparameters of the evaluation model, for one evaluation.
 pub(crate) struct EvalWeights<'a> {
-    model: &'a dyn Module,
-    theta: Params,
-    learned: Vec<Learned>,
+    pub(crate) model: &'a dyn Module,
+    pub(crate) theta: Params,
+    pub(crate) learned: Vec<Learned>,
 }
 
 impl EvalProtocol {
@@ -197,27 +196,6 @@ impl EvalHead {
             parts.push(new.f_reshape([-1])?);
         }
         Ok(Tensor::f_cat(&parts, 0)?)
-    }
-}
-
-impl Trainer {
-    /// A worker's view for evaluating `batch`: the trainer's own, or the evaluation model's with
-    /// `weights`.
-    pub(crate) fn eval_shard<'a>(
-        &'a self,
-        batch: &MetaBatch,
-        weights: Option<&EvalWeights<'a>>,
-    ) -> Shard<'a> {
-        let shard = self.shard(batch);
-        match weights {
-            Some(w) => Shard {
-                model: w.model,
-                theta: w.theta.clone(),
-                learned: w.learned.iter().map(Learned::shallow_clone).collect(),
-                ..shard
-            },
-            None => shard,
-        }
     }
 }
 

@@ -5,16 +5,17 @@
 //!
 //! The value is the validation's accuracy after adaptation for classification (higher is
 //! better) and its loss after adaptation for regression (lower is better). `metaloop eval --best`
-//! loads the file back with [`Trainer::load_model`]. This module never prints.
+//! loads the file back through engine::model_file. This module never prints.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tch::Tensor;
 
 use crate::atomic::write_atomic;
-use crate::rundir::BEST;
-use crate::train::{EvalReport, Trainer};
+use crate::meta_params::MetaParams;
+use crate::model_file;
+use crate::report::EvalReport;
+use crate::rundir::{RunDir, BEST};
 use crate::{Error, Result};
 
 /// What `best.json` holds: the validation that `model.best.safetensors` comes from.
@@ -93,50 +94,44 @@ impl Best {
     }
 }
 
-impl Trainer {
-    /// Sets θ0 and the learned inner hyperparameters from a model file that
-    /// [`Trainer::write_model`] wrote (`model.safetensors`, `model.best.safetensors`): every
-    /// tensor of θ0 under its name and each learned hyperparameter as `inner.<name>`, with the
-    /// shapes of this trainer's model.
-    pub fn load_model(&mut self, path: &Path) -> Result<()> {
-        let fail = |reason: String| Error::Checkpoint {
-            path: path.to_path_buf(),
-            reason,
+/// Model selection over one run: the best validation so far, and its model file.
+pub struct Selection {
+    best: Option<Best>,
+}
+
+impl Selection {
+    /// The selection of the run directory `run` (its `best.json`, on resume); nothing is
+    /// selected yet without one, or on a rank that does not write (`None`).
+    pub fn resume(run: Option<&Path>) -> Result<Selection> {
+        let best = match run {
+            Some(root) => Best::read(root)?,
+            None => None,
         };
-        let tensors = Tensor::read_safetensors(path).map_err(|e| fail(e.to_string()))?;
-        let find = |name: &str, shape: Vec<i64>| -> Result<&Tensor> {
-            let t = tensors
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, t)| t)
-                .ok_or_else(|| fail(format!("tensor `{name}` is missing")))?;
-            if t.size() != shape {
-                return Err(fail(format!(
-                    "tensor `{name}` has shape {:?}, the model needs {shape:?}",
-                    t.size()
-                )));
-            }
-            Ok(t)
-        };
-        let (kind, device) = (self.kind, self.device);
-        let mut theta = Vec::new();
-        for (name, view) in self.theta.iter() {
-            let t = find(name, view.size())?;
-            theta.push((name.to_string(), t.f_to_kind(kind)?.f_to_device(device)?));
+        Ok(Selection { best })
+    }
+
+    /// The best validation so far.
+    pub fn best(&self) -> Option<&Best> {
+        self.best.as_ref()
+    }
+
+    /// Keeps `meta` when the validation `report` of `iteration` beats the best so far:
+    /// `model.best.safetensors`, then `best.json` (a crash between the two leaves a record no
+    /// better than the file).
+    pub fn consider(
+        &mut self,
+        run: &RunDir,
+        iteration: u64,
+        report: &EvalReport,
+        meta: &MetaParams,
+    ) -> Result<()> {
+        let candidate = Best::of(iteration, report);
+        if !candidate.beats(self.best.as_ref()) {
+            return Ok(());
         }
-        let mut learned = Vec::new();
-        for h in &self.learned {
-            let t = find(&format!("inner.{}", h.name), h.tensor.size())?;
-            learned.push(t.f_to_kind(kind)?.f_to_device(device)?);
-        }
-        for (name, t) in &theta {
-            self.theta.set(name, t)?;
-        }
-        tch::no_grad(|| -> Result<()> {
-            for (h, t) in self.learned.iter().zip(&learned) {
-                h.tensor.shallow_clone().f_copy_(t)?;
-            }
-            Ok(())
-        })
+        model_file::write(run.best_model_path(), meta)?;
+        candidate.write(run.path())?;
+        self.best = Some(candidate);
+        Ok(())
     }
 }

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use metaloop_engine::adaptation::{self, AdaptationCurves, AdaptationSpec};
-use metaloop_engine::config::{TaskKind, TrainConfig};
-use metaloop_runtime::{nn, Params};
+use metaloop_engine::config::TaskKind;
+use metaloop_engine::train::Trainer;
 use plotters::prelude::*;
 
 use crate::config::bad;
@@ -20,63 +20,35 @@ pub const FILE: &str = "adaptation.png";
 
 /// Writes `run_dir/plots/adaptation.png` for a finished sinusoid run (its `config.toml` and
 /// `model.safetensors`) and returns its path; `None` when the run is not a sinusoid run.
-/// Learned inner learning rates saved beside θ0 (`inner.lr`: Meta-SGD's or `learn_lr`'s) are
-/// used by the inner loop; LSLR's per-step rates `[steps, G]` contribute their first step's row
-/// (the figure's 10 steps run past the trained unroll). Otherwise `algorithm.inner_lr`.
+/// The model file is read by `metaloop_engine::model_file` (through `Trainer::load_model`);
+/// learned inner learning rates are used by the inner loop as `adaptation::overrides` says.
+/// Otherwise `algorithm.inner_lr`.
 pub fn write_for_run(run_dir: &Path) -> Result<Option<PathBuf>> {
     let cfg = crate::config::load(&run_dir.join(metaloop_engine::rundir::CONFIG), &[])?;
     if cfg.task.kind != TaskKind::Sinusoid {
         return Ok(None);
     }
-    let model = metaloop_engine::setup::build_model(&cfg, 1)?;
     let weights = run_dir.join(metaloop_engine::rundir::MODEL);
     if !weights.is_file() {
         return Err(bad(format!("{}: no such file", weights.display())));
     }
-    let (params, overrides) = read_model(model.as_ref(), &cfg, &weights)
-        .with_context(|| weights.display().to_string())?;
+    let mut trainer = Trainer::builder(&cfg)
+        .device(tch::Device::Cpu)
+        .build()
+        .map_err(crate::run::setup_error)?;
+    trainer
+        .load_model(&weights)
+        .map_err(crate::run::setup_error)?;
+    let overrides = adaptation::overrides(trainer.learned_hparams())?;
     let spec = AdaptationSpec::figure(
         cfg.run.seed,
         cfg.task.shots as usize,
         cfg.algorithm.inner_lr,
     );
-    let curves = adaptation::sinusoid(model.as_ref(), &params, &spec, &overrides)?;
+    let curves = adaptation::sinusoid(trainer.model(), trainer.model_params(), &spec, &overrides)?;
     let path = run_dir.join(metaloop_engine::rundir::PLOTS).join(FILE);
     write(&path, &curves)?;
     Ok(Some(path))
-}
-
-/// θ0 and the learned inner learning rate (as an inner-loop override) of `model.safetensors`.
-fn read_model(
-    model: &dyn nn::Module,
-    cfg: &TrainConfig,
-    path: &Path,
-) -> Result<(Params, Vec<(String, tch::Tensor)>)> {
-    let kind = metaloop_engine::setup::kind(cfg.run.dtype);
-    let params = Params::init(model, cfg.run.seed, kind, tch::Device::Cpu)?;
-    let mut overrides = Vec::new();
-    let mut found = 0;
-    for (name, t) in tch::Tensor::read_safetensors(path)? {
-        let t = t.f_to_kind(kind)?;
-        match name.strip_prefix("inner.") {
-            Some("lr") => {
-                let lr = if t.dim() == 2 { t.f_get(0)? } else { t };
-                overrides.push(("lr".to_string(), lr));
-            }
-            Some(_) => {}
-            None => {
-                params.set(&name, &t)?;
-                found += 1;
-            }
-        }
-    }
-    if found != params.layout().len() {
-        anyhow::bail!(
-            "holds {found} of the model's {} parameter tensors",
-            params.layout().len()
-        );
-    }
-    Ok((params, overrides))
 }
 
 /// Draws `curves` into the PNG `path` (its folder is created).
@@ -174,6 +146,7 @@ fn y_range(c: &AdaptationCurves) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use metaloop_runtime::{nn, Params};
     use tch::Kind;
 
     #[test]

@@ -58,7 +58,8 @@ pub fn write_for_trainer(trainer: &Trainer, run_dir: &Path) -> Result<Option<Pat
 
 /// The figure's predictions for a finished classification run (`metaloop plot RUN`): the
 /// trainer rebuilt from its `config.toml` (its dataset loaded), θ0 and the learned inner
-/// hyperparameters (`inner.<name>`) read from `model.safetensors`. `None` for a sinusoid run.
+/// hyperparameters read from `model.safetensors` (by `metaloop_engine::model_file`). `None` for
+/// a sinusoid run.
 /// Nothing is written, so a missing dataset fails before any plot is drawn.
 pub fn for_run(run_dir: &Path) -> Result<Option<Vec<TaskPredictions>>> {
     let cfg = crate::config::load(&run_dir.join(metaloop_engine::rundir::CONFIG), &[])?;
@@ -70,15 +71,9 @@ pub fn for_run(run_dir: &Path) -> Result<Option<Vec<TaskPredictions>>> {
         return Err(bad(format!("{}: no such file", weights.display())));
     }
     let mut trainer = Trainer::new(&cfg, Box::new(Local)).map_err(crate::run::setup_error)?;
-    let tensors = tch::Tensor::read_safetensors(&weights).map_err(|e| {
-        bad(format!(
-            "{}: not a safetensors file ({e})",
-            weights.display()
-        ))
-    })?;
     trainer
-        .set_model_tensors(&tensors)
-        .map_err(|e| bad(format!("{}: {e}", weights.display())))?;
+        .load_model(&weights)
+        .map_err(crate::run::setup_error)?;
     Ok(Some(trainer.predictions(&PredictionSpec::figure())?))
 }
 

@@ -8,8 +8,8 @@
 //! reads row `min(s, inner_steps − 1)`, so an evaluation with more inner steps than training
 //! keeps the last step's rates. They combine with `multi_step_loss` and `learn_momentum` (MAML++
 //! uses both) but not with `memory = "recompute"`, whose adjoint pass takes one set of
-//! hyperparameters for every step. Checkpoints hold them as `hparam.lr`, `model.safetensors` as
-//! `inner.lr`.
+//! hyperparameters for every step. Checkpoints and `model.safetensors` hold them as `inner.lr`
+//! (engine::model_file).
 
 use metaloop_runtime::Layout;
 
