@@ -50,7 +50,7 @@ pub fn load_starting_weights(
         tensor: tensor.to_string(),
         reason,
     };
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+    let bytes = crate::files::read_bounded(path, crate::files::MAX_TENSOR_FILE).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
     })?;

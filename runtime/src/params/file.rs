@@ -95,7 +95,7 @@ impl Params {
             path: path.to_path_buf(),
             message,
         };
-        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        let bytes = crate::files::read_bounded(path, crate::files::MAX_TENSOR_FILE).map_err(|source| Error::Io {
             path: path.to_path_buf(),
             source,
         })?;
