@@ -377,7 +377,10 @@ mod tests {
         fs::write(&file, b"not a folder").unwrap();
         let err = RunDir::create(&file.join("run-a"), "").unwrap_err();
         assert!(err.is_user_input(), "{err}");
-        assert!(matches!(&err, Error::OutDirNotDirectory { path } if *path == file), "{err}");
+        assert!(
+            matches!(&err, Error::OutDirNotDirectory { path } if *path == file),
+            "{err}"
+        );
         assert!(err.to_string().contains("run.out_dir"), "{err}");
         assert_eq!(fs::read(&file).unwrap(), b"not a folder");
         let _ = fs::remove_dir_all(&out);
@@ -398,7 +401,10 @@ mod tests {
             assert_eq!(won, 1, "round {round}: {results:?}");
             for r in &results {
                 if let Err(e) = r {
-                    assert!(matches!(e, Error::RunDirExists { .. }), "round {round}: {e}");
+                    assert!(
+                        matches!(e, Error::RunDirExists { .. }),
+                        "round {round}: {e}"
+                    );
                 }
             }
         }

@@ -229,7 +229,9 @@ fn download(agent: &ureq::Agent, url: &str, part: &Path) -> Result<()> {
         file.seek(std::io::SeekFrom::End(0))?;
     }
     let bar = progress_bar(url, total, start);
-    let body = response.into_reader().take((MAX_ARCHIVE_BYTES + 1).saturating_sub(start));
+    let body = response
+        .into_reader()
+        .take((MAX_ARCHIVE_BYTES + 1).saturating_sub(start));
     let written = copy_body(body, &mut file, &bar);
     bar.finish_and_clear();
     if start + written.as_ref().map_or_else(|(n, _)| *n, |n| *n) > MAX_ARCHIVE_BYTES {

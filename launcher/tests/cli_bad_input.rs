@@ -696,7 +696,10 @@ fn a_config_that_is_a_fifo_a_device_or_too_large_is_refused() {
     for (file, why) in [
         ("fifo.toml", "not a regular file".to_string()),
         ("/dev/zero", "not a regular file".to_string()),
-        ("big.toml", format!("{} bytes, more than the {} allowed", 1_200_000, 1 << 20)),
+        (
+            "big.toml",
+            format!("{} bytes, more than the {} allowed", 1_200_000, 1 << 20),
+        ),
     ] {
         let line = rejects_within_a_minute(&dir, &["train", "--config", file]);
         assert_eq!(line, format!("metaloop: {file}: {why}"));

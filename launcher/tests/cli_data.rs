@@ -419,13 +419,22 @@ fn a_server_announcing_100_gib_is_refused_before_writing() {
         "HTTP/1.1 200 OK\r\nContent-Length: 107374182400\r\nConnection: close\r\n\r\n",
         4 << 20,
     );
-    let out = metaloop(&dir, &url, None, &["data", "fetch", "omniglot", "--to", "o"]);
+    let out = metaloop(
+        &dir,
+        &url,
+        None,
+        &["data", "fetch", "omniglot", "--to", "o"],
+    );
     let line = bad_input(&out);
     assert!(
         line.contains("107374182400") && line.contains(&url) && line.contains("nothing kept"),
         "{line}"
     );
-    assert!(!dir.join("o").exists(), "nothing written: {:?}", files_in(&dir.join("o")));
+    assert!(
+        !dir.join("o").exists(),
+        "nothing written: {:?}",
+        files_in(&dir.join("o"))
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -434,13 +443,22 @@ fn a_server_sending_without_end_is_cut_at_the_cap() {
     let dir = scratch("endless");
     // No Content-Length: the body ends when the server closes, after 40 MiB here.
     let url = serve_oversized("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", 40 << 20);
-    let out = metaloop(&dir, &url, None, &["data", "fetch", "omniglot", "--to", "o"]);
+    let out = metaloop(
+        &dir,
+        &url,
+        None,
+        &["data", "fetch", "omniglot", "--to", "o"],
+    );
     let line = bad_input(&out);
     assert!(
         line.contains("sent more than") && line.contains("nothing kept"),
         "{line}"
     );
-    assert!(!dir.join("o").exists(), "nothing written: {:?}", files_in(&dir.join("o")));
+    assert!(
+        !dir.join("o").exists(),
+        "nothing written: {:?}",
+        files_in(&dir.join("o"))
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -17,10 +17,7 @@ pub const MAX_TEXT_FILE: u64 = 1 << 20;
 pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     let meta = std::fs::metadata(path)?;
     if !meta.is_file() {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
     }
     let too_large = |n: u64| {
         Error::new(
@@ -69,7 +66,10 @@ mod tests {
         let made = std::process::Command::new("mkfifo").arg(&fifo).status();
         if made.is_ok_and(|s| s.success()) {
             // Returns at once instead of waiting for a writer.
-            assert_eq!(read_bounded(&fifo, 5).unwrap_err().kind(), ErrorKind::InvalidInput);
+            assert_eq!(
+                read_bounded(&fifo, 5).unwrap_err().kind(),
+                ErrorKind::InvalidInput
+            );
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
