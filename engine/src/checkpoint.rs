@@ -18,10 +18,12 @@
 //! never prints: warnings are returned for the launcher to show.
 
 use std::fs;
+use std::io::ErrorKind;
 use std::path::{Component, Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use metaloop_runtime::comm::Communicator;
+use metaloop_runtime::files::{read_bounded, MAX_TENSOR_FILE, MAX_TEXT_FILE};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::Tensor;
@@ -231,12 +233,21 @@ pub fn read(path: &Path) -> Result<Checkpoint> {
                 "expected a checkpoint manifest `ckpt-<iteration>.json` or its `.safetensors` file",
             )),
         };
-    let text = fs::read(&manifest_path).map_err(io(&manifest_path))?;
+    let text = read_input(&manifest_path, MAX_TEXT_FILE)?;
     let manifest = parse_manifest(&manifest_path, &text)?;
     let dir = manifest_path.parent().unwrap_or(Path::new("."));
     let tensors_path = dir.join(&manifest.tensors);
-    let bytes = fs::read(&tensors_path).map_err(io(&tensors_path))?;
+    let bytes = read_input(&tensors_path, MAX_TENSOR_FILE)?;
     verified(manifest_path, manifest, bytes, &tensors_path)
+}
+
+/// Reads a file a checkpoint names: a FIFO, a device or an oversized file is the user's input
+/// error ([`Error::Checkpoint`]), not a hang or an exhausted memory.
+fn read_input(path: &Path, max: u64) -> Result<Vec<u8>> {
+    read_bounded(path, max).map_err(|e| match e.kind() {
+        ErrorKind::InvalidInput | ErrorKind::InvalidData => bad(path, e.to_string()),
+        _ => io(path)(e),
+    })
 }
 
 /// Parses a manifest read from `path` and checks what it may name: the format, a plain tensors

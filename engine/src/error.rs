@@ -171,6 +171,9 @@ pub enum Error {
     /// A run directory that already exists where a new run would be created.
     #[error("{path}: run directory already exists (continue it with --resume, or choose another run.name)")]
     RunDirExists { path: PathBuf },
+    /// A run directory whose parent (`run.out_dir`) names a file, not a folder.
+    #[error("{path}: is a file; run.out_dir must name a folder (or a path to make one)")]
+    OutDirNotDirectory { path: PathBuf },
     /// A run directory that is not one, or a file of it that cannot be written.
     #[error("{path}: {reason}")]
     RunDir { path: PathBuf, reason: String },
@@ -211,6 +214,7 @@ impl Error {
             | NoUsableCheckpoint { .. }
             | RunDirExists { .. }
             | RunDirBusy { .. }
+            | OutDirNotDirectory { .. }
             | Pickle { .. }
             | Runtime(metaloop_runtime::Error::StartingWeights { .. }) => true,
             Torch(_)

@@ -44,6 +44,9 @@ pub const BEST: &str = "best.json";
 pub const PLOTS: &str = "plots";
 pub const LOCK: &str = ".lock";
 
+/// Makes each staging directory's name unique, also between threads of one process.
+static STAGING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// The advisory lock (`flock`, exclusive) on a run directory; released when dropped (or when the
 /// process ends, however it ends).
 #[derive(Debug)]
@@ -156,11 +159,17 @@ impl RunDir {
             path: root.to_path_buf(),
             reason: "a run directory needs a name".into(),
         })?;
+        if let Some(file) = parent.ancestors().find(|a| a.is_file()) {
+            return Err(Error::OutDirNotDirectory {
+                path: file.to_path_buf(),
+            });
+        }
         fs::create_dir_all(&parent).map_err(io(&parent))?;
         let staging = parent.join(format!(
-            ".{}.creating-{}",
+            ".{}.creating-{}-{}",
             name.to_string_lossy(),
-            std::process::id()
+            std::process::id(),
+            STAGING.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         // The lock is taken inside the staging directory and moves with it: no other process
         // can take the new run directory between its rename and its opening.
@@ -170,7 +179,17 @@ impl RunDir {
             fs::create_dir(staging.join(CHECKPOINTS)).map_err(io(&staging))?;
             write_atomic(&staging.join(CONFIG), config_toml.as_bytes())?;
             write_atomic(&staging.join(METRICS), b"")?;
-            fs::rename(&staging, root).map_err(io(root))?;
+            // Another run may have taken the name since the check above: renaming onto its
+            // (non-empty) directory fails, and that is the same refusal as the check's.
+            fs::rename(&staging, root).map_err(|source| {
+                if root.exists() {
+                    Error::RunDirExists {
+                        path: root.to_path_buf(),
+                    }
+                } else {
+                    io(root)(source)
+                }
+            })?;
             File::open(&parent)
                 .and_then(|d| d.sync_all())
                 .map_err(io(&parent))?;
@@ -348,6 +367,55 @@ mod tests {
     struct Line {
         iteration: u64,
         meta_loss: f64,
+    }
+
+    #[test]
+    fn an_out_dir_that_is_a_file_is_refused_naming_it() {
+        let out = scratch("outfile");
+        fs::create_dir_all(&out).unwrap();
+        let file = out.join("runs");
+        fs::write(&file, b"not a folder").unwrap();
+        let err = RunDir::create(&file.join("run-a"), "").unwrap_err();
+        assert!(err.is_user_input(), "{err}");
+        assert!(
+            matches!(&err, Error::OutDirNotDirectory { path } if *path == file),
+            "{err}"
+        );
+        assert!(err.to_string().contains("run.out_dir"), "{err}");
+        assert_eq!(fs::read(&file).unwrap(), b"not a folder");
+        let _ = fs::remove_dir_all(&out);
+    }
+
+    #[test]
+    fn racing_creators_get_one_directory_and_run_dir_exists() {
+        let out = scratch("race");
+        for round in 0..20 {
+            let root = out.join(format!("run-{round}"));
+            let results: Vec<Result<RunDir>> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..4)
+                    .map(|_| s.spawn(|| RunDir::create(&root, "x = 1\n")))
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let won = results.iter().filter(|r| r.is_ok()).count();
+            assert_eq!(won, 1, "round {round}: {results:?}");
+            for r in &results {
+                if let Err(e) = r {
+                    assert!(
+                        matches!(e, Error::RunDirExists { .. }),
+                        "round {round}: {e}"
+                    );
+                }
+            }
+        }
+        // No staging directory is left behind.
+        let left: Vec<_> = fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        let _ = fs::remove_dir_all(&out);
     }
 
     #[test]

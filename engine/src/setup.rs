@@ -155,8 +155,27 @@ pub fn initial_params(
         cfg.run.seed,
         kind,
         device,
-    )?;
+    )
+    .map_err(|e| init_from_error(path, e))?;
     Ok(loaded.params)
+}
+
+/// A `model.init_from` file that cannot be read as weights: the user's input, one line naming
+/// the key, the file and why.
+fn init_from_error(path: &str, e: metaloop_runtime::Error) -> Error {
+    use metaloop_runtime::Error as R;
+    let reason = match &e {
+        R::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            "no such file".to_string()
+        }
+        R::Io { source, .. } => source.to_string(),
+        R::Safetensors { message, .. } => format!("not a safetensors file of weights ({message})"),
+        _ => return e.into(),
+    };
+    Error::Config(crate::config::ConfigError {
+        key: "model.init_from".into(),
+        message: format!("{path}: {reason}"),
+    })
 }
 
 /// The head of a model: the parameters of its last module (e.g. `classifier.weight` and

@@ -8,6 +8,7 @@ use std::fmt;
 use std::path::Path;
 
 use metaloop_engine::config::TrainConfig;
+use metaloop_runtime::files::{read_text_bounded, MAX_TEXT_FILE};
 use toml::{Table, Value};
 
 /// Bad input from the user: a one-line message; the command exits with code 2 and writes nothing.
@@ -27,9 +28,10 @@ pub fn bad(message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(BadInput(message.into().replace('\n', " ")))
 }
 
-/// Reads `path`, applies `sets` and validates: the config a run uses.
+/// Reads `path` (a regular file of at most 1 MiB), applies `sets` and validates: the config a
+/// run uses.
 pub fn load(path: &Path, sets: &[String]) -> anyhow::Result<TrainConfig> {
-    let text = std::fs::read_to_string(path)
+    let text = read_text_bounded(path, MAX_TEXT_FILE)
         .map_err(|e| bad(format!("{}: {}", path.display(), io_words(&e))))?;
     resolve(&path.display().to_string(), &text, sets)
 }

@@ -32,6 +32,10 @@ use crate::config::bad;
 const OMNIGLOT_URL: &str = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python";
 const URL_ENV: &str = "METALOOP_OMNIGLOT_URL";
 const MD5_ENV: &str = "METALOOP_OMNIGLOT_MD5";
+/// The most bytes one archive may have. The published zips are 9.5 MB (background) and 6.5 MB
+/// (evaluation); a mirror that announces or sends more is refused, so that a wrong server cannot
+/// fill the disk.
+const MAX_ARCHIVE_BYTES: u64 = 32 << 20;
 /// Drawings of every Omniglot character (20 people drew each).
 const DRAWINGS: usize = 20;
 
@@ -105,8 +109,18 @@ fn fetch_omniglot(to: &Path) -> Result<()> {
         .unwrap_or(OMNIGLOT_URL)
         .trim_end_matches('/');
     let md5s = expected_md5s(custom.is_some())?;
+    let made = !to.exists();
     std::fs::create_dir_all(to)
         .map_err(|e| bad(format!("{}: {}", to.display(), crate::config::io_words(&e))))?;
+    let result = fetch_archives(to, base, md5s);
+    if result.is_err() && made {
+        // Only succeeds while empty: a partial download stays for the next run to resume.
+        let _ = std::fs::remove_dir(to);
+    }
+    result
+}
+
+fn fetch_archives(to: &Path, base: &str, md5s: Vec<Option<String>>) -> Result<()> {
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(std::time::Duration::from_secs(20))
         .timeout_read(std::time::Duration::from_secs(60))
@@ -198,6 +212,12 @@ fn download(agent: &ureq::Agent, url: &str, part: &Path) -> Result<()> {
         .header("Content-Length")
         .and_then(|v| v.parse().ok());
     let total = length.map(|l| l + start);
+    if let Some(t) = total.filter(|&t| t > MAX_ARCHIVE_BYTES) {
+        let _ = std::fs::remove_file(part);
+        return Err(bad(format!(
+            "{url}: the server announces {t} bytes, more than the {MAX_ARCHIVE_BYTES} an Omniglot archive may have (nothing kept)"
+        )));
+    }
     let mut file = File::options()
         .create(true)
         .append(start > 0)
@@ -209,8 +229,18 @@ fn download(agent: &ureq::Agent, url: &str, part: &Path) -> Result<()> {
         file.seek(std::io::SeekFrom::End(0))?;
     }
     let bar = progress_bar(url, total, start);
-    let written = copy_body(response.into_reader(), &mut file, &bar);
+    let body = response
+        .into_reader()
+        .take((MAX_ARCHIVE_BYTES + 1).saturating_sub(start));
+    let written = copy_body(body, &mut file, &bar);
     bar.finish_and_clear();
+    if start + written.as_ref().map_or_else(|(n, _)| *n, |n| *n) > MAX_ARCHIVE_BYTES {
+        drop(file);
+        let _ = std::fs::remove_file(part);
+        return Err(bad(format!(
+            "{url}: the server sent more than the {MAX_ARCHIVE_BYTES} bytes an Omniglot archive may have (nothing kept)"
+        )));
+    }
     file.sync_all()
         .with_context(|| part.display().to_string())?;
     let got = start + written.as_ref().map_or_else(|(n, _)| *n, |n| *n);

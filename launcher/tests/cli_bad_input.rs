@@ -633,3 +633,95 @@ fn eval_best_of_a_run_without_validation_names_the_missing_file() {
     );
     fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Runs `rejects_in` on a thread and fails if it takes longer than a minute (a read that blocks
+/// on a FIFO would otherwise hold the test until nextest's limit).
+fn rejects_within_a_minute(dir: &Path, args: &[&str]) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let d = dir.to_path_buf();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    std::thread::spawn(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let _ = tx.send(rejects_in(&d, &args));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("metaloop hangs")
+}
+
+fn mkfifo(path: &Path) {
+    let status = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn a_model_init_from_that_is_not_a_weights_file_is_named() {
+    let dir = scratch("init-from");
+    fs::write(dir.join("c.toml"), TINY).unwrap();
+    fs::write(dir.join("text.safetensors"), "these are not weights\n").unwrap();
+    // A safetensors header length of 2^60 bytes, then junk.
+    let mut huge = (1u64 << 60).to_le_bytes().to_vec();
+    huge.extend_from_slice(b"{\"a\":1}");
+    fs::write(dir.join("huge.safetensors"), huge).unwrap();
+    mkfifo(&dir.join("fifo.safetensors"));
+    for (file, why) in [
+        ("missing.safetensors", "no such file"),
+        ("text.safetensors", "not a safetensors file"),
+        ("huge.safetensors", "not a safetensors file"),
+        ("fifo.safetensors", "not a regular file"),
+        ("/dev/zero", "not a regular file"),
+    ] {
+        let set = format!("model.init_from=\"{file}\"");
+        let line = rejects_within_a_minute(&dir, &train_with(&["--set", &set]));
+        assert!(
+            line.starts_with(&format!("metaloop: model.init_from: {file}: {why}")),
+            "{file}: {line}"
+        );
+        // One statement of the cause, not a chain that repeats it.
+        assert!(line.matches("HeaderTooLarge").count() <= 1, "{line}");
+    }
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+fn train_with<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["train", "--config", "c.toml"];
+    args.extend_from_slice(extra);
+    args
+}
+
+#[test]
+fn a_config_that_is_a_fifo_a_device_or_too_large_is_refused() {
+    let dir = scratch("config-bounds");
+    mkfifo(&dir.join("fifo.toml"));
+    fs::write(dir.join("big.toml"), "# x\n".repeat(300_000)).unwrap();
+    for (file, why) in [
+        ("fifo.toml", "not a regular file".to_string()),
+        ("/dev/zero", "not a regular file".to_string()),
+        (
+            "big.toml",
+            format!("{} bytes, more than the {} allowed", 1_200_000, 1 << 20),
+        ),
+    ] {
+        let line = rejects_within_a_minute(&dir, &["train", "--config", file]);
+        assert_eq!(line, format!("metaloop: {file}: {why}"));
+    }
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn eval_of_a_checkpoint_that_is_a_fifo_is_refused() {
+    let dir = scratch("eval-fifo");
+    finished_run(&dir, "r", "[4]");
+    let ckpts = dir.join("runs/r/checkpoints");
+    let manifest = fs::read_dir(&ckpts)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .expect("the finished run has a checkpoint");
+    let tensors = manifest.with_extension("safetensors");
+    fs::remove_file(&tensors).unwrap();
+    mkfifo(&tensors);
+    let arg = manifest.strip_prefix(&dir).unwrap().display().to_string();
+    let line = rejects_within_a_minute(&dir, &["eval", "--checkpoint", &arg]);
+    assert!(line.contains("not a regular file"), "{line}");
+    fs::remove_dir_all(&dir).unwrap();
+}

@@ -385,7 +385,80 @@ fn an_unreachable_server_is_one_line() {
         line.contains("cannot download") && line.contains(&url),
         "{line}"
     );
-    assert!(files_in(&dir.join("o")).is_empty());
+    assert!(!dir.join("o").exists(), "the folder it made is removed");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A server that answers every GET with `head` and then `body_bytes` zeros (in 1 MiB writes),
+/// and closes.
+fn serve_oversized(head: &'static str, body_bytes: usize) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/python", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            read_request(&stream);
+            let _ = stream.write_all(head.as_bytes());
+            let chunk = vec![0u8; 1 << 20];
+            let mut sent = 0;
+            while sent < body_bytes {
+                if stream.write_all(&chunk).is_err() {
+                    break;
+                }
+                sent += chunk.len();
+            }
+        }
+    });
+    url
+}
+
+#[test]
+fn a_server_announcing_100_gib_is_refused_before_writing() {
+    let dir = scratch("announce");
+    let url = serve_oversized(
+        "HTTP/1.1 200 OK\r\nContent-Length: 107374182400\r\nConnection: close\r\n\r\n",
+        4 << 20,
+    );
+    let out = metaloop(
+        &dir,
+        &url,
+        None,
+        &["data", "fetch", "omniglot", "--to", "o"],
+    );
+    let line = bad_input(&out);
+    assert!(
+        line.contains("107374182400") && line.contains(&url) && line.contains("nothing kept"),
+        "{line}"
+    );
+    assert!(
+        !dir.join("o").exists(),
+        "nothing written: {:?}",
+        files_in(&dir.join("o"))
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_server_sending_without_end_is_cut_at_the_cap() {
+    let dir = scratch("endless");
+    // No Content-Length: the body ends when the server closes, after 40 MiB here.
+    let url = serve_oversized("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", 40 << 20);
+    let out = metaloop(
+        &dir,
+        &url,
+        None,
+        &["data", "fetch", "omniglot", "--to", "o"],
+    );
+    let line = bad_input(&out);
+    assert!(
+        line.contains("sent more than") && line.contains("nothing kept"),
+        "{line}"
+    );
+    assert!(
+        !dir.join("o").exists(),
+        "nothing written: {:?}",
+        files_in(&dir.join("o"))
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

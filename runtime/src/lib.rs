@@ -9,6 +9,7 @@ mod inner_core;
 pub mod adjoint;
 pub mod comm;
 mod error;
+pub mod files;
 pub mod host_memory;
 mod inner;
 pub mod kernels;

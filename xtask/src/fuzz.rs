@@ -11,13 +11,14 @@
 use std::process::{Command, ExitCode};
 
 /// The targets, as in fuzz/Cargo.toml.
-const TARGETS: [&str; 6] = [
+const TARGETS: [&str; 7] = [
     "config",
     "miniimagenet_csv",
     "folder_index",
     "zip_listing",
     "checkpoint_manifest",
     "safetensors_header",
+    "pickle",
 ];
 
 pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {

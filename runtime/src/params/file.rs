@@ -95,10 +95,13 @@ impl Params {
             path: path.to_path_buf(),
             message,
         };
-        let bytes = std::fs::read(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes =
+            crate::files::read_bounded(path, crate::files::MAX_TENSOR_FILE).map_err(|source| {
+                Error::Io {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
         let file = SafeTensors::deserialize(&bytes).map_err(|e| fail(e.to_string()))?;
         let known: HashSet<&str> = layout.names().collect();
         let mut unexpected: Vec<&str> = file
