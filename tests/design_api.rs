@@ -1,12 +1,13 @@
-//! The public API compiles exactly as DESIGN.md writes it (the snippet of "Core types", with the
-//! values it leaves to the reader filled in), and runs.
+//! The runtime's core types compile and run as a user writes them: `Params`, a functional
+//! `nn::Module`, a differentiable optimizer and `InnerLoop`, in the shape of higher's
+//! `innerloop_ctx` example (with the values it leaves to the reader filled in).
 
 use metaloop::runtime::nn::Module;
 use metaloop::runtime::{nn, optim, InnerLoop, Params, StepOptions};
 use tch::{Device, Kind, Tensor};
 
 #[test]
-fn design_md_snippet_compiles_and_runs() -> Result<(), metaloop::runtime::Error> {
+fn core_types_snippet_compiles_and_runs() -> Result<(), metaloop::runtime::Error> {
     let seed = 0;
     let x = Tensor::randn([4, 2], (Kind::Float, Device::Cpu));
     let w = Tensor::zeros([3, 2], (Kind::Float, Device::Cpu));

@@ -18,7 +18,7 @@ use std::process::Command;
 
 /// The libtorch that tch 0.24.0 expects, and that the GPU machines carry.
 pub const TORCH_VERSION: &str = "2.11.0";
-/// Peers used by fixture generators and benchmarks (DESIGN.md: both work with torch 2.11.0).
+/// Peers used by fixture generators and benchmarks (both work with torch 2.11.0: higher's and TorchOpt's requirements allow it).
 const PEERS: &[&str] = &["higher==0.2.1", "torchopt==0.7.3"];
 /// TensorBoard's own event reader, with which tests/tensorboard.rs reads back the run's scalars.
 const TENSORBOARD: &[&str] = &["tensorboard==2.21.0"];
