@@ -147,20 +147,28 @@ fn row(key: &str, f: &Field, default: &Value) -> String {
         !text.is_empty(),
         "{key}: the field has no doc comment in config.rs"
     );
-    let mut words = match choices(&f.ty) {
-        Some(names) => names
-            .iter()
-            .map(|n| format!("\"{n}\""))
-            .collect::<Vec<_>>()
-            .join(", "),
-        None if f.ty.starts_with("Option<") && f.ty != "Option<String>" => {
+    // An `Allowed:` line replaces the type's words; an enumeration's names always come first.
+    let allowed: Vec<&str> = allowed
+        .iter()
+        .map(|a| {
+            a.trim_start_matches("Allowed:")
+                .trim()
+                .trim_end_matches('.')
+        })
+        .collect();
+    let words = match (choices(&f.ty), allowed.is_empty()) {
+        (Some(names), _) => {
+            let names: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+            let mut parts = vec![names.join(", ")];
+            parts.extend(allowed.iter().map(|a| a.to_string()));
+            parts.join("; ")
+        }
+        (None, false) => allowed.join(" "),
+        (None, true) if f.ty.starts_with("Option<") && f.ty != "Option<String>" => {
             "a table, or unset".into()
         }
-        None => type_words(&f.ty).into(),
+        (None, true) => type_words(&f.ty).into(),
     };
-    for a in allowed {
-        words = format!("{words}; {}", a.trim_start_matches("Allowed:").trim());
-    }
     let cells = [
         format!("`{key}`"),
         format!("`{value}`"),
