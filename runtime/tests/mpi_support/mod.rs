@@ -88,4 +88,3 @@ fn collect_stdout_files(dir: &std::path::Path, out: &mut Vec<String>) {
         }
     }
 }
-
