@@ -146,7 +146,10 @@ fn fixtures() -> anyhow::Result<ExitCode> {
     let env = setup::run(true)?;
     let root = setup::repo_root();
     let mut scripts = Vec::new();
-    collect_generators(&root.join("tests/fixtures"), &mut scripts)?;
+    // Fixtures sit beside their generators: the root's tests/ and each crate's tests/.
+    for dir in ["", "runtime", "engine", "launcher"] {
+        collect_generators(&root.join(dir).join("tests/fixtures"), &mut scripts)?;
+    }
     scripts.sort();
     for script in &scripts {
         println!(
