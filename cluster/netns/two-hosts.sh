@@ -1,7 +1,7 @@
 #!/bin/sh
 # Two "hosts" on one machine: network namespaces joined by a veth pair (10.77.0.1, 10.77.0.2),
 # with mpirun reaching the second through `ip netns exec` instead of ssh. The shell twin of
-# tests/common/netns.rs (which `cargo test --test multihost` uses), for trying a job by hand:
+# launcher/tests/common/netns.rs (which `cargo test --test multihost` uses), for trying a job by hand:
 #
 #   sudo cluster/netns/two-hosts.sh up
 #   sudo cluster/netns/two-hosts.sh run target/debug/metaloop train --config configs/sinusoid.toml \

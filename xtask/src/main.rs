@@ -5,6 +5,8 @@
 //!   Every other command runs it first.
 //! - `demo`: the main job on its embedded default (a meta-training on CPU).
 //! - `test`: every test, the mpirun ones included.
+//! - `docs`: regenerates docs/configuration.md from the config types and prints the docs'
+//!   sentence lengths.
 //! - `fixtures`: regenerates the committed PyTorch fixtures (needs higher and TorchOpt in the venv).
 //! - `fuzz [SECONDS] [TARGET...]`: runs the cargo-fuzz targets of `fuzz/` (60 s each by default).
 //!
@@ -12,13 +14,14 @@
 //! prerequisite that this tool cannot install.
 
 mod bench;
+mod docs;
 mod fuzz;
 mod setup;
 
 use std::process::{Command, ExitCode};
 
 const USAGE: &str =
-    "usage: cargo xtask <setup [--peers] | demo | test [cargo test args...] | fixtures | fuzz [seconds] [target...]>";
+    "usage: cargo xtask <setup [--peers] | demo | test [cargo test args...] | docs [--measure] | fixtures | fuzz [seconds] [target...]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -26,6 +29,7 @@ fn main() -> ExitCode {
         Some("setup") => setup::run(args.iter().any(|a| a == "--peers")).map(|_| ExitCode::SUCCESS),
         Some("demo") => demo(&args[1..]),
         Some("test") => test(&args[1..]),
+        Some("docs") => docs::run(&args[1..]),
         Some("fixtures") => fixtures(),
         Some("bench") => bench::run(&args[1..]),
         Some("fuzz") => fuzz::run(&args[1..]),
@@ -142,7 +146,10 @@ fn fixtures() -> anyhow::Result<ExitCode> {
     let env = setup::run(true)?;
     let root = setup::repo_root();
     let mut scripts = Vec::new();
-    collect_generators(&root.join("tests/fixtures"), &mut scripts)?;
+    // Fixtures sit beside their generators: the root's tests/ and each crate's tests/.
+    for dir in ["", "runtime", "engine", "launcher"] {
+        collect_generators(&root.join(dir).join("tests/fixtures"), &mut scripts)?;
+    }
     scripts.sort();
     for script in &scripts {
         println!(

@@ -5,7 +5,7 @@
 //!   built in a temporary directory and renamed into place, so an interrupted set-up leaves
 //!   nothing half-installed. `.libtorch` in the clone links to its `torch` package
 //!   (`.cargo/config.toml` points `LIBTORCH` there).
-//! - TensorBoard (`tensorboard==2.21.0`) in the same venv: tests/tensorboard.rs reads the
+//! - TensorBoard (`tensorboard==2.21.0`) in the same venv: engine/tests/tensorboard.rs reads the
 //!   event files metaloop writes back with TensorBoard's own reader.
 //! - Open MPI and libclang (for rsmpi's bindings): installed with apt-get when running as root,
 //!   otherwise the exact command is printed.
@@ -18,13 +18,13 @@ use std::process::Command;
 
 /// The libtorch that tch 0.24.0 expects, and that the GPU machines carry.
 pub const TORCH_VERSION: &str = "2.11.0";
-/// Peers used by fixture generators and benchmarks (DESIGN.md: both work with torch 2.11.0).
+/// Peers used by fixture generators and benchmarks (both work with torch 2.11.0: higher's and TorchOpt's requirements allow it).
 const PEERS: &[&str] = &["higher==0.2.1", "torchopt==0.7.3"];
-/// TensorBoard's own event reader, with which tests/tensorboard.rs reads back the run's scalars.
+/// TensorBoard's own event reader, with which engine/tests/tensorboard.rs reads back the run's scalars.
 const TENSORBOARD: &[&str] = &["tensorboard==2.21.0"];
 /// Free space the venv needs: the CUDA-enabled wheel with its NVIDIA packages is about 4.6 GB.
 const VENV_BYTES: u64 = 7 << 30;
-// iproute2: `ip netns` for the two-host test (tests/multihost.rs).
+// iproute2: `ip netns` for the two-host test (launcher/tests/multihost.rs).
 const APT_PACKAGES: &str = "libopenmpi-dev openmpi-bin libclang-dev iproute2";
 const STAMP: &str = ".metaloop-setup-complete";
 

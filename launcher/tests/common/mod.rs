@@ -3,11 +3,22 @@
 #![allow(dead_code)]
 
 pub mod bounded;
+pub mod netns;
+
+// Tests that run themselves as MPI ranks share the runtime's helper.
+#[path = "../../../runtime/tests/mpi_support/mod.rs"]
+mod mpi_support;
+pub use mpi_support::under_mpirun;
 
 use bounded::OutputWithin;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+/// The `metaloop` binary cargo built for this package's tests: the one way these tests find it.
+pub fn metaloop_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_metaloop"))
+}
 
 /// A fresh, empty `metaloop-<tag>-<name>-<pid>` under the temporary directory.
 pub fn scratch(tag: &str, name: &str) -> PathBuf {
@@ -45,7 +56,7 @@ keep_checkpoints = 2
 /// Runs the binary in `cwd` with one libtorch thread (tests run side by side; small ops gain
 /// nothing from a thread team), within the time limit of [`bounded::limit`].
 pub fn metaloop(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_metaloop"))
+    Command::new(metaloop_binary())
         .current_dir(cwd)
         .args(args)
         .args(["--threads", "1"])

@@ -1,0 +1,99 @@
+//! The config's enumerations: serde enums with lowercase names, listed in `ALL`.
+
+use serde::{Deserialize, Serialize};
+
+/// A config enumeration: serde reads and writes the lowercase names, so an unknown value fails
+/// to parse with serde's "unknown variant `x`, expected one of ..." (the launcher adds the key);
+/// `ALL`, `name()`, `Display` and `FromStr` come with it.
+macro_rules! choice {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $(#[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            /// Every value, in the order the docs list them.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The name configs use.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, String> {
+                Self::ALL.iter().copied().find(|v| v.name() == s).ok_or_else(|| {
+                    let all: Vec<String> = Self::ALL.iter().map(|v| format!("{:?}", v.name())).collect();
+                    format!("must be one of {}, got {s:?}", all.join(", "))
+                })
+            }
+        }
+    };
+}
+
+choice! {
+    /// Where a rank computes (`run.device`): the CPU, cuda:<local rank>, or CUDA when libtorch
+    /// sees a device (else the CPU).
+    DeviceChoice { Cpu = "cpu", Cuda = "cuda", Auto = "auto" }
+}
+
+choice! {
+    /// The floating-point type of parameters and data (`run.dtype`).
+    Dtype { F32 = "f32", F64 = "f64" }
+}
+
+choice! {
+    /// The task distribution (`task.kind`); `folder` is folder-per-class images.
+    TaskKind { Sinusoid = "sinusoid", Omniglot = "omniglot",
+        Miniimagenet = "miniimagenet", Tieredimagenet = "tieredimagenet", Cifarfs = "cifarfs",
+        Fc100 = "fc100", Folder = "folder" }
+}
+
+choice! {
+    /// The model (`model.backbone`).
+    Backbone { Mlp = "mlp", Conv4 = "conv4", Resnet12 = "resnet12" }
+}
+
+choice! {
+    /// Data augmentation of the support images of training tasks (`task.augment`): "standard"
+    /// is MetaOptNet's random crop with padding, horizontal flip and colour jitter
+    /// (`data::augment`), drawn from each task's seed.
+    Augment { None = "none", Standard = "standard" }
+}
+
+choice! {
+    /// How BatchNorm normalises a task's query at meta-test (`eval.batchnorm`): with the query
+    /// batch's own statistics ("transductive", MAML's convention) or with the support set's
+    /// ("support_only").
+    EvalBatchNorm { Transductive = "transductive", SupportOnly = "support_only" }
+}
+
+choice! {
+    /// The meta-learning algorithm (`algorithm.name`); each lives in `engine::algorithms`
+    /// (`lslr`: MAML with MAML++'s per-layer, per-step learned inner learning rates).
+    AlgorithmName { Maml = "maml", Fomaml = "fomaml", Metasgd = "metasgd", Anil = "anil",
+        Reptile = "reptile", Pretrain = "pretrain", Lslr = "lslr" }
+}
+
+choice! {
+    /// How second-order meta-gradients keep the unroll (`algorithm.memory`).
+    Memory { Full = "full", Recompute = "recompute" }
+}
+
+choice! {
+    /// The outer (meta) optimizer (`outer.optimizer`).
+    OuterOptimizer { Adam = "adam", Sgd = "sgd" }
+}

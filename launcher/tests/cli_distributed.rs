@@ -1,0 +1,129 @@
+//! The `metaloop` binary under MPI: `metaloop launch -n 2 -- train` gives the same final report as
+//! one rank and writes one run directory (rank 0 alone writes); and a short meta-training
+//! completes with one rank on each of two hosts (network namespaces over TCP).
+
+mod common;
+
+use common::netns::TwoHosts;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The launcher's binary.
+fn metaloop() -> PathBuf {
+    common::metaloop_binary()
+}
+
+fn report_loss_after(run: &Path) -> f64 {
+    let text = std::fs::read_to_string(run.join("report.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["test"]["loss_after"]["mean"].as_f64().unwrap()
+}
+
+fn train_args(out: &Path, name: &str) -> Vec<String> {
+    [
+        "--threads",
+        "1",
+        "train",
+        "--config",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/sinusoid.toml"),
+        "--set",
+        "outer.iterations=30",
+        "--set",
+        "eval.test_tasks=50",
+        "--set",
+        "log.checkpoint_every=10",
+        "--set",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([
+        format!("run.out_dir=\"{}\"", out.display()),
+        "--set".into(),
+        format!("run.name=\"{name}\""),
+    ])
+    .collect()
+}
+
+#[test]
+fn two_ranks_give_the_report_of_one_and_write_one_run_directory() {
+    let out = std::env::temp_dir().join(format!("metaloop-cli-distributed-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let one = Command::new(metaloop())
+        .args(train_args(&out, "one"))
+        .output()
+        .unwrap();
+    assert!(
+        one.status.success(),
+        "{}",
+        String::from_utf8_lossy(&one.stderr)
+    );
+    let mut two = Command::new(metaloop());
+    two.args(["launch", "-n", "2", "--"])
+        .args(train_args(&out, "two"));
+    let two = two.output().unwrap();
+    assert!(
+        two.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&two.stdout),
+        String::from_utf8_lossy(&two.stderr)
+    );
+    // Only rank 0 prints the report.
+    assert_eq!(
+        String::from_utf8_lossy(&two.stdout)
+            .matches("meta-test:")
+            .count(),
+        1
+    );
+    let (a, b) = (
+        report_loss_after(&out.join("one")),
+        report_loss_after(&out.join("two")),
+    );
+    // f32: the all-reduce sums per-rank partial sums in another order (see engine/tests/distributed.rs).
+    assert!((a - b).abs() <= 1e-5 * a.abs(), "1 rank: {a}, 2 ranks: {b}");
+    // One metrics line per logged iteration: rank 1 wrote nothing.
+    let metrics = std::fs::read_to_string(out.join("two/metrics.jsonl")).unwrap();
+    let iterations: Vec<u64> = metrics
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["iteration"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    let mut dedup = iterations.clone();
+    dedup.dedup();
+    assert_eq!(
+        iterations, dedup,
+        "metrics lines written twice: {iterations:?}"
+    );
+    std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn meta_training_completes_with_one_rank_on_each_of_two_hosts() {
+    let hosts = match TwoHosts::new() {
+        Ok(h) => h,
+        Err(why) => {
+            println!("skipped: two-host test needs `ip netns` ({why})");
+            return;
+        }
+    };
+    let out = std::env::temp_dir().join(format!("metaloop-two-hosts-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let args = train_args(&out, "two-hosts");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = hosts.run(&metaloop(), &args);
+    assert!(
+        run.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        out.join("two-hosts/report.json").exists(),
+        "no report: {}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+    assert!(report_loss_after(&out.join("two-hosts")).is_finite());
+    std::fs::remove_dir_all(&out).ok();
+}
