@@ -6,13 +6,13 @@
 
 use std::path::PathBuf;
 
-use metaloop::engine::adaptation;
-use metaloop::engine::checkpoint;
-use metaloop::engine::config::{AlgorithmName, TrainConfig};
-use metaloop::engine::model_file;
-use metaloop::engine::rundir::RunDir;
-use metaloop::engine::train::Trainer;
-use metaloop::runtime::comm::Local;
+use metaloop_engine::adaptation;
+use metaloop_engine::checkpoint;
+use metaloop_engine::config::{AlgorithmName, TrainConfig};
+use metaloop_engine::model_file;
+use metaloop_engine::rundir::RunDir;
+use metaloop_engine::train::Trainer;
+use metaloop_runtime::comm::Local;
 use tch::{Device, Kind, Tensor};
 
 /// A fresh scratch directory for `name`.

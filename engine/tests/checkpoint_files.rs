@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
-use metaloop::engine::checkpoint::{
+use metaloop_engine::checkpoint::{
     agreed, latest, list, manifest_name, parse_tensors, read, rfc3339_utc, sha256_hex,
     tensors_name, write, Checkpoint, SamplerState,
 };
