@@ -141,6 +141,7 @@ pub fn initial_params(
     kind: Kind,
     device: Device,
 ) -> Result<Params> {
+    check_model_size(cfg, model)?;
     let theta = Params::init(model, cfg.run.seed, kind, device)?;
     let Some(path) = &cfg.model.init_from else {
         return Ok(theta);
@@ -158,6 +159,29 @@ pub fn initial_params(
     )
     .map_err(|e| init_from_error(path, e))?;
     Ok(loaded.params)
+}
+
+/// The most parameters a model may have: 2^30, 4 GiB in f32 before the inner loop, its
+/// gradients and the optimizer state multiply it. Each width has its own bound; this one bounds
+/// their product.
+pub const MAX_PARAMS: i64 = 1 << 30;
+
+/// Refuses a model above [`MAX_PARAMS`] before anything is allocated, naming the key that sets
+/// its widths and the parameter count.
+fn check_model_size(cfg: &TrainConfig, model: &dyn Module) -> Result<()> {
+    let n = model.layout()?.numel();
+    if n <= MAX_PARAMS {
+        return Ok(());
+    }
+    let key = match cfg.model.backbone {
+        Backbone::Mlp => "model.hidden",
+        Backbone::Conv4 => "model.filters",
+        Backbone::Resnet12 => "model.widths",
+    };
+    Err(Error::Config(crate::config::ConfigError {
+        key: key.into(),
+        message: format!("the model would have {n} parameters, more than the {MAX_PARAMS} allowed"),
+    }))
 }
 
 /// A `model.init_from` file that cannot be read as weights: the user's input, one line naming

@@ -426,6 +426,37 @@ fn a_size_beyond_the_upper_bound_is_named() {
     );
 }
 
+#[test]
+fn a_model_too_large_in_total_is_named_with_its_parameter_count() {
+    // Each width is allowed; their product is not.
+    let line = rejects(
+        "too-many-params",
+        TINY,
+        &train(&["--set", "model.hidden=[65536,65536,65536]"]),
+    );
+    assert!(
+        line.starts_with("metaloop: model.hidden: the model would have 8590"),
+        "{line}"
+    );
+    assert!(line.ends_with("parameters, more than the 1073741824 allowed"), "{line}");
+    for (set, key) in [
+        ("model.filters=65536", "model.filters"),
+        ("model.backbone=\"resnet12\"", "model.widths"),
+    ] {
+        let dir = folder_dataset(key);
+        let mut args = train(&["--set", set]);
+        if key == "model.widths" {
+            args.extend(["--set", "model.widths=[65536,65536,65536,65536]"]);
+        }
+        let line = rejects_in(&dir, &args);
+        assert!(
+            line.starts_with(&format!("metaloop: {key}: the model would have ")),
+            "{line}"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
 /// A zip archive with one stored entry `name` holding 5 bytes, whose zip64 extra field says it
 /// unpacks to `claimed` bytes.
 fn zip64_claiming(name: &str, claimed: u64) -> Vec<u8> {
