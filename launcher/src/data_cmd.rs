@@ -26,7 +26,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use md5::Digest;
 
-use crate::config::bad;
+use crate::errors::bad;
 
 /// The Omniglot repository's `python/` folder, as raw files.
 const OMNIGLOT_URL: &str = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python";
@@ -106,7 +106,7 @@ fn fetch_omniglot(to: &Path) -> Result<()> {
         .trim_end_matches('/');
     let md5s = expected_md5s(custom.is_some())?;
     std::fs::create_dir_all(to)
-        .map_err(|e| bad(format!("{}: {}", to.display(), crate::config::io_words(&e))))?;
+        .map_err(|e| bad(format!("{}: {}", to.display(), crate::errors::io_words(&e))))?;
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(std::time::Duration::from_secs(20))
         .timeout_read(std::time::Duration::from_secs(60))
@@ -402,7 +402,7 @@ fn check(kind: &str, root: &Path) -> Result<()> {
             )))
         }
     }
-    .map_err(crate::run::setup_error)?;
+    .map_err(crate::errors::setup_error)?;
     println!("{kind} {}: {} images", root.display(), ds.report().images);
     for split in Split::ALL {
         let Ok(classes) = ds.classes(split) else {

@@ -13,7 +13,7 @@ use metaloop_engine::config::{TaskKind, TrainConfig};
 use metaloop_runtime::{nn, Params};
 use plotters::prelude::*;
 
-use crate::config::bad;
+use crate::errors::bad;
 
 /// The figure's file name under `plots/`.
 pub const FILE: &str = "adaptation.png";

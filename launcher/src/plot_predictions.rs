@@ -22,7 +22,7 @@ use metaloop_runtime::comm::Local;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::config::bad;
+use crate::errors::bad;
 
 /// The figure's file name under `plots/`.
 pub const FILE: &str = "predictions.png";
@@ -69,7 +69,7 @@ pub fn for_run(run_dir: &Path) -> Result<Option<Vec<TaskPredictions>>> {
     if !weights.is_file() {
         return Err(bad(format!("{}: no such file", weights.display())));
     }
-    let mut trainer = Trainer::new(&cfg, Box::new(Local)).map_err(crate::run::setup_error)?;
+    let mut trainer = Trainer::new(&cfg, Box::new(Local)).map_err(crate::errors::setup_error)?;
     let tensors = tch::Tensor::read_safetensors(&weights).map_err(|e| {
         bad(format!(
             "{}: not a safetensors file ({e})",
