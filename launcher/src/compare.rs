@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde_json::Value;
 
-use crate::config::{bad, dotted, io_words};
+use crate::config::dotted;
+use crate::errors::{bad, io_words};
 use crate::plot::{Panel, Series};
 
 /// What `compare` found: the table (text) and the plot written.

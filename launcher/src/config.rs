@@ -4,29 +4,13 @@
 //! This module reads the config file and nothing else; it never writes.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::path::Path;
 
 use metaloop_engine::config::TrainConfig;
 use metaloop_runtime::files::{read_text_bounded, MAX_TEXT_FILE};
 use toml::{Table, Value};
 
-/// Bad input from the user: a one-line message; the command exits with code 2 and writes nothing.
-#[derive(Debug)]
-pub struct BadInput(pub String);
-
-impl fmt::Display for BadInput {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for BadInput {}
-
-/// Shorthand for a [`BadInput`] wrapped in `anyhow`.
-pub fn bad(message: impl Into<String>) -> anyhow::Error {
-    anyhow::Error::new(BadInput(message.into().replace('\n', " ")))
-}
+use crate::errors::{bad, io_words};
 
 /// Reads `path` (a regular file of at most 1 MiB), applies `sets` and validates: the config a
 /// run uses.
@@ -34,15 +18,6 @@ pub fn load(path: &Path, sets: &[String]) -> anyhow::Result<TrainConfig> {
     let text = read_text_bounded(path, MAX_TEXT_FILE)
         .map_err(|e| bad(format!("{}: {}", path.display(), io_words(&e))))?;
     resolve(&path.display().to_string(), &text, sets)
-}
-
-/// "no such file" and friends, without the OS error number.
-pub fn io_words(e: &std::io::Error) -> String {
-    match e.kind() {
-        std::io::ErrorKind::NotFound => "no such file".into(),
-        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
-        _ => e.to_string(),
-    }
 }
 
 /// Parses `text` (from `origin`, a file name used in messages), applies `sets` and validates.

@@ -26,7 +26,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use md5::Digest;
 
-use crate::config::bad;
+use crate::errors::bad;
 
 /// The Omniglot repository's `python/` folder, as raw files.
 const OMNIGLOT_URL: &str = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python";
@@ -111,7 +111,7 @@ fn fetch_omniglot(to: &Path) -> Result<()> {
     let md5s = expected_md5s(custom.is_some())?;
     let made = !to.exists();
     std::fs::create_dir_all(to)
-        .map_err(|e| bad(format!("{}: {}", to.display(), crate::config::io_words(&e))))?;
+        .map_err(|e| bad(format!("{}: {}", to.display(), crate::errors::io_words(&e))))?;
     let result = fetch_archives(to, base, md5s);
     if result.is_err() && made {
         // Only succeeds while empty: a partial download stays for the next run to resume.
@@ -432,7 +432,7 @@ fn check(kind: &str, root: &Path) -> Result<()> {
             )))
         }
     }
-    .map_err(crate::run::setup_error)?;
+    .map_err(crate::errors::setup_error)?;
     println!("{kind} {}: {} images", root.display(), ds.report().images);
     for split in Split::ALL {
         let Ok(classes) = ds.classes(split) else {

@@ -15,7 +15,7 @@ use plotters::prelude::*;
 use plotters::style::FontStyle;
 use serde::Deserialize;
 
-use crate::config::bad;
+use crate::errors::bad;
 
 /// DejaVu Sans (Bitstream Vera license, see launcher/assets/DejaVuSans-LICENSE.txt).
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
@@ -72,7 +72,7 @@ pub fn write(run_dir: &Path) -> Result<Vec<PathBuf>> {
         bad(format!(
             "{}: {}",
             metrics.display(),
-            crate::config::io_words(&e)
+            crate::errors::io_words(&e)
         ))
     })?;
     let mut lines = Vec::new();

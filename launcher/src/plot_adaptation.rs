@@ -13,7 +13,7 @@ use metaloop_engine::config::TaskKind;
 use metaloop_engine::train::Trainer;
 use plotters::prelude::*;
 
-use crate::config::bad;
+use crate::errors::bad;
 
 /// The figure's file name under `plots/`.
 pub const FILE: &str = "adaptation.png";
@@ -35,10 +35,10 @@ pub fn write_for_run(run_dir: &Path) -> Result<Option<PathBuf>> {
     let mut trainer = Trainer::builder(&cfg)
         .device(tch::Device::Cpu)
         .build()
-        .map_err(crate::run::setup_error)?;
+        .map_err(crate::errors::setup_error)?;
     trainer
         .load_model(&weights)
-        .map_err(crate::run::setup_error)?;
+        .map_err(crate::errors::setup_error)?;
     let overrides = adaptation::overrides(trainer.learned_hparams())?;
     let spec = AdaptationSpec::figure(
         cfg.run.seed,

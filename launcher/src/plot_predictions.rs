@@ -22,7 +22,7 @@ use metaloop_runtime::comm::Local;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::config::bad;
+use crate::errors::bad;
 
 /// The figure's file name under `plots/`.
 pub const FILE: &str = "predictions.png";
@@ -70,10 +70,10 @@ pub fn for_run(run_dir: &Path) -> Result<Option<Vec<TaskPredictions>>> {
     if !weights.is_file() {
         return Err(bad(format!("{}: no such file", weights.display())));
     }
-    let mut trainer = Trainer::new(&cfg, Box::new(Local)).map_err(crate::run::setup_error)?;
+    let mut trainer = Trainer::new(&cfg, Box::new(Local)).map_err(crate::errors::setup_error)?;
     trainer
         .load_model(&weights)
-        .map_err(crate::run::setup_error)?;
+        .map_err(crate::errors::setup_error)?;
     Ok(Some(trainer.predictions(&PredictionSpec::figure())?))
 }
 

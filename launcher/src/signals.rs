@@ -15,7 +15,6 @@
 //!
 //! This module installs handlers and reads flags; it never prints or writes files.
 
-use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -78,44 +77,12 @@ pub fn name(signal: i32) -> &'static str {
     }
 }
 
-/// A run stopped by a signal after writing its checkpoint: the command exits with
-/// `128 + signal`, and rank 0 prints `message`.
-#[derive(Debug)]
-pub struct Interrupted {
-    pub signal: i32,
-    pub message: String,
-    /// Only rank 0 prints.
-    pub print: bool,
-}
-
-impl Interrupted {
-    /// 143 for SIGTERM, 130 for SIGINT.
-    pub fn exit_code(&self) -> u8 {
-        u8::try_from(128 + self.signal).unwrap_or(1)
-    }
-}
-
-impl fmt::Display for Interrupted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Interrupted {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn exit_codes_are_128_plus_the_signal() {
-        let stop = |signal| Interrupted {
-            signal,
-            message: String::new(),
-            print: true,
-        };
-        assert_eq!(stop(SIGTERM).exit_code(), 143);
-        assert_eq!(stop(SIGINT).exit_code(), 130);
+    fn signals_have_names() {
         assert_eq!((name(SIGTERM), name(SIGINT)), ("SIGTERM", "SIGINT"));
     }
 

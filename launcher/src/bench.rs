@@ -1,0 +1,146 @@
+//! `metaloop bench`: times one benchmark workload and prints one line of text or JSON.
+
+use anyhow::Result;
+use metaloop_engine::bench::{self, Options, Workload};
+use metaloop_engine::config::Memory;
+use tch::Device;
+
+use crate::errors::bad;
+
+// `metaloop bench`'s flags (its help text is the `Bench` command's).
+#[derive(clap::Args)]
+pub struct Flags {
+    #[arg(long, default_value = "sinusoid")]
+    workload: String,
+    /// Timed iterations (after 3 warm-up ones); the median is reported.
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    /// "cpu" or "cuda".
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// One JSON line instead of text.
+    #[arg(long)]
+    json: bool,
+    /// The fused optimizer kernels instead of the tensor-op path (the library's default).
+    #[arg(long)]
+    fused: bool,
+    /// Task-parallel worker threads (0: automatic, as `run.workers`: one per `--threads`
+    /// thread for CPU models of at least 10,000 parameters, else one).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+    /// "full" (every step's graph) or "recompute" (recompute-and-adjoint), as
+    /// `algorithm.memory`.
+    #[arg(long, default_value = "full")]
+    memory: String,
+    /// Untimed warm-up iterations before the timed ones.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Override the workload's meta-batch (e.g. to measure memory per task).
+    #[arg(long)]
+    meta_batch: Option<i64>,
+    /// Override the workload's inner steps (e.g. to measure memory per step).
+    #[arg(long)]
+    steps: Option<usize>,
+}
+
+/// `metaloop bench`: checks the flags, runs the workload, prints its line.
+pub fn run(f: &Flags) -> Result<()> {
+    let w = workload(f)?;
+    let options = options(f)?;
+    let r = match bench::run(&w, &options) {
+        Ok(r) => r,
+        Err(e) if out_of_memory(&e.to_string()) => return print_oom(&w, &options, f.json),
+        Err(e) => return Err(e.into()),
+    };
+    if f.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "{}: {:.2} tasks/s (median {:.2} ms per meta-batch of {}, {} steps, {} memory), peak RSS {:.0} MiB, {} threads ({} workers), {}",
+            r.workload,
+            r.tasks_per_s,
+            1e3 * r.median_s,
+            r.meta_batch,
+            r.steps,
+            r.memory,
+            r.peak_mib,
+            r.threads,
+            r.workers,
+            r.device
+        );
+    }
+    Ok(())
+}
+
+/// The workload `--workload` names, with the `--meta-batch` and `--steps` overrides.
+fn workload(f: &Flags) -> Result<Workload> {
+    let mut w = bench::workload(&f.workload).map_err(|e| bad(format!("--workload: {e}")))?;
+    if let Some(m) = f.meta_batch {
+        if m < 1 {
+            return Err(bad(format!("--meta-batch: must be >= 1, got {m}")));
+        }
+        w.meta_batch = m;
+    }
+    if let Some(n) = f.steps {
+        if n < 1 {
+            return Err(bad("--steps: must be >= 1, got 0"));
+        }
+        w.steps = n;
+    }
+    Ok(w)
+}
+
+/// The run's options: `--memory`, `--device`, `--iters` checked.
+fn options(f: &Flags) -> Result<Options> {
+    let memory: Memory = f
+        .memory
+        .parse()
+        .map_err(|e| bad(format!("--memory: {e}")))?;
+    let device = match f.device.as_str() {
+        "cpu" => Device::Cpu,
+        "cuda" if tch::Cuda::is_available() => Device::Cuda(0),
+        "cuda" => return Err(bad("--device cuda: libtorch sees no CUDA device here")),
+        other => {
+            return Err(bad(format!(
+                "--device: must be \"cpu\" or \"cuda\", got {other:?}"
+            )))
+        }
+    };
+    if f.iters == 0 {
+        return Err(bad("--iters: must be >= 1, got 0"));
+    }
+    Ok(Options {
+        iters: f.iters,
+        warmup: f.warmup,
+        device,
+        fused: f.fused,
+        workers: f.workers,
+        threads: tch::get_num_threads().max(1) as usize,
+        memory,
+    })
+}
+
+/// True for libtorch's refusals to allocate: the host's ("can't allocate memory", e.g. under
+/// `ulimit -v`) and CUDA's ("out of memory").
+fn out_of_memory(message: &str) -> bool {
+    message.contains("can't allocate memory") || message.contains("out of memory")
+}
+
+/// A workload that ran out of memory is a result, as peers.py reports it: one line (or JSON with
+/// `"oom": true`) with the peak memory reached.
+fn print_oom(w: &Workload, o: &Options, json: bool) -> Result<()> {
+    let peak = bench::peak_rss_mib();
+    if json {
+        let line = serde_json::json!({
+            "peer": "metaloop", "workload": w.name, "oom": true, "peak_mib": peak,
+            "meta_batch": w.meta_batch, "steps": w.steps, "memory": o.memory,
+        });
+        println!("{line}");
+    } else {
+        println!(
+            "{}: out of memory (meta-batch {}, {} steps, {} memory), peak RSS {peak:.0} MiB",
+            w.name, w.meta_batch, w.steps, o.memory
+        );
+    }
+    Ok(())
+}

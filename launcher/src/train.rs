@@ -1,0 +1,296 @@
+//! `metaloop train` and `demo`: the meta-training loop around the engine's `Trainer`, with the
+//! run directory, the resume checks, checkpoints, validation and the final report.
+//!
+//! Everything that can be checked is checked before the run directory is created (config, run
+//! directory name, resume checkpoint, datasets), so bad input leaves nothing behind.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use metaloop_engine::checkpoint::{self, Checkpoint};
+use metaloop_engine::config::TrainConfig;
+use metaloop_engine::data::Split;
+use metaloop_engine::fit::FitEnd;
+use metaloop_engine::rundir::{self, RunDir};
+use metaloop_engine::selection::Best;
+use metaloop_engine::train::{EvalReport, Trainer};
+use metaloop_engine::Error as EngineError;
+use metaloop_runtime::comm::Communicator;
+use serde::Serialize;
+
+use crate::communicator::communicator;
+use crate::config;
+use crate::errors::{bad, setup_error, Interrupted};
+use crate::progress::{warn, Terminal};
+use crate::report::{print_finished, Finished};
+use crate::signals::{self, StopSignals};
+
+/// The demo's config, embedded so that `metaloop demo` runs from anywhere.
+const DEMO_CONFIG: &str = include_str!("../../configs/sinusoid.toml");
+
+/// `report.json`.
+#[derive(Serialize)]
+struct Report {
+    config_hash: String,
+    iterations: u64,
+    /// The iteration this invocation resumed from (absent for a fresh run).
+    resumed_from: Option<u64>,
+    /// Wall time of this invocation (training, validation, meta-test).
+    wall_seconds: f64,
+    test: EvalReport,
+    /// Validation reports logged during training: `{iteration, report}`.
+    val: Vec<serde_json::Value>,
+    model: String,
+    /// The best validation, whose θ0 is `model.best.safetensors` (absent without validation).
+    best: Option<Best>,
+}
+
+/// The run directory of a config.
+pub fn run_root(cfg: &TrainConfig) -> PathBuf {
+    Path::new(&cfg.run.out_dir).join(&cfg.run.name)
+}
+
+/// Keys whose values differ between two configs (dotted, sorted).
+fn differing_keys(a: &TrainConfig, b: &TrainConfig) -> Vec<String> {
+    fn walk(a: &serde_json::Value, b: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+        match (a, b) {
+            (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+                let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+                keys.sort();
+                keys.dedup();
+                let null = serde_json::Value::Null;
+                for k in keys {
+                    let (a, b) = (x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null));
+                    walk(a, b, &config::dotted(prefix, k), out);
+                }
+            }
+            _ if a != b => out.push(prefix.to_string()),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(
+        &serde_json::to_value(a).unwrap_or_default(),
+        &serde_json::to_value(b).unwrap_or_default(),
+        "",
+        &mut out,
+    );
+    out
+}
+
+/// The checkpoint `--resume` continues from, after checking that the run was made by `cfg`.
+fn resume_checkpoint(cfg: &TrainConfig, root: &Path) -> Result<Checkpoint> {
+    let dir = root.join(rundir::CHECKPOINTS);
+    let stored_path = root.join(rundir::CONFIG);
+    if let Ok(text) = std::fs::read_to_string(&stored_path) {
+        let stored = config::resolve(&stored_path.display().to_string(), &text, &[])?;
+        let diff = differing_keys(&stored, cfg);
+        if !diff.is_empty() {
+            return Err(bad(format!(
+                "--resume: the config differs from {} in {} (resume with the run's own config)",
+                stored_path.display(),
+                diff.join(", ")
+            )));
+        }
+    }
+    let ckpt = match checkpoint::latest(&dir) {
+        Ok(Some(c)) => c,
+        Ok(None) => return Err(bad(format!("--resume: no checkpoint in {}", dir.display()))),
+        Err(e) => return Err(bad(format!("--resume: {e}"))),
+    };
+    if ckpt.manifest.config_hash != rundir::config_hash(cfg) {
+        return Err(bad(format!(
+            "--resume: {} was written by another config (hash {}) than this one",
+            ckpt.path.display(),
+            ckpt.manifest.config_hash
+        )));
+    }
+    Ok(ckpt)
+}
+
+/// The checkpoint a run continues from (`resume`), agreed on by every rank, or `None` for a
+/// fresh run, whose directory must not exist yet. Nothing is written.
+fn starting_point(
+    cfg: &TrainConfig,
+    root: &Path,
+    resume: bool,
+    comm: &dyn Communicator,
+) -> Result<Option<Checkpoint>> {
+    if resume {
+        // Rank 0 reads and checks the checkpoint and sends it: no shared file system needed.
+        return Ok(Some(checkpoint::agreed(comm, || {
+            resume_checkpoint(cfg, root)
+        })?));
+    }
+    if comm.rank() == 0 && root.exists() {
+        return Err(setup_error(EngineError::RunDirExists {
+            path: root.to_path_buf(),
+        }));
+    }
+    Ok(None)
+}
+
+/// The trainer of `cfg` (restored from `from` when resuming) and, on rank 0, its run directory
+/// (created, or opened to continue).
+fn prepare(
+    cfg: &TrainConfig,
+    root: &Path,
+    from: Option<&Checkpoint>,
+    comm: Box<dyn Communicator>,
+) -> Result<(Trainer, Option<RunDir>)> {
+    let rank0 = comm.rank() == 0;
+    let mut trainer = {
+        let _s = tracing::info_span!("setup").entered();
+        Trainer::new(cfg, comm).map_err(setup_error)?
+    };
+    // Every rank is set up before rank 0 writes anything: a rank that failed has ended the job.
+    trainer.any_rank(false)?;
+    if let Some(ckpt) = from {
+        for w in ckpt.warnings.iter().filter(|_| rank0) {
+            warn(w);
+        }
+        trainer
+            .restore(ckpt.manifest.iteration, &ckpt.tensors)
+            .map_err(|e| bad(format!("{}: {e}", ckpt.path.display())))?;
+    }
+    let run = match (from, rank0) {
+        (_, false) => None,
+        (Some(_), true) => Some(RunDir::open(root).map_err(setup_error)?),
+        (None, true) => Some(RunDir::create(root, &config::to_toml(cfg)?).map_err(setup_error)?),
+    };
+    Ok((trainer, run))
+}
+
+/// Meta-trains `cfg` (fresh, or continuing its run directory with `resume`), meta-tests, writes
+/// the report and the plots. `Some` on rank 0.
+pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Option<Finished>> {
+    let started = Instant::now();
+    let root = run_root(cfg);
+    let comm = communicator(cfg)?;
+    // Rank 0 alone writes the run directory, logs, checkpoints and shows progress; every rank
+    // runs the same steps (the all-reduces are collective).
+    let rank0 = comm.rank() == 0;
+    let from = starting_point(cfg, &root, resume, &*comm)?;
+    let (mut trainer, mut run) = prepare(cfg, &root, from.as_ref(), comm)?;
+    // SIGTERM/SIGINT from here on: stop between iterations, on every rank alike, with a checkpoint.
+    let stop = StopSignals::install()?;
+    let (total, start) = (cfg.outer.iterations, trainer.iteration());
+    let max_skips = cfg.outer.max_nonfinite_skips;
+    let mut terminal = Terminal::new(rank0, total, start, max_skips, &stop);
+    let end = trainer.fit(run.as_mut(), &mut terminal)?;
+    terminal.finish();
+    if let FitEnd::Stopped {
+        signal,
+        iteration,
+        checkpoint,
+    } = end
+    {
+        return Err(stopped(signal, iteration, checkpoint, cfg));
+    }
+    // The last checkpoint holds everything the rest needs: a signal now ends the process at once.
+    stop.exit_at_once();
+    let test = {
+        let _s = tracing::info_span!("meta_test", tasks = cfg.eval.test_tasks).entered();
+        trainer.evaluate(Split::Test, cfg.eval.test_tasks)?
+    };
+    let Some(run) = run else { return Ok(None) };
+    let resumed_from = from.as_ref().map(|c| c.manifest.iteration);
+    let report = Report {
+        config_hash: rundir::config_hash(cfg),
+        iterations: trainer.iteration(),
+        resumed_from,
+        wall_seconds: started.elapsed().as_secs_f64(),
+        test,
+        val: logged_validations(&run.metrics_path())?,
+        model: trainer.write_model(&run)?.display().to_string(),
+        best: Best::read(run.path())?,
+    };
+    finish(&trainer, &run, report).map(Some)
+}
+
+/// Writes `report.json` and the plots of a finished run.
+fn finish(trainer: &Trainer, run: &RunDir, report: Report) -> Result<Finished> {
+    run.write_report(&report)?;
+    let mut plots = crate::plot::write(run.path())?;
+    plots.extend(crate::plot_adaptation::write_for_run(run.path())?);
+    plots.extend(crate::plot_predictions::write_for_trainer(
+        trainer,
+        run.path(),
+    )?);
+    Ok(Finished {
+        run_dir: run.path().to_path_buf(),
+        test: report.test,
+        best: report.best,
+        plots,
+    })
+}
+
+/// The error that ends a command stopped by a signal that every rank agreed on (the fit loop
+/// wrote the checkpoint of `iteration` first): its exit code is 128 + the signal's number.
+fn stopped(
+    signal: Option<i32>,
+    iteration: u64,
+    checkpoint: Option<PathBuf>,
+    cfg: &TrainConfig,
+) -> anyhow::Error {
+    // A rank that received no signal itself stops as mpirun and Slurm would have it: SIGTERM.
+    let signal = signal.unwrap_or(signal_hook::consts::SIGTERM);
+    anyhow::Error::new(Interrupted {
+        signal,
+        message: format!(
+            "stopped by {} after iteration {iteration} of {}; checkpoint {}; continue with --resume",
+            signals::name(signal),
+            cfg.outer.iterations,
+            checkpoint.as_deref().unwrap_or(Path::new("")).display()
+        ),
+        print: checkpoint.is_some(),
+    })
+}
+
+/// The validation reports in `metrics.jsonl`, as `{iteration, report}`.
+fn logged_validations(metrics: &Path) -> Result<Vec<serde_json::Value>> {
+    let text = std::fs::read_to_string(metrics).with_context(|| metrics.display().to_string())?;
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            let val = v.get("val")?.clone();
+            Some(serde_json::json!({ "iteration": v.get("iteration")?.clone(), "report": val }))
+        })
+        .collect())
+}
+
+/// `metaloop demo`: trains the embedded sinusoid config into the first free
+/// `runs/sinusoid-demo[-N]`.
+pub fn demo(iterations: Option<u64>, seed: Option<u64>) -> Result<()> {
+    let mut sets = Vec::new();
+    if let Some(n) = iterations {
+        sets.push(format!("outer.iterations={n}"));
+    }
+    if let Some(s) = seed {
+        sets.push(format!("run.seed={s}"));
+    }
+    let mut cfg = config::resolve("configs/sinusoid.toml (embedded)", DEMO_CONFIG, &sets)?;
+    let base = format!("{}-demo", cfg.run.name);
+    cfg.run.name = base.clone();
+    let mut n = 2;
+    while run_root(&cfg).exists() {
+        cfg.run.name = format!("{base}-{n}");
+        n += 1;
+    }
+    println!(
+        "MAML (second order) on sinusoid regression: MLP 1-{}-1, K={} shots, {} inner step of lr {}, meta-batch {}, {} iterations, {}",
+        cfg.model.hidden.iter().map(|h| h.to_string()).collect::<Vec<_>>().join("-"),
+        cfg.task.shots,
+        cfg.algorithm.inner_steps,
+        cfg.algorithm.inner_lr,
+        cfg.outer.meta_batch,
+        cfg.outer.iterations,
+        cfg.run.device
+    );
+    if let Some(done) = train(&cfg, false)? {
+        print_finished(&done);
+    }
+    Ok(())
+}
