@@ -87,14 +87,24 @@ pub fn task_source(cfg: &TrainConfig) -> Result<Arc<dyn TaskSource>> {
             data::folder::load(&c)?
         }
     };
+    let written = match &dataset.report().cache {
+        data::CacheStatus::Written(path) => Some(path.clone()),
+        _ => None,
+    };
     let episodes = FewShot::new(
         Arc::new(dataset),
         t.ways as usize,
         t.shots as usize,
         t.queries as usize,
-    )?;
-    episodes.check_whole()?;
-    Ok(Arc::new(episodes))
+    )
+    .and_then(|e| e.check_whole().map(|()| e));
+    if episodes.is_err() {
+        // A refused run leaves nothing behind, not even the cache entry this load wrote.
+        if let Some(path) = written {
+            data::cache::remove_entry(&path);
+        }
+    }
+    Ok(Arc::new(episodes?))
 }
 
 /// The backbone the config names, for inputs of `input_channels` channels.

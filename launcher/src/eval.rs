@@ -17,9 +17,13 @@ use crate::errors::{bad, io_words, setup_error};
 use crate::progress::warn;
 use crate::report::{best_line, summary};
 
+/// The most meta-test tasks `--tasks` may ask for: the bound of `eval.test_tasks` (2^24).
+const MAX_EVAL_TASKS: usize = 1 << 24;
+
 /// `metaloop eval`: `--best RUN_DIR` or `--checkpoint PATH`. Rank 0 prints the line naming what
 /// was meta-tested and the report.
 pub fn run(checkpoint: Option<PathBuf>, best: Option<PathBuf>, tasks: Option<usize>) -> Result<()> {
+    check_tasks(tasks)?;
     let result = match (checkpoint, best) {
         (_, Some(run_dir)) => eval_best(&run_dir, tasks)?,
         (Some(checkpoint), None) => eval(&checkpoint, tasks)?,
@@ -30,6 +34,16 @@ pub fn run(checkpoint: Option<PathBuf>, best: Option<PathBuf>, tasks: Option<usi
         println!("meta-test: {}", summary(&report));
     }
     Ok(())
+}
+
+/// `--tasks` within 2 to 2^24.
+pub fn check_tasks(tasks: Option<usize>) -> Result<()> {
+    match tasks.filter(|n| !(2..=MAX_EVAL_TASKS).contains(n)) {
+        Some(n) => Err(bad(format!(
+            "eval --tasks: must be 2 to {MAX_EVAL_TASKS}, got {n}"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The run directory and checkpoint that `eval --checkpoint PATH` names: a manifest, a tensors

@@ -190,6 +190,23 @@ fn set_threads(threads: Option<usize>) -> Result<()> {
     }
 }
 
+/// `launch`'s own check of the command it starts: its arguments, the config and the run
+/// directory. Bad input is then one line from here, before mpirun starts, instead of one per rank
+/// followed by mpirun's notices.
+fn preflight(command: &[String]) -> Result<()> {
+    let args = std::iter::once("metaloop".to_string()).chain(command.iter().cloned());
+    let cli = Cli::try_parse_from(args).unwrap_or_else(|e| e.exit());
+    match cli.command {
+        Command::Train {
+            config,
+            sets,
+            resume,
+        } => train::check_start(&config::load(&config, &sets)?, resume),
+        Command::Eval { tasks, .. } => eval::check_tasks(tasks),
+        _ => Ok(()),
+    }
+}
+
 fn dispatch(command: Command, threads_given: bool) -> Result<()> {
     match command {
         Command::Train {
@@ -216,7 +233,10 @@ fn dispatch(command: Command, threads_given: bool) -> Result<()> {
             ranks,
             hostfile,
             command,
-        } => launch::launch(ranks, hostfile, &command),
+        } => {
+            preflight(&command)?;
+            launch::launch(ranks, hostfile, &command)
+        }
         Command::Bench(flags) => bench::run(&flags),
         Command::Plot { run_dir } => plot_cmd::run(&run_dir),
         Command::Data { command } => data_cmd::run(command),

@@ -274,7 +274,9 @@ where
 pub(crate) fn draw(path: &Path, panels: &[Panel]) -> Result<()> {
     register_font()?;
     let height = 360 * panels.len() as u32;
-    let root = BitMapBackend::new(path, (960, height)).into_drawing_area();
+    let dims = (960, height);
+    let mut rgb = canvas(dims);
+    let root = BitMapBackend::with_buffer(&mut rgb, dims).into_drawing_area();
     root.fill(&WHITE)?;
     let areas = root.split_evenly((panels.len(), 1));
     for (panel, area) in panels.iter().zip(areas) {
@@ -322,6 +324,23 @@ pub(crate) fn draw(path: &Path, panels: &[Panel]) -> Result<()> {
         }
     }
     root.present()?;
+    drop(root);
+    write_png(path, dims, rgb)
+}
+
+/// A black RGB picture of `dims` for `BitMapBackend::with_buffer` (the plots fill it first).
+pub(crate) fn canvas((w, h): (u32, u32)) -> Vec<u8> {
+    vec![0; w as usize * h as usize * 3]
+}
+
+/// Encodes the RGB picture `rgb` of `dims` as PNG and writes it to `path` atomically: a full
+/// disk leaves the previous file or none, never a truncated PNG.
+pub(crate) fn write_png(path: &Path, (w, h): (u32, u32), rgb: Vec<u8>) -> Result<()> {
+    let picture = image::RgbImage::from_raw(w, h, rgb)
+        .with_context(|| format!("{}: a plot buffer of the wrong size", path.display()))?;
+    let mut png = Vec::new();
+    picture.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+    metaloop_engine::atomic::write_atomic(path, &png)?;
     Ok(())
 }
 

@@ -62,7 +62,9 @@ pub fn write(path: &Path, curves: &[AdaptationCurves]) -> Result<()> {
 fn draw(path: &Path, curves: &[AdaptationCurves]) -> Result<()> {
     crate::plot::register_font()?;
     let panels = curves.len().max(1);
-    let root = BitMapBackend::new(path, (520 * panels as u32, 440)).into_drawing_area();
+    let dims = (520 * panels as u32, 440);
+    let mut rgb = crate::plot::canvas(dims);
+    let root = BitMapBackend::with_buffer(&mut rgb, dims).into_drawing_area();
     root.fill(&WHITE)?;
     let step_colors = [BLUE, GREEN, MAGENTA, CYAN, BLACK];
     for (c, area) in curves.iter().zip(root.split_evenly((1, panels))) {
@@ -124,7 +126,8 @@ fn draw(path: &Path, curves: &[AdaptationCurves]) -> Result<()> {
         crate::plot::draw_legend(&mut chart, SeriesLabelPosition::LowerRight, 12)?;
     }
     root.present()?;
-    Ok(())
+    drop(root);
+    crate::plot::write_png(path, dims, rgb)
 }
 
 /// The y range covering the truth, the support points and the predictions (clamped, so that a

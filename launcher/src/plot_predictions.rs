@@ -130,7 +130,9 @@ fn block_height(t: &TaskPredictions) -> i32 {
 
 fn draw(path: &Path, grid: &[TaskPredictions]) -> Result<()> {
     crate::plot::register_font()?;
-    let root = BitMapBackend::new(path, size(grid)).into_drawing_area();
+    let dims = size(grid);
+    let mut rgb = crate::plot::canvas(dims);
+    let root = BitMapBackend::with_buffer(&mut rgb, dims).into_drawing_area();
     root.fill(&WHITE)?;
     let mut top = MARGIN;
     for t in grid {
@@ -138,7 +140,8 @@ fn draw(path: &Path, grid: &[TaskPredictions]) -> Result<()> {
         top += block_height(t) + GAP;
     }
     root.present()?;
-    Ok(())
+    drop(root);
+    crate::plot::write_png(path, dims, rgb)
 }
 
 type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;

@@ -109,6 +109,24 @@ fn resume_checkpoint(cfg: &TrainConfig, root: &Path) -> Result<Checkpoint> {
     Ok(ckpt)
 }
 
+/// The cheap part of [`starting_point`], for `launch` to check before mpirun starts: a fresh
+/// run's directory must not exist, and a resumed one must hold a checkpoint. The ranks check
+/// again, fully.
+pub fn check_start(cfg: &TrainConfig, resume: bool) -> Result<()> {
+    let root = run_root(cfg);
+    if !resume {
+        if root.exists() {
+            return Err(setup_error(EngineError::RunDirExists { path: root }));
+        }
+        return Ok(());
+    }
+    let dir = root.join(rundir::CHECKPOINTS);
+    match checkpoint::list(&dir) {
+        Ok(list) if !list.is_empty() => Ok(()),
+        _ => Err(bad(format!("--resume: no checkpoint in {}", dir.display()))),
+    }
+}
+
 /// The checkpoint a run continues from (`resume`), agreed on by every rank, or `None` for a
 /// fresh run, whose directory must not exist yet. Nothing is written.
 fn starting_point(

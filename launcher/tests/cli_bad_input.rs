@@ -136,6 +136,21 @@ fn resume_without_a_checkpoint_is_refused() {
 }
 
 #[test]
+fn eval_tasks_beyond_the_bound_are_refused() {
+    for (tasks, bound) in [("1000000000000", 1 << 24), ("1", 1 << 24)] {
+        let line = rejects(
+            "eval-tasks",
+            TINY,
+            &["eval", "--checkpoint", "runs/x", "--tasks", tasks],
+        );
+        assert_eq!(
+            line,
+            format!("metaloop: eval --tasks: must be 2 to {bound}, got {tasks}")
+        );
+    }
+}
+
+#[test]
 fn eval_of_a_missing_checkpoint_is_refused() {
     let checkpoint = "runs/x/checkpoints/ckpt-000000001.json";
     let line = rejects("eval", TINY, &["eval", "--checkpoint", checkpoint]);
@@ -755,4 +770,86 @@ fn eval_of_a_checkpoint_that_is_a_fifo_is_refused() {
     let line = rejects_within_a_minute(&dir, &["eval", "--checkpoint", &arg]);
     assert!(line.contains("not a regular file"), "{line}");
     fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn launch_reports_bad_input_once_before_mpirun_starts() {
+    let dir = scratch("launch-bad");
+    fs::write(
+        dir.join("c.toml"),
+        TINY.replace("meta_batch = 2", "meta_batch = 0"),
+    )
+    .unwrap();
+    let args = ["launch", "-n", "2", "--", "train", "--config", "c.toml"];
+    let line = rejects_in(&dir, &args);
+    assert_eq!(line, "metaloop: c.toml: outer.meta_batch: must be >= 1, got 0");
+    // A run directory that exists already: the same one line.
+    fs::write(dir.join("c.toml"), TINY).unwrap();
+    fs::create_dir_all(dir.join("runs/tiny")).unwrap();
+    let line = rejects_in(&dir, &args);
+    assert!(line.contains("run directory already exists"), "{line}");
+    let line = rejects_in(
+        &dir,
+        &["launch", "-n", "2", "--", "eval", "--checkpoint", "runs/tiny", "--tasks", "1"],
+    );
+    assert_eq!(line, "metaloop: eval --tasks: must be 2 to 16777216, got 1");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_full_disk_leaves_every_plot_whole() {
+    // A file-size limit of 4 KiB (SIGXFSZ ignored, so a write beyond it fails with EFBIG) stands
+    // in for a full disk: each plot is larger, so every write of one fails part-way.
+    let dir = scratch("plots-full");
+    finished_run(&dir, "r", "[4]");
+    let plots = dir.join("runs/r/plots");
+    let before: Vec<(PathBuf, Vec<u8>)> = fs::read_dir(&plots)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .map(|p| (p.clone(), fs::read(&p).unwrap()))
+        .collect();
+    assert!(!before.is_empty(), "the finished run has plots");
+    let script = format!(
+        "trap '' XFSZ; ulimit -f 4; exec {} plot runs/r",
+        env!("CARGO_BIN_EXE_metaloop")
+    );
+    let out = Command::new("bash")
+        .current_dir(&dir)
+        .args(["-c", &script])
+        .output_within_limit();
+    assert!(!out.status.success(), "the plots cannot fit in 4 KiB");
+    for (path, bytes) in &before {
+        assert_eq!(&fs::read(path).unwrap(), bytes, "{} changed", path.display());
+    }
+    let left: Vec<String> = entries(&plots)
+        .into_iter()
+        .filter(|n| !n.ends_with(".png"))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_refused_dataset_leaves_no_decode_cache() {
+    type Damage = fn(&Path);
+    let cases: [(&str, Damage); 3] = [
+        ("zero-byte", |d| fs::write(d.join("data/train/a/0.png"), b"").unwrap()),
+        ("fake", |d| fs::write(d.join("data/train/a/0.png"), b"GIF89a not a png").unwrap()),
+        ("too-few", |d| {
+            for i in 1..3 {
+                fs::remove_file(d.join(format!("data/train/c/{i}.png"))).unwrap();
+            }
+        }),
+    ];
+    for (name, damage) in cases {
+        let dir = folder_dataset(&format!("cache-{name}"));
+        damage(&dir);
+        let cache = scratch(&format!("cache-{name}-dir"));
+        let set = format!("task.cache_dir=\"{}\"", cache.display());
+        rejects_in(&dir, &train_with(&["--set", &set]));
+        assert_eq!(entries(&cache), Vec::<String>::new(), "{name}");
+        fs::remove_dir_all(&dir).unwrap();
+        fs::remove_dir_all(&cache).unwrap();
+    }
 }

@@ -156,6 +156,22 @@ pub(crate) fn lock(dir: &Path, dataset: &str, key: &str) -> Option<std::fs::File
     Some(file)
 }
 
+/// Removes the entry whose data file is `data_path` (the path [`write`] returned) and its index:
+/// for a load whose dataset was then refused. Errors are ignored: what stays is a valid entry.
+pub fn remove_entry(data_path: &Path) {
+    let _ = std::fs::remove_file(data_path.with_extension("json"));
+    let _ = std::fs::remove_file(data_path);
+}
+
+/// Removes the data file of an entry when it is still the empty file that [`lock`] made: for a
+/// decode that failed, so that no empty entry stays behind.
+pub(crate) fn discard_empty(dir: &Path, dataset: &str, key: &str) {
+    let (data_path, _) = paths(dir, dataset, key);
+    if std::fs::metadata(&data_path).is_ok_and(|m| m.is_file() && m.len() == 0) {
+        let _ = std::fs::remove_file(&data_path);
+    }
+}
+
 /// Writes the pixels and index of a key atomically; returns the data file's path.
 pub(crate) fn write(
     dir: &Path,

@@ -78,7 +78,11 @@ pub(crate) fn load_store(
         }
     }
     let sources: Vec<&ImageSource> = classes.iter().flat_map(|c| c.images.iter()).collect();
-    let pixels = decode_all(dataset, &sources, spec)?;
+    let pixels = decode_all(dataset, &sources, spec).inspect_err(|_| {
+        if let Some(dir) = cache_dir {
+            cache::discard_empty(dir, dataset, &key);
+        }
+    })?;
     let cache = match cache_dir {
         Some(dir) => match cache::write(dir, dataset, &key, spec, &stored, &pixels) {
             Ok(path) => CacheStatus::Written(path),
