@@ -100,15 +100,23 @@ class Resolver:
         first = values[0]
         if all(v is first for v in values) and isinstance(first, torch.Tensor) and first.numel() == 1:
             return None, first.reshape(())
-        return None, self._per_element(values)
+        return None, self._per_element(metaloop_name, values)
 
-    def _per_element(self, values):
+    def _per_element(self, name, values):
         parts = []
-        for (_, shape, numel), g in zip(self.layout, self.param_group):
+        for (param, shape, numel), g in zip(self.layout, self.param_group):
             v = 0.0 if g is None else values[g]
             if isinstance(v, torch.Tensor):
                 v = v.to(self.flat.dtype)
-                part = v.reshape(()).expand(numel) if v.numel() == 1 else v.expand(shape).reshape(-1)
+                if v.numel() == 1:
+                    part = v.reshape(()).expand(numel)
+                else:
+                    try:
+                        part = v.expand(shape).reshape(-1)
+                    except RuntimeError:
+                        raise ValueError(
+                            f"hyperparameter `{name}`: a tensor of shape {list(v.shape)} is neither "
+                            f"one value nor broadcastable to parameter `{param}` {shape}") from None
             else:
                 part = torch.full((numel,), float(v), dtype=self.flat.dtype)
             parts.append(part.to(self.flat.device))
