@@ -12,6 +12,10 @@ import maturin
 from maturin import *  # noqa: F401,F403  (the PEP 517 hooks this backend does not change)
 
 TORCH_VERSION = "2.11.0"
+# maturin's hooks run the `maturin` program: the one installed beside this interpreter when pip
+# builds without isolation (an isolated build puts its own on PATH). torch-sys asks `python` (in a
+# virtual env) for Python's headers: this interpreter's.
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 _FIND_TORCH = "import os, torch; print(torch.__version__); print(os.path.dirname(torch.__file__))"
 
 
@@ -33,9 +37,7 @@ def _target_torch():
 
 def _prepare_env():
     os.environ["LIBTORCH"] = _target_torch()
-    # torch-sys asks `python` (in a virtual env) for Python's headers: this interpreter's.
     os.environ["VIRTUAL_ENV"] = sys.prefix
-    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):

@@ -95,9 +95,10 @@ impl InnerLoop {
         if names.len() != shapes.len() {
             return Err(bad("names and shapes differ in length"));
         }
-        let defs = names.iter().zip(&shapes).map(|(n, s)| {
-            ParamDef::new(n.clone(), s, metaloop_runtime::nn::Init::Constant(0.0))
-        });
+        let defs = names
+            .iter()
+            .zip(&shapes)
+            .map(|(n, s)| ParamDef::new(n.clone(), s, metaloop_runtime::nn::Init::Constant(0.0)));
         let layout = Arc::new(Layout::new(defs).or_py()?);
         let params = Params::from_flat(layout, flat.0).or_py()?;
         let native = model.map(model::build).transpose()?;

@@ -118,4 +118,3 @@ pub fn check_layout(module: &dyn Module, names: &[String], shapes: &[Vec<i64>]) 
     }
     Ok(())
 }
-

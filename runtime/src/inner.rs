@@ -395,7 +395,13 @@ mod tests {
         let (model, params) = setup();
         let c = t(&[0.5, -1.0, 2.0]);
         let (m, v) = (t(&[0.01, -0.02, 0.03]), t(&[0.004, 0.005, 0.006]));
-        let state = OptState::new(2, vec![("exp_avg".into(), m.copy()), ("exp_avg_sq".into(), v.copy())]);
+        let state = OptState::new(
+            2,
+            vec![
+                ("exp_avg".into(), m.copy()),
+                ("exp_avg_sq".into(), v.copy()),
+            ],
+        );
         let mut inner = InnerLoop::new(&model, &params, Adam::new(0.01))
             .initial_state(state)
             .build()
@@ -432,6 +438,9 @@ mod tests {
             .build()
             .err()
             .expect("a [2] buffer for 3 parameters");
-        assert!(err.to_string().contains("InnerLoop::initial_state"), "{err}");
+        assert!(
+            err.to_string().contains("InnerLoop::initial_state"),
+            "{err}"
+        );
     }
 }
