@@ -25,8 +25,9 @@ _KEYS = {
 }
 _KEYS["AdamW"] = _KEYS["Adam"]
 _KEYS["Adamax"] = _KEYS["Adam"]
+_KEYS["RAdam"] = _KEYS["Adam"]
 _OPTIONS = {"SGD": ("nesterov",), "Adam": ("amsgrad",), "AdamW": ("amsgrad",),
-            "RMSprop": ("centered",)}
+            "RMSprop": ("centered",), "RAdam": ("decoupled_weight_decay",)}
 # Options whose True metaloop's optimizers do not implement.
 _REFUSED = ("maximize",)
 

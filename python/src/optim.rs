@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use metaloop_runtime::optim::{
-    Adadelta, Adagrad, Adam, AdamW, Adamax, Optimizer, RMSprop, Rprop, Sgd,
+    Adadelta, Adagrad, Adam, AdamW, Adamax, Optimizer, RAdam, RMSprop, Rprop, Sgd,
 };
 use pyo3::PyResult;
 
@@ -47,6 +47,11 @@ pub fn build(
         "Adam" => make!(Adam, [beta1, beta2, eps, weight_decay], [amsgrad]),
         "AdamW" => make!(AdamW, [beta1, beta2, eps, weight_decay], [amsgrad]),
         "Adamax" => make!(Adamax, [beta1, beta2, eps, weight_decay], []),
+        "RAdam" => make!(
+            RAdam,
+            [beta1, beta2, eps, weight_decay],
+            [decoupled_weight_decay]
+        ),
         "Adagrad" => make!(
             Adagrad,
             [lr_decay, weight_decay, initial_accumulator_value, eps],
@@ -61,7 +66,7 @@ pub fn build(
         ),
         other => {
             return Err(bad(format!(
-                "optimizer `{other}` is not supported (expected one of SGD, Adam, AdamW, Adamax, Adagrad, RMSprop, Adadelta, Rprop)"
+                "optimizer `{other}` is not supported (expected one of SGD, Adam, AdamW, Adamax, RAdam, Adagrad, RMSprop, Adadelta, Rprop)"
             )))
         }
     })

@@ -29,6 +29,9 @@ OPTIMIZERS = {
     "Adagrad": lambda g: torch.optim.Adagrad(g, lr=0.1, lr_decay=0.01, initial_accumulator_value=0.1),
     "RMSprop": lambda g: torch.optim.RMSprop(g, lr=0.01, momentum=0.5, centered=True, weight_decay=0.01),
     "Adadelta": lambda g: torch.optim.Adadelta(g, lr=0.5, rho=0.8, weight_decay=0.01),
+    "RAdam": lambda g: torch.optim.RAdam(g, lr=0.01, weight_decay=0.01),
+    "RAdam-decoupled": lambda g: torch.optim.RAdam(g, lr=0.01, weight_decay=0.1,
+                                                   decoupled_weight_decay=True),
     "Rprop": lambda g: torch.optim.Rprop(g, lr=0.01, etas=(0.4, 1.3), step_sizes=(1e-5, 1.0)),
 }
 
