@@ -16,6 +16,9 @@
 //!   `[]`, `[1]`, `[G]` or `[P]`), which receives its hypergradient. An override passed to one step
 //!   stays in force for later steps, as in higher.
 //!
+//! - `initial_state(state)`: the optimizer starts from a given state (a `torch.optim` optimizer's
+//!   momentum buffers, moments and step count), as higher's differentiable optimizers do.
+//!
 //! With task-batched parameters `[T, P]` (or `tasks(T)`), the caller's loss is the sum over tasks
 //! of each task's loss, so each task's gradient is its own, and every step updates all T tasks in
 //! one optimizer update.
@@ -73,6 +76,7 @@ pub struct InnerLoopBuilder<'m> {
     spec: InnerSpec,
     copy_initial_weights: bool,
     track_higher_grads: bool,
+    initial_state: Option<OptState>,
 }
 
 inner_spec_builders!(InnerLoopBuilder<'_>);
@@ -87,6 +91,15 @@ crate::setters!(InnerLoopBuilder<'_> {
 });
 
 impl<'m> InnerLoopBuilder<'m> {
+    /// Starts the optimizer from `state` instead of its initial state, as higher starts from a
+    /// `torch.optim` optimizer's current state (momentum buffers, moments, step count). Buffers
+    /// are `[P]` (expanded to every task with `tasks`) or shaped like the parameters. With
+    /// `track_higher_grads(true)` a buffer that requires grad stays in the graph.
+    pub fn initial_state(mut self, state: OptState) -> Self {
+        self.initial_state = Some(state);
+        self
+    }
+
     /// The inner loop at time 0 (with `copy_initial_weights(false)`, time 0 expanded to tasks is
     /// differentiable back to `params`).
     pub fn build(self) -> Result<InnerLoop<'m>> {
@@ -121,7 +134,10 @@ impl<'m> InnerLoopBuilder<'m> {
             )?;
         }
         let frozen_mask = self.spec.frozen_mask(&self.params)?;
-        let state = self.spec.optimizer.init_state(theta0.flat())?;
+        let state = match self.initial_state {
+            Some(state) => given_state(state, theta0.flat())?,
+            None => self.spec.optimizer.init_state(theta0.flat())?,
+        };
         Ok(InnerLoop {
             model: self.model,
             layout,
@@ -174,6 +190,7 @@ impl<'m> InnerLoop<'m> {
             spec: InnerSpec::new(optimizer),
             copy_initial_weights: true,
             track_higher_grads: true,
+            initial_state: None,
         }
     }
 
@@ -295,6 +312,26 @@ impl<'m> InnerLoop<'m> {
     }
 }
 
+/// A given starting state fitted to `theta`: every buffer `[P]` (expanded to `[T, P]` for task
+/// batches) or shaped like `theta`.
+fn given_state(state: OptState, theta: &Tensor) -> Result<OptState> {
+    let want = theta.size();
+    state.map(|buffer| {
+        let got = buffer.size();
+        if got == want {
+            Ok(buffer.shallow_clone())
+        } else if want.len() == 2 && got.as_slice() == &want[1..] {
+            Ok(buffer.f_expand(want.as_slice(), false)?)
+        } else {
+            Err(Error::Shape {
+                op: "InnerLoop::initial_state",
+                expected: format!("optimizer state buffers shaped like the parameters {want:?}"),
+                got,
+            })
+        }
+    })
+}
+
 /// The support gradient of one step: d loss / d theta, with a graph when `create_graph`.
 fn support_gradient(loss: &Tensor, theta: &Tensor, create_graph: bool) -> Result<Tensor> {
     check_scalar("InnerLoop::step loss", loss)?;
@@ -306,4 +343,104 @@ fn support_gradient(loss: &Tensor, theta: &Tensor, create_graph: bool) -> Result
         });
     }
     gradient(loss, theta, create_graph)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::{Linear, Module};
+    use crate::optim::{Adam, Buffer, Sgd};
+    use tch::Kind;
+
+    fn t(v: &[f64]) -> Tensor {
+        Tensor::from_slice(v)
+    }
+
+    fn close(a: &Tensor, b: &Tensor) {
+        let diff = (a - b).abs().max().double_value(&[]);
+        assert!(diff < 1e-12, "{a:?} vs {b:?}: {diff:e}");
+    }
+
+    /// `Linear(2, 1)` (3 parameters) at θ0 = [1, 2, 3].
+    fn setup() -> (Linear, Params) {
+        let model = Linear::new(2, 1);
+        let layout = Arc::new(model.layout().unwrap());
+        let theta = t(&[1.0, 2.0, 3.0]).set_requires_grad(true);
+        (model, Params::from_flat(layout, theta).unwrap())
+    }
+
+    /// One step on the loss `θ · c`, whose gradient is `c`.
+    fn one_step(inner: &mut InnerLoop<'_>, c: &Tensor) -> Tensor {
+        let loss = (inner.params().flat() * c).sum(Kind::Double);
+        inner.step(&loss).unwrap();
+        inner.params().flat().detach()
+    }
+
+    #[test]
+    fn sgd_starts_from_a_given_momentum_buffer() {
+        let (model, params) = setup();
+        let (c, buf) = (t(&[0.5, -1.0, 2.0]), t(&[0.1, 0.2, 0.3]));
+        let state = OptState::from_buffers(1, vec![(Buffer::MomentumBuffer, buf.copy())]);
+        let mut inner = InnerLoop::new(&model, &params, Sgd::new(0.1).momentum(0.9))
+            .initial_state(state)
+            .build()
+            .unwrap();
+        let next = one_step(&mut inner, &c);
+        close(&next, &(params.flat().detach() - (&buf * 0.9 + &c) * 0.1));
+        assert_eq!(inner.optimizer_state().step(), 2);
+    }
+
+    #[test]
+    fn adam_starts_from_given_moments_and_step() {
+        let (model, params) = setup();
+        let c = t(&[0.5, -1.0, 2.0]);
+        let (m, v) = (t(&[0.01, -0.02, 0.03]), t(&[0.004, 0.005, 0.006]));
+        let state = OptState::new(
+            2,
+            vec![
+                ("exp_avg".into(), m.copy()),
+                ("exp_avg_sq".into(), v.copy()),
+            ],
+        );
+        let mut inner = InnerLoop::new(&model, &params, Adam::new(0.01))
+            .initial_state(state)
+            .build()
+            .unwrap();
+        let next = one_step(&mut inner, &c);
+        let m1 = &m * 0.9 + &c * 0.1;
+        let v1 = &v * 0.999 + c.square() * 0.001;
+        let denom = v1.sqrt() / (1.0 - 0.999f64.powi(3)).sqrt() + 1e-8;
+        let want = params.flat().detach() - m1 / denom * (0.01 / (1.0 - 0.9f64.powi(3)));
+        close(&next, &want);
+    }
+
+    #[test]
+    fn a_single_task_state_is_expanded_to_every_task() {
+        let (model, params) = setup();
+        let (c, buf) = (t(&[0.5, -1.0, 2.0]), t(&[0.1, 0.2, 0.3]));
+        let state = OptState::from_buffers(1, vec![(Buffer::MomentumBuffer, buf.copy())]);
+        let mut inner = InnerLoop::new(&model, &params, Sgd::new(0.1).momentum(0.9))
+            .tasks(2)
+            .initial_state(state)
+            .build()
+            .unwrap();
+        let next = one_step(&mut inner, &c);
+        let row = params.flat().detach() - (&buf * 0.9 + &c) * 0.1;
+        close(&next, &Tensor::stack(&[&row, &row], 0));
+    }
+
+    #[test]
+    fn a_state_of_another_shape_is_refused() {
+        let (model, params) = setup();
+        let state = OptState::from_buffers(1, vec![(Buffer::MomentumBuffer, t(&[0.1, 0.2]))]);
+        let err = InnerLoop::new(&model, &params, Sgd::new(0.1).momentum(0.9))
+            .initial_state(state)
+            .build()
+            .err()
+            .expect("a [2] buffer for 3 parameters");
+        assert!(
+            err.to_string().contains("InnerLoop::initial_state"),
+            "{err}"
+        );
+    }
 }

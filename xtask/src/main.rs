@@ -8,6 +8,8 @@
 //! - `docs`: regenerates docs/configuration.md from the config types and prints the docs'
 //!   sentence lengths.
 //! - `fixtures`: regenerates the committed PyTorch fixtures (needs higher and TorchOpt in the venv).
+//! - `setup` and `test` also build the Python package (python/) into the venv; `test` runs its
+//!   pytest suite after the Rust tests.
 //! - `fuzz [SECONDS] [TARGET...]`: runs the cargo-fuzz targets of `fuzz/` (60 s each by default).
 //!
 //! Each failure ends with one line saying what to do, and exit code 2 for bad input or a missing
@@ -16,6 +18,7 @@
 mod bench;
 mod docs;
 mod fuzz;
+mod python;
 mod setup;
 
 use std::process::{Command, ExitCode};
@@ -26,7 +29,9 @@ const USAGE: &str =
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("setup") => setup::run(args.iter().any(|a| a == "--peers")).map(|_| ExitCode::SUCCESS),
+        Some("setup") => setup::run(args.iter().any(|a| a == "--peers"))
+            .and_then(|env| python::install(&env))
+            .map(|_| ExitCode::SUCCESS),
         Some("demo") => demo(&args[1..]),
         Some("test") => test(&args[1..]),
         Some("docs") => docs::run(&args[1..]),
@@ -107,7 +112,19 @@ fn demo(extra: &[String]) -> anyhow::Result<ExitCode> {
 /// test (MPI can be initialised once per process), ending with its one-line summary; otherwise
 /// plain `cargo test`.
 fn test(extra: &[String]) -> anyhow::Result<ExitCode> {
-    setup::run(false)?;
+    let env = setup::run(false)?;
+    python::install(&env)?;
+    let rust = rust_tests(extra)?;
+    let python = python::test(&env)?;
+    Ok(if rust != ExitCode::SUCCESS {
+        rust
+    } else {
+        python
+    })
+}
+
+/// Every Rust test of the workspace (see [`test`]).
+fn rust_tests(extra: &[String]) -> anyhow::Result<ExitCode> {
     // Tests run in parallel, one process each, on few cores: libtorch's default thread team per
     // process oversubscribes them and its spinning workers then slow every test many times over.
     // One intra-op thread per test process (unless the caller chose otherwise).
@@ -146,8 +163,8 @@ fn fixtures() -> anyhow::Result<ExitCode> {
     let env = setup::run(true)?;
     let root = setup::repo_root();
     let mut scripts = Vec::new();
-    // Fixtures sit beside their generators: the root's tests/ and each crate's tests/.
-    for dir in ["", "runtime", "engine", "launcher"] {
+    // Fixtures sit beside their generators: the root's tests/, each crate's tests/ and python/tests/.
+    for dir in ["", "runtime", "engine", "launcher", "python"] {
         collect_generators(&root.join(dir).join("tests/fixtures"), &mut scripts)?;
     }
     scripts.sort();

@@ -290,7 +290,7 @@ fn ensure_peers(venv: &Path, python: &Path) -> Result<()> {
 
 /// Installs `packages` into the venv unless `import_check` already succeeds there; a stamp file
 /// named after `what` makes the next set-up skip even the check.
-fn ensure_extra(
+pub(crate) fn ensure_extra(
     venv: &Path,
     python: &Path,
     what: &str,

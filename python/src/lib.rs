@@ -1,0 +1,22 @@
+//! `metaloop._native`: metaloop's runtime for Python. The Python package (metaloop/) builds on it:
+//! `innerloop_ctx` (higher's API) runs its differentiable optimizer steps here, on
+//! `metaloop_runtime::InnerLoop`, with tensors shared with PyTorch (no copies: pyo3-tch).
+
+mod errors;
+mod inner;
+mod model;
+mod optim;
+
+use pyo3::prelude::*;
+
+/// The libtorch version this extension was built against (torch-sys's).
+const TORCH_VERSION: &str = "2.11.0";
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("Error", m.py().get_type::<errors::Error>())?;
+    m.add("TORCH_VERSION", TORCH_VERSION)?;
+    m.add_class::<inner::InnerLoop>()?;
+    m.add_function(wrap_pyfunction!(model::native_layout, m)?)?;
+    Ok(())
+}
