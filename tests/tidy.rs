@@ -186,3 +186,195 @@ fn only_runtime_host_memory_changes_the_allocator() {
         offenders.join("\n")
     );
 }
+
+/// A crate's modules, one per file: `a/b.rs` and `a/b/mod.rs` are `["a", "b"]`.
+fn module_of(path: &Path, src: &Path) -> Vec<String> {
+    let rel = path.strip_prefix(src).unwrap().with_extension("");
+    let mut parts: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    if matches!(
+        parts.last().map(String::as_str),
+        Some("mod" | "lib" | "main")
+    ) {
+        parts.pop();
+    }
+    parts
+}
+
+/// The `a::b::c` paths after `prefix` in `code` (a `{..}` group after it adds each member).
+fn paths_after(code: &str, prefix: &str) -> Vec<Vec<String>> {
+    let ident = |c: char| c.is_alphanumeric() || c == '_';
+    let mut out = Vec::new();
+    for (at, _) in code.match_indices(prefix) {
+        if code[..at].chars().last().is_some_and(ident) {
+            continue;
+        }
+        let rest = &code[at + prefix.len()..];
+        let (head, tail) = match rest.find(|c: char| !(ident(c) || c == ':')) {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        let base: Vec<String> = head
+            .split("::")
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        if head.ends_with("::") && tail.starts_with('{') {
+            let group = &tail[1..tail.find('}').unwrap_or(tail.len())];
+            for member in group.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+                let mut p = base.clone();
+                p.extend(member.split("::").map(|s| s.trim().to_string()));
+                out.push(p);
+            }
+        } else {
+            out.push(base);
+        }
+    }
+    out
+}
+
+/// Import circles between modules of one crate that are not nested in each other: a module may
+/// use its parent and the reverse (a trait in `mod.rs` and its implementations), but two
+/// modules side by side must not need each other. Re-exports (`pub use child::Item`) count as
+/// the child. Returns each cycle found, as module paths.
+fn sibling_circles(src: &str) -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(src);
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    let modules: Vec<(Vec<String>, String)> = files
+        .iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(p).unwrap();
+            let code: String = code_lines(&text)
+                .map(|(_, l)| l)
+                .take_while(|l| !l.contains("#[cfg(test)]"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            (module_of(p, &root), code)
+        })
+        .collect();
+    let index = |m: &[String]| modules.iter().position(|(n, _)| n.as_slice() == m);
+    let mut reexports = std::collections::HashMap::new();
+    for (m, code) in &modules {
+        for line in code
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("pub use "))
+        {
+            for p in paths_after(line, "pub use ") {
+                let p: Vec<String> = p.into_iter().filter(|s| s != "self").collect();
+                let mut child = m.clone();
+                child.push(p[0].clone());
+                if p.len() > 1 && index(&child).is_some() {
+                    reexports.insert((m.clone(), p.last().unwrap().clone()), child);
+                }
+            }
+        }
+    }
+    let nested = |a: &[String], b: &[String]| a.starts_with(b) || b.starts_with(a);
+    let mut edges = vec![std::collections::BTreeSet::new(); modules.len()];
+    for (i, (m, code)) in modules.iter().enumerate() {
+        let parent = &m[..m.len().saturating_sub(1)];
+        let mut refs = paths_after(code, "crate::");
+        refs.extend(paths_after(code, "super::").into_iter().map(|p| {
+            let mut full = parent.to_vec();
+            full.extend(p);
+            full
+        }));
+        for r in refs {
+            let Some(k) = (1..=r.len()).rev().find(|&k| index(&r[..k]).is_some()) else {
+                continue;
+            };
+            let target = r
+                .get(k)
+                .and_then(|item| reexports.get(&(r[..k].to_vec(), item.clone())))
+                .cloned()
+                .unwrap_or_else(|| r[..k].to_vec());
+            if !nested(m, &target) {
+                edges[i].insert(index(&target).unwrap());
+            }
+        }
+    }
+    // A depth-first search: an edge back to a module on the current path closes a circle.
+    fn visit(
+        v: usize,
+        edges: &[std::collections::BTreeSet<usize>],
+        state: &mut [u8],
+        path: &mut Vec<usize>,
+        found: &mut Vec<Vec<usize>>,
+    ) {
+        state[v] = 1;
+        path.push(v);
+        for &w in &edges[v] {
+            if state[w] == 1 {
+                let from = path.iter().position(|&p| p == w).unwrap();
+                found.push(path[from..].to_vec());
+            } else if state[w] == 0 {
+                visit(w, edges, state, path, found);
+            }
+        }
+        path.pop();
+        state[v] = 2;
+    }
+    let mut state = vec![0u8; modules.len()];
+    let mut found = Vec::new();
+    for v in 0..modules.len() {
+        if state[v] == 0 {
+            visit(v, &edges, &mut state, &mut Vec::new(), &mut found);
+        }
+    }
+    found
+        .into_iter()
+        .map(|c| {
+            c.iter()
+                .map(|&i| modules[i].0.join("::"))
+                .collect::<Vec<_>>()
+                .join(" -> ")
+        })
+        .collect()
+}
+
+#[test]
+fn no_import_circle_between_sibling_modules() {
+    for src in ["runtime/src", "engine/src", "launcher/src"] {
+        let circles = sibling_circles(src);
+        assert!(
+            circles.is_empty(),
+            "{src}: modules side by side that need each other:\n{}",
+            circles.join("\n")
+        );
+    }
+}
+
+#[test]
+fn the_circle_check_finds_a_circle() {
+    let code_a = "use crate::b::Thing;\n";
+    let code_b = "use crate::{a::Other, c};\n";
+    assert_eq!(paths_after(code_a, "crate::"), [["b", "Thing"]]);
+    assert_eq!(
+        paths_after(code_b, "crate::"),
+        [vec!["a", "Other"], vec!["c"]]
+    );
+}
+
+#[test]
+fn no_source_file_is_over_500_lines() {
+    // Kernel code is exempt: one file per element function would only scatter it.
+    let exempt = ["runtime/src/kernels/cpu/mod.rs"];
+    let mut long = Vec::new();
+    for dir in ["runtime/src", "engine/src", "launcher/src"] {
+        for (path, text) in sources(dir) {
+            let n = text.lines().count();
+            if n > 500 && !exempt.iter().any(|e| path == Path::new(e)) {
+                long.push(format!("{}: {n} lines", path.display()));
+            }
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "split these files by job:\n{}",
+        long.join("\n")
+    );
+}

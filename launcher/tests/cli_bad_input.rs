@@ -453,7 +453,10 @@ fn a_model_too_large_in_total_is_named_with_its_parameter_count() {
         line.starts_with("metaloop: model.hidden: the model would have 8590"),
         "{line}"
     );
-    assert!(line.ends_with("parameters, more than the 1073741824 allowed"), "{line}");
+    assert!(
+        line.ends_with("parameters, more than the 1073741824 allowed"),
+        "{line}"
+    );
     for (set, key) in [
         ("model.filters=65536", "model.filters"),
         ("model.backbone=\"resnet12\"", "model.widths"),
@@ -782,7 +785,10 @@ fn launch_reports_bad_input_once_before_mpirun_starts() {
     .unwrap();
     let args = ["launch", "-n", "2", "--", "train", "--config", "c.toml"];
     let line = rejects_in(&dir, &args);
-    assert_eq!(line, "metaloop: c.toml: outer.meta_batch: must be >= 1, got 0");
+    assert_eq!(
+        line,
+        "metaloop: c.toml: outer.meta_batch: must be >= 1, got 0"
+    );
     // A run directory that exists already: the same one line.
     fs::write(dir.join("c.toml"), TINY).unwrap();
     fs::create_dir_all(dir.join("runs/tiny")).unwrap();
@@ -790,7 +796,17 @@ fn launch_reports_bad_input_once_before_mpirun_starts() {
     assert!(line.contains("run directory already exists"), "{line}");
     let line = rejects_in(
         &dir,
-        &["launch", "-n", "2", "--", "eval", "--checkpoint", "runs/tiny", "--tasks", "1"],
+        &[
+            "launch",
+            "-n",
+            "2",
+            "--",
+            "eval",
+            "--checkpoint",
+            "runs/tiny",
+            "--tasks",
+            "1",
+        ],
     );
     assert_eq!(line, "metaloop: eval --tasks: must be 2 to 16777216, got 1");
     fs::remove_dir_all(&dir).unwrap();
@@ -820,7 +836,12 @@ fn a_full_disk_leaves_every_plot_whole() {
         .output_within_limit();
     assert!(!out.status.success(), "the plots cannot fit in 4 KiB");
     for (path, bytes) in &before {
-        assert_eq!(&fs::read(path).unwrap(), bytes, "{} changed", path.display());
+        assert_eq!(
+            &fs::read(path).unwrap(),
+            bytes,
+            "{} changed",
+            path.display()
+        );
     }
     let left: Vec<String> = entries(&plots)
         .into_iter()
@@ -834,8 +855,12 @@ fn a_full_disk_leaves_every_plot_whole() {
 fn a_refused_dataset_leaves_no_decode_cache() {
     type Damage = fn(&Path);
     let cases: [(&str, Damage); 3] = [
-        ("zero-byte", |d| fs::write(d.join("data/train/a/0.png"), b"").unwrap()),
-        ("fake", |d| fs::write(d.join("data/train/a/0.png"), b"GIF89a not a png").unwrap()),
+        ("zero-byte", |d| {
+            fs::write(d.join("data/train/a/0.png"), b"").unwrap()
+        }),
+        ("fake", |d| {
+            fs::write(d.join("data/train/a/0.png"), b"GIF89a not a png").unwrap()
+        }),
         ("too-few", |d| {
             for i in 1..3 {
                 fs::remove_file(d.join(format!("data/train/c/{i}.png"))).unwrap();
