@@ -396,9 +396,9 @@ fn a_checkpoint_whose_shapes_do_not_match_the_model_is_refused() {
         serde_json::to_vec_pretty(&manifest).unwrap(),
     )
     .unwrap();
-    // θ of 1-4-1 has 4 + 4 + 4 + 1 = 13 values; 1-8-1 needs 25.
+    // The first layer of 1-4-1 is [4, 1]; 1-8-1 needs [8, 1].
     let expected = format!(
-        "metaloop: {}: resume state: tensor `theta` has shape [13], the model needs [25]",
+        "metaloop: {}: checkpoint: tensor `0.weight` has shape [4, 1], the model needs [8, 1]",
         Path::new("runs/wide/checkpoints/ckpt-000000002.json").display()
     );
     assert_eq!(
