@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Function lengths in runtime/src, engine/src and launcher/src of each tree given: count, mean,
 median, how many are over 50 and 80 lines, and the longest. usage: fnlen.py TREE [TREE...]"""
+import os, re, sys
 def fns(root):
     out=[]
     for d in ["runtime/src","engine/src","launcher/src"]:
