@@ -27,10 +27,11 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     crate::setup::run(false)?;
+    // `--workspace`, as `cargo xtask test` builds: `-p` would resolve other features and rebuild
+    // tch and torch-sys.
     let code = crate::run_status(crate::cargo().env("METALOOP_WRITE_DOCS", "1").args([
         "test",
-        "-p",
-        "metaloop-engine",
+        "--workspace",
         "--test",
         "config_reference",
     ]))?;
