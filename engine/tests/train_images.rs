@@ -210,7 +210,7 @@ fn maml_on_a_small_resnet12_learns_miniimagenet_layout_episodes() {
 /// with full tracking and with recompute.
 #[test]
 fn task_chunks_keep_masks_and_augmentation_of_every_task() {
-    use metaloop::engine::config::{Augment, DropBlockConfig, Dtype};
+    use metaloop_engine::config::{Augment, DropBlockConfig, Dtype};
     let tmp = TempDir::new("train-chunks");
     write_split(&tmp.path().join("train"), 0, 8, 4);
     write_split(&tmp.path().join("test"), 100, 6, 4);
