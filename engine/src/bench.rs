@@ -144,6 +144,8 @@ pub struct Options {
     pub threads: usize,
     /// Full tracking of the unroll, or recompute-and-adjoint (`algorithm.memory`).
     pub memory: Memory,
+    /// Tasks each worker runs at once (`run.task_chunk`; 0: all of its tasks).
+    pub task_chunk: usize,
 }
 
 /// What one workload measured.
@@ -156,6 +158,8 @@ pub struct BenchResult {
     pub steps: usize,
     /// "full" or "recompute".
     pub memory: Memory,
+    /// Tasks each worker ran at once (0: all of its tasks).
+    pub task_chunk: usize,
     pub tasks_per_s: f64,
     pub median_s: f64,
     /// Peak resident memory of the process (CPU), MiB; NaN where not measured (CUDA).
@@ -184,16 +188,9 @@ pub fn workload(name: &str) -> Result<Workload> {
         })
 }
 
-/// Peak resident set size (VmHWM) of this process in MiB.
+/// Peak resident set size (VmHWM) of this process in MiB (engine::memory).
 pub fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kib| kib / 1024.0)
+    crate::memory::high_water_kib().map_or(f64::NAN, |kib| kib as f64 / 1024.0)
 }
 
 /// The workload's tasks: one random meta-batch of its shapes (made once, on the CPU), served for
@@ -290,6 +287,7 @@ fn config(w: &Workload, iterations: u64, o: &Options) -> TrainConfig {
     cfg.outer.meta_batch = w.meta_batch as usize;
     cfg.outer.iterations = iterations;
     cfg.run.workers = o.workers;
+    cfg.run.task_chunk = o.task_chunk;
     cfg.run.consistency_every = 0;
     cfg
 }
@@ -347,6 +345,7 @@ pub fn run(w: &Workload, o: &Options) -> Result<BenchResult> {
         meta_batch: w.meta_batch,
         steps: w.steps,
         memory: o.memory,
+        task_chunk: o.task_chunk,
         tasks_per_s: w.meta_batch as f64 / median,
         median_s: median,
         peak_mib: if o.device == Device::Cpu {

@@ -181,6 +181,13 @@ pub struct RunConfig {
     /// Allowed: 0 to 4096.
     #[serde(default)]
     pub workers: usize,
+    /// Tasks each worker runs at once (0 = all of its tasks). A worker runs its tasks in chunks
+    /// of this many, one after another, and adds up their meta-gradients before the all-reduce:
+    /// the same meta-gradient (up to summation order) with one chunk's unroll in memory at a
+    /// time (docs/large-models.md).
+    /// Allowed: 0 to 16777216.
+    #[serde(default)]
+    pub task_chunk: usize,
     /// Seconds a collective (all-reduce, broadcast, barrier) may take before the job is ended
     /// as hung, naming the collective and the iteration (0 = wait for ever).
     #[serde(default = "d::u64_::<600>")]

@@ -1,8 +1,9 @@
 //! The fit loop: [`Trainer::fit`] runs the outer iterations left, with the validation cadence
 //! (`eval.every`), the metrics log (`log.every`), the checkpoint cadence (`log.checkpoint_every`,
-//! and the last iteration), the truncation of `metrics.jsonl` after a resumed checkpoint, and
-//! the stop that every rank agrees on, and model selection: a validation better than every
-//! earlier one of the run (engine::selection) writes `model.best.safetensors` and `best.json`.
+//! and the last iteration), the truncation of `metrics.jsonl` after a resumed checkpoint, the
+//! peak memory of each metrics line (engine::memory), and the stop that every rank agrees on, and
+//! model selection: a validation better than every earlier one of the run (engine::selection)
+//! writes `model.best.safetensors` and `best.json`.
 //!
 //! The caller wires the communicator, restores a checkpoint to resume, and shows progress through
 //! an [`Observer`]; it passes the run directory on the rank that writes (rank 0) and `None` on the
@@ -19,6 +20,7 @@ use serde::Serialize;
 
 use crate::checkpoint;
 use crate::data::Split;
+use crate::memory;
 use crate::report::{EvalReport, StepMetrics};
 use crate::rundir::RunDir;
 use crate::selection::Selection;
@@ -76,6 +78,9 @@ struct MetricsLine<'a> {
     hparams: BTreeMap<String, f64>,
     /// The outer step was skipped for non-finite values (meta_loss may then be null).
     skipped: bool,
+    /// The most memory held since the previous line (engine::memory), MiB: the process's
+    /// resident set on the CPU; null where not measured (CUDA, for now).
+    peak_mib: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     val: Option<&'a EvalReport>,
 }
@@ -119,6 +124,8 @@ impl Trainer {
             },
             selection: Selection::resume(run.as_deref().map(RunDir::path))?,
         };
+        // The first line's peak starts here, after setup.
+        memory::take_peak_mib(self.device());
         let total = self.config().outer.iterations;
         while self.iteration() < total {
             if let Some(end) = self.agreed_stop(run.as_deref(), observer, p.saved)? {
@@ -188,6 +195,7 @@ impl Trainer {
                 step_seconds: m.seconds,
                 hparams: m.hparams.iter().cloned().collect(),
                 skipped: m.skipped,
+                peak_mib: memory::take_peak_mib(self.device()),
                 val,
             })?;
             if let Some(board) = p.board.as_mut() {

@@ -18,7 +18,8 @@
 //! This module never prints; it touches files only through engine::model_file and
 //! engine::resume, when asked to.
 
-use crate::algorithms::{self, Algorithm, Shard};
+use crate::algorithms::{self, Algorithm};
+use crate::chunks::{self, Partial};
 use crate::config::TrainConfig;
 use crate::data::{MetaBatch, TaskSource};
 use crate::evaluate::MetaTest;
@@ -342,44 +343,32 @@ impl Trainer {
         spec.predict(&self.meta_test())
     }
 
-    /// This rank's meta-gradient (summed over its tasks, divided by the global meta-batch size)
-    /// [Σ query loss, Σ query accuracy] over its tasks, and each task's query loss `[T]`: the
-    /// tasks split over the task-parallel workers (engine::workers), their results summed.
-    fn local_meta_gradient(
-        &self,
-        batch: &MetaBatch,
-        global_tasks: f64,
-    ) -> Result<(Tensor, [Tensor; 2], Tensor)> {
+    /// This rank's meta-gradient (summed over its tasks, divided by the global meta-batch size),
+    /// [Σ query loss, Σ query accuracy] over its tasks, and each task's query loss: the tasks
+    /// split over the task-parallel workers (engine::workers), each worker's in chunks of
+    /// `run.task_chunk` (engine::chunks), the results summed.
+    fn local_meta_gradient(&self, batch: &MetaBatch, global_tasks: f64) -> Result<Partial> {
         let algorithm = self.algorithm.as_ref();
         let inputs = self
             .workers
             .chunks(batch.len())
-            .iter()
-            .map(|r| {
-                let b = batch.slice(r.clone())?;
-                let shard = self
-                    .net
-                    .shard(&self.cfg, &self.meta, self.outer.iteration, &b);
-                Ok((shard, b))
+            .into_iter()
+            .map(|worker| {
+                chunks::split(worker, self.cfg.run.task_chunk)
+                    .into_iter()
+                    .map(|r| {
+                        let b = batch.slice(r)?;
+                        let iteration = self.outer.iteration;
+                        let shard = self.net.shard(&self.cfg, &self.meta, iteration, &b);
+                        Ok((shard, b))
+                    })
+                    .collect::<Result<Vec<_>>>()
             })
             .collect::<Result<Vec<_>>>()?;
-        let mut parts = self
-            .workers
-            .run(inputs, |(shard, b)| {
-                chunk_meta_gradient(algorithm, &shard, &b, global_tasks)
-            })?
-            .into_iter();
-        let (mut grad, [mut loss, mut acc], first) = parts
-            .next()
-            .ok_or_else(|| Error::State("a meta-batch without tasks".into()))?;
-        let mut per_task = vec![first];
-        for (g, [l, a], q) in parts {
-            grad = grad.f_add(&g)?;
-            loss = loss.f_add(&l)?;
-            acc = acc.f_add(&a)?;
-            per_task.push(q);
-        }
-        Ok((grad, [loss, acc], Tensor::f_cat(&per_task, 0)?))
+        let parts = self.workers.run(inputs, |chunks| {
+            chunks::run_chunks(algorithm, chunks, global_tasks)
+        })?;
+        Partial::sum(parts)
     }
 
     /// This rank's part of an iteration's all-reduce buffer: its meta-gradient, [Σ loss, Σ
@@ -399,12 +388,17 @@ impl Trainer {
             let b = self.tasks.next_batch(&self.cfg, iteration, range.clone())?;
             self.net.prepare(b)?
         };
-        let (grad, [loss, acc], per_task) = self.local_meta_gradient(&batch, global as f64)?;
-        let bad = per_task.f_isfinite()?.f_logical_not()?.f_to_kind(kind)?;
+        let part = self.local_meta_gradient(&batch, global as f64)?;
+        let bad = part
+            .per_task()?
+            .f_isfinite()?
+            .f_logical_not()?
+            .f_to_kind(kind)?;
         let index =
             Tensor::f_arange_start(range.start as i64, range.end as i64, (Kind::Int64, device))?;
         flags = flags.f_index_copy(0, &index, &bad)?;
-        Ok(Tensor::f_cat(&[grad, loss, acc, flags], 0)?)
+        let [loss, acc] = part.sums;
+        Ok(Tensor::f_cat(&[part.grad, loss, acc, flags], 0)?)
     }
 
     /// One outer iteration: sample, adapt, meta-gradient, all-reduce, outer step.
@@ -459,27 +453,4 @@ impl Trainer {
     pub fn check_rank_consistency(&self) -> Result<()> {
         ranks::check_consistency(self.comm.as_ref(), &self.meta, self.iteration())
     }
-}
-
-/// One chunk's meta-gradient (flat), [Σ query loss, Σ query accuracy] and per-task losses.
-fn chunk_meta_gradient(
-    algorithm: &dyn Algorithm,
-    shard: &Shard<'_>,
-    batch: &MetaBatch,
-    global_tasks: f64,
-) -> Result<(Tensor, [Tensor; 2], Tensor)> {
-    let kind = shard.kind();
-    let c = algorithm.meta_gradient(shard, batch, global_tasks)?;
-    let flat: Vec<Tensor> = c
-        .grads
-        .iter()
-        .map(|g| g.f_detach()?.f_reshape([-1]))
-        .collect::<std::result::Result<_, _>>()?;
-    let q_sum = c.query.loss.f_detach()?.f_sum(kind)?.f_reshape([1])?;
-    let acc_sum = match &c.query.accuracy {
-        Some(a) => a.f_detach()?.f_sum(kind)?.f_reshape([1])?,
-        None => Tensor::f_zeros([1], (kind, shard.device))?,
-    };
-    let per_task = c.query.loss.f_detach()?.f_to_kind(kind)?;
-    Ok((Tensor::f_cat(&flat, 0)?, [q_sum, acc_sum], per_task))
 }

@@ -294,3 +294,87 @@ fn task_parallel_workers_train_exactly_like_one_worker() {
         }
     }
 }
+
+/// The largest absolute difference between two trainers' states (θ0, learned hyperparameters,
+/// the outer optimizer's moments, which hold the meta-gradients).
+fn state_difference(a: &[(String, tch::Tensor)], b: &[(String, tch::Tensor)]) -> (String, f64) {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|((n, x), (m, y))| {
+            assert_eq!(n, m);
+            let d = (x.to_kind(tch::Kind::Double) - y.to_kind(tch::Kind::Double))
+                .abs()
+                .max()
+                .double_value(&[]);
+            (n.clone(), d)
+        })
+        .fold(
+            (String::new(), 0.0),
+            |best, (n, d)| {
+                if d > best.1 {
+                    (n, d)
+                } else {
+                    best
+                }
+            },
+        )
+}
+
+/// Task chunks (`run.task_chunk`): each worker runs its tasks a few at a time and sums the
+/// chunks' meta-gradients, the same training as one pass over the meta-batch (f64, summation
+/// order only), for every algorithm, with full tracking and with recompute, with the multi-step
+/// loss and learned hyperparameters, with one worker and with several.
+#[test]
+fn task_chunks_train_exactly_like_the_whole_meta_batch() {
+    for (name, memory) in [
+        ("maml", "full"),
+        ("maml", "recompute"),
+        ("fomaml", "full"),
+        ("metasgd", "full"),
+        ("metasgd", "recompute"),
+        ("anil", "recompute"),
+        ("reptile", "full"),
+        ("pretrain", "full"),
+        ("lslr", "full"),
+    ] {
+        let mut cfg = config(name);
+        cfg.run.dtype = Dtype::F64;
+        cfg.algorithm.inner_steps = 3;
+        cfg.algorithm.memory = memory.parse().unwrap();
+        cfg.algorithm.checkpoint_interval = 2;
+        cfg.algorithm.multi_step_loss = matches!(name, "maml" | "lslr" | "metasgd");
+        cfg.algorithm.learn_lr = name == "maml";
+        cfg.outer.iterations = 2;
+        let run = |workers: usize, chunk: usize| {
+            let mut c = cfg.clone();
+            c.run.workers = workers;
+            c.run.task_chunk = chunk;
+            let mut t = Trainer::new(&c, Box::new(Local)).unwrap();
+            let metrics: Vec<(f64, f64)> = (0..2)
+                .map(|_| {
+                    let m = t.step().unwrap();
+                    (m.meta_loss, m.grad_norm)
+                })
+                .collect();
+            (metrics, t.state().unwrap())
+        };
+        let (whole_metrics, whole) = run(1, 0);
+        for (workers, chunk) in [(1, 1), (1, 4), (2, 3), (1, 25)] {
+            let (metrics, chunked) = run(workers, chunk);
+            for ((l0, g0), (l1, g1)) in whole_metrics.iter().zip(&metrics) {
+                for (what, a, b) in [("meta-loss", l0, l1), ("meta-gradient norm", g0, g1)] {
+                    assert!(
+                        (a - b).abs() <= 1e-10 * (1.0 + a.abs()),
+                        "{name} ({memory}): {what} {a} whole, {b} in chunks of {chunk} on {workers} workers"
+                    );
+                }
+            }
+            let (n, d) = state_difference(&whole, &chunked);
+            assert!(
+                d <= 1e-10,
+                "{name} ({memory}): `{n}` differs by {d:e} between the whole meta-batch and chunks of {chunk} on {workers} workers"
+            );
+        }
+    }
+}

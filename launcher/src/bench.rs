@@ -32,6 +32,10 @@ pub struct Flags {
     /// `algorithm.memory`.
     #[arg(long, default_value = "full")]
     memory: String,
+    /// Tasks each worker runs at once, one chunk after another (0: all of its tasks), as
+    /// `run.task_chunk`.
+    #[arg(long, default_value_t = 0)]
+    task_chunk: usize,
     /// Untimed warm-up iterations before the timed ones.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
@@ -56,13 +60,14 @@ pub fn run(f: &Flags) -> Result<()> {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "{}: {:.2} tasks/s (median {:.2} ms per meta-batch of {}, {} steps, {} memory), peak RSS {:.0} MiB, {} threads ({} workers), {}",
+            "{}: {:.2} tasks/s (median {:.2} ms per meta-batch of {}, {} steps, {} memory, task chunk {}), peak RSS {:.0} MiB, {} threads ({} workers), {}",
             r.workload,
             r.tasks_per_s,
             1e3 * r.median_s,
             r.meta_batch,
             r.steps,
             r.memory,
+            r.task_chunk,
             r.peak_mib,
             r.threads,
             r.workers,
@@ -117,6 +122,7 @@ fn options(f: &Flags) -> Result<Options> {
         workers: f.workers,
         threads: tch::get_num_threads().max(1) as usize,
         memory,
+        task_chunk: f.task_chunk,
     })
 }
 
@@ -134,6 +140,7 @@ fn print_oom(w: &Workload, o: &Options, json: bool) -> Result<()> {
         let line = serde_json::json!({
             "peer": "metaloop", "workload": w.name, "oom": true, "peak_mib": peak,
             "meta_batch": w.meta_batch, "steps": w.steps, "memory": o.memory,
+            "task_chunk": o.task_chunk,
         });
         println!("{line}");
     } else {

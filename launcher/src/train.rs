@@ -44,6 +44,9 @@ struct Report {
     model: String,
     /// The best validation, whose θ0 is `model.best.safetensors` (absent without validation).
     best: Option<Best>,
+    /// The most memory this invocation held, MiB (engine::memory: resident set on the CPU;
+    /// null where not measured).
+    peak_mib: Option<f64>,
 }
 
 /// The run directory of a config.
@@ -223,6 +226,7 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Option<Finished>> {
         val: logged_validations(&run.metrics_path())?,
         model: trainer.write_model(&run)?.display().to_string(),
         best: Best::read(run.path())?,
+        peak_mib: metaloop_engine::memory::run_peak_mib(trainer.device()),
     };
     finish(&trainer, &run, report).map(Some)
 }

@@ -29,6 +29,8 @@ fn bench_prints_one_json_line_with_the_overrides() {
         "2",
         "--memory",
         "recompute",
+        "--task-chunk",
+        "2",
         "--json",
     ];
     let r = json_line(&ok(&metaloop(&dir, &args)));
@@ -37,6 +39,7 @@ fn bench_prints_one_json_line_with_the_overrides() {
     assert_eq!(r["meta_batch"], 3);
     assert_eq!(r["steps"], 2);
     assert_eq!(r["memory"], "recompute");
+    assert_eq!(r["task_chunk"], 2);
     assert!(r["tasks_per_s"].as_f64().unwrap() > 0.0, "{r}");
     assert!(r["peak_mib"].as_f64().unwrap() > 0.0, "{r}");
     for (flag, value, says) in [

@@ -50,6 +50,9 @@ fn train_writes_config_metrics_checkpoints_report_model_and_plot() {
         assert!(l["tasks_per_s"].as_f64().unwrap() > 0.0);
         assert!(l["grad_norm"].as_f64().unwrap() >= 0.0);
         assert!(l["query_accuracy"].is_null());
+        // The peak resident memory since the previous line: at least libtorch's own.
+        let peak = l["peak_mib"].as_f64().unwrap();
+        assert!(peak > 10.0 && peak < 100_000.0, "peak_mib {peak}");
     }
     assert!(lines[0].get("val").is_none());
     assert_eq!(lines[1]["val"]["split"], "val");
@@ -74,6 +77,10 @@ fn train_writes_config_metrics_checkpoints_report_model_and_plot() {
     assert_eq!(report["test"]["metric"], "mse");
     assert!(report["test"]["loss_after"]["ci95"].as_f64().unwrap() >= 0.0);
     assert_eq!(report["val"].as_array().unwrap().len(), 2);
+    let run_peak = report["peak_mib"].as_f64().unwrap();
+    for l in &lines {
+        assert!(run_peak >= l["peak_mib"].as_f64().unwrap(), "{run_peak}");
+    }
     assert_eq!(
         report["config_hash"],
         json(&run.join("checkpoints/ckpt-000000006.json"))["config_hash"]

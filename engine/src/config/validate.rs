@@ -242,7 +242,7 @@ impl TrainConfig {
     fn validate_upper_bounds(&self) -> Result<(), ConfigError> {
         const SIZE: i64 = 1 << 16;
         const COUNT: i64 = 1 << 24;
-        let checks: [(&str, i64, i64); 18] = [
+        let checks: [(&str, i64, i64); 19] = [
             ("task.ways", self.task.ways, SIZE),
             ("task.shots", self.task.shots, SIZE),
             ("task.queries", self.task.queries, SIZE),
@@ -281,6 +281,7 @@ impl TrainConfig {
             ),
             ("run.threads", to_i64(self.run.threads), 1 << 12),
             ("run.workers", to_i64(self.run.workers), 1 << 12),
+            ("run.task_chunk", to_i64(self.run.task_chunk), COUNT),
         ];
         for (key, value, max) in checks {
             if value > max {
