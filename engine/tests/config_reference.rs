@@ -102,6 +102,7 @@ fn choices(ty: &str) -> Option<Vec<&'static str>> {
         "AlgorithmName" => names(AlgorithmName::ALL, AlgorithmName::name),
         "Memory" => names(Memory::ALL, Memory::name),
         "OuterOptimizer" => names(OuterOptimizer::ALL, OuterOptimizer::name),
+        "Schedule" => names(Schedule::ALL, Schedule::name),
         _ => None,
     }
 }
@@ -116,6 +117,9 @@ fn type_words(ty: &str) -> &'static str {
         "String" => "a string",
         "Option<String>" => "a string, or unset",
         "Vec<i64>" => "a list of integers",
+        "Option<f64>" => "a number, or unset",
+        "Option<bool>" => "true or false, or unset",
+        "Option<[f64; 2]>" => "a list of two numbers, or unset",
         other => panic!("config.rs: no words for the type `{other}`; add them to type_words"),
     }
 }
@@ -139,6 +143,12 @@ fn row(key: &str, f: &Field, default: &Value) -> String {
     let value = match default.get(&f.name) {
         Some(v) => toml_value(v),
         None if f.attrs.contains("skip_serializing_if = \"is_zero\"") => "0".into(),
+        None if f
+            .attrs
+            .contains("skip_serializing_if = \"Option::is_none\"") =>
+        {
+            "unset".into()
+        }
         None => panic!("{key}: missing from the serialized default"),
     };
     let (allowed, text): (Vec<&String>, Vec<&String>) =
@@ -164,7 +174,13 @@ fn row(key: &str, f: &Field, default: &Value) -> String {
             parts.join("; ")
         }
         (None, false) => allowed.join(" "),
-        (None, true) if f.ty.starts_with("Option<") && f.ty != "Option<String>" => {
+        (None, true)
+            if f.ty.starts_with("Option<")
+                && !f.ty.starts_with("Option<String")
+                && !f.ty.starts_with("Option<f64")
+                && !f.ty.starts_with("Option<bool")
+                && !f.ty.starts_with("Option<[") =>
+        {
             "a table, or unset".into()
         }
         (None, true) => type_words(&f.ty).into(),
