@@ -135,3 +135,44 @@ fn each_task_gradient_is_clipped_as_torch_clips_that_task_alone() {
     let row = crate::schedule::clip_rows(&fx["inner.grads"].get(1), 1.0, 0).unwrap();
     assert!(max_diff(&row, &fx["inner.clipped"].get(1)) <= TOL);
 }
+
+/// `(pred − y)²` averaged, as torch's MSE.
+fn mse(pred: &Tensor, y: &Tensor) -> Tensor {
+    (pred - y).square().mean(pred.kind())
+}
+
+#[test]
+fn a_clipped_inner_loop_gives_torchs_second_order_meta_gradient() {
+    use metaloop_runtime::nn::{self, Module};
+    use metaloop_runtime::{optim::Sgd, InnerLoop, Params, StepOptions};
+    let (fx, _) = fixtures();
+    let get = |k: &str| fx[&format!("maml.{k}")].shallow_clone();
+    let m = nn::Sequential::new()
+        .push(nn::Linear::new(3, 4))
+        .push(nn::Tanh)
+        .push(nn::Linear::new(4, 2));
+    let layout = std::sync::Arc::new(m.layout().unwrap());
+    let theta0 = get("theta0").copy().set_requires_grad(true);
+    let params = Params::from_flat(layout, theta0).unwrap();
+    // gen_outer.py's INNER_LR, INNER_CLIP and INNER_STEPS.
+    let mut inner = InnerLoop::new(&m, &params, Sgd::new(0.5))
+        .copy_initial_weights(false)
+        .build()
+        .unwrap();
+    let norms = get("norms");
+    let mut clipped = 0;
+    for s in 0..3 {
+        let loss = mse(&inner.forward(&get("xs")).unwrap(), &get("ys"));
+        clipped += i32::from(norms.double_value(&[s as i64]) + 1e-6 > 1.0);
+        let clip = StepOptions::new().try_grad_callback(move |g| {
+            crate::schedule::clip_rows(g, 1.0, s).map_err(metaloop_runtime::Error::from)
+        });
+        inner.step_with(&loss, clip).unwrap();
+    }
+    assert!(clipped > 0 && clipped < 3, "{clipped} of 3 steps clipped");
+    let meta_loss = mse(&inner.forward(&get("xq")).unwrap(), &get("yq"));
+    assert!(max_diff(&meta_loss.reshape([1]), &get("meta_loss")) <= TOL);
+    let grad = Tensor::run_backward(&[&meta_loss], &[params.flat()], false, false).remove(0);
+    let d = max_diff(&grad, &get("meta_grad"));
+    assert!(d <= TOL, "max |meta-gradient − torch| = {d:e}");
+}
