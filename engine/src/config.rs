@@ -11,12 +11,14 @@
 //! Reading files and applying `--set` overrides is the launcher's job.
 
 mod choice;
+mod outer;
 mod validate;
 
 pub use choice::{
     AlgorithmName, Augment, Backbone, DeviceChoice, Dtype, EvalBatchNorm, Memory, OuterOptimizer,
-    TaskKind,
+    Schedule, TaskKind,
 };
+pub use outer::OuterConfig;
 
 use serde::{Deserialize, Serialize};
 
@@ -120,6 +122,15 @@ mod d {
     }
     pub fn outer_lr() -> f64 {
         1e-3
+    }
+    pub fn constant() -> Schedule {
+        Schedule::Constant
+    }
+    pub fn third() -> f64 {
+        1.0 / 3.0
+    }
+    pub fn gamma() -> f64 {
+        0.1
     }
     pub fn transductive() -> EvalBatchNorm {
         EvalBatchNorm::Transductive
@@ -335,32 +346,12 @@ pub struct AlgorithmConfig {
     /// Allowed: 0 to 2^24.
     #[serde(default)]
     pub checkpoint_interval: usize,
-}
-
-/// The outer (meta) optimisation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OuterConfig {
-    /// The outer (meta) optimizer.
-    #[serde(default = "d::adam")]
-    pub optimizer: OuterOptimizer,
-    /// Meta learning rate (Reptile: the outer step size ε on θ − φ).
-    /// Allowed: a finite number > 0.
-    #[serde(default = "d::outer_lr")]
-    pub lr: f64,
-    /// Tasks per meta-batch, over all ranks.
-    /// Allowed: 1 to 2^24.
-    #[serde(default = "d::usize_::<25>")]
-    pub meta_batch: usize,
-    /// Outer iterations.
-    /// Allowed: at least 1.
-    #[serde(default = "d::u64_::<1000>")]
-    pub iterations: u64,
-    /// Outer steps skipped in a row (a NaN or Inf in the meta-gradient or an inner loop) before
-    /// the run stops.
-    /// Allowed: at least 1.
-    #[serde(default = "d::u32_::<5>")]
-    pub max_nonfinite_skips: u32,
+    /// Clip each task's inner gradient to this L2 norm at every inner step, inside the
+    /// differentiable step, as torch.nn.utils.clip_grad_norm_ over that task's parameters
+    /// (0 = off).
+    /// Allowed: a finite number >= 0; 0 with "recompute".
+    #[serde(default)]
+    pub inner_clip_grad_norm: f64,
 }
 
 /// Validation during training and the final meta-test.

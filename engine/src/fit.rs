@@ -72,6 +72,14 @@ struct MetricsLine<'a> {
     query_accuracy: Option<f64>,
     tasks_per_s: f64,
     grad_norm: f64,
+    /// The outer learning rate of the step (`outer.schedule`).
+    outer_lr: f64,
+    /// The clipped outer steps so far (when `outer.clip_grad_norm` is on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outer_clips: Option<u64>,
+    /// The meta-gradient's norm before clipping, when this step clipped it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outer_clip_norm: Option<f64>,
     /// Seconds of this iteration's step.
     step_seconds: f64,
     /// Learned inner hyperparameters (mean value), by name.
@@ -185,13 +193,17 @@ impl Trainer {
     ) -> Result<()> {
         let (it, cfg) = (m.iteration, self.config());
         let last = it == cfg.outer.iterations;
-        if it.is_multiple_of(cfg.log.every) || last || val.is_some() {
+        // A clipped step is always logged.
+        if it.is_multiple_of(cfg.log.every) || last || val.is_some() || m.clipped.is_some() {
             run.log(&MetricsLine {
                 iteration: it,
                 meta_loss: m.meta_loss,
                 query_accuracy: m.query_accuracy,
                 tasks_per_s,
                 grad_norm: m.grad_norm,
+                outer_lr: m.outer_lr,
+                outer_clips: m.clips,
+                outer_clip_norm: m.clipped,
                 step_seconds: m.seconds,
                 hparams: m.hparams.iter().cloned().collect(),
                 skipped: m.skipped,
@@ -262,7 +274,9 @@ fn log_scalars(
         (tags::META_LOSS, m.meta_loss),
         (tags::TASKS_PER_S, tasks_per_s),
         (tags::GRAD_NORM, m.grad_norm),
+        (tags::OUTER_LR, m.outer_lr),
     ];
+    values.extend(m.clips.map(|c| (tags::OUTER_CLIPS, c as f64)));
     values.extend(m.query_accuracy.map(|a| (tags::QUERY_ACCURACY, a)));
     values.extend(hparams.iter().map(|(tag, v)| (tag.as_str(), *v)));
     if let Some(v) = val {

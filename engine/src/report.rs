@@ -48,6 +48,12 @@ pub struct StepMetrics {
     pub skipped: bool,
     /// The global indices of the tasks whose loss was not finite (when skipped).
     pub nonfinite_tasks: Vec<usize>,
+    /// The outer learning rate of this step (`outer.schedule`).
+    pub outer_lr: f64,
+    /// The meta-gradient's norm before clipping, when `outer.clip_grad_norm` clipped it.
+    pub clipped: Option<f64>,
+    /// The clipped outer steps since the run began (`None` when clipping is off).
+    pub clips: Option<u64>,
 }
 
 /// Meta-test or validation: before and after adaptation, over `tasks` tasks.

@@ -1,7 +1,9 @@
 //! Checkpoint state: everything a resume needs, as named tensors, and putting it back.
 //!
 //! The tensors are the model file's (engine::model_file: θ0 under PyTorch's names, `inner.<name>`)
-//! plus the outer optimizer's state, `outer.step` and `outer.<buffer>`. The sampler needs no
+//! plus the outer optimizer's state, `outer.step` and `outer.<buffer>`, and the count of clipped
+//! outer steps, `outer.clips`. The learning-rate schedule needs no tensor: it is a function of
+//! the iteration (engine::schedule). The sampler needs no
 //! tensor: tasks are a pure function of (seed, iteration, task index). engine::checkpoint writes
 //! and verifies the files. Nothing here prints.
 
@@ -23,6 +25,8 @@ use crate::{Error, Result};
 const OUTER: &str = "outer.";
 /// The outer optimizer's step count.
 const STEP: &str = "outer.step";
+/// The number of clipped outer steps (`outer.clip_grad_norm`; absent in older checkpoints: 0).
+const CLIPS: &str = "outer.clips";
 
 /// The state of a meta-training run after `iteration` outer iterations.
 pub struct Snapshot {
@@ -37,6 +41,8 @@ impl Snapshot {
         let mut tensors = model_file::tensors(meta)?;
         let state = outer.state();
         tensors.push((STEP.to_string(), Tensor::f_from_slice(&[state.step()])?));
+        let clips = i64::try_from(outer.clips).unwrap_or(i64::MAX);
+        tensors.push((CLIPS.to_string(), Tensor::f_from_slice(&[clips])?));
         for (n, t) in state.tensors() {
             tensors.push((format!("{OUTER}{n}"), cpu(t)?));
         }
@@ -54,7 +60,7 @@ impl Snapshot {
             .tensors()
             .map(|(n, _)| format!("{OUTER}{n}"))
             .collect();
-        let is_outer = |n: &str| n == STEP || buffers.iter().any(|b| b == n);
+        let is_outer = |n: &str| n == STEP || n == CLIPS || buffers.iter().any(|b| b == n);
         let find = |name: &str| {
             self.tensors
                 .iter()
@@ -86,8 +92,12 @@ impl Snapshot {
                 t.f_to_device(like.device())?.f_to_kind(like.kind())?,
             ));
         }
+        let clips = match self.tensors.iter().find(|(n, _)| n == CLIPS) {
+            Some((_, t)) => u64::try_from(t.f_int64_value(&[0])?).unwrap_or(0),
+            None => 0,
+        };
         meta.set(&theta, &learned)?;
-        outer.restore(self.iteration, OptState::new(step, state));
+        outer.restore(self.iteration, OptState::new(step, state), clips);
         Ok(())
     }
 

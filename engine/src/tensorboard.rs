@@ -32,6 +32,10 @@ pub mod tags {
     pub const TASKS_PER_S: &str = "train/tasks_per_s";
     /// L2 norm of the all-reduced meta-gradient.
     pub const GRAD_NORM: &str = "train/grad_norm";
+    /// The outer learning rate of the logged step (`outer.schedule`).
+    pub const OUTER_LR: &str = "train/outer_lr";
+    /// The clipped outer steps so far (`outer.clip_grad_norm`).
+    pub const OUTER_CLIPS: &str = "train/outer_clips";
     /// Validation loss before adaptation (mean over the validation tasks).
     pub const VAL_LOSS_BEFORE: &str = "val/loss_before";
     /// Validation loss after adaptation.

@@ -424,8 +424,9 @@ impl Trainer {
             .collect();
         let grad_norm = grad.f_norm()?.f_double_value(&[])?;
         let skipped = !grad_norm.is_finite() || !nonfinite_tasks.is_empty();
-        self.outer
-            .apply(&mut self.meta, &grad, skipped, &nonfinite_tasks)?;
+        let update =
+            self.outer
+                .apply(&mut self.meta, &grad, grad_norm, skipped, &nonfinite_tasks)?;
         self.outer.iteration += 1;
         let every = self.cfg.run.consistency_every;
         if every > 0 && self.size() > 1 && self.iteration().is_multiple_of(every) {
@@ -441,6 +442,9 @@ impl Trainer {
             hparams: self.meta.means()?,
             skipped,
             nonfinite_tasks,
+            outer_lr: update.lr,
+            clipped: update.clipped,
+            clips: update.clips,
         })
     }
 

@@ -377,4 +377,22 @@ fn task_chunks_train_exactly_like_the_whole_meta_batch() {
             );
         }
     }
+
+#[test]
+fn inner_clipping_reaches_the_inner_steps_and_a_bound_never_reached_changes_nothing() {
+    let mut cfg = config("maml");
+    cfg.run.dtype = Dtype::F64;
+    cfg.algorithm.inner_steps = 2;
+    let losses = |clip: f64| -> Vec<f64> {
+        let mut c = cfg.clone();
+        c.algorithm.inner_clip_grad_norm = clip;
+        let mut trainer = Trainer::new(&c, Box::new(Local)).unwrap();
+        (0..3).map(|_| trainer.step().unwrap().meta_loss).collect()
+    };
+    let off = losses(0.0);
+    // A factor of exactly 1 leaves every value as it was.
+    assert_eq!(losses(1e12), off);
+    // A tight bound holds the inner steps back: the first meta-loss (same θ0) differs.
+    let tight = losses(1e-3);
+    assert_ne!(tight[0], off[0]);
 }

@@ -73,6 +73,40 @@ fn an_out_of_range_value_is_named_with_what_is_allowed() {
 }
 
 #[test]
+fn an_outer_option_of_another_optimizer_or_an_unknown_one_is_named() {
+    let line = rejects(
+        "outer-option",
+        TINY,
+        &train(&["--set", "outer.momentum=0.9"]),
+    );
+    assert!(
+        line.ends_with("outer.momentum: not an option of outer.optimizer = \"adam\" (its options: betas, eps, weight_decay, amsgrad)"),
+        "{line}"
+    );
+    let line = rejects(
+        "outer-unknown",
+        &TINY.replace(
+            "iterations = 2\n",
+            "iterations = 2\noptimizer = \"rmsprop\"\nmomentun = 0.9\n",
+        ),
+        &train(&[]),
+    );
+    assert!(
+        line.starts_with("metaloop: c.toml: unknown key `outer.momentun`"),
+        "{line}"
+    );
+    let line = rejects(
+        "outer-warmup",
+        TINY,
+        &train(&["--set", "outer.warmup_iterations=2"]),
+    );
+    assert!(
+        line.ends_with("outer.warmup_iterations: must be below outer.iterations (2), got 2"),
+        "{line}"
+    );
+}
+
+#[test]
 fn a_misspelt_algorithm_is_named_with_the_algorithms_allowed() {
     let line = rejects(
         "algorithm",

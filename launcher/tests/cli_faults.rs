@@ -49,6 +49,68 @@ keep_checkpoints = 2
     )
 }
 
+/// The outer keys of the scheduled runs: AdamW with a cosine schedule after a linear warm-up,
+/// and clipping of the meta-gradient.
+const SCHEDULED: &str = "optimizer = \"adamw\"\nlr = 0.003\nschedule = \"cosine\"\nwarmup_iterations = 100\nmin_lr = 1e-4\nclip_grad_norm = 2.0\n";
+
+/// A scratch directory whose c.toml is `config(checkpoint_every)` with `SCHEDULED` under `[outer]`.
+fn scheduled_scratch(name: &str, checkpoint_every: u64) -> PathBuf {
+    let dir = common::scratch("faults", name);
+    let text = config(checkpoint_every).replace("[outer]\n", &format!("[outer]\n{SCHEDULED}"));
+    fs::write(dir.join("c.toml"), text).unwrap();
+    dir
+}
+
+/// The (iteration, outer_lr, outer_clips) of every metrics line.
+fn schedule_log(dir: &Path) -> Vec<(u64, f64, u64)> {
+    fs::read_to_string(run_dir(dir).join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| {
+            let clips = v["outer_clips"].as_u64().unwrap();
+            (
+                v["iteration"].as_u64().unwrap(),
+                v["outer_lr"].as_f64().unwrap(),
+                clips,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_cosine_schedule_with_warm_up_and_clipping_resumes_after_sigkill_bit_identically() {
+    let reference = scheduled_scratch("scheduled-reference", 100_000);
+    ok(train(&reference, 1, &[]).output_within_limit());
+    let want = schedule_log(&reference);
+    assert_eq!(want.len() as u64, ITERATIONS);
+    // Warm-up from lr/3 to lr over 100 iterations, then the cosine down to min_lr.
+    assert!((want[0].1 - 0.001).abs() < 1e-15, "{:?}", want[0]);
+    assert!((want[100].1 - 0.003).abs() < 1e-15, "{:?}", want[100]);
+    assert!(want[599].1 < 1.1e-4, "{:?}", want[599]);
+    let clips = want.last().unwrap().2;
+    assert!(
+        clips > 0,
+        "no step clipped: the test would not exercise the clip count"
+    );
+
+    let dir = scheduled_scratch("scheduled-sigkill", 50);
+    let mut child = spawn(train(&dir, 1, &[]));
+    wait_until(&mut child, "iteration 170", || {
+        logged(&dir).last().is_some_and(|&it| it >= 170)
+    });
+    signal(child.id(), "KILL");
+    finish(child, Duration::from_secs(30));
+    let last_complete = checkpoints(&dir)[0];
+    assert!(last_complete >= 150, "{last_complete}");
+    ok(train(&dir, 1, &["--resume"]).output_within_limit());
+    assert_eq!(report(&dir)["resumed_from"], last_complete);
+    assert_eq!(schedule_log(&dir), want);
+    assert_eq!(model_bytes(&dir), model_bytes(&reference));
+    fs::remove_dir_all(&dir).unwrap();
+    fs::remove_dir_all(&reference).unwrap();
+}
+
 fn scratch(name: &str, checkpoint_every: u64) -> PathBuf {
     let dir = common::scratch("faults", name);
     fs::write(dir.join("c.toml"), config(checkpoint_every)).unwrap();

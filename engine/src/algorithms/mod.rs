@@ -260,13 +260,20 @@ impl<'a> Shard<'a> {
         Ok(builder.build()?)
     }
 
-    /// The options of inner step `s`: the per-step learned hyperparameters' row for it.
+    /// The options of inner step `s`: the per-step learned hyperparameters' row for it, and the
+    /// clipping of each task's gradient (`algorithm.inner_clip_grad_norm`).
     fn step_options(&self, s: usize) -> Result<StepOptions<'static>> {
         let mut options = StepOptions::new();
         for h in self.learned.iter().filter(|h| h.per_step) {
             let rows = h.tensor.size()[0] as usize;
             let row = h.tensor.f_select(0, s.min(rows - 1) as i64)?;
             options = options.override_hparam(&h.name, &row);
+        }
+        let max = self.algorithm.inner_clip_grad_norm;
+        if max > 0.0 {
+            options = options.try_grad_callback(move |g| {
+                crate::schedule::clip_rows(g, max, s).map_err(metaloop_runtime::Error::from)
+            });
         }
         Ok(options)
     }

@@ -94,6 +94,14 @@ choice! {
 }
 
 choice! {
-    /// The outer (meta) optimizer (`outer.optimizer`).
-    OuterOptimizer { Adam = "adam", Sgd = "sgd" }
+    /// The outer (meta) optimizer (`outer.optimizer`): one of runtime::optim's, as
+    /// torch.optim's class of that name.
+    OuterOptimizer { Adam = "adam", Sgd = "sgd", Adamw = "adamw", Adamax = "adamax",
+        Adagrad = "adagrad", Adadelta = "adadelta", Rmsprop = "rmsprop", Rprop = "rprop",
+        Radam = "radam" }
+}
+
+choice! {
+    /// The outer learning-rate schedule after the warm-up (`outer.schedule`; engine::schedule).
+    Schedule { Constant = "constant", Cosine = "cosine", Step = "step", Linear = "linear" }
 }

@@ -164,6 +164,19 @@ impl AlgorithmConfig {
                 "\"recompute\" applies to second-order maml, metasgd and anil",
             ));
         }
+        let clip = self.inner_clip_grad_norm;
+        if !(clip.is_finite() && clip >= 0.0) {
+            return Err(err(
+                "algorithm.inner_clip_grad_norm",
+                format!("must be finite and >= 0, got {clip}"),
+            ));
+        }
+        if clip > 0.0 && self.memory == Memory::Recompute {
+            return Err(err(
+                "algorithm.inner_clip_grad_norm",
+                "is not supported with algorithm.memory = \"recompute\" (its adjoint pass has no gradient callback)",
+            ));
+        }
         if self.learn_lr && matches!(self.name, Metasgd | Lslr) {
             return Err(err(
                 "algorithm.learn_lr",
@@ -217,6 +230,7 @@ impl TrainConfig {
             self.outer.max_nonfinite_skips as i64,
             1,
         )?;
+        crate::outer_options::validate(&self.outer)?;
 
         at_least("eval.test_tasks", self.eval.test_tasks as i64, 2)?;
         if self.eval.ways != 0 {

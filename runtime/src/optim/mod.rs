@@ -35,8 +35,9 @@
 //! arm in kernels/cpu/dispatch.rs, and the CUDA kernel in kernels/cuda.cu with its name in
 //! kernels/cuda.rs.
 //!
-//! The engine builds only SGD (inner loop) and SGD or Adam (outer, `outer.optimizer`), so a new
-//! optimizer is for library users until engine/src/config.rs and engine/src/train.rs name it.
+//! The engine builds SGD for the inner loop and any of these as the outer optimizer
+//! (`outer.optimizer`), so a new optimizer is for library users until engine/src/config.rs and
+//! engine/src/outer_options.rs name it.
 //!
 //! This module must not mutate its inputs, keep tensors between calls, read a tensor's value back to
 //! the host (no GPU sync), know about models or parameter names, or print.
