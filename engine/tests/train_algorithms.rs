@@ -377,6 +377,7 @@ fn task_chunks_train_exactly_like_the_whole_meta_batch() {
             );
         }
     }
+}
 
 #[test]
 fn inner_clipping_reaches_the_inner_steps_and_a_bound_never_reached_changes_nothing() {

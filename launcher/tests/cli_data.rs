@@ -421,7 +421,11 @@ fn refused_and_nothing_kept(name: &str, url: &str, words: &[&str]) {
     for w in words.iter().chain(&["nothing kept"]) {
         assert!(line.contains(w), "{w}: {line}");
     }
-    assert!(!dir.join("o").exists(), "nothing written: {:?}", files_in(&dir.join("o")));
+    assert!(
+        !dir.join("o").exists(),
+        "nothing written: {:?}",
+        files_in(&dir.join("o"))
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -3,7 +3,8 @@
 
 use metaloop_runtime::Layout;
 
-use super::Algorithm;
+use super::{maml, Algorithm, MetaGrad, Shard};
+use crate::data::MetaBatch;
 
 /// Almost No Inner Loop.
 #[derive(Debug, Clone, Copy)]
@@ -20,5 +21,8 @@ impl Algorithm for Anil {
             .filter(|&n| prefix(n) != head)
             .map(str::to_string)
             .collect()
+    }
+    fn meta_gradient(&self, shard: &Shard, batch: &MetaBatch, global_tasks: f64) -> MetaGrad {
+        maml::second_order_or_recompute(shard, batch, global_tasks)
     }
 }

@@ -13,8 +13,9 @@
 
 use metaloop_runtime::Layout;
 
-use super::{per_tensor_hparams, Algorithm, Learned, Opts};
+use super::{maml, per_tensor_hparams, Algorithm, Learned, MetaGrad, Opts, Shard};
 use crate::config::AlgorithmConfig;
+use crate::data::MetaBatch;
 use crate::Result;
 
 /// MAML with per-layer, per-step learned inner learning rates.
@@ -28,5 +29,8 @@ impl Algorithm for Lslr {
         // `learn_lr` is refused for LSLR by validation; a learned momentum may join.
         out.extend(per_tensor_hparams(a, layout, opts)?);
         Ok(out)
+    }
+    fn meta_gradient(&self, shard: &Shard, batch: &MetaBatch, global_tasks: f64) -> MetaGrad {
+        maml::second_order_or_recompute(shard, batch, global_tasks)
     }
 }

@@ -6,8 +6,9 @@
 
 use metaloop_runtime::Layout;
 
-use super::{per_tensor_hparams, Algorithm, Learned, Opts};
+use super::{maml, per_tensor_hparams, Algorithm, Learned, MetaGrad, Opts, Shard};
 use crate::config::AlgorithmConfig;
+use crate::data::MetaBatch;
 use crate::Result;
 
 /// Meta-SGD.
@@ -21,5 +22,8 @@ impl Algorithm for MetaSgd {
         // `learn_lr` is refused for Meta-SGD by validation; a learned momentum may join.
         out.extend(per_tensor_hparams(a, layout, opts)?);
         Ok(out)
+    }
+    fn meta_gradient(&self, shard: &Shard, batch: &MetaBatch, global_tasks: f64) -> MetaGrad {
+        maml::second_order_or_recompute(shard, batch, global_tasks)
     }
 }
