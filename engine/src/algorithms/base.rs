@@ -2,16 +2,18 @@
 //! tasks, the learned hyperparameters, and [`adapt`], the one support-step loop. The algorithm
 //! files build on it; `mod.rs` builds them. This module names no algorithm.
 
-use crate::config::{AlgorithmConfig, AlgorithmName, EvalBatchNorm, Memory};
-use crate::data::MetaBatch;
-use crate::loss::{Loss, TaskLosses};
-use crate::{Error, Result};
+use std::fmt;
+
 use metaloop_runtime::nn::Module;
 use metaloop_runtime::optim::Sgd;
 use metaloop_runtime::StepOptions;
 use metaloop_runtime::{InnerLoop, Layout, Params};
-use std::fmt;
 use tch::{Device, Kind, Tensor};
+
+use crate::config::{AlgorithmConfig, EvalBatchNorm, Memory};
+use crate::data::MetaBatch;
+use crate::loss::{Loss, TaskLosses};
+use crate::{Error, Result};
 
 /// A learned inner hyperparameter: a requires-grad leaf that the inner optimizer reads as the
 /// hyperparameter `name`.
