@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use metaloop_engine::bench::{self, Options, Workload};
-use metaloop_engine::config::Memory;
+use metaloop_engine::config::{Memory, Precision};
 use tch::Device;
 
 use crate::errors::bad;
@@ -41,6 +41,9 @@ pub struct Flags {
     /// Override the workload's inner steps (e.g. to measure memory per step).
     #[arg(long)]
     steps: Option<usize>,
+    /// "default", "fp32", "tf32" (CUDA only) or "bf16", as `run.precision`.
+    #[arg(long, default_value = "default")]
+    precision: String,
 }
 
 /// `metaloop bench`: checks the flags, runs the workload, prints its line.
@@ -50,19 +53,26 @@ pub fn run(f: &Flags) -> Result<()> {
     let r = match bench::run(&w, &options) {
         Ok(r) => r,
         Err(e) if out_of_memory(&e.to_string()) => return print_oom(&w, &options, f.json),
+        Err(e) if e.is_user_input() => return Err(bad(e.to_string())),
         Err(e) => return Err(e.into()),
     };
     if f.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "{}: {:.2} tasks/s (median {:.2} ms per meta-batch of {}, {} steps, {} memory), peak RSS {:.0} MiB, {} threads ({} workers), {}",
+            "{}: {:.2} tasks/s (median {:.2} ms per meta-batch of {}, {} steps, {} memory, {} precision), {} {:.0} MiB, {} threads ({} workers), {}",
             r.workload,
             r.tasks_per_s,
             1e3 * r.median_s,
             r.meta_batch,
             r.steps,
             r.memory,
+            r.precision,
+            if r.peak_device_mib.is_some() {
+                "peak device memory"
+            } else {
+                "peak RSS"
+            },
             r.peak_mib,
             r.threads,
             r.workers,
@@ -90,12 +100,16 @@ fn workload(f: &Flags) -> Result<Workload> {
     Ok(w)
 }
 
-/// The run's options: `--memory`, `--device`, `--iters` checked.
+/// The run's options: `--memory`, `--precision`, `--device`, `--iters` checked.
 fn options(f: &Flags) -> Result<Options> {
     let memory: Memory = f
         .memory
         .parse()
         .map_err(|e| bad(format!("--memory: {e}")))?;
+    let precision: Precision = f
+        .precision
+        .parse()
+        .map_err(|e| bad(format!("--precision: {e}")))?;
     let device = match f.device.as_str() {
         "cpu" => Device::Cpu,
         "cuda" if tch::Cuda::is_available() => Device::Cuda(0),
@@ -117,6 +131,7 @@ fn options(f: &Flags) -> Result<Options> {
         workers: f.workers,
         threads: tch::get_num_threads().max(1) as usize,
         memory,
+        precision,
     })
 }
 
