@@ -9,7 +9,8 @@
 # is reported as skipped, never silently dropped):
 #   tests   every CUDA test binary in the kit (--dry-run: each binary lists its tests, which proves
 #           it loads)
-#   bench   `metaloop bench` for omniglot20, omniglot, sinusoid and miniimagenet-resnet12 in each
+#   bench   `metaloop bench` for omniglot20, omniglot, sinusoid and miniimagenet-resnet12 (the dry
+#           run: the first three, and the peers on omniglot only) in each
 #           switch combination that matters: run.precision default/fp32/tf32/bf16, the fused
 #           optimizer kernels, and recompute-and-adjoint for ResNet-12; tasks/s and peak memory
 #   peers   benches/peers/peers.py (torch.func, higher, TorchOpt) on the same workloads
@@ -114,6 +115,12 @@ done
 echo "[bench]"
 END=$(share 62)
 WORKLOADS=(omniglot20 omniglot sinusoid miniimagenet-resnet12)
+PEER_WORKLOADS=("${WORKLOADS[@]}")
+if [ "$DRY" = 1 ]; then
+  # One ResNet-12 step takes minutes on a small CPU, and each peer process seconds to import
+  # PyTorch: the dry run keeps every kind of step, on fewer workloads.
+  WORKLOADS=(omniglot20 omniglot sinusoid); PEER_WORKLOADS=(omniglot)
+fi
 for w in "${WORKLOADS[@]}"; do
   for combo in default fp32 tf32 bf16 default+fused recompute; do
     [ "$combo" = recompute ] && [ "$w" != miniimagenet-resnet12 ] && continue
@@ -131,7 +138,7 @@ if [ -d "$KIT/wheels" ] && ls "$KIT"/wheels/*.whl >/dev/null 2>&1; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" \
     "$KIT"/wheels/*.whl > "$LOGS/pip.out" 2>&1 && export PYTHONPATH=$WORK/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-for w in "${WORKLOADS[@]}"; do
+for w in "${PEER_WORKLOADS[@]}"; do
   for peer in torchfunc higher torchopt; do
     step "peer-$peer-$w" "$END" 60 "$PY" "$KIT/peers/peers.py" --peer "$peer" --workload "$w" \
       --device "$DEVICE" "${PEER_SIZE[@]}"
@@ -150,7 +157,7 @@ if [ "$DRY" = 1 ]; then TRAIN=(outer.iterations=2 model.filters=8 eval.test_task
 else TRAIN=(outer.iterations=300 eval.test_tasks=200); fi
 sets=()
 for kv in run.device=\""$DEVICE"\" run.name=\"omniglot-check\" run.out_dir=\""$WORK/runs"\" \
-  task.root=\""$DATA"\" task.cache_dir=\""$WORK/cache"\" task.ways=5 task.queries=5 outer.meta_batch=16 \
+  task.root=\""$DATA"\" task.cache_dir=\""$WORK/cache"\" task.ways=5 task.queries=3 outer.meta_batch=16 \
   eval.every=0 log.every=50 log.checkpoint_every=0 "${TRAIN[@]}"; do sets+=(--set "$kv"); done
 step train "$END" 120 "$METALOOP" train --config "$KIT/configs/omniglot_5way_1shot.toml" "${sets[@]}"
 cp "$WORK/runs/omniglot-check/report.json" "$WORK/train-report.json" 2>/dev/null
