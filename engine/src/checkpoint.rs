@@ -122,7 +122,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     out
 }
 
-
 /// Writes the checkpoint of `iteration` into `dir` (created if missing) and keeps only the
 /// newest `keep` checkpoints (at least one). Returns the manifest's path.
 pub fn write(

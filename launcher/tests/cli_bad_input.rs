@@ -438,7 +438,10 @@ fn a_model_too_large_in_total_is_named_with_its_parameter_count() {
         line.starts_with("metaloop: model.hidden: the model would have 8590"),
         "{line}"
     );
-    assert!(line.ends_with("parameters, more than the 1073741824 allowed"), "{line}");
+    assert!(
+        line.ends_with("parameters, more than the 1073741824 allowed"),
+        "{line}"
+    );
     for (set, key) in [
         ("model.filters=65536", "model.filters"),
         ("model.backbone=\"resnet12\"", "model.widths"),

@@ -2,12 +2,15 @@
 //! toolchain or network needs to run `bash .gpu/check.sh` (xtask/gpu/check.sh):
 //!
 //! - `metaloop`: the release binary;
-//! - `tests/NAME`: the release test binaries of every tests/*.rs that mentions `Cuda`, stripped;
+//! - `tests/NAME`: the release test binaries of every `tests/*.rs` of the workspace's crates that
+//!   mentions `Cuda`, stripped;
 //! - `lib/`: the shared libraries `ldd` finds for those binaries outside libtorch, CUDA and the C
 //!   library (Open MPI, hwloc, libevent, ...), and `ompi/`: Open MPI's `mpirun`, its plugins and
 //!   help files, relocated through `OPAL_PREFIX` (two ranks on one GPU need it);
-//! - `fixtures/`, `configs/`, and `kit.env` (the path the tests were compiled at, where check.sh
-//!   puts the fixtures back when that path lacks them);
+//! - `tree/`: every crate's `tests/fixtures` and `configs/` at their paths in the repository, and
+//!   `kit.env` (the path the tests were compiled at, where check.sh puts the tree back when that
+//!   path lacks it: the tests read fixtures through `CARGO_MANIFEST_DIR`);
+//! - `configs/`: the configs check.sh runs;
 //! - `data/omniglot/`: a generated dataset in Omniglot's layout (xtask/gpu/gen_omniglot.py);
 //! - `wheels/`: the peers (higher, TorchOpt) and what they need beyond that machine's PyTorch, for
 //!   CPython 3.12 (`pip download`; cached in the per-user cache, so a second kit needs no network);
@@ -23,6 +26,16 @@ use crate::{cargo, setup};
 
 /// The kit's size limit (the device tool carries 64 MiB with the working tree).
 const MAX_BYTES: u64 = 60 << 20;
+/// Where the tests read their fixtures (and configs), relative to the repository root.
+const FIXTURE_DIRS: &[&str] = &[
+    "tests/fixtures",
+    "runtime/tests/fixtures",
+    "engine/tests/fixtures",
+    "launcher/tests/fixtures",
+    "configs",
+];
+/// The crates whose `tests/` may hold CUDA tests.
+const CRATES: &[&str] = &[".", "runtime", "engine", "launcher"];
 /// The peers and their needs that the GPU machines' image lacks (it has torch and numpy).
 const WHEELS: &[&str] = &["higher==0.2.1", "torchopt==0.7.3", "optree==0.20.0"];
 /// Shared libraries that the GPU machine has (its PyTorch, CUDA, the C library): never packed.
@@ -59,7 +72,11 @@ pub fn run(_args: &[String]) -> Result<ExitCode> {
     }
     build_binaries(&root, &kit)?;
     copy_libraries(&kit)?;
-    copy_tree(&root.join("tests/fixtures"), &kit.join("fixtures"))?;
+    for rel in FIXTURE_DIRS {
+        if root.join(rel).is_dir() {
+            copy_tree(&root.join(rel), &kit.join("tree").join(rel))?;
+        }
+    }
     copy_tree(&root.join("configs"), &kit.join("configs"))?;
     for (from, to) in [
         ("xtask/gpu/check.sh", "check.sh"),
@@ -119,6 +136,7 @@ fn build_binaries(root: &Path, kit: &Path) -> Result<()> {
         "test",
         "--release",
         "--no-run",
+        "--workspace",
         "-q",
         "--message-format=json",
     ]);
@@ -154,7 +172,11 @@ fn build_binaries(root: &Path, kit: &Path) -> Result<()> {
 /// The names of tests/*.rs files that mention `Cuda` (the tests with a CUDA path).
 fn cuda_test_names(root: &Path) -> Result<Vec<String>> {
     let mut names = Vec::new();
-    for entry in std::fs::read_dir(root.join("tests"))? {
+    let files = CRATES
+        .iter()
+        .filter_map(|c| std::fs::read_dir(root.join(c).join("tests")).ok())
+        .flatten();
+    for entry in files {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "rs")
             && std::fs::read_to_string(&path)?.contains("Cuda")

@@ -6,9 +6,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use metaloop::runtime::nn::{self, Module};
-use metaloop::runtime::precision::{self, Precision};
-use metaloop::runtime::{Layout, Params};
+use metaloop_runtime::nn::{self, Module};
+use metaloop_runtime::precision::{self, Precision};
+use metaloop_runtime::{Layout, Params};
 use tch::{Device, Kind, Tensor};
 
 static LOCK: Mutex<()> = Mutex::new(());

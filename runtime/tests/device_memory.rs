@@ -2,7 +2,7 @@
 //! (and for a CUDA index this process does not see) every call answers "no counter"; on CUDA a
 //! 64 MiB tensor moves the peak by 64 MiB, and a reset brings the peak back to what is allocated.
 
-use metaloop::runtime::device_memory;
+use metaloop_runtime::device_memory;
 use tch::{Device, Kind, Tensor};
 
 #[test]
