@@ -14,17 +14,21 @@ fn main() {
     compile_host_allocator(Path::new(&lib));
 }
 
-/// Compiles the caching CPU allocator (runtime/csrc/host_allocator.cpp, runtime::host_memory)
-/// and BatchNorm's autograd function (runtime/csrc/batch_norm.cpp, runtime::kernels::batch_norm)
-/// against libtorch's headers.
+/// Compiles the caching CPU allocator (runtime/csrc/host_allocator.cpp, runtime::host_memory),
+/// BatchNorm's autograd function (runtime/csrc/batch_norm.cpp, runtime::kernels::batch_norm) and
+/// the device statistics and precision switches (runtime/csrc/device_settings.cpp,
+/// runtime::device_memory and runtime::precision; c10's device-generic allocator interface, so
+/// no CUDA header) against libtorch's headers.
 fn compile_host_allocator(libtorch_lib: &Path) {
     println!("cargo:rerun-if-changed=csrc/host_allocator.cpp");
     println!("cargo:rerun-if-changed=csrc/batch_norm.cpp");
+    println!("cargo:rerun-if-changed=csrc/device_settings.cpp");
     let include = libtorch_lib.join("../include");
     cc::Build::new()
         .cpp(true)
         .file("csrc/host_allocator.cpp")
         .file("csrc/batch_norm.cpp")
+        .file("csrc/device_settings.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

@@ -17,7 +17,7 @@
 //! time too; the tasks are served from memory. This module measures and returns numbers; it
 //! prints nothing.
 
-use crate::config::{Memory, TrainConfig};
+use crate::config::{Memory, Precision, TrainConfig};
 use crate::data::{MetaBatch, Split, TaskSource};
 use crate::loss::{CrossEntropy, Mse};
 use crate::train::Trainer;
@@ -146,6 +146,8 @@ pub struct Options {
     pub memory: Memory,
     /// Tasks each worker runs at once (`run.task_chunk`; 0: all of its tasks).
     pub task_chunk: usize,
+    /// Convolutions' and matrix products' arithmetic (`run.precision`).
+    pub precision: Precision,
 }
 
 /// What one workload measured.
@@ -162,8 +164,15 @@ pub struct BenchResult {
     pub task_chunk: usize,
     pub tasks_per_s: f64,
     pub median_s: f64,
-    /// Peak resident memory of the process (CPU), MiB; NaN where not measured (CUDA).
+    /// The peak memory, MiB: on the CPU the process's resident peak (VmHWM), on CUDA the
+    /// caching allocator's peak in tensors (as peers.py's `torch.cuda.max_memory_allocated`);
+    /// NaN where neither is known.
     pub peak_mib: f64,
+    /// CUDA: the caching allocator's peak in tensors over the whole run, MiB
+    /// (runtime::device_memory); `None` on the CPU.
+    pub peak_device_mib: Option<f64>,
+    /// "default", "fp32", "tf32" or "bf16".
+    pub precision: Precision,
     /// libtorch threads in all (workers × intra-op threads each).
     pub threads: i32,
     /// Task-parallel worker threads (engine::workers).
@@ -284,6 +293,7 @@ fn config(w: &Workload, iterations: u64, o: &Options) -> TrainConfig {
     cfg.algorithm.inner_steps = w.steps;
     cfg.algorithm.inner_lr = w.lr;
     cfg.algorithm.memory = o.memory;
+    cfg.run.precision = o.precision;
     cfg.outer.meta_batch = w.meta_batch as usize;
     cfg.outer.iterations = iterations;
     cfg.run.workers = o.workers;
@@ -323,6 +333,7 @@ pub fn run(w: &Workload, o: &Options) -> Result<BenchResult> {
         });
     }
     tch::manual_seed(0);
+    metaloop_runtime::device_memory::reset_peak(o.device);
     let mut trainer = trainer(w, o)?;
     let mut times = Vec::with_capacity(o.iters);
     for i in 0..o.warmup + o.iters {
@@ -338,6 +349,7 @@ pub fn run(w: &Workload, o: &Options) -> Result<BenchResult> {
     times.sort_by(|a, b| a.total_cmp(b));
     let median = times[times.len() / 2];
     let workers = trainer.workers();
+    let peak_device_mib = metaloop_runtime::device_memory::peak_mib(o.device);
     Ok(BenchResult {
         peer: "metaloop".into(),
         fused: o.fused,
@@ -348,11 +360,13 @@ pub fn run(w: &Workload, o: &Options) -> Result<BenchResult> {
         task_chunk: o.task_chunk,
         tasks_per_s: w.meta_batch as f64 / median,
         median_s: median,
-        peak_mib: if o.device == Device::Cpu {
-            peak_rss_mib()
-        } else {
-            f64::NAN
+        peak_mib: match (o.device, peak_device_mib) {
+            (Device::Cpu, _) => peak_rss_mib(),
+            (_, Some(mib)) => mib,
+            (_, None) => f64::NAN,
         },
+        peak_device_mib,
+        precision: o.precision,
         threads: (workers.count * workers.intra_threads) as i32,
         workers: workers.count,
         device: match o.device {

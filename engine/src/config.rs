@@ -15,8 +15,8 @@ mod outer;
 mod validate;
 
 pub use choice::{
-    AlgorithmName, Augment, Backbone, DeviceChoice, Dtype, EvalBatchNorm, Memory, OuterOptimizer,
-    Schedule, TaskKind,
+    AlgorithmName, Augment, Backbone, Comm, DeviceChoice, Dtype, EvalBatchNorm, Memory,
+    OuterOptimizer, Precision, Schedule, TaskKind,
 };
 pub use outer::OuterConfig;
 
@@ -203,6 +203,17 @@ pub struct RunConfig {
     /// as hung, naming the collective and the iteration (0 = wait for ever).
     #[serde(default = "d::u64_::<600>")]
     pub collective_timeout_s: u64,
+    /// How convolutions and matrix products compute: "default" (libtorch's: TF32 convolutions
+    /// and f32 matrix products on CUDA), "fp32" (no TF32), "tf32" (CUDA only) or "bf16" (bf16
+    /// convolutions and matrix products, the rest f32). Left out of the config's hash while
+    /// "default".
+    #[serde(default, skip_serializing_if = "Precision::is_default")]
+    pub precision: Precision,
+    /// How ranks all-reduce the meta-gradient: "mpi" through host memory (several ranks may share
+    /// a GPU), "nccl" on the GPU (CUDA runs), "auto" NCCL when every rank of a node has its own
+    /// GPU, else MPI. Left out of the config's hash while "auto".
+    #[serde(default, skip_serializing_if = "Comm::is_auto")]
+    pub comm: Comm,
 }
 
 /// The task distribution.

@@ -12,7 +12,7 @@ use metaloop_runtime::nn::{self, Module};
 use metaloop_runtime::{Layout, Params};
 use tch::{Device, Kind};
 
-use crate::config::{Backbone, DeviceChoice, Dtype, TaskKind, TrainConfig};
+use crate::config::{Backbone, DeviceChoice, Dtype, Precision, TaskKind, TrainConfig};
 use crate::data::{self, FewShot, ImageSpec, Sinusoid, TaskSource};
 use crate::{Error, Result};
 
@@ -30,6 +30,23 @@ pub fn device(choice: DeviceChoice) -> Result<Device> {
                 .into(),
         )),
     }
+}
+
+/// Makes `run.precision` the process's mode (runtime::precision) for a run on `device`; a mode
+/// the device cannot honour ("tf32" on the CPU) is refused naming the key.
+pub fn precision(choice: Precision, device: Device) -> Result<()> {
+    use metaloop_runtime::precision::{self as p, Precision as P};
+    let mode = match choice {
+        Precision::Default => P::Default,
+        Precision::Fp32 => P::Fp32,
+        Precision::Tf32 => P::Tf32,
+        Precision::Bf16 => P::Bf16,
+    };
+    mode.check(device).map_err(|reason| Error::InvalidSetting {
+        what: "run.precision",
+        reason,
+    })?;
+    Ok(p::set(mode)?)
 }
 
 /// The libtorch kind of `run.dtype`.

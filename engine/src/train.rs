@@ -148,6 +148,7 @@ impl TrainerBuilder {
             Some(d) => d,
             None => setup::device(cfg.run.device)?,
         };
+        setup::precision(cfg.run.precision, device)?;
         let kind = setup::kind(cfg.run.dtype);
         let source = match self.tasks {
             Some(s) => s,

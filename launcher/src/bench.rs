@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use metaloop_engine::bench::{self, Options, Workload};
-use metaloop_engine::config::Memory;
+use metaloop_engine::config::{Memory, Precision};
 use tch::Device;
 
 use crate::errors::bad;
@@ -45,6 +45,9 @@ pub struct Flags {
     /// Override the workload's inner steps (e.g. to measure memory per step).
     #[arg(long)]
     steps: Option<usize>,
+    /// "default", "fp32", "tf32" (CUDA only) or "bf16", as `run.precision`.
+    #[arg(long, default_value = "default")]
+    precision: String,
 }
 
 /// `metaloop bench`: checks the flags, runs the workload, prints its line.
@@ -54,13 +57,14 @@ pub fn run(f: &Flags) -> Result<()> {
     let r = match bench::run(&w, &options) {
         Ok(r) => r,
         Err(e) if out_of_memory(&e.to_string()) => return print_oom(&w, &options, f.json),
+        Err(e) if e.is_user_input() => return Err(bad(e.to_string())),
         Err(e) => return Err(e.into()),
     };
     if f.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "{}: {:.2} tasks/s (median {:.2} ms per meta-batch of {}, {} steps, {} memory, task chunk {}), peak RSS {:.0} MiB, {} threads ({} workers), {}",
+            "{}: {:.2} tasks/s (median {:.2} ms per meta-batch of {}, {} steps, {} memory, task chunk {}, {} precision), {} {:.0} MiB, {} threads ({} workers), {}",
             r.workload,
             r.tasks_per_s,
             1e3 * r.median_s,
@@ -68,6 +72,12 @@ pub fn run(f: &Flags) -> Result<()> {
             r.steps,
             r.memory,
             r.task_chunk,
+            r.precision,
+            if r.peak_device_mib.is_some() {
+                "peak device memory"
+            } else {
+                "peak RSS"
+            },
             r.peak_mib,
             r.threads,
             r.workers,
@@ -95,12 +105,16 @@ fn workload(f: &Flags) -> Result<Workload> {
     Ok(w)
 }
 
-/// The run's options: `--memory`, `--device`, `--iters` checked.
+/// The run's options: `--memory`, `--precision`, `--device`, `--iters` checked.
 fn options(f: &Flags) -> Result<Options> {
     let memory: Memory = f
         .memory
         .parse()
         .map_err(|e| bad(format!("--memory: {e}")))?;
+    let precision: Precision = f
+        .precision
+        .parse()
+        .map_err(|e| bad(format!("--precision: {e}")))?;
     let device = match f.device.as_str() {
         "cpu" => Device::Cpu,
         "cuda" if tch::Cuda::is_available() => Device::Cuda(0),
@@ -123,6 +137,7 @@ fn options(f: &Flags) -> Result<Options> {
         threads: tch::get_num_threads().max(1) as usize,
         memory,
         task_chunk: f.task_chunk,
+        precision,
     })
 }
 

@@ -4,9 +4,11 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use metaloop_engine::config::{DeviceChoice, TrainConfig};
+use metaloop_engine::config::{Comm, DeviceChoice, TrainConfig};
 use metaloop_runtime::comm::{self, Communicator, Local, Mpi, Nccl};
 use tch::Device;
+
+use crate::errors::bad;
 
 /// `run.collective_timeout_s`'s default, until a config says otherwise.
 pub const DEFAULT_COLLECTIVE_TIMEOUT_S: u64 = 600;
@@ -35,11 +37,31 @@ pub fn communicator(cfg: &TrainConfig) -> Result<Box<dyn Communicator>> {
         DeviceChoice::Auto => cuda > 0,
         DeviceChoice::Cpu => false,
     };
-    if wants_cuda && cuda > 0 && mpi.size() > 1 {
-        let device = Device::Cuda(comm::local_rank() % cuda);
+    let ranks = (mpi.size(), mpi.local_size());
+    if let Some(device) = collective_device(cfg.run.comm, wants_cuda, cuda, ranks)? {
         return Ok(Box::new(Nccl::init(mpi, device)?));
     }
     Ok(Box::new(mpi))
+}
+
+/// The GPU NCCL runs on, or `None` for MPI through host memory (`run.comm`): "mpi" never uses
+/// NCCL; "auto" uses it on CUDA runs of several ranks when every rank of this node has a GPU
+/// of its own (NCCL refuses two ranks on one device); "nccl" insists, and is refused without
+/// a CUDA device. `ranks`: (ranks in all, ranks on this node).
+fn collective_device(
+    choice: Comm,
+    wants_cuda: bool,
+    gpus: usize,
+    (ranks, local_ranks): (usize, usize),
+) -> Result<Option<Device>> {
+    match choice {
+        Comm::Mpi => Ok(None),
+        Comm::Nccl if !(wants_cuda && gpus > 0) => Err(bad(
+            "run.comm: \"nccl\" needs a CUDA device (run.device = \"cuda\"); use \"mpi\" or \"auto\"",
+        )),
+        Comm::Auto if !(wants_cuda && gpus > 0 && ranks > 1 && local_ranks <= gpus) => Ok(None),
+        Comm::Nccl | Comm::Auto => Ok(Some(Device::Cuda(comm::local_rank() % gpus))),
+    }
 }
 
 /// Ends the job when a collective outlasts `seconds` (0: never), printing which one.

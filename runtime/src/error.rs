@@ -83,6 +83,10 @@ pub enum Error {
     /// NCCL cannot run on this rank: no library, no CUDA driver, or no such device.
     #[error("NCCL not available: {0}")]
     NcclUnavailable(String),
+    /// libtorch refused to report a device statistic or to set a device-wide switch
+    /// (runtime::device_memory, runtime::precision).
+    #[error("device: {0}")]
+    Device(String),
     /// A fused optimizer kernel could not run (runtime::kernels): the shim's or the kernel's
     /// message, with the optimizer's name.
     #[error("fused {optimizer} step: {message}")]

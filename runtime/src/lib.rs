@@ -8,6 +8,7 @@
 mod inner_core;
 pub mod adjoint;
 pub mod comm;
+pub mod device_memory;
 mod error;
 pub mod files;
 pub mod host_memory;
@@ -16,6 +17,7 @@ pub mod kernels;
 pub mod nn;
 pub mod optim;
 mod params;
+pub mod precision;
 mod setters;
 
 pub use error::{Error, Result};

@@ -11,6 +11,8 @@
 //! - `setup` and `test` also build the Python package (python/) into the venv; `test` runs its
 //!   pytest suite after the Rust tests.
 //! - `fuzz [SECONDS] [TARGET...]`: runs the cargo-fuzz targets of `fuzz/` (60 s each by default).
+//! - `gpu-kit`: packs `.gpu/` for a GPU machine without Rust or network; there
+//!   `bash .gpu/check.sh --out DIR` runs the GPU check (xtask/gpu/check.sh).
 //!
 //! Each failure ends with one line saying what to do, and exit code 2 for bad input or a missing
 //! prerequisite that this tool cannot install.
@@ -19,12 +21,14 @@ mod bench;
 mod docs;
 mod fuzz;
 mod python;
+mod gpu_kit;
+mod gpu_mpi;
 mod setup;
 
 use std::process::{Command, ExitCode};
 
 const USAGE: &str =
-    "usage: cargo xtask <setup [--peers] | demo | test [cargo test args...] | docs [--measure] | fixtures | fuzz [seconds] [target...]>";
+    "usage: cargo xtask <setup [--peers] | demo | test [cargo test args...] | docs [--measure] | fixtures | fuzz [seconds] [target...] | gpu-kit>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -38,6 +42,7 @@ fn main() -> ExitCode {
         Some("fixtures") => fixtures(),
         Some("bench") => bench::run(&args[1..]),
         Some("fuzz") => fuzz::run(&args[1..]),
+        Some("gpu-kit") => gpu_kit::run(&args[1..]),
         Some("-h" | "--help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

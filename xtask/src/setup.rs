@@ -7,6 +7,8 @@
 //!   (`.cargo/config.toml` points `LIBTORCH` there).
 //! - TensorBoard (`tensorboard==2.21.0`) in the same venv: engine/tests/tensorboard.rs reads the
 //!   event files metaloop writes back with TensorBoard's own reader.
+//! - The CUDA C runtime headers of PyTorch's CUDA (`nvidia-cuda-crt`) in the same venv, which
+//!   libtorch's CUDA headers need (runtime/build.rs).
 //! - Open MPI and libclang (for rsmpi's bindings): installed with apt-get when running as root,
 //!   otherwise the exact command is printed.
 //!
@@ -91,6 +93,7 @@ pub fn run(peers: bool) -> Result<Env> {
     if peers {
         ensure_peers(&venv, &python)?;
     }
+    ensure_cuda_headers(&python, &torch_dir);
     link_libtorch(&torch_dir)?;
     ensure_mpi()?;
     Ok(Env { python })
@@ -311,6 +314,23 @@ pub(crate) fn ensure_extra(
     std::fs::write(&stamp, packages.join(" "))
         .with_context(|| format!("cannot write {}", stamp.display()))?;
     Ok(())
+}
+
+/// The CUDA C runtime headers (`crt/host_defines.h` and the rest of `crt/`) that
+/// `cuda_runtime_api.h` includes: PyTorch's CUDA wheel ships nvidia-cuda-runtime's headers
+/// without them. With them, runtime's build.rs compiles the fused steps' shim against libtorch's
+/// CUDA headers (kernels on libtorch's current stream). A path check when present (fast); a CPU
+/// wheel (no nvidia/cu13) needs none. Without network it warns and the build keeps its fallback.
+const CUDA_CRT: &str = "nvidia-cuda-crt==13.0.88";
+
+fn ensure_cuda_headers(python: &Path, torch_dir: &Path) {
+    let include = torch_dir.join("../nvidia/cu13/include");
+    if !include.join("cuda_runtime_api.h").exists() || include.join("crt/host_defines.h").exists() {
+        return;
+    }
+    if let Err(e) = pip_install(python, &[CUDA_CRT]) {
+        eprintln!("xtask: setup: warning: {e:#}; CUDA kernels will use the legacy default stream");
+    }
 }
 
 /// Points `<repo>/.libtorch` at the venv's torch package.

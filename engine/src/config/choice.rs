@@ -56,6 +56,47 @@ choice! {
 }
 
 choice! {
+    /// How convolutions and matrix products compute (`run.precision`, runtime::precision):
+    /// "default" is libtorch's own choice (on CUDA: TF32 convolutions, f32 matrix products);
+    /// "fp32" strict f32; "tf32" TF32 for both (CUDA only); "bf16" both in bf16, everything else
+    /// (parameters, optimizer state, BatchNorm, losses, meta-gradient) in f32.
+    Precision { Default = "default", Fp32 = "fp32", Tf32 = "tf32", Bf16 = "bf16" }
+}
+
+choice! {
+    /// How ranks all-reduce the meta-gradient (`run.comm`): "mpi" through host memory (also for
+    /// several ranks on one GPU), "nccl" on the GPU (CUDA runs, one GPU per rank), "auto" NCCL
+    /// when every rank of a node has a GPU of its own, else MPI.
+    Comm { Auto = "auto", Mpi = "mpi", Nccl = "nccl" }
+}
+
+impl Default for Precision {
+    fn default() -> Self {
+        Precision::Default
+    }
+}
+
+impl Precision {
+    /// True for "default" (left out of a serialised config, so its hash stays as before).
+    pub fn is_default(&self) -> bool {
+        *self == Precision::Default
+    }
+}
+
+impl Default for Comm {
+    fn default() -> Self {
+        Comm::Auto
+    }
+}
+
+impl Comm {
+    /// True for "auto" (left out of a serialised config, as `Precision::is_default`).
+    pub fn is_auto(&self) -> bool {
+        *self == Comm::Auto
+    }
+}
+
+choice! {
     /// The task distribution (`task.kind`); `folder` is folder-per-class images.
     TaskKind { Sinusoid = "sinusoid", Omniglot = "omniglot",
         Miniimagenet = "miniimagenet", Tieredimagenet = "tieredimagenet", Cifarfs = "cifarfs",

@@ -4,8 +4,8 @@
 //! (`algorithm.inner_lr: must be a finite number > 0, got -1`).
 
 use super::{
-    AlgorithmConfig, AlgorithmName, Augment, Backbone, ConfigError, Memory, ModelConfig,
-    TaskConfig, TaskKind, TrainConfig,
+    AlgorithmConfig, AlgorithmName, Augment, Backbone, Comm, ConfigError, DeviceChoice, Memory,
+    ModelConfig, TaskConfig, TaskKind, TrainConfig,
 };
 
 fn err(key: &str, message: impl Into<String>) -> ConfigError {
@@ -202,6 +202,12 @@ impl TrainConfig {
         }
         if self.run.out_dir.is_empty() {
             return Err(err("run.out_dir", "must not be empty"));
+        }
+        if self.run.comm == Comm::Nccl && self.run.device == DeviceChoice::Cpu {
+            return Err(err(
+                "run.comm",
+                "\"nccl\" needs run.device = \"cuda\" (NCCL reduces GPU tensors); use \"mpi\" or \"auto\" on the CPU",
+            ));
         }
         self.task.check()?;
         let classification = self.is_classification();

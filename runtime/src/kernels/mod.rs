@@ -43,6 +43,7 @@
 mod batch_norm;
 mod cpu;
 mod cuda;
+pub(crate) mod device_ffi;
 mod ffi;
 pub(crate) mod host_ffi;
 mod step;

@@ -62,7 +62,10 @@ impl Conv2d {
         groups: i64,
     ) -> Result<Tensor> {
         let (s, p) = (self.stride, self.padding);
-        Ok(x.f_conv2d(weight, bias, [s, s], [p, p], [1, 1], groups)?)
+        // In bf16 precision the convolution runs in bf16 (runtime::precision).
+        crate::precision::with_compute_kind(x, weight, bias, |x, w, b| {
+            Ok(x.f_conv2d(w, b, [s, s], [p, p], [1, 1], groups)?)
+        })
     }
 }
 

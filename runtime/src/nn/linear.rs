@@ -72,8 +72,26 @@ impl Module for Linear {
         } else {
             None
         };
-        let Some(tasks) = scope.tasks() else {
-            return Ok(x.f_linear(&weight, bias.as_ref())?);
+        // In bf16 precision the product runs in bf16 (runtime::precision).
+        let tasks = scope.tasks();
+        crate::precision::with_compute_kind(x, &weight, bias.as_ref(), |x, w, b| {
+            self.product(x, w, b, tasks)
+        })
+    }
+}
+
+impl Linear {
+    /// `x Wᵀ + b`, one batched matmul over the tasks when task-batched.
+    fn product(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        tasks: Option<i64>,
+    ) -> Result<Tensor> {
+        let size = x.size();
+        let Some(tasks) = tasks else {
+            return Ok(x.f_linear(weight, bias)?);
         };
         if size[0] != tasks {
             return Err(Error::Shape {
