@@ -8,6 +8,8 @@ pub mod netns;
 // Tests that run themselves as MPI ranks share the runtime's helper.
 #[path = "../../../runtime/tests/mpi_support/mod.rs"]
 mod mpi_support;
+// Only some test files run as MPI ranks; the others leave it unused.
+#[allow(unused_imports)]
 pub use mpi_support::under_mpirun;
 
 use bounded::OutputWithin;
