@@ -249,7 +249,7 @@ fn paths_after(code: &str, prefix: &str) -> Vec<Vec<String>> {
             .filter(|s| !s.is_empty())
             .map(str::to_string)
             .collect();
-        if head.ends_with("::") && tail.starts_with('{') {
+        if (head.is_empty() || head.ends_with("::")) && tail.starts_with('{') {
             let group = &tail[1..tail.find('}').unwrap_or(tail.len())];
             for member in group.split(',').map(str::trim).filter(|m| !m.is_empty()) {
                 let mut p = base.clone();
