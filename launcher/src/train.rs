@@ -198,7 +198,8 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Option<Finished>> {
     let stop = StopSignals::install()?;
     let (total, start) = (cfg.outer.iterations, trainer.iteration());
     let max_skips = cfg.outer.max_nonfinite_skips;
-    let mut terminal = Terminal::new(rank0, total, start, max_skips, &stop);
+    let cadence = (total, start, cfg.log.every);
+    let mut terminal = Terminal::new(rank0, cadence, max_skips, &stop);
     let end = trainer.fit(run.as_mut(), &mut terminal)?;
     terminal.finish();
     if let FitEnd::Stopped {
