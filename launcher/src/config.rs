@@ -85,6 +85,11 @@ pub fn to_toml(cfg: &TrainConfig) -> anyhow::Result<String> {
     ))
 }
 
+/// The resolved config as TOML, every key present (defaults included), for `config show`.
+pub fn show(cfg: &TrainConfig) -> anyhow::Result<String> {
+    Ok(toml::to_string(cfg)?)
+}
+
 /// 1-based line and column of byte `offset` in `text`.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];

@@ -66,6 +66,11 @@ enum Command {
         #[arg(long)]
         resume: bool,
     },
+    /// Shows the resolved config: `config show --config c.toml [--set KEY=VALUE]...`.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Meta-tests a checkpoint (a ckpt-*.json / .safetensors file, or a run directory: its
     /// latest), or with --best a run directory's model.best.safetensors (its best validation).
     Eval {
@@ -123,6 +128,20 @@ enum Command {
         /// Seed of initialisation and task sampling; default: the embedded config's.
         #[arg(long)]
         seed: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Prints the resolved config (file, --set overrides and defaults) as TOML. Checks it as
+    /// `train` does; writes nothing.
+    Show {
+        /// The TOML config (see configs/).
+        #[arg(long)]
+        config: PathBuf,
+        /// Overrides a config value, as in `train`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
     },
 }
 
@@ -236,6 +255,12 @@ fn dispatch(command: Command, threads_given: bool) -> Result<()> {
         } => {
             preflight(&command)?;
             launch::launch(ranks, hostfile, &command)
+        }
+        Command::Config {
+            command: ConfigCommand::Show { config, sets },
+        } => {
+            print!("{}", config::show(&config::load(&config, &sets)?)?);
+            Ok(())
         }
         Command::Bench(flags) => bench::run(&flags),
         Command::Plot { run_dir } => plot_cmd::run(&run_dir),
