@@ -24,6 +24,7 @@ mod plot_predictions;
 mod progress;
 mod report;
 mod signals;
+mod start;
 mod train;
 
 use std::path::PathBuf;
@@ -62,9 +63,10 @@ enum Command {
         /// Overrides a config value: dotted key = TOML value (outer.iterations=50, run.name="x").
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
-        /// Continues the run directory from its latest checkpoint.
-        #[arg(long)]
-        resume: bool,
+        /// Continues the run directory from its latest checkpoint. `--resume auto` starts fresh
+        /// when there is none yet (for job scripts that are requeued).
+        #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "latest")]
+        resume: Option<start::Resume>,
     },
     /// Shows the resolved config: `config show --config c.toml [--set KEY=VALUE]...`.
     Config {
@@ -220,7 +222,7 @@ fn preflight(command: &[String]) -> Result<()> {
             config,
             sets,
             resume,
-        } => train::check_start(&config::load(&config, &sets)?, resume),
+        } => start::check_start(&config::load(&config, &sets)?, resume),
         Command::Eval { tasks, .. } => eval::check_tasks(tasks),
         _ => Ok(()),
     }

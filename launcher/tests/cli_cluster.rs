@@ -3,10 +3,10 @@
 
 mod common;
 
-use common::{metaloop, ok, TINY_SINUSOID as TINY};
+use common::{json, metaloop, ok, TINY_SINUSOID as TINY};
 use metaloop_engine::config::TrainConfig;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn scratch(name: &str) -> PathBuf {
     common::scratch("cluster", name)
@@ -71,4 +71,90 @@ fn config_show_prints_the_resolved_config_with_defaults_and_writes_nothing() {
     assert_eq!(show.stderr, train.stderr);
     assert!(show.stdout.is_empty());
     assert_eq!(common::entries(&dir), ["tiny.toml"]);
+}
+
+fn iterations(run: &Path) -> Vec<u64> {
+    common::metrics(run)
+        .iter()
+        .map(|l| l["iteration"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn resume_auto_starts_fresh_then_continues_and_redoes_a_run_without_checkpoint() {
+    let dir = scratch("resume-auto");
+    fs::write(dir.join("tiny.toml"), TINY).unwrap();
+    let auto = ["train", "--config", "tiny.toml", "--resume", "auto"];
+    // No run directory: a fresh start.
+    ok(&metaloop(&dir, &auto));
+    let run = dir.join("runs/tiny");
+    let report = json(&run.join("report.json"));
+    assert!(report["resumed_from"].is_null(), "{report}");
+    let model = fs::read(run.join("model.safetensors")).unwrap();
+
+    // A finished run: it continues from its last checkpoint, with nothing left to train.
+    ok(&metaloop(&dir, &auto));
+    assert_eq!(json(&run.join("report.json"))["resumed_from"], 6);
+    assert_eq!(fs::read(run.join("model.safetensors")).unwrap(), model);
+
+    // As if stopped before the first checkpoint: the directory, its metrics and its best model
+    // are there, no checkpoint. The run starts again in it, to the same model (f64).
+    for f in ["checkpoints", "model.safetensors", "report.json"] {
+        let p = run.join(f);
+        if p.is_dir() {
+            fs::remove_dir_all(&p).unwrap();
+            fs::create_dir(&p).unwrap();
+        } else {
+            fs::remove_file(&p).unwrap();
+        }
+    }
+    // A best model from before the stop, better than any the run will find: forgotten.
+    let mut best = json(&run.join("best.json"));
+    best["iteration"] = 99.into();
+    best["value"] = 0.0.into();
+    fs::write(run.join("best.json"), best.to_string()).unwrap();
+    ok(&metaloop(&dir, &auto));
+    assert!(json(&run.join("report.json"))["resumed_from"].is_null());
+    assert_eq!(
+        iterations(&run),
+        [2, 3, 4, 6],
+        "metrics redone, not duplicated"
+    );
+    assert_eq!(fs::read(run.join("model.safetensors")).unwrap(), model);
+    let best = json(&run.join("best.json"))["iteration"].as_u64().unwrap();
+    assert!(best == 3 || best == 6, "best.json of iteration {best}");
+
+    // Another config in the same directory: refused as plain --resume refuses it.
+    fs::remove_dir_all(run.join("checkpoints")).unwrap();
+    let other = metaloop(&dir, &[&auto[..], &["--set", "outer.lr=0.5"]].concat());
+    assert_eq!(other.status.code(), Some(2));
+    let line = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        line.contains("the config differs from") && line.contains("outer.lr"),
+        "{line}"
+    );
+    assert_eq!(line.lines().count(), 1, "{line}");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn launch_checks_and_runs_resume_auto_on_two_ranks() {
+    let dir = scratch("launch-auto");
+    fs::write(dir.join("tiny.toml"), TINY).unwrap();
+    let launch = ["launch", "-n", "2", "--", "train", "--config", "tiny.toml"];
+    let auto = [&launch[..], &["--resume", "auto"]].concat();
+    // Rank 0 tells the other rank whether there is a checkpoint: fresh, then continued.
+    ok(&metaloop(&dir, &auto));
+    let run = dir.join("runs/tiny");
+    assert!(json(&run.join("report.json"))["resumed_from"].is_null());
+    ok(&metaloop(&dir, &auto));
+    assert_eq!(json(&run.join("report.json"))["resumed_from"], 6);
+    // launch's own check refuses another config before mpirun starts: one line, exit 2.
+    fs::remove_dir_all(run.join("checkpoints")).unwrap();
+    let other = metaloop(&dir, &[&auto[..], &["--set", "outer.lr=0.5"]].concat());
+    assert_eq!(other.status.code(), Some(2));
+    let line = String::from_utf8_lossy(&other.stderr);
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(line.contains("the config differs from"), "{line}");
+    fs::remove_dir_all(&dir).unwrap();
 }
