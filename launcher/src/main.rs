@@ -22,6 +22,7 @@ mod plot_adaptation;
 mod plot_cmd;
 mod plot_predictions;
 mod progress;
+mod provenance;
 mod report;
 mod signals;
 mod start;

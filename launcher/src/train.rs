@@ -21,6 +21,7 @@ use crate::communicator::communicator;
 use crate::config;
 use crate::errors::{bad, setup_error, Interrupted};
 use crate::progress::{warn, Terminal};
+use crate::provenance::Provenance;
 use crate::report::{print_finished, Finished};
 use crate::signals::{self, StopSignals};
 use crate::start::{forget_best, run_root, starting_point, Resume, Start};
@@ -46,6 +47,9 @@ struct Report {
     /// The most memory this invocation held, MiB (engine::memory: resident set on the CPU;
     /// null where not measured).
     peak_mib: Option<f64>,
+    /// What produced this invocation (as in `run.json`).
+    #[serde(flatten)]
+    provenance: Provenance,
 }
 
 /// The trainer of `cfg` (restored from the checkpoint of `start`, if any) and, on rank 0, its
@@ -97,7 +101,11 @@ pub fn train(cfg: &TrainConfig, resume: Option<Resume>) -> Result<Option<Finishe
     // runs the same steps (the all-reduces are collective).
     let rank0 = comm.rank() == 0;
     let begin = starting_point(cfg, &root, resume, &*comm)?;
+    let mut provenance = Provenance::gather(cfg, &*comm)?;
     let (mut trainer, mut run) = prepare(cfg, &root, &begin, comm)?;
+    if let Some(run) = &run {
+        provenance.write(run.path())?;
+    }
     // SIGTERM/SIGINT from here on: stop between iterations, on every rank alike, with a checkpoint.
     let stop = StopSignals::install()?;
     let (total, start) = (cfg.outer.iterations, trainer.iteration());
@@ -122,6 +130,8 @@ pub fn train(cfg: &TrainConfig, resume: Option<Resume>) -> Result<Option<Finishe
     };
     let Some(run) = run else { return Ok(None) };
     let resumed_from = begin.checkpoint().map(|c| c.manifest.iteration);
+    provenance.end();
+    provenance.write(run.path())?;
     let report = Report {
         config_hash: rundir::config_hash(cfg),
         iterations: trainer.iteration(),
@@ -132,6 +142,7 @@ pub fn train(cfg: &TrainConfig, resume: Option<Resume>) -> Result<Option<Finishe
         model: trainer.write_model(&run)?.display().to_string(),
         best: Best::read(run.path())?,
         peak_mib: metaloop_engine::memory::run_peak_mib(trainer.device()),
+        provenance,
     };
     finish(&trainer, &run, report).map(Some)
 }

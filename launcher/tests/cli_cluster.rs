@@ -158,3 +158,77 @@ fn launch_checks_and_runs_resume_auto_on_two_ranks() {
     assert!(line.contains("the config differs from"), "{line}");
     fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn run_json_and_report_json_record_what_produced_the_run() {
+    let dir = scratch("provenance");
+    fs::write(dir.join("tiny.toml"), TINY).unwrap();
+    let launch = ["launch", "-n", "2", "--", "train", "--config", "tiny.toml"];
+    ok(&metaloop(&dir, &launch));
+    let run = dir.join("runs/tiny");
+    let record = json(&run.join("run.json"));
+    let report = json(&run.join("report.json"));
+    let line: Vec<&str> = record["command_line"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(line[0].ends_with("metaloop"), "{line:?}");
+    assert_eq!(
+        line[1..],
+        ["train", "--config", "tiny.toml", "--threads", "1"]
+    );
+    assert_eq!(record["metaloop_version"], env!("CARGO_PKG_VERSION"));
+    let commit = record["git_commit"].as_str().unwrap();
+    assert!(
+        commit.len() == 40 && commit.chars().all(|c| c.is_ascii_hexdigit()),
+        "{commit}"
+    );
+    assert!(record["libtorch_version"]
+        .as_str()
+        .unwrap()
+        .starts_with("2.11.0"));
+    assert_eq!(record["ranks"], 2);
+    let places = record["places"].as_array().unwrap();
+    assert_eq!(places.len(), 2);
+    for (r, p) in places.iter().enumerate() {
+        assert_eq!(p["rank"], r);
+        assert_eq!(p["device"], "Cpu");
+        assert!(!p["host"].as_str().unwrap().is_empty());
+    }
+    let (started, ended) = (
+        record["started"].as_str().unwrap(),
+        record["ended"].as_str().unwrap(),
+    );
+    assert!(
+        started.len() == 20 && started.ends_with('Z') && started <= ended,
+        "{started} {ended}"
+    );
+    assert_eq!(record["earlier"], serde_json::json!([]));
+    // report.json carries the same fields.
+    for key in [
+        "command_line",
+        "git_commit",
+        "libtorch_version",
+        "ranks",
+        "places",
+        "started",
+        "ended",
+    ] {
+        assert_eq!(report[key], record[key], "{key}");
+    }
+
+    // A resume keeps the first invocation under `earlier`.
+    ok(&metaloop(
+        &dir,
+        &["train", "--config", "tiny.toml", "--resume"],
+    ));
+    let record = json(&run.join("run.json"));
+    assert_eq!(record["ranks"], 1);
+    let earlier = record["earlier"].as_array().unwrap();
+    assert_eq!(earlier.len(), 1);
+    assert_eq!(earlier[0]["ranks"], 2);
+    assert!(earlier[0].get("earlier").is_none());
+    fs::remove_dir_all(&dir).unwrap();
+}
