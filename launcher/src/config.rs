@@ -49,28 +49,8 @@ pub fn resolve(origin: &str, text: &str, sets: &[String]) -> anyhow::Result<Trai
             origin.to_string()
         }
     };
-    // Each leaf alone, so that an error names its key (serde's messages do not).
-    let mut all = Vec::new();
-    leaves(&Value::Table(table.clone()), "", &mut all);
-    for (key, value) in &all {
-        let path: Vec<&str> = key.split('.').collect();
-        if let Err(e) = nested(&path, value.clone()).try_into::<TrainConfig>() {
-            let message = e.message().trim().to_string();
-            if let Some(field) = unknown_field(&message) {
-                let unknown = unknown_prefix(&path, field);
-                let expected = expected_fields(&message);
-                return Err(bad(format!(
-                    "{}: unknown key `{unknown}` (expected {expected})",
-                    origin_of(&unknown)
-                )));
-            }
-            let message = unknown_variant(&message).unwrap_or(message);
-            return Err(bad(format!("{}: {key}: {message}", origin_of(key))));
-        }
-    }
-    let cfg: TrainConfig = Value::Table(table)
-        .try_into()
-        .map_err(|e: toml::de::Error| bad(format!("{origin}: {}", e.message().trim())))?;
+    let cfg: TrainConfig = serde_path_to_error::deserialize(Value::Table(table))
+        .map_err(|e| deserialize_error(&e, &origin_of))?;
     cfg.validate()
         .map_err(|e| bad(format!("{}: {e}", origin_of(&e.key))))?;
     Ok(cfg)
@@ -83,6 +63,11 @@ pub fn to_toml(cfg: &TrainConfig) -> anyhow::Result<String> {
         "# The resolved config of this run (file + --set overrides), written by `metaloop train`.\n\
          # `metaloop eval` and `metaloop train --resume` read it back.\n\n{body}"
     ))
+}
+
+/// The resolved config as TOML, every key present (defaults included), for `config show`.
+pub fn show(cfg: &TrainConfig) -> anyhow::Result<String> {
+    Ok(toml::to_string(cfg)?)
 }
 
 /// 1-based line and column of byte `offset` in `text`.
@@ -158,35 +143,37 @@ pub(crate) fn dotted(prefix: &str, key: &str) -> String {
     }
 }
 
-/// `{a = {b = value}}` for the path `a.b`.
-fn nested(path: &[&str], value: Value) -> Value {
-    path.iter().rev().fold(value, |inner, part| {
-        let mut t = Table::new();
-        t.insert(part.to_string(), inner);
-        Value::Table(t)
-    })
-}
-
 /// The field of serde's "unknown field `x`, expected ..." message.
 fn unknown_field(message: &str) -> Option<&str> {
     let rest = message.strip_prefix("unknown field `")?;
     rest.split('`').next()
 }
 
-/// The shortest prefix of `path` that the config does not know (the unknown key itself).
-fn unknown_prefix(path: &[&str], field: &str) -> String {
-    for k in 1..=path.len() {
-        if path[k - 1] != field {
-            continue;
-        }
-        let probe = nested(&path[..k], Value::Table(Table::new()));
-        if let Err(e) = probe.try_into::<TrainConfig>() {
-            if unknown_field(e.message()).is_some() {
-                return path[..k].join(".");
-            }
-        }
+/// The one-line error of a config that does not deserialize, naming the dotted key serde
+/// reached (array indices left out: an array is one key) and what was expected.
+fn deserialize_error(
+    e: &serde_path_to_error::Error<toml::de::Error>,
+    origin_of: &dyn Fn(&str) -> String,
+) -> anyhow::Error {
+    let key = e
+        .path()
+        .iter()
+        .map_while(|s| match s {
+            serde_path_to_error::Segment::Map { key } => Some(key.as_str()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join(".");
+    let message = e.inner().message().trim().to_string();
+    if unknown_field(&message).is_some() {
+        let expected = expected_fields(&message);
+        return bad(format!(
+            "{}: unknown key `{key}` (expected {expected})",
+            origin_of(&key)
+        ));
     }
-    path.join(".")
+    let message = unknown_variant(&message).unwrap_or(message);
+    bad(format!("{}: {key}: {message}", origin_of(&key)))
 }
 
 /// serde's "unknown variant `x`, expected one of `a`, `b`" (or "expected `a` or `b`") for a

@@ -22,8 +22,10 @@ mod plot_adaptation;
 mod plot_cmd;
 mod plot_predictions;
 mod progress;
+mod provenance;
 mod report;
 mod signals;
+mod start;
 mod train;
 
 use std::path::PathBuf;
@@ -62,9 +64,15 @@ enum Command {
         /// Overrides a config value: dotted key = TOML value (outer.iterations=50, run.name="x").
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
-        /// Continues the run directory from its latest checkpoint.
-        #[arg(long)]
-        resume: bool,
+        /// Continues the run directory from its latest checkpoint. `--resume auto` starts fresh
+        /// when there is none yet (for job scripts that are requeued).
+        #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "latest")]
+        resume: Option<start::Resume>,
+    },
+    /// Shows the resolved config: `config show --config c.toml [--set KEY=VALUE]...`.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
     /// Meta-tests a checkpoint (a ckpt-*.json / .safetensors file, or a run directory: its
     /// latest), or with --best a run directory's model.best.safetensors (its best validation).
@@ -123,6 +131,20 @@ enum Command {
         /// Seed of initialisation and task sampling; default: the embedded config's.
         #[arg(long)]
         seed: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Prints the resolved config (file, --set overrides and defaults) as TOML. Checks it as
+    /// `train` does; writes nothing.
+    Show {
+        /// The TOML config (see configs/).
+        #[arg(long)]
+        config: PathBuf,
+        /// Overrides a config value, as in `train`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
     },
 }
 
@@ -201,7 +223,7 @@ fn preflight(command: &[String]) -> Result<()> {
             config,
             sets,
             resume,
-        } => train::check_start(&config::load(&config, &sets)?, resume),
+        } => start::check_start(&config::load(&config, &sets)?, resume),
         Command::Eval { tasks, .. } => eval::check_tasks(tasks),
         _ => Ok(()),
     }
@@ -236,6 +258,12 @@ fn dispatch(command: Command, threads_given: bool) -> Result<()> {
         } => {
             preflight(&command)?;
             launch::launch(ranks, hostfile, &command)
+        }
+        Command::Config {
+            command: ConfigCommand::Show { config, sets },
+        } => {
+            print!("{}", config::show(&config::load(&config, &sets)?)?);
+            Ok(())
         }
         Command::Bench(flags) => bench::run(&flags),
         Command::Plot { run_dir } => plot_cmd::run(&run_dir),

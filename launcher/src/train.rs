@@ -8,14 +8,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use metaloop_engine::checkpoint::{self, Checkpoint};
 use metaloop_engine::config::TrainConfig;
 use metaloop_engine::data::Split;
 use metaloop_engine::fit::FitEnd;
 use metaloop_engine::rundir::{self, RunDir};
 use metaloop_engine::selection::Best;
 use metaloop_engine::train::{EvalReport, Trainer};
-use metaloop_engine::Error as EngineError;
 use metaloop_runtime::comm::Communicator;
 use serde::Serialize;
 
@@ -23,8 +21,10 @@ use crate::communicator::communicator;
 use crate::config;
 use crate::errors::{bad, setup_error, Interrupted};
 use crate::progress::{warn, Terminal};
+use crate::provenance::Provenance;
 use crate::report::{print_finished, Finished};
 use crate::signals::{self, StopSignals};
+use crate::start::{forget_best, run_root, starting_point, Resume, Start};
 
 /// The demo's config, embedded so that `metaloop demo` runs from anywhere.
 const DEMO_CONFIG: &str = include_str!("../../configs/sinusoid.toml");
@@ -47,119 +47,20 @@ struct Report {
     /// The most memory this invocation held, MiB (engine::memory: resident set on the CPU;
     /// null where not measured).
     peak_mib: Option<f64>,
+    /// What produced this invocation (as in `run.json`).
+    #[serde(flatten)]
+    provenance: Provenance,
 }
 
-/// The run directory of a config.
-pub fn run_root(cfg: &TrainConfig) -> PathBuf {
-    Path::new(&cfg.run.out_dir).join(&cfg.run.name)
-}
-
-/// Keys whose values differ between two configs (dotted, sorted).
-fn differing_keys(a: &TrainConfig, b: &TrainConfig) -> Vec<String> {
-    fn walk(a: &serde_json::Value, b: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
-        match (a, b) {
-            (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
-                let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
-                keys.sort();
-                keys.dedup();
-                let null = serde_json::Value::Null;
-                for k in keys {
-                    let (a, b) = (x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null));
-                    walk(a, b, &config::dotted(prefix, k), out);
-                }
-            }
-            _ if a != b => out.push(prefix.to_string()),
-            _ => {}
-        }
-    }
-    let mut out = Vec::new();
-    walk(
-        &serde_json::to_value(a).unwrap_or_default(),
-        &serde_json::to_value(b).unwrap_or_default(),
-        "",
-        &mut out,
-    );
-    out
-}
-
-/// The checkpoint `--resume` continues from, after checking that the run was made by `cfg`.
-fn resume_checkpoint(cfg: &TrainConfig, root: &Path) -> Result<Checkpoint> {
-    let dir = root.join(rundir::CHECKPOINTS);
-    let stored_path = root.join(rundir::CONFIG);
-    if let Ok(text) = std::fs::read_to_string(&stored_path) {
-        let stored = config::resolve(&stored_path.display().to_string(), &text, &[])?;
-        let diff = differing_keys(&stored, cfg);
-        if !diff.is_empty() {
-            return Err(bad(format!(
-                "--resume: the config differs from {} in {} (resume with the run's own config)",
-                stored_path.display(),
-                diff.join(", ")
-            )));
-        }
-    }
-    let ckpt = match checkpoint::latest(&dir) {
-        Ok(Some(c)) => c,
-        Ok(None) => return Err(bad(format!("--resume: no checkpoint in {}", dir.display()))),
-        Err(e) => return Err(bad(format!("--resume: {e}"))),
-    };
-    if ckpt.manifest.config_hash != rundir::config_hash(cfg) {
-        return Err(bad(format!(
-            "--resume: {} was written by another config (hash {}) than this one",
-            ckpt.path.display(),
-            ckpt.manifest.config_hash
-        )));
-    }
-    Ok(ckpt)
-}
-
-/// The cheap part of [`starting_point`], for `launch` to check before mpirun starts: a fresh
-/// run's directory must not exist, and a resumed one must hold a checkpoint. The ranks check
-/// again, fully.
-pub fn check_start(cfg: &TrainConfig, resume: bool) -> Result<()> {
-    let root = run_root(cfg);
-    if !resume {
-        if root.exists() {
-            return Err(setup_error(EngineError::RunDirExists { path: root }));
-        }
-        return Ok(());
-    }
-    let dir = root.join(rundir::CHECKPOINTS);
-    match checkpoint::list(&dir) {
-        Ok(list) if !list.is_empty() => Ok(()),
-        _ => Err(bad(format!("--resume: no checkpoint in {}", dir.display()))),
-    }
-}
-
-/// The checkpoint a run continues from (`resume`), agreed on by every rank, or `None` for a
-/// fresh run, whose directory must not exist yet. Nothing is written.
-fn starting_point(
-    cfg: &TrainConfig,
-    root: &Path,
-    resume: bool,
-    comm: &dyn Communicator,
-) -> Result<Option<Checkpoint>> {
-    if resume {
-        // Rank 0 reads and checks the checkpoint and sends it: no shared file system needed.
-        return Ok(Some(checkpoint::agreed(comm, || {
-            resume_checkpoint(cfg, root)
-        })?));
-    }
-    if comm.rank() == 0 && root.exists() {
-        return Err(setup_error(EngineError::RunDirExists {
-            path: root.to_path_buf(),
-        }));
-    }
-    Ok(None)
-}
-
-/// The trainer of `cfg` (restored from `from` when resuming) and, on rank 0, its run directory
-/// (created, or opened to continue).
+/// The trainer of `cfg` (restored from the checkpoint of `start`, if any) and, on rank 0, its
+/// run directory (created, or opened to continue).
 fn prepare(
     cfg: &TrainConfig,
     root: &Path,
-    from: Option<&Checkpoint>,
+    start: &Start,
     comm: Box<dyn Communicator>,
 ) -> Result<(Trainer, Option<RunDir>)> {
+    let from = start.checkpoint();
     let rank0 = comm.rank() == 0;
     let mut trainer = {
         let _s = tracing::info_span!("setup").entered();
@@ -175,30 +76,42 @@ fn prepare(
             .restore(ckpt.manifest.iteration, &ckpt.tensors)
             .map_err(|e| bad(format!("{}: {e}", ckpt.path.display())))?;
     }
-    let run = match (from, rank0) {
-        (_, false) => None,
-        (Some(_), true) => Some(RunDir::open(root).map_err(setup_error)?),
-        (None, true) => Some(RunDir::create(root, &config::to_toml(cfg)?).map_err(setup_error)?),
+    if !rank0 {
+        return Ok((trainer, None));
+    }
+    let run = match start {
+        Start::Fresh => RunDir::create(root, &config::to_toml(cfg)?).map_err(setup_error)?,
+        Start::From(_) => RunDir::open(root).map_err(setup_error)?,
+        Start::Again => {
+            let run = RunDir::open(root).map_err(setup_error)?;
+            forget_best(root)?;
+            run
+        }
     };
-    Ok((trainer, run))
+    Ok((trainer, Some(run)))
 }
 
 /// Meta-trains `cfg` (fresh, or continuing its run directory with `resume`), meta-tests, writes
 /// the report and the plots. `Some` on rank 0.
-pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Option<Finished>> {
+pub fn train(cfg: &TrainConfig, resume: Option<Resume>) -> Result<Option<Finished>> {
     let started = Instant::now();
     let root = run_root(cfg);
     let comm = communicator(cfg)?;
     // Rank 0 alone writes the run directory, logs, checkpoints and shows progress; every rank
     // runs the same steps (the all-reduces are collective).
     let rank0 = comm.rank() == 0;
-    let from = starting_point(cfg, &root, resume, &*comm)?;
-    let (mut trainer, mut run) = prepare(cfg, &root, from.as_ref(), comm)?;
+    let begin = starting_point(cfg, &root, resume, &*comm)?;
+    let mut provenance = Provenance::gather(cfg, &*comm)?;
+    let (mut trainer, mut run) = prepare(cfg, &root, &begin, comm)?;
+    if let Some(run) = &run {
+        provenance.write(run.path())?;
+    }
     // SIGTERM/SIGINT from here on: stop between iterations, on every rank alike, with a checkpoint.
     let stop = StopSignals::install()?;
     let (total, start) = (cfg.outer.iterations, trainer.iteration());
     let max_skips = cfg.outer.max_nonfinite_skips;
-    let mut terminal = Terminal::new(rank0, total, start, max_skips, &stop);
+    let cadence = (total, start, cfg.log.every);
+    let mut terminal = Terminal::new(rank0, cadence, max_skips, &stop);
     let end = trainer.fit(run.as_mut(), &mut terminal)?;
     terminal.finish();
     if let FitEnd::Stopped {
@@ -216,7 +129,9 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Option<Finished>> {
         trainer.evaluate(Split::Test, cfg.eval.test_tasks)?
     };
     let Some(run) = run else { return Ok(None) };
-    let resumed_from = from.as_ref().map(|c| c.manifest.iteration);
+    let resumed_from = begin.checkpoint().map(|c| c.manifest.iteration);
+    provenance.end();
+    provenance.write(run.path())?;
     let report = Report {
         config_hash: rundir::config_hash(cfg),
         iterations: trainer.iteration(),
@@ -227,6 +142,7 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Option<Finished>> {
         model: trainer.write_model(&run)?.display().to_string(),
         best: Best::read(run.path())?,
         peak_mib: metaloop_engine::memory::run_peak_mib(trainer.device()),
+        provenance,
     };
     finish(&trainer, &run, report).map(Some)
 }
@@ -311,7 +227,7 @@ pub fn demo(iterations: Option<u64>, seed: Option<u64>) -> Result<()> {
         cfg.outer.iterations,
         cfg.run.device
     );
-    if let Some(done) = train(&cfg, false)? {
+    if let Some(done) = train(&cfg, None)? {
         print_finished(&done);
     }
     Ok(())
