@@ -1,5 +1,5 @@
-//! What the fuzz targets share: the launcher's config reader (its source file compiled here, as
-//! the launcher is a binary crate) and scratch dataset directories.
+//! What the fuzz targets share: the launcher's config reader and its error type (their source
+//! files compiled here, as the launcher is a binary crate) and scratch dataset directories.
 //!
 //! Only the fuzz targets use this crate; it must not be a dependency of the workspace.
 
@@ -10,6 +10,11 @@ use std::path::{Path, PathBuf};
 #[allow(dead_code)]
 #[path = "../../launcher/src/config.rs"]
 pub mod config;
+
+/// `launcher/src/errors.rs`: the one-line bad-input error that the config reader returns.
+#[allow(dead_code)]
+#[path = "../../launcher/src/errors.rs"]
+pub mod errors;
 
 /// A scratch directory of this fuzzing process (removed and made anew on each call).
 pub fn scratch(name: &str) -> PathBuf {
