@@ -153,3 +153,14 @@ fn pickle_reader_refuses_code_and_false_sizes() {
     let err = pickle::read(&lying[..]).unwrap_err();
     assert!(err.contains("[65536]") && err.contains("3 bytes"), "{err}");
 }
+
+/// Inputs the pickle fuzz target found (`cargo xtask fuzz`), each an error and never a panic.
+/// tuple3-below-a-mark.pkl: TUPLE3 took items from below a MARK, and the later pop to that
+/// MARK split the stack past its end.
+#[test]
+fn fuzzed_pickles_are_errors_not_panics() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pickle");
+    let bytes = std::fs::read(dir.join("tuple3-below-a-mark.pkl")).unwrap();
+    let err = pickle::read(&bytes[..]).unwrap_err();
+    assert!(err.contains("underflow"), "{err}");
+}

@@ -90,6 +90,9 @@ impl<R: Read> Machine<R> {
 
     fn pop_mark(&mut self) -> Result<Vec<Value>, String> {
         let mark = self.marks.pop().ok_or("no mark on the stack")?;
+        if mark > self.stack.len() {
+            return Err("stack underflow past a mark".into());
+        }
         Ok(self.stack.split_off(mark))
     }
 
@@ -159,7 +162,9 @@ impl<R: Read> Machine<R> {
             }
             0x85..=0x87 => {
                 let n = (op - 0x84) as usize;
-                if self.stack.len() < n {
+                // Like CPython's unpickler, TUPLE1..3 take only what lies above the last mark.
+                let floor = self.marks.last().copied().unwrap_or(0);
+                if self.stack.len() < floor + n {
                     return Err("stack underflow".into());
                 }
                 let items = self.stack.split_off(self.stack.len() - n);
