@@ -87,12 +87,9 @@ struct MetricsLine<'a> {
     /// The outer step was skipped for non-finite values (meta_loss may then be null).
     skipped: bool,
     /// The most memory held since the previous line (engine::memory), MiB: the process's
-    /// resident set on the CPU; null where not measured (CUDA, for now).
+    /// resident set on the CPU, the caching allocator's memory in tensors on CUDA; null where
+    /// not measured.
     peak_mib: Option<f64>,
-    /// CUDA: the most device memory in tensors at once since the previous line, MiB
-    /// (runtime::device_memory); absent on the CPU.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    peak_device_mib: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     val: Option<&'a EvalReport>,
 }
@@ -212,7 +209,6 @@ impl Trainer {
                 hparams: m.hparams.iter().cloned().collect(),
                 skipped: m.skipped,
                 peak_mib: memory::take_peak_mib(self.device()),
-                peak_device_mib: device_peak_since_last_line(self.device()),
                 val,
             })?;
             if let Some(board) = p.board.as_mut() {
@@ -260,15 +256,6 @@ impl Trainer {
             checkpoint,
         }))
     }
-}
-
-/// `device`'s peak memory in tensors since the last call (MiB), then a new peak from here;
-/// `None` on the CPU.
-fn device_peak_since_last_line(device: tch::Device) -> Option<f64> {
-    use metaloop_runtime::device_memory;
-    let peak = device_memory::peak_mib(device);
-    device_memory::reset_peak(device);
-    peak
 }
 
 /// The TensorBoard scalars of one metrics line: the step's meta-loss, query accuracy, tasks/s,

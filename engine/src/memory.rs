@@ -1,21 +1,21 @@
 //! Peak memory: the most this process held since the last reading. On the CPU it is the resident
 //! set's high-water mark (`VmHWM` in `/proc/self/status`), which writing "5" to
-//! `/proc/self/clear_refs` resets to the current resident size (Linux). On CUDA it will be the
-//! caching allocator's peak; see [`cuda_peak_mib`].
+//! `/proc/self/clear_refs` resets to the current resident size (Linux). On CUDA it is the caching
+//! allocator's peak of memory in tensors (`runtime::device_memory`), reset after each reading.
 //!
 //! Every reading also raises the run's peak ([`run_peak_mib`]), which is never reset. The
 //! high-water mark belongs to the process: threads that read it share it. Nothing here prints.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use metaloop_runtime::device_memory;
 use tch::Device;
 
 /// The largest high-water mark any reading saw, KiB.
 static RUN_PEAK_KIB: AtomicU64 = AtomicU64::new(0);
 
 /// The peak since the last call (or since the process started), MiB, and starts a new one.
-/// `None` where it is not measured: on CUDA until the allocator's statistics are wired in
-/// ([`cuda_peak_mib`]), and where `/proc` is missing.
+/// `None` where it is not measured: without `/proc`, or a libtorch without CUDA counters.
 pub fn take_peak_mib(device: Device) -> Option<f64> {
     match device {
         Device::Cpu => {
@@ -24,7 +24,12 @@ pub fn take_peak_mib(device: Device) -> Option<f64> {
             reset_high_water();
             Some(mib(kib))
         }
-        Device::Cuda(index) => cuda_peak_mib(index, true),
+        Device::Cuda(_) => {
+            let kib = device_peak_kib(device)?;
+            RUN_PEAK_KIB.fetch_max(kib, Ordering::Relaxed);
+            device_memory::reset_peak(device);
+            Some(mib(kib))
+        }
         _ => None,
     }
 }
@@ -37,7 +42,10 @@ pub fn run_peak_mib(device: Device) -> Option<f64> {
             let kib = high_water_kib()?.max(RUN_PEAK_KIB.load(Ordering::Relaxed));
             Some(mib(kib))
         }
-        Device::Cuda(index) => cuda_peak_mib(index, false),
+        Device::Cuda(_) => {
+            let kib = device_peak_kib(device)?.max(RUN_PEAK_KIB.load(Ordering::Relaxed));
+            Some(mib(kib))
+        }
         _ => None,
     }
 }
@@ -60,12 +68,10 @@ fn reset_high_water() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-/// HOOK for CUDA: the peak of c10's caching allocator on device `index` (the `peak` of
-/// `allocated_bytes` in `CUDACachingAllocator::getDeviceStats`, then `resetPeakStats` when
-/// `reset`). tch does not expose these statistics; a small C++ shim in runtime/csrc will. Until
-/// it lands this returns `None`, and metrics show no peak on CUDA.
-fn cuda_peak_mib(_index: usize, _reset: bool) -> Option<f64> {
-    None
+/// The caching allocator's peak of memory in tensors on a CUDA `device` since its last reset,
+/// KiB.
+fn device_peak_kib(device: Device) -> Option<u64> {
+    device_memory::peak_bytes(device).map(|b| b / 1024)
 }
 
 fn mib(kib: u64) -> f64 {

@@ -3,7 +3,7 @@
 //! device, and the start and end times of this invocation.
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use anyhow::Result;
 use metaloop_engine::atomic::write_atomic;
@@ -127,37 +127,18 @@ fn earlier_invocations(path: &Path) -> Vec<serde_json::Value> {
     earlier
 }
 
-/// Now, UTC, as RFC 3339 to the second.
+/// Now, UTC, as RFC 3339 to the second (the checkpoints' own format).
 fn utc_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    rfc3339(secs)
-}
-
-/// `secs` after the Unix epoch as "YYYY-MM-DDTHH:MM:SSZ" (H. Hinnant's civil-from-days).
-fn rfc3339(secs: u64) -> String {
-    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rest / 3600,
-        rest / 60 % 60,
-        rest % 60
-    )
+    metaloop_engine::checkpoint::rfc3339_utc(SystemTime::now())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    fn rfc3339(secs: u64) -> String {
+        metaloop_engine::checkpoint::rfc3339_utc(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+        )
+    }
 
     #[test]
     fn times_are_rfc3339_in_utc() {

@@ -20,9 +20,9 @@
 mod bench;
 mod docs;
 mod fuzz;
-mod python;
 mod gpu_kit;
 mod gpu_mpi;
+mod python;
 mod setup;
 
 use std::process::{Command, ExitCode};
