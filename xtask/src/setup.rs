@@ -11,6 +11,9 @@
 //!   libtorch's CUDA headers need (runtime/build.rs).
 //! - Open MPI and libclang (for rsmpi's bindings): installed with apt-get when running as root,
 //!   otherwise the exact command is printed.
+//! - Slurm and munge, for the one-node cluster test (launcher/tests/slurm_one_node.rs): installed
+//!   with apt-get when running as root; otherwise, or when apt-get fails, a note is printed and
+//!   that test skips with a message.
 //!
 //! Idempotent: a second run checks a stamp file and a few paths, and takes well under a second.
 
@@ -96,6 +99,7 @@ pub fn run(peers: bool) -> Result<Env> {
     ensure_cuda_headers(&python, &torch_dir);
     link_libtorch(&torch_dir)?;
     ensure_mpi()?;
+    ensure_slurm();
     Ok(Env { python })
 }
 
@@ -398,6 +402,49 @@ fn ensure_mpi() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Debian's Slurm 22.05 and munge, which launcher/tests/slurm_one_node.rs starts as a one-node
+/// cluster. Optional: without them that test skips, so a failure here is a note, not an error.
+const SLURM_PACKAGES: &[&str] = &["slurmctld", "slurmd", "slurm-client", "munge"];
+
+fn ensure_slurm() {
+    // On PATH, not run: Slurm's clients exit non-zero without a cluster's config.
+    let have = |prog: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(prog).is_file()))
+    };
+    if ["slurmctld", "slurmd", "sbatch", "munged"]
+        .iter()
+        .all(|p| have(p))
+    {
+        return;
+    }
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let list = SLURM_PACKAGES.join(" ");
+    if !is_root {
+        eprintln!("xtask: setup: Slurm is not installed and set-up is not root; the one-node Slurm test will skip (`sudo apt-get install -y {list}` enables it)");
+        return;
+    }
+    eprintln!("xtask: setup: installing {list} for the one-node Slurm test");
+    let out = Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(SLURM_PACKAGES)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => eprintln!(
+            "xtask: setup: apt-get install {list} failed ({}); the one-node Slurm test will skip",
+            last_line(&o.stderr)
+        ),
+        Err(e) => {
+            eprintln!("xtask: setup: cannot run apt-get ({e}); the one-node Slurm test will skip")
+        }
+    }
 }
 
 fn mpi_missing() -> Vec<&'static str> {
