@@ -138,9 +138,14 @@ fn conv4_tasks_in_one_call_match_separate_calls() {
 }
 
 #[test]
-fn grouped_and_per_task_convolutions_match_separate_calls() {
+fn grouped_per_task_and_gemm_convolutions_match_separate_calls() {
     for device in devices() {
-        for how in [ConvTasks::Grouped, ConvTasks::PerTask, ConvTasks::Auto] {
+        for how in [
+            ConvTasks::Grouped,
+            ConvTasks::PerTask,
+            ConvTasks::Gemm,
+            ConvTasks::Auto,
+        ] {
             check(&conv_model(how), &[4, 2, 10, 10], device, false);
         }
     }
@@ -150,7 +155,7 @@ fn grouped_and_per_task_convolutions_match_separate_calls() {
 fn batchnorm_running_statistics_are_kept_per_task() {
     for device in devices() {
         check(&nn::conv4(1, 5, 8), &[5, 1, 28, 28], device, true);
-        for how in [ConvTasks::Grouped, ConvTasks::PerTask] {
+        for how in [ConvTasks::Grouped, ConvTasks::PerTask, ConvTasks::Gemm] {
             check(&conv_model(how), &[4, 2, 10, 10], device, true);
         }
     }
@@ -261,7 +266,7 @@ fn conv_block_equals_conv_bn_relu_pool_layers_to_second_order() {
         .detach()
         .set_requires_grad(true);
     let x = Tensor::randn([tasks, 4, 2, 12, 12], (Kind::Double, Device::Cpu));
-    for how in [ConvTasks::PerTask, ConvTasks::Grouped] {
+    for how in [ConvTasks::PerTask, ConvTasks::Grouped, ConvTasks::Gemm] {
         for with_state in [false, true] {
             let run = |model: &dyn Module| {
                 let params =

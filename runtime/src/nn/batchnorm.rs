@@ -4,7 +4,7 @@
 
 use tch::Tensor;
 
-use super::shared::{batch_moments, check_maps, ConvTasks};
+use super::shared::{batch_moments, check_maps, maybe_channels_last, ConvTasks};
 use super::{Module, ParamDef, Scope};
 use crate::params::Init;
 use crate::{Error, Result};
@@ -113,7 +113,7 @@ impl Module for BatchNorm2d {
         let (b, c, h, w) = (per_task[0], per_task[1], per_task[2], per_task[3]);
         if !self.tasks.per_task(x) {
             let y = self.norm(
-                &x.f_transpose(0, 1)?.f_reshape([b, tasks * c, h, w])?,
+                &maybe_channels_last(x.f_transpose(0, 1)?.f_reshape([b, tasks * c, h, w])?)?,
                 &inputs.folded(tasks * c)?,
             )?;
             return Ok(y.f_reshape([b, tasks, c, h, w])?.f_transpose(0, 1)?);

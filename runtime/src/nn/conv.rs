@@ -4,7 +4,7 @@
 
 use tch::Tensor;
 
-use super::shared::{check_maps, join_tasks, pool2d, split_tasks, ConvTasks};
+use super::shared::{check_maps, join_tasks, maybe_channels_last, pool2d, split_tasks, ConvTasks};
 use super::{Module, ParamDef, Scope};
 use crate::params::Init;
 use crate::Result;
@@ -69,6 +69,38 @@ impl Conv2d {
     }
 }
 
+impl Conv2d {
+    /// Task-batched convolution as batched matrix products ([`ConvTasks::Gemm`]): each task's
+    /// `[B, C, H, W]` input unfolded to `[B, C·k·k, L]` columns (im2col), multiplied by its own
+    /// `[O, C·k·k]` weights in one batched product over the tasks, plus the bias. im2col and its
+    /// adjoint col2im are linear, so every order of derivative goes through.
+    fn gemm(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        tasks: i64,
+        per_task: &[i64],
+    ) -> Result<Tensor> {
+        let (batch, c, h, w) = (per_task[0], per_task[1], per_task[2], per_task[3]);
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
+        let (ho, wo) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+        let o = self.out_channels;
+        crate::precision::with_compute_kind(x, weight, bias, |x, weight, bias| {
+            let cols = x
+                .f_reshape([tasks * batch, c, h, w])?
+                .f_im2col([k, k], [1, 1], [p, p], [s, s])?
+                .f_reshape([tasks, batch, c * k * k, ho * wo])?;
+            let wm = weight.f_reshape([tasks, 1, o, c * k * k])?;
+            let mut y = wm.f_matmul(&cols)?;
+            if let Some(b) = bias {
+                y = y.f_add(&b.f_reshape([tasks, 1, o, 1])?)?;
+            }
+            Ok(y.f_reshape([tasks, batch, o, ho, wo])?)
+        })
+    }
+}
+
 impl Module for Conv2d {
     fn param_defs(&self) -> Vec<ParamDef> {
         let fan_in = self.in_channels * self.kernel * self.kernel;
@@ -121,11 +153,14 @@ impl Module for Conv2d {
             }
             return join_tasks(&outs, tasks, batch);
         }
+        if self.tasks.gemm() {
+            return self.gemm(x, &weight, bias.as_ref(), tasks, &per_task);
+        }
         // Tasks folded into channels: [T, B, C, H, W] -> [B, T·C, H, W], weights [T·O, C, k, k].
         let (batch, c, h, w) = (per_task[0], per_task[1], per_task[2], per_task[3]);
         let k = self.kernel;
-        let xg = x.f_transpose(0, 1)?.f_reshape([batch, tasks * c, h, w])?;
-        let wg = weight.f_reshape([tasks * self.out_channels, c, k, k])?;
+        let xg = maybe_channels_last(x.f_transpose(0, 1)?.f_reshape([batch, tasks * c, h, w])?)?;
+        let wg = maybe_channels_last(weight.f_reshape([tasks * self.out_channels, c, k, k])?)?;
         let bg = match &bias {
             Some(b) => Some(b.f_reshape([tasks * self.out_channels])?),
             None => None,

@@ -30,7 +30,7 @@ pub use linear::Linear;
 pub use module::{Module, Scope};
 pub use resnet::{ResNet12, ResNetBlock};
 pub use sequential::{conv4, conv4_sized, mlp, Sequential};
-pub use shared::ConvTasks;
+pub use shared::{set_channels_last, set_conv_tasks, ConvTasks};
 pub use starting::{load_starting_weights, StartingWeights};
 
 pub use crate::params::{Init, ParamDef};

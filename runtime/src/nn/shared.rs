@@ -2,6 +2,8 @@
 //! order, pooling and batch moments. Below every layer and above only [`Scope`]: a layer may use
 //! it, it uses no layer.
 
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+
 use tch::{Device, Tensor};
 
 use super::module::Scope;
@@ -10,7 +12,8 @@ use crate::Result;
 /// How a task-batched convolution (`[T, P]` parameters) runs its T tasks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ConvTasks {
-    /// [`ConvTasks::Grouped`] on CUDA, [`ConvTasks::PerTask`] elsewhere. On CPU a loop over
+    /// The process-wide choice ([`set_conv_tasks`], `run.conv_tasks`) when one was made; else
+    /// [`ConvTasks::Grouped`] on CUDA and [`ConvTasks::PerTask`] elsewhere. On CPU a loop over
     /// tasks is faster than one grouped convolution (libtorch's CPU kernels for grouped
     /// convolutions are slow; benches/README.md), while on CUDA one grouped kernel beats T
     /// launches.
@@ -20,16 +23,74 @@ pub enum ConvTasks {
     Grouped,
     /// One convolution per task, results stacked.
     PerTask,
+    /// The tasks folded into the batch with per-task weights: im2col of every task's input, then
+    /// one batched matrix product `[T, O, C·k·k] × [T, B, C·k·k, L]` (cuBLAS on CUDA) instead of
+    /// cuDNN's grouped kernel. BatchNorm layers run folded, as with [`ConvTasks::Grouped`].
+    Gemm,
+}
+
+/// The process-wide choice behind [`ConvTasks::Auto`]: 0 none, else 1 + the variant's index.
+static CHOSEN: AtomicU8 = AtomicU8::new(0);
+/// Whether folded (grouped) convolutions run in channels-last memory order ([`set_channels_last`]).
+static CHANNELS_LAST: AtomicBool = AtomicBool::new(false);
+
+/// Makes `how` what [`ConvTasks::Auto`] means in this process (`run.conv_tasks`); `Auto` restores
+/// the device's default. Layers built with an explicit choice keep theirs.
+pub fn set_conv_tasks(how: ConvTasks) {
+    let code = match how {
+        ConvTasks::Auto => 0,
+        ConvTasks::Grouped => 1,
+        ConvTasks::PerTask => 2,
+        ConvTasks::Gemm => 3,
+    };
+    CHOSEN.store(code, Ordering::Relaxed);
+}
+
+/// Runs the folded convolutions ([`ConvTasks::Grouped`]) and their BatchNorm in channels-last
+/// memory order (`run.channels_last`): inputs, weights and outputs NHWC in memory, as cuDNN's
+/// fastest kernels want on tensor cores. Values are unchanged; only the layout (and with it the
+/// kernel libtorch picks) differs. The per-task CPU path is channels-last already.
+pub fn set_channels_last(on: bool) {
+    CHANNELS_LAST.store(on, Ordering::Relaxed);
+}
+
+/// Whether [`set_channels_last`] is on.
+pub(super) fn folded_channels_last() -> bool {
+    CHANNELS_LAST.load(Ordering::Relaxed)
 }
 
 impl ConvTasks {
+    /// `Auto` replaced by the process-wide choice, when there is one.
+    pub(super) fn resolved(self) -> ConvTasks {
+        match (self, CHOSEN.load(Ordering::Relaxed)) {
+            (ConvTasks::Auto, 1) => ConvTasks::Grouped,
+            (ConvTasks::Auto, 2) => ConvTasks::PerTask,
+            (ConvTasks::Auto, 3) => ConvTasks::Gemm,
+            (how, _) => how,
+        }
+    }
+
     /// True when task-batched input `x` runs one kernel per task.
     pub(super) fn per_task(self, x: &Tensor) -> bool {
-        match self {
-            ConvTasks::Grouped => false,
+        match self.resolved() {
+            ConvTasks::Grouped | ConvTasks::Gemm => false,
             ConvTasks::PerTask => true,
             ConvTasks::Auto => !matches!(x.device(), Device::Cuda(_)),
         }
+    }
+
+    /// True when task-batched convolutions run as batched matrix products.
+    pub(super) fn gemm(self) -> bool {
+        self.resolved() == ConvTasks::Gemm
+    }
+}
+
+/// `x` (`[N, C, H, W]`) in channels-last memory order when [`set_channels_last`] is on.
+pub(super) fn maybe_channels_last(x: Tensor) -> Result<Tensor> {
+    if folded_channels_last() {
+        channels_last(&x, &[0, 2, 3, 1], &[0, 3, 1, 2])
+    } else {
+        Ok(x)
     }
 }
 
