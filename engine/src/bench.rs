@@ -17,7 +17,7 @@
 //! time too; the tasks are served from memory. This module measures and returns numbers; it
 //! prints nothing.
 
-use crate::config::{Memory, Precision, TrainConfig};
+use crate::config::{ConvTasks, Memory, Precision, TrainConfig};
 use crate::data::{MetaBatch, Split, TaskSource};
 use crate::loss::{CrossEntropy, Mse};
 use crate::train::Trainer;
@@ -148,6 +148,10 @@ pub struct Options {
     pub task_chunk: usize,
     /// Convolutions' and matrix products' arithmetic (`run.precision`).
     pub precision: Precision,
+    /// How task-batched convolutions run their tasks (`run.conv_tasks`).
+    pub conv_tasks: ConvTasks,
+    /// Folded convolutions in channels-last memory order (`run.channels_last`).
+    pub channels_last: bool,
 }
 
 /// What one workload measured.
@@ -173,6 +177,9 @@ pub struct BenchResult {
     pub peak_device_mib: Option<f64>,
     /// "default", "fp32", "tf32" or "bf16".
     pub precision: Precision,
+    /// "auto", "grouped", "per_task" or "gemm".
+    pub conv_tasks: ConvTasks,
+    pub channels_last: bool,
     /// libtorch threads in all (workers × intra-op threads each).
     pub threads: i32,
     /// Task-parallel worker threads (engine::workers).
@@ -294,6 +301,8 @@ fn config(w: &Workload, iterations: u64, o: &Options) -> TrainConfig {
     cfg.algorithm.inner_lr = w.lr;
     cfg.algorithm.memory = o.memory;
     cfg.run.precision = o.precision;
+    cfg.run.conv_tasks = o.conv_tasks;
+    cfg.run.channels_last = o.channels_last;
     cfg.outer.meta_batch = w.meta_batch as usize;
     cfg.outer.iterations = iterations;
     cfg.run.workers = o.workers;
@@ -367,6 +376,8 @@ pub fn run(w: &Workload, o: &Options) -> Result<BenchResult> {
         },
         peak_device_mib,
         precision: o.precision,
+        conv_tasks: o.conv_tasks,
+        channels_last: o.channels_last,
         threads: (workers.count * workers.intra_threads) as i32,
         workers: workers.count,
         device: match o.device {

@@ -15,7 +15,7 @@ mod outer;
 mod validate;
 
 pub use choice::{
-    AlgorithmName, Augment, Backbone, Comm, DeviceChoice, Dtype, EvalBatchNorm, Memory,
+    AlgorithmName, Augment, Backbone, Comm, ConvTasks, DeviceChoice, Dtype, EvalBatchNorm, Memory,
     OuterOptimizer, Precision, Schedule, TaskKind,
 };
 pub use outer::OuterConfig;
@@ -214,6 +214,17 @@ pub struct RunConfig {
     /// GPU, else MPI. Left out of the config's hash while "auto".
     #[serde(default, skip_serializing_if = "Comm::is_auto")]
     pub comm: Comm,
+    /// How task-batched convolutions run their tasks: "auto" (one convolution per task on the
+    /// CPU, one grouped cuDNN kernel on CUDA), "grouped" (tasks folded into the channels),
+    /// "per_task", or "gemm" (im2col and one batched matrix product with per-task weights). The
+    /// values are the same up to summation order. Left out of the config's hash while "auto".
+    #[serde(default, skip_serializing_if = "ConvTasks::is_auto")]
+    pub conv_tasks: ConvTasks,
+    /// Folded (grouped) convolutions and their BatchNorm in channels-last memory order (NHWC),
+    /// as cuDNN's tensor-core kernels prefer. Same values up to summation order. Left out of the
+    /// config's hash while false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub channels_last: bool,
 }
 
 /// The task distribution.

@@ -12,7 +12,7 @@ use metaloop_runtime::nn::{self, Module};
 use metaloop_runtime::{Layout, Params};
 use tch::{Device, Kind};
 
-use crate::config::{Backbone, DeviceChoice, Dtype, Precision, TaskKind, TrainConfig};
+use crate::config::{Backbone, ConvTasks, DeviceChoice, Dtype, Precision, TaskKind, TrainConfig};
 use crate::data::{self, FewShot, ImageSpec, Sinusoid, TaskSource};
 use crate::{Error, Result};
 
@@ -47,6 +47,19 @@ pub fn precision(choice: Precision, device: Device) -> Result<()> {
         reason,
     })?;
     Ok(p::set(mode)?)
+}
+
+/// Makes `run.conv_tasks` and `run.channels_last` the process's choice for task-batched
+/// convolutions (runtime::nn::set_conv_tasks, set_channels_last).
+pub fn conv_kernels(how: ConvTasks, channels_last: bool) {
+    use metaloop_runtime::nn::{self, ConvTasks as C};
+    nn::set_conv_tasks(match how {
+        ConvTasks::Auto => C::Auto,
+        ConvTasks::Grouped => C::Grouped,
+        ConvTasks::PerTask => C::PerTask,
+        ConvTasks::Gemm => C::Gemm,
+    });
+    nn::set_channels_last(channels_last);
 }
 
 /// The libtorch kind of `run.dtype`.

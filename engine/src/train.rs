@@ -149,6 +149,7 @@ impl TrainerBuilder {
             None => setup::device(cfg.run.device)?,
         };
         setup::precision(cfg.run.precision, device)?;
+        setup::conv_kernels(cfg.run.conv_tasks, cfg.run.channels_last);
         let kind = setup::kind(cfg.run.dtype);
         let source = match self.tasks {
             Some(s) => s,

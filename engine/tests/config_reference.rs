@@ -115,6 +115,7 @@ fn choices(ty: &str) -> Option<Vec<&'static str>> {
         "Schedule" => names(Schedule::ALL, Schedule::name),
         "Precision" => names(Precision::ALL, Precision::name),
         "Comm" => names(Comm::ALL, Comm::name),
+        "ConvTasks" => names(ConvTasks::ALL, ConvTasks::name),
         _ => None,
     }
 }
@@ -164,6 +165,8 @@ fn row(key: &str, f: &Field, default: &Value) -> String {
         // Left out while at their defaults, so that older configs keep their hash.
         None if f.attrs.contains("Precision::is_default") => "\"default\"".into(),
         None if f.attrs.contains("Comm::is_auto") => "\"auto\"".into(),
+        None if f.attrs.contains("ConvTasks::is_auto") => "\"auto\"".into(),
+        None if f.attrs.contains("std::ops::Not::not") => "false".into(),
         None => panic!("{key}: missing from the serialized default"),
     };
     let (allowed, text): (Vec<&String>, Vec<&String>) =

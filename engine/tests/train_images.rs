@@ -254,3 +254,49 @@ fn task_chunks_keep_masks_and_augmentation_of_every_task() {
         }
     }
 }
+
+/// `run.conv_tasks` and `run.channels_last` pick kernels, never values: on a ResNet-12 (3×3 and
+/// strided 1×1 convolutions, BatchNorm, DropBlock) with augmentation, every choice gives the
+/// model of the default after two iterations (f64, summation order only).
+#[test]
+fn convolution_switches_train_the_same_model() {
+    use metaloop_engine::config::{Augment, ConvTasks, DropBlockConfig, Dtype};
+    let tmp = TempDir::new("train-conv-switches");
+    write_split(&tmp.path().join("train"), 0, 8, 4);
+    write_split(&tmp.path().join("test"), 100, 6, 4);
+    let mut cfg = folder_conv4_config(tmp.path());
+    cfg.run.dtype = Dtype::F64;
+    cfg.run.workers = 1;
+    cfg.task.image_size = 32;
+    cfg.task.augment = Augment::Standard;
+    cfg.model.backbone = Backbone::Resnet12;
+    cfg.model.widths = vec![4, 4, 4, 4];
+    cfg.model.dropblock = Some(DropBlockConfig { rate: 0.2, size: 1 });
+    cfg.algorithm.inner_steps = 2;
+    cfg.algorithm.inner_lr = 0.1;
+    cfg.outer.meta_batch = 3;
+    cfg.outer.iterations = 2;
+    let run = |how: ConvTasks, channels_last: bool| {
+        let mut c = cfg.clone();
+        c.run.conv_tasks = how;
+        c.run.channels_last = channels_last;
+        let mut t = Trainer::new(&c, Box::new(Local)).unwrap();
+        for _ in 0..2 {
+            t.step().unwrap();
+        }
+        t.state().unwrap()
+    };
+    let want = run(ConvTasks::Auto, false);
+    for how in [ConvTasks::Grouped, ConvTasks::Gemm, ConvTasks::PerTask] {
+        for channels_last in [false, true] {
+            let got = run(how, channels_last);
+            for ((n, a), (_, b)) in want.iter().zip(&got) {
+                let d = (a - b).abs().max().double_value(&[]);
+                assert!(
+                    d <= 1e-10,
+                    "{how}, channels_last {channels_last}: `{n}` differs by {d:e} from the default's"
+                );
+            }
+        }
+    }
+}

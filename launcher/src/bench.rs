@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use metaloop_engine::bench::{self, Options, Workload};
-use metaloop_engine::config::{Memory, Precision};
+use metaloop_engine::config::{ConvTasks, Memory, Precision};
 use tch::Device;
 
 use crate::errors::bad;
@@ -48,6 +48,13 @@ pub struct Flags {
     /// "default", "fp32", "tf32" (CUDA only) or "bf16", as `run.precision`.
     #[arg(long, default_value = "default")]
     precision: String,
+    /// How task-batched convolutions run their tasks: "auto", "grouped", "per_task" or "gemm",
+    /// as `run.conv_tasks`.
+    #[arg(long, default_value = "auto")]
+    conv_tasks: String,
+    /// Folded convolutions in channels-last memory order, as `run.channels_last`.
+    #[arg(long)]
+    channels_last: bool,
 }
 
 /// `metaloop bench`: checks the flags, runs the workload, prints its line.
@@ -64,7 +71,7 @@ pub fn run(f: &Flags) -> Result<()> {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "{}: {:.2} tasks/s (median {:.2} ms per meta-batch of {}, {} steps, {} memory, task chunk {}, {} precision), {} {:.0} MiB, {} threads ({} workers), {}",
+            "{}: {:.2} tasks/s (median {:.2} ms per meta-batch of {}, {} steps, {} memory, task chunk {}, {} precision, {} convolutions{}), {} {:.0} MiB, {} threads ({} workers), {}",
             r.workload,
             r.tasks_per_s,
             1e3 * r.median_s,
@@ -73,6 +80,8 @@ pub fn run(f: &Flags) -> Result<()> {
             r.memory,
             r.task_chunk,
             r.precision,
+            r.conv_tasks,
+            if r.channels_last { " channels-last" } else { "" },
             if r.peak_device_mib.is_some() {
                 "peak device memory"
             } else {
@@ -115,6 +124,10 @@ fn options(f: &Flags) -> Result<Options> {
         .precision
         .parse()
         .map_err(|e| bad(format!("--precision: {e}")))?;
+    let conv_tasks: ConvTasks = f
+        .conv_tasks
+        .parse()
+        .map_err(|e| bad(format!("--conv-tasks: {e}")))?;
     let device = match f.device.as_str() {
         "cpu" => Device::Cpu,
         "cuda" if tch::Cuda::is_available() => Device::Cuda(0),
@@ -138,6 +151,8 @@ fn options(f: &Flags) -> Result<Options> {
         memory,
         task_chunk: f.task_chunk,
         precision,
+        conv_tasks,
+        channels_last: f.channels_last,
     })
 }
 

@@ -1,4 +1,4 @@
-//! The GPU switches on the CPU: `bench --precision` ("bf16" runs here, "tf32" is refused naming
+//! The GPU switches on the CPU: `bench --conv-tasks` and `--channels-last`, `bench --precision` ("bf16" runs here, "tf32" is refused naming
 //! `run.precision`), `run.comm = "nccl"` refused on a CPU run naming `run.comm`, and the CPU's
 //! bench and metrics lines without device memory.
 
@@ -54,6 +54,24 @@ fn bench_runs_bf16_on_the_cpu_and_refuses_tf32() {
         assert_eq!(out.status.code(), Some(2), "{value}: {stderr}");
         assert!(stderr.contains(says), "{value}: {stderr}");
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bench_takes_the_convolution_switches() {
+    let dir = scratch("gpu-switches", "conv");
+    let mut args = bench("default").to_vec();
+    args.extend(["--conv-tasks", "gemm", "--channels-last", "--json"]);
+    let r = json_line(&ok(&metaloop(&dir, &args)));
+    assert_eq!(r["conv_tasks"], "gemm", "{r}");
+    assert_eq!(r["channels_last"], true, "{r}");
+    assert!(r["tasks_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    let mut args = bench("default").to_vec();
+    args.extend(["--conv-tasks", "winograd"]);
+    let out = metaloop(&dir, &args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--conv-tasks: must be one of"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

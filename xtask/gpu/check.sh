@@ -12,7 +12,9 @@
 #   bench   `metaloop bench` for omniglot20, omniglot, sinusoid and miniimagenet-resnet12 (the dry
 #           run: the first three, and the peers on omniglot only) in each
 #           switch combination that matters: run.precision default/fp32/tf32/bf16, the fused
-#           optimizer kernels, and recompute-and-adjoint for ResNet-12; tasks/s and peak memory
+#           optimizer kernels, recompute-and-adjoint for ResNet-12, and for the convolutional
+#           workloads the task-batched convolution as batched GEMM (gemm: run.conv_tasks) and
+#           grouped in channels-last order (nhwc: run.channels_last); tasks/s and peak memory
 #   peers   benches/peers/peers.py (torch.func, higher, TorchOpt) on the same workloads
 #   train   a short meta-training on generated Omniglot-layout data, with its meta-test accuracy
 #           after adaptation
@@ -122,10 +124,14 @@ if [ "$DRY" = 1 ]; then
   WORKLOADS=(omniglot20 omniglot sinusoid); PEER_WORKLOADS=(omniglot)
 fi
 for w in "${WORKLOADS[@]}"; do
-  for combo in default fp32 tf32 bf16 default+fused recompute; do
+  for combo in default fp32 tf32 bf16 default+fused recompute gemm nhwc; do
     [ "$combo" = recompute ] && [ "$w" != miniimagenet-resnet12 ] && continue
+    # The convolution switches only for convolutional workloads.
+    [[ "$combo" =~ ^(gemm|nhwc)$ ]] && [ "$w" = sinusoid ] && continue
     args=(--precision "${combo%%+*}")
     [ "$combo" = recompute ] && args=(--precision default --memory recompute)
+    [ "$combo" = gemm ] && args=(--precision default --conv-tasks gemm)
+    [ "$combo" = nhwc ] && args=(--precision default --conv-tasks grouped --channels-last)
     [[ "$combo" == *+fused ]] && args+=(--fused)
     step "bench-$w-$combo" "$END" 60 "$METALOOP" bench --workload "$w" --device "$DEVICE" --json \
       "${BENCH_SIZE[@]}" "${args[@]}"

@@ -83,6 +83,27 @@ impl Precision {
     }
 }
 
+choice! {
+    /// How task-batched convolutions run their tasks (`run.conv_tasks`, runtime::nn::ConvTasks):
+    /// "auto" (a loop over tasks on the CPU, one grouped cuDNN kernel on CUDA), "grouped" (tasks
+    /// folded into the channels, `groups = T`), "per_task" (one convolution per task) or "gemm"
+    /// (tasks folded into the batch: im2col and one batched matrix product with per-task weights).
+    ConvTasks { Auto = "auto", Grouped = "grouped", PerTask = "per_task", Gemm = "gemm" }
+}
+
+impl Default for ConvTasks {
+    fn default() -> Self {
+        ConvTasks::Auto
+    }
+}
+
+impl ConvTasks {
+    /// True for "auto" (left out of a serialised config, as `Precision::is_default`).
+    pub fn is_auto(&self) -> bool {
+        *self == ConvTasks::Auto
+    }
+}
+
 impl Default for Comm {
     fn default() -> Self {
         Comm::Auto
