@@ -20,7 +20,9 @@ BatchNorm uses batch statistics (track_running_stats=False), as metaloop without
 The timed step: inner loops for every task of the meta-batch, the query loss, the meta-gradient
 (backward) and an Adam outer step. The median over timed iterations, after warm-up.
 
-Usage: python peers.py --peer higher|torchfunc|torchopt --workload sinusoid|omniglot|omniglot20|
+The peer "metaloop-higher" is higher's loop with `import metaloop as higher` as its only change.
+
+Usage: python peers.py --peer higher|metaloop-higher|torchfunc|torchopt --workload sinusoid|omniglot|omniglot20|
        miniimagenet-conv4|miniimagenet-resnet12|miniimagenet-resnet12-long
        [--iters 20] [--warmup 3] [--threads 2] [--device cpu|cuda] [--meta-batch T] [--steps N]
 """
@@ -109,8 +111,9 @@ def loss_fn(w):
     return F.mse_loss if w["kind"] == "mlp" else F.cross_entropy
 
 
-def step_higher(model, meta_opt, w, batch):
-    import higher
+def step_higher(model, meta_opt, w, batch, higher=None):
+    if higher is None:
+        import higher
     xs, ys, xq, yq = batch
     loss = loss_fn(w)
     inner_opt = torch.optim.SGD(model.parameters(), lr=w["lr"])
@@ -121,6 +124,14 @@ def step_higher(model, meta_opt, w, batch):
                 diffopt.step(loss(fmodel(xs[i]), ys[i]))
             (loss(fmodel(xq[i]), yq[i]) / w["meta_batch"]).backward()
     meta_opt.step()
+
+
+def step_metaloop_higher(model, meta_opt, w, batch):
+    """higher's loop above, unchanged, with `import metaloop as higher` (metaloop's Python package:
+    innerloop_ctx runs the differentiable SGD steps in metaloop, the model's forward natively when
+    metaloop has its layers)."""
+    import metaloop as higher
+    step_higher(model, meta_opt, w, batch, higher=higher)
 
 
 def step_torchfunc(model, meta_opt, w, batch):
@@ -159,7 +170,8 @@ def step_torchopt(model, meta_opt, w, batch):
     meta_opt.step()
 
 
-STEPS = {"higher": step_higher, "torchfunc": step_torchfunc, "torchopt": step_torchopt}
+STEPS = {"higher": step_higher, "metaloop-higher": step_metaloop_higher, "torchfunc": step_torchfunc,
+         "torchopt": step_torchopt}
 
 
 def peak_rss_mib():

@@ -1,5 +1,6 @@
 //! `cargo xtask bench [--peers]`: metaloop's benchmark workloads, and with `--peers` the same
-//! workloads in higher, torch.func and TorchOpt (benches/peers/peers.py) in the same run with the
+//! workloads in higher, torch.func and TorchOpt (benches/peers/peers.py), and higher's loop with
+//! `import metaloop as higher`, in the same run with the
 //! same thread count; one table of tasks/s, peak memory and metaloop's ratio to each peer.
 //!
 //! Every (tool, workload) runs in its own process, so each peak memory is that workload's own.
@@ -9,8 +10,10 @@ use crate::{cargo, run_status, setup};
 use anyhow::{bail, Context, Result};
 use std::process::{Command, ExitCode};
 
-const PEERS: [(&str, &str); 3] = [
+const PEERS: [(&str, &str); 4] = [
     ("higher", "higher"),
+    // higher's own loop with `import metaloop as higher` (metaloop's Python package).
+    ("metaloop-higher", "import metaloop as higher"),
     ("torchfunc", "torch.func"),
     ("torchopt", "TorchOpt"),
 ];
