@@ -204,14 +204,10 @@ fn maml_on_a_small_resnet12_learns_miniimagenet_layout_episodes() {
     );
 }
 
-/// Task chunks change no task: with ResNet-12's Dropout and DropBlock masks and the standard
-/// support augmentation (all drawn from the seed, the iteration and the task index), chunks of
-/// one or three tasks give the whole meta-batch's meta-gradient (f64, summation order only),
-/// with full tracking and with recompute.
-#[test]
-fn task_chunks_keep_masks_and_augmentation_of_every_task() {
+/// A folder dataset in `tmp` and a ResNet-12 of width 4 on it, in f64 with one worker, 32×32
+/// images with the standard augmentation, DropBlock, two inner steps and two iterations.
+fn small_resnet12_f64(tmp: &TempDir) -> TrainConfig {
     use metaloop_engine::config::{Augment, DropBlockConfig, Dtype};
-    let tmp = TempDir::new("train-chunks");
     write_split(&tmp.path().join("train"), 0, 8, 4);
     write_split(&tmp.path().join("test"), 100, 6, 4);
     let mut cfg = folder_conv4_config(tmp.path());
@@ -224,8 +220,19 @@ fn task_chunks_keep_masks_and_augmentation_of_every_task() {
     cfg.model.dropblock = Some(DropBlockConfig { rate: 0.2, size: 1 });
     cfg.algorithm.inner_steps = 2;
     cfg.algorithm.inner_lr = 0.1;
-    cfg.outer.meta_batch = 4;
     cfg.outer.iterations = 2;
+    cfg
+}
+
+/// Task chunks change no task: with ResNet-12's Dropout and DropBlock masks and the standard
+/// support augmentation (all drawn from the seed, the iteration and the task index), chunks of
+/// one or three tasks give the whole meta-batch's meta-gradient (f64, summation order only),
+/// with full tracking and with recompute.
+#[test]
+fn task_chunks_keep_masks_and_augmentation_of_every_task() {
+    let tmp = TempDir::new("train-chunks");
+    let mut cfg = small_resnet12_f64(&tmp);
+    cfg.outer.meta_batch = 4;
     for memory in [Memory::Full, Memory::Recompute] {
         cfg.algorithm.memory = memory;
         let run = |chunk: usize| {
@@ -260,22 +267,10 @@ fn task_chunks_keep_masks_and_augmentation_of_every_task() {
 /// model of the default after two iterations (f64, summation order only).
 #[test]
 fn convolution_switches_train_the_same_model() {
-    use metaloop_engine::config::{Augment, ConvTasks, DropBlockConfig, Dtype};
+    use metaloop_engine::config::ConvTasks;
     let tmp = TempDir::new("train-conv-switches");
-    write_split(&tmp.path().join("train"), 0, 8, 4);
-    write_split(&tmp.path().join("test"), 100, 6, 4);
-    let mut cfg = folder_conv4_config(tmp.path());
-    cfg.run.dtype = Dtype::F64;
-    cfg.run.workers = 1;
-    cfg.task.image_size = 32;
-    cfg.task.augment = Augment::Standard;
-    cfg.model.backbone = Backbone::Resnet12;
-    cfg.model.widths = vec![4, 4, 4, 4];
-    cfg.model.dropblock = Some(DropBlockConfig { rate: 0.2, size: 1 });
-    cfg.algorithm.inner_steps = 2;
-    cfg.algorithm.inner_lr = 0.1;
+    let mut cfg = small_resnet12_f64(&tmp);
     cfg.outer.meta_batch = 3;
-    cfg.outer.iterations = 2;
     let run = |how: ConvTasks, channels_last: bool| {
         let mut c = cfg.clone();
         c.run.conv_tasks = how;
