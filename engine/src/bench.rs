@@ -317,7 +317,7 @@ fn config(w: &Workload, iterations: u64, o: &Options) -> TrainConfig {
 }
 
 /// The Trainer of workload `w` on its random tasks.
-fn trainer(w: &Workload, o: &Options) -> Result<Trainer> {
+pub(crate) fn trainer(w: &Workload, o: &Options) -> Result<Trainer> {
     let cfg = config(w, (o.warmup + o.iters) as u64, o);
     let builder = Trainer::builder(&cfg)
         .tasks(RandomTasks::new(w)?)

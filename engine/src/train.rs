@@ -479,3 +479,7 @@ impl Trainer {
         ranks::check_consistency(self.comm.as_ref(), &self.meta, self.iteration())
     }
 }
+
+#[cfg(test)]
+#[path = "train_batching_tests.rs"]
+mod batching_tests;
