@@ -1,3 +1,6 @@
+//! engine::exact: order independence on adversarial values, the stated precision, no overflow
+//! at the largest values, and no scale without finite values.
+
 use super::*;
 use metaloop_runtime::comm::Local;
 

@@ -89,7 +89,5 @@ fn per_task_gradients_against_the_batch_size() {
                 "{name}: batches of {size} against batches of 2"
             );
         }
-        let alone = (0..TASKS).filter(|&i| bits[0][i] != bits[1][i]).count();
-        println!("{name}: {alone} of {TASKS} tasks get other bits alone than in a batch");
     }
 }
