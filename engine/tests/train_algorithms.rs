@@ -332,6 +332,8 @@ fn reproducible_f32_training_is_bit_identical_on_any_workers_and_chunks() {
         let mut c = cfg.clone();
         c.run.workers = workers;
         c.run.task_chunk = chunk;
+        // Chunk 1 without reproducible: the float path, one task at a time, summed in order.
+        c.run.reproducible = chunk != 1;
         let mut t = Trainer::new(&c, Box::new(Local)).unwrap();
         for _ in 0..c.outer.iterations {
             t.step().unwrap();
@@ -345,6 +347,8 @@ fn reproducible_f32_training_is_bit_identical_on_any_workers_and_chunks() {
             "{workers} workers, task chunk {chunk}: other bits than 1 worker"
         );
     }
+    // The contrast: the float sums of 1 and 3 workers differ.
+    assert!(run(1, 1) != run(3, 1), "float sums should depend on the split");
 }
 
 /// The largest absolute difference between two trainers' states (θ0, learned hyperparameters,

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::bounded::OutputWithin;
 use common::netns::TwoHosts;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -180,7 +181,7 @@ fn reproducible_runs_write_the_same_model_bytes_on_any_ranks_and_workers() {
             c.args(["--bind-to", "none"]).arg(metaloop());
             c
         };
-        let done = cmd.args(&args).output().unwrap();
+        let done = cmd.args(&args).output_within_limit();
         assert!(
             done.status.success(),
             "{name}: {}\n{}",
