@@ -3,8 +3,9 @@
 //!
 //! Every algorithm (engine::algorithms) reduces to a meta-gradient over one flat vector of
 //! meta-parameters (θ0, then every learned inner hyperparameter), which is all-reduced once per
-//! iteration together with the loss statistics and the non-finite flags, then fed to the outer
-//! optimizer (a pure update from `runtime::optim`, identical on every rank).
+//! iteration together with the loss statistics and the non-finite flags (engine::reduce; with
+//! `run.reproducible`, exactly, engine::exact), then fed to the outer optimizer (a pure update
+//! from `runtime::optim`, identical on every rank).
 //!
 //! The Trainer is open: [`TrainerBuilder`] takes any `nn::Module`, any [`TaskSource`], any
 //! [`Loss`] and any [`Algorithm`]; what is not given comes from the config (engine::setup). The

@@ -348,7 +348,10 @@ fn reproducible_f32_training_is_bit_identical_on_any_workers_and_chunks() {
         );
     }
     // The contrast: the float sums of 1 and 3 workers differ.
-    assert!(run(1, 1) != run(3, 1), "float sums should depend on the split");
+    assert!(
+        run(1, 1) != run(3, 1),
+        "float sums should depend on the split"
+    );
 }
 
 /// The largest absolute difference between two trainers' states (θ0, learned hyperparameters,
