@@ -5,7 +5,7 @@
 
 use crate::algorithms::{adapt, query_losses};
 use crate::bench::{self, Model, Options, Workload, WORKLOADS};
-use crate::config::{Memory, Precision};
+use crate::config::{ConvTasks, Memory, Precision};
 use crate::train::Trainer;
 use tch::{Device, Tensor};
 
@@ -22,6 +22,8 @@ fn options() -> Options {
         memory: Memory::Full,
         task_chunk: 0,
         precision: Precision::Default,
+        conv_tasks: ConvTasks::Auto,
+        channels_last: false,
         reproducible: false,
     }
 }
