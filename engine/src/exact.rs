@@ -19,7 +19,8 @@
 //! relative precision in f64 (a value 10^−6 · M keeps about 10^−11 relative).
 //!
 //! The losses, accuracies and non-finite flags travel in one slot per task (the other ranks add
-//! zeros, which is exact) and are summed on every rank in task order. Nothing here prints.
+//! zeros, which is exact) and are summed on every rank in task order. A rank keeps its tasks'
+//! meta-gradients until the sum (tasks × meta-vector values). Nothing here prints.
 
 use std::ops::Range;
 

@@ -167,34 +167,38 @@ fn state_and_restore_resume_exactly() {
 
 #[test]
 fn non_finite_meta_gradients_skip_the_outer_step_and_stop_after_k_in_a_row() {
-    let mut cfg = config("maml");
-    // An inner lr this large overflows the adapted weights: every task's query loss is not finite.
-    cfg.algorithm.inner_lr = 1e30;
-    cfg.outer.meta_batch = 4;
-    cfg.outer.max_nonfinite_skips = 3;
-    let mut trainer = Trainer::new(&cfg, Box::new(Local)).unwrap();
-    let before = trainer.state().unwrap();
-    for i in 1..=2 {
-        let m = trainer.step().unwrap();
-        assert!(m.skipped, "step {i} was not skipped: {m:?}");
-        assert_eq!(m.nonfinite_tasks, vec![0, 1, 2, 3]);
-        assert_eq!(m.iteration, i);
+    // The float sum, and the exact one of run.reproducible (no fixed-point scale exists then).
+    for reproducible in [false, true] {
+        let mut cfg = config("maml");
+        cfg.run.reproducible = reproducible;
+        // An inner lr this large overflows the adapted weights: every task's query loss is not finite.
+        cfg.algorithm.inner_lr = 1e30;
+        cfg.outer.meta_batch = 4;
+        cfg.outer.max_nonfinite_skips = 3;
+        let mut trainer = Trainer::new(&cfg, Box::new(Local)).unwrap();
+        let before = trainer.state().unwrap();
+        for i in 1..=2 {
+            let m = trainer.step().unwrap();
+            assert!(m.skipped, "step {i} was not skipped: {m:?}");
+            assert_eq!(m.nonfinite_tasks, vec![0, 1, 2, 3]);
+            assert_eq!(m.iteration, i);
+        }
+        // Skipped steps leave every meta-parameter and the outer state untouched.
+        for ((n, a), (_, b)) in before.iter().zip(trainer.state().unwrap().iter()) {
+            assert!(a.equal(b), "`{n}` changed during skipped steps");
+        }
+        let err = trainer
+            .step()
+            .err()
+            .expect("the third skip in a row stops the run")
+            .to_string();
+        assert!(
+            err.contains("iteration 2")
+                && err.contains("3 outer steps in a row")
+                && err.contains("max_nonfinite_skips"),
+            "{err}"
+        );
     }
-    // Skipped steps leave every meta-parameter and the outer state untouched.
-    for ((n, a), (_, b)) in before.iter().zip(trainer.state().unwrap().iter()) {
-        assert!(a.equal(b), "`{n}` changed during skipped steps");
-    }
-    let err = trainer
-        .step()
-        .err()
-        .expect("the third skip in a row stops the run")
-        .to_string();
-    assert!(
-        err.contains("iteration 2")
-            && err.contains("3 outer steps in a row")
-            && err.contains("max_nonfinite_skips"),
-        "{err}"
-    );
 }
 
 #[test]
