@@ -38,6 +38,9 @@ impl Communicator for Timed {
         self.all_reduce.set(self.all_reduce.get() + start.elapsed());
         r
     }
+    fn all_reduce_max(&self, t: &mut Tensor) -> Result<()> {
+        self.inner.all_reduce_max(t)
+    }
     fn broadcast(&self, t: &mut Tensor, root: usize) -> Result<()> {
         self.inner.broadcast(t, root)
     }

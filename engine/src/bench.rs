@@ -152,6 +152,8 @@ pub struct Options {
     pub conv_tasks: ConvTasks,
     /// Folded convolutions in channels-last memory order (`run.channels_last`).
     pub channels_last: bool,
+    /// Bit-identical results on any split of the tasks (`run.reproducible`, engine::exact).
+    pub reproducible: bool,
 }
 
 /// What one workload measured.
@@ -186,6 +188,8 @@ pub struct BenchResult {
     pub workers: usize,
     /// Fused optimizer kernels (else libtorch's tensor ops) in the inner and outer steps.
     pub fused: bool,
+    /// `run.reproducible`: each task alone, summed exactly (engine::exact).
+    pub reproducible: bool,
     pub device: String,
 }
 
@@ -307,12 +311,13 @@ fn config(w: &Workload, iterations: u64, o: &Options) -> TrainConfig {
     cfg.outer.iterations = iterations;
     cfg.run.workers = o.workers;
     cfg.run.task_chunk = o.task_chunk;
+    cfg.run.reproducible = o.reproducible;
     cfg.run.consistency_every = 0;
     cfg
 }
 
 /// The Trainer of workload `w` on its random tasks.
-fn trainer(w: &Workload, o: &Options) -> Result<Trainer> {
+pub(crate) fn trainer(w: &Workload, o: &Options) -> Result<Trainer> {
     let cfg = config(w, (o.warmup + o.iters) as u64, o);
     let builder = Trainer::builder(&cfg)
         .tasks(RandomTasks::new(w)?)
@@ -362,6 +367,7 @@ pub fn run(w: &Workload, o: &Options) -> Result<BenchResult> {
     Ok(BenchResult {
         peer: "metaloop".into(),
         fused: o.fused,
+        reproducible: o.reproducible,
         workload: w.name.into(),
         meta_batch: w.meta_batch,
         steps: w.steps,

@@ -199,6 +199,12 @@ pub struct RunConfig {
     /// Allowed: 0 to 16777216.
     #[serde(default)]
     pub task_chunk: usize,
+    /// Bit-identical results on any number of ranks, workers and task chunks (docs/faults.md):
+    /// each task's meta-gradient computed alone, summed exactly as integers on a fixed-point
+    /// scale (engine::exact), one intra-op thread per worker on the CPU. Off by default: it
+    /// costs time (benches/README.md). Left out of the config's hash while false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reproducible: bool,
     /// Seconds a collective (all-reduce, broadcast, barrier) may take before the job is ended
     /// as hung, naming the collective and the iteration (0 = wait for ever).
     #[serde(default = "d::u64_::<600>")]

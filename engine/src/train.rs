@@ -3,8 +3,9 @@
 //!
 //! Every algorithm (engine::algorithms) reduces to a meta-gradient over one flat vector of
 //! meta-parameters (θ0, then every learned inner hyperparameter), which is all-reduced once per
-//! iteration together with the loss statistics and the non-finite flags, then fed to the outer
-//! optimizer (a pure update from `runtime::optim`, identical on every rank).
+//! iteration together with the loss statistics and the non-finite flags (engine::reduce; with
+//! `run.reproducible`, exactly, engine::exact), then fed to the outer optimizer (a pure update
+//! from `runtime::optim`, identical on every rank).
 //!
 //! The Trainer is open: [`TrainerBuilder`] takes any `nn::Module`, any [`TaskSource`], any
 //! [`Loss`] and any [`Algorithm`]; what is not given comes from the config (engine::setup). The
@@ -23,8 +24,8 @@ use crate::chunks::{self, Partial};
 use crate::config::TrainConfig;
 use crate::data::{MetaBatch, TaskSource};
 use crate::evaluate::MetaTest;
+use crate::exact;
 use crate::feed::TaskFeed;
-use crate::host::to_f64s;
 use crate::loss::{self, Loss};
 use crate::meta_params::MetaParams;
 use crate::model_file;
@@ -33,6 +34,7 @@ use crate::outer::OuterStep;
 use crate::predictions::{PredictionSpec, TaskPredictions};
 use crate::protocol::EvalProtocol;
 use crate::ranks;
+use crate::reduce::{self, Reduced};
 use crate::resume::Snapshot;
 use crate::rundir::RunDir;
 use crate::setup;
@@ -44,7 +46,7 @@ use metaloop_runtime::Params;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 pub use crate::report::{EvalReport, MeanCi, StepMetrics};
 pub use crate::setup::{build_model, rank_slice, task_source};
@@ -181,8 +183,21 @@ impl TrainerBuilder {
         let threads = self
             .threads
             .unwrap_or_else(|| tch::get_num_threads().max(1) as usize);
+        // Reproducible on the CPU: one intra-op thread per worker, since libtorch's CPU kernels
+        // split their reductions by the thread count (engine::exact).
+        let (requested, threads) = match (cfg.run.reproducible, device) {
+            (true, Device::Cpu) => {
+                let n = if cfg.run.workers == 0 {
+                    threads
+                } else {
+                    cfg.run.workers
+                };
+                (n, n)
+            }
+            _ => (cfg.run.workers, threads),
+        };
         let workers = Workers::plan(
-            cfg.run.workers,
+            requested,
             threads,
             rank_slice(cfg.outer.meta_batch, comm.rank(), comm.size()).len(),
             meta.theta.layout().numel(),
@@ -345,18 +360,20 @@ impl Trainer {
         spec.predict(&self.meta_test())
     }
 
-    /// This rank's meta-gradient (summed over its tasks, divided by the global meta-batch size),
-    /// [Σ query loss, Σ query accuracy] over its tasks, and each task's query loss: the tasks
-    /// split over the task-parallel workers (engine::workers), each worker's in chunks of
-    /// `run.task_chunk` (engine::chunks), the results summed.
-    fn local_meta_gradient(&self, batch: &MetaBatch, global_tasks: f64) -> Result<Partial> {
+    /// This rank's contributions: the tasks split over the task-parallel workers
+    /// (engine::workers), each worker's in chunks of `run.task_chunk` (engine::chunks). One
+    /// [`Partial`] per worker, summed over its chunks; with `run.reproducible`, one per task, in
+    /// task order (each task alone, engine::exact).
+    fn local_meta_gradient(&self, batch: &MetaBatch, global_tasks: f64) -> Result<Vec<Partial>> {
         let algorithm = self.algorithm.as_ref();
+        let exact = self.cfg.run.reproducible;
+        let chunk = if exact { 1 } else { self.cfg.run.task_chunk };
         let inputs = self
             .workers
             .chunks(batch.len())
             .into_iter()
             .map(|worker| {
-                chunks::split(worker, self.cfg.run.task_chunk)
+                chunks::split(worker, chunk)
                     .into_iter()
                     .map(|r| {
                         let b = batch.slice(r)?;
@@ -368,39 +385,49 @@ impl Trainer {
             })
             .collect::<Result<Vec<_>>>()?;
         let parts = self.workers.run(inputs, |chunks| {
-            chunks::run_chunks(algorithm, chunks, global_tasks)
+            if exact {
+                chunks
+                    .into_iter()
+                    .map(|c| chunks::run_chunks(algorithm, vec![c], global_tasks))
+                    .collect()
+            } else {
+                Ok(vec![chunks::run_chunks(algorithm, chunks, global_tasks)?])
+            }
         })?;
-        Partial::sum(parts)
+        Ok(parts.into_iter().flatten().collect())
     }
 
-    /// This rank's part of an iteration's all-reduce buffer: its meta-gradient, [Σ loss, Σ
-    /// accuracy] and the non-finite flags of its tasks (one slot per global task).
-    fn local_buffer(&mut self, global: usize) -> Result<Tensor> {
-        let range = rank_slice(global, self.rank(), self.size());
-        let m = self.meta.len();
-        let (kind, device) = (self.net.kind, self.net.device);
-        let mut flags = Tensor::f_zeros([global as i64], (kind, device))?;
+    /// This rank's contributions to the iteration (tasks `range` of `global`; none when empty).
+    fn local_parts(
+        &mut self,
+        range: std::ops::Range<usize>,
+        global: usize,
+    ) -> Result<Vec<Partial>> {
         if range.is_empty() {
-            let zeros = Tensor::f_zeros([m + 2], (kind, device))?;
-            return Ok(Tensor::f_cat(&[zeros, flags], 0)?);
+            return Ok(Vec::new());
         }
         let iteration = self.outer.iteration;
         let batch = {
             let _s = tracing::info_span!("sample", iteration).entered();
-            let b = self.tasks.next_batch(&self.cfg, iteration, range.clone())?;
+            let b = self.tasks.next_batch(&self.cfg, iteration, range)?;
             self.net.prepare(b)?
         };
-        let part = self.local_meta_gradient(&batch, global as f64)?;
-        let bad = part
-            .per_task()?
-            .f_isfinite()?
-            .f_logical_not()?
-            .f_to_kind(kind)?;
-        let index =
-            Tensor::f_arange_start(range.start as i64, range.end as i64, (Kind::Int64, device))?;
-        flags = flags.f_index_copy(0, &index, &bad)?;
-        let [loss, acc] = part.sums;
-        Ok(Tensor::f_cat(&[part.grad, loss, acc, flags], 0)?)
+        self.local_meta_gradient(&batch, global as f64)
+    }
+
+    /// The iteration's all-reduce: exact (engine::exact) with `run.reproducible`, else one
+    /// float sum of the meta-gradient, [Σ loss, Σ accuracy] and the non-finite flags of the
+    /// tasks (one slot per global task) together.
+    fn reduce(&mut self, global: usize) -> Result<Reduced> {
+        let range = rank_slice(global, self.rank(), self.size());
+        let parts = self.local_parts(range.clone(), global)?;
+        let m = self.meta.len();
+        let opts = (self.net.kind, self.net.device);
+        let comm = self.comm.as_ref();
+        if self.cfg.run.reproducible {
+            return exact::reduce(comm, &parts, range, global, m, opts);
+        }
+        reduce::float(comm, parts, range, global, m, opts)
     }
 
     /// One outer iteration: sample, adapt, meta-gradient, all-reduce, outer step.
@@ -412,19 +439,12 @@ impl Trainer {
     pub fn step(&mut self) -> Result<StepMetrics> {
         let started = Instant::now();
         let global = self.cfg.outer.meta_batch;
-        let m = self.meta.len();
-        // One all-reduce: the meta-gradient, the loss statistics and the non-finite flags together.
-        let mut buffer = self.local_buffer(global)?;
-        self.comm.all_reduce_sum(&mut buffer)?;
-        let grad = buffer.f_narrow(0, 0, m)?;
-        let totals = to_f64s(&buffer.f_narrow(0, m, 2)?)?;
-        let nonfinite_tasks: Vec<usize> = to_f64s(&buffer.f_narrow(0, m + 2, global as i64)?)?
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| **f != 0.0)
-            .map(|(i, _)| i)
-            .collect();
-        let grad_norm = grad.f_norm()?.f_double_value(&[])?;
+        let Reduced {
+            grad,
+            totals,
+            nonfinite: nonfinite_tasks,
+            grad_norm,
+        } = self.reduce(global)?;
         let skipped = !grad_norm.is_finite() || !nonfinite_tasks.is_empty();
         let update =
             self.outer
@@ -460,3 +480,7 @@ impl Trainer {
         ranks::check_consistency(self.comm.as_ref(), &self.meta, self.iteration())
     }
 }
+
+#[cfg(test)]
+#[path = "train_batching_tests.rs"]
+mod batching_tests;

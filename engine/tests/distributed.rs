@@ -2,6 +2,7 @@
 //! 3 MPI ranks (uneven splits of the meta-batch included) gives the same meta-parameters after K
 //! iterations: 1e-10 in f64, 1e-5 in f32 (the all-reduce sums per-rank partial sums in another
 //! order than one rank does; f32 carries about 7 digits and K Adam steps amplify the rounding).
+//! With `run.reproducible` the same bits on 1, 2 and 3 ranks and 1 or 2 workers, f32 and f64.
 
 #[path = "../../runtime/tests/mpi_support/mod.rs"]
 mod mpi_support;
@@ -15,6 +16,8 @@ use tch::Tensor;
 
 const OUT_VAR: &str = "METALOOP_TEST_OUT";
 const DTYPE_VAR: &str = "METALOOP_TEST_DTYPE";
+/// Set for `run.reproducible`: the workers per rank.
+const WORKERS_VAR: &str = "METALOOP_TEST_REPRODUCIBLE_WORKERS";
 
 fn config(dtype: &str) -> TrainConfig {
     let mut cfg = TrainConfig::default();
@@ -27,6 +30,14 @@ fn config(dtype: &str) -> TrainConfig {
     // 7 tasks: 7 on one rank, 3 + 4 on two, 2 + 2 + 3 on three.
     cfg.outer.meta_batch = 7;
     cfg.outer.iterations = 5;
+    if let Ok(workers) = std::env::var(WORKERS_VAR) {
+        // 6 tasks: 6, 3 + 3 and 2 + 2 + 2; 200 Adam steps of a small MLP.
+        cfg.run.reproducible = true;
+        cfg.run.workers = workers.parse().unwrap();
+        cfg.outer.meta_batch = 6;
+        cfg.outer.iterations = 200;
+        cfg.model.hidden = vec![8, 8];
+    }
     cfg
 }
 
@@ -61,7 +72,11 @@ fn run(ranks: usize, dtype: &str, dir: &std::path::Path) -> Vec<(String, Tensor)
         "same_parameters_on_1_2_and_3_ranks",
         &[(OUT_VAR, out.to_str().unwrap()), (DTYPE_VAR, dtype)],
     );
-    let mut tensors = Tensor::read_safetensors(&out).unwrap();
+    read_sorted(&out)
+}
+
+fn read_sorted(out: &std::path::Path) -> Vec<(String, Tensor)> {
+    let mut tensors = Tensor::read_safetensors(out).unwrap();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     tensors
 }
@@ -90,6 +105,46 @@ fn same_parameters_on_1_2_and_3_ranks() {
         }
         // The meta-parameters did move (the comparison is not between two untouched inits).
         assert!(one.iter().any(|(n, _)| n == "inner.lr"));
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `run.reproducible` (engine::exact): the same bits on 1, 2 and 3 ranks and on 1 and 2 workers
+/// per rank, in f32 and f64, after 200 Adam steps of second-order MAML with learned inner lr
+/// and momentum (θ0, the hyperparameters, Adam's moments and the test report's loss).
+#[test]
+fn bit_identical_on_1_2_and_3_ranks_and_2_workers_when_reproducible() {
+    if mpi_support::under_mpirun() {
+        rank_body();
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("metaloop-reproducible-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |dtype: &str, ranks: usize, workers: usize| {
+        let out = dir.join(format!("{dtype}-{ranks}-{workers}.safetensors"));
+        let w = workers.to_string();
+        mpi_support::run_under_mpirun_with_env(
+            ranks,
+            "bit_identical_on_1_2_and_3_ranks_and_2_workers_when_reproducible",
+            &[
+                (OUT_VAR, out.to_str().unwrap()),
+                (DTYPE_VAR, dtype),
+                (WORKERS_VAR, w.as_str()),
+            ],
+        );
+        std::fs::read(&out).unwrap()
+    };
+    for (dtype, splits) in [
+        ("f32", &[(2, 1), (3, 1), (1, 2), (2, 2)][..]),
+        ("f64", &[(3, 1), (2, 2)][..]),
+    ] {
+        let one = run(dtype, 1, 1);
+        for &(ranks, workers) in splits {
+            assert!(
+                run(dtype, ranks, workers) == one,
+                "{dtype}: {ranks} ranks of {workers} workers wrote other bytes than 1 rank"
+            );
+        }
     }
     std::fs::remove_dir_all(&dir).ok();
 }

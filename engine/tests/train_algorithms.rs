@@ -167,34 +167,38 @@ fn state_and_restore_resume_exactly() {
 
 #[test]
 fn non_finite_meta_gradients_skip_the_outer_step_and_stop_after_k_in_a_row() {
-    let mut cfg = config("maml");
-    // An inner lr this large overflows the adapted weights: every task's query loss is not finite.
-    cfg.algorithm.inner_lr = 1e30;
-    cfg.outer.meta_batch = 4;
-    cfg.outer.max_nonfinite_skips = 3;
-    let mut trainer = Trainer::new(&cfg, Box::new(Local)).unwrap();
-    let before = trainer.state().unwrap();
-    for i in 1..=2 {
-        let m = trainer.step().unwrap();
-        assert!(m.skipped, "step {i} was not skipped: {m:?}");
-        assert_eq!(m.nonfinite_tasks, vec![0, 1, 2, 3]);
-        assert_eq!(m.iteration, i);
+    // The float sum, and the exact one of run.reproducible (no fixed-point scale exists then).
+    for reproducible in [false, true] {
+        let mut cfg = config("maml");
+        cfg.run.reproducible = reproducible;
+        // An inner lr this large overflows the adapted weights: every task's query loss is not finite.
+        cfg.algorithm.inner_lr = 1e30;
+        cfg.outer.meta_batch = 4;
+        cfg.outer.max_nonfinite_skips = 3;
+        let mut trainer = Trainer::new(&cfg, Box::new(Local)).unwrap();
+        let before = trainer.state().unwrap();
+        for i in 1..=2 {
+            let m = trainer.step().unwrap();
+            assert!(m.skipped, "step {i} was not skipped: {m:?}");
+            assert_eq!(m.nonfinite_tasks, vec![0, 1, 2, 3]);
+            assert_eq!(m.iteration, i);
+        }
+        // Skipped steps leave every meta-parameter and the outer state untouched.
+        for ((n, a), (_, b)) in before.iter().zip(trainer.state().unwrap().iter()) {
+            assert!(a.equal(b), "`{n}` changed during skipped steps");
+        }
+        let err = trainer
+            .step()
+            .err()
+            .expect("the third skip in a row stops the run")
+            .to_string();
+        assert!(
+            err.contains("iteration 2")
+                && err.contains("3 outer steps in a row")
+                && err.contains("max_nonfinite_skips"),
+            "{err}"
+        );
     }
-    // Skipped steps leave every meta-parameter and the outer state untouched.
-    for ((n, a), (_, b)) in before.iter().zip(trainer.state().unwrap().iter()) {
-        assert!(a.equal(b), "`{n}` changed during skipped steps");
-    }
-    let err = trainer
-        .step()
-        .err()
-        .expect("the third skip in a row stops the run")
-        .to_string();
-    assert!(
-        err.contains("iteration 2")
-            && err.contains("3 outer steps in a row")
-            && err.contains("max_nonfinite_skips"),
-        "{err}"
-    );
 }
 
 #[test]
@@ -267,32 +271,91 @@ fn task_parallel_workers_train_exactly_like_one_worker() {
         cfg.algorithm.multi_step_loss = matches!(name, "maml" | "lslr");
         cfg.algorithm.learn_lr = name == "maml";
         cfg.outer.iterations = 3;
-        let run = |workers: usize| {
+        let run = |workers: usize, reproducible: bool| {
             let mut c = cfg.clone();
             c.run.workers = workers;
+            c.run.reproducible = reproducible;
             let mut t = Trainer::new(&c, Box::new(Local)).unwrap();
             let losses: Vec<f64> = (0..3).map(|_| t.step().unwrap().meta_loss).collect();
             (losses, t.state().unwrap())
         };
-        let (one_losses, one) = run(1);
-        let (three_losses, three) = run(3);
-        for (a, b) in one_losses.iter().zip(&three_losses) {
-            assert!(
-                (a - b).abs() <= 1e-10 * (1.0 + a.abs()),
-                "{name} ({memory}): meta-loss {a} with 1 worker, {b} with 3"
-            );
-        }
-        for ((n, a), (_, b)) in one.iter().zip(three.iter()) {
-            let d = (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double))
-                .abs()
-                .max()
-                .double_value(&[]);
+        let (one_losses, one) = run(1, false);
+        // Three workers, and the exact sums of run.reproducible (engine::exact) on 1 and 3.
+        let exact_one = run(1, true);
+        let exact_bits = state_bits(&exact_one.1);
+        for (other, (losses, state)) in [
+            ("3 workers", run(3, false)),
+            ("reproducible", exact_one),
+            ("reproducible, 3 workers", run(3, true)),
+        ] {
+            for (a, b) in one_losses.iter().zip(&losses) {
+                assert!(
+                    (a - b).abs() <= 1e-10 * (1.0 + a.abs()),
+                    "{name} ({memory}): meta-loss {a} with 1 worker, {b} with {other}"
+                );
+            }
+            let (n, d) = state_difference(&one, &state);
             assert!(
                 d <= 1e-10,
-                "{name} ({memory}): `{n}` differs by {d:e} between 1 and 3 workers"
+                "{name} ({memory}): `{n}` differs by {d:e} between 1 worker and {other}"
             );
+            if other == "reproducible, 3 workers" {
+                assert_eq!(
+                    exact_bits,
+                    state_bits(&state),
+                    "{name} ({memory}): reproducible on 1 and 3 workers"
+                );
+            }
         }
     }
+}
+
+/// Every tensor of a trainer's state as bytes, by name.
+fn state_bits(state: &[(String, tch::Tensor)]) -> Vec<(String, Vec<u8>)> {
+    state
+        .iter()
+        .map(|(n, t)| {
+            let t = t.to_kind(tch::Kind::Double).contiguous().view([-1]);
+            let v = Vec::<f64>::try_from(&t).unwrap();
+            (n.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        })
+        .collect()
+}
+
+/// `run.reproducible` in f32: 200 Adam steps of second-order MAML with a learned inner lr give
+/// the same bits on 1, 2 and 3 workers and any task chunk (engine::exact; docs/faults.md).
+#[test]
+fn reproducible_f32_training_is_bit_identical_on_any_workers_and_chunks() {
+    let mut cfg = config("maml");
+    cfg.algorithm.learn_lr = true;
+    cfg.outer.meta_batch = 6;
+    cfg.outer.iterations = 200;
+    cfg.model.hidden = vec![8, 8];
+    cfg.run.reproducible = true;
+    let run = |workers: usize, chunk: usize| {
+        let mut c = cfg.clone();
+        c.run.workers = workers;
+        c.run.task_chunk = chunk;
+        // Chunk 1 without reproducible: the float path, one task at a time, summed in order.
+        c.run.reproducible = chunk != 1;
+        let mut t = Trainer::new(&c, Box::new(Local)).unwrap();
+        for _ in 0..c.outer.iterations {
+            t.step().unwrap();
+        }
+        state_bits(&t.state().unwrap())
+    };
+    let one = run(1, 0);
+    for (workers, chunk) in [(2, 0), (3, 0), (2, 4)] {
+        assert!(
+            run(workers, chunk) == one,
+            "{workers} workers, task chunk {chunk}: other bits than 1 worker"
+        );
+    }
+    // The contrast: the float sums of 1 and 3 workers differ.
+    assert!(
+        run(1, 1) != run(3, 1),
+        "float sums should depend on the split"
+    );
 }
 
 /// The largest absolute difference between two trainers' states (θ0, learned hyperparameters,

@@ -55,6 +55,9 @@ pub struct Flags {
     /// Folded convolutions in channels-last memory order, as `run.channels_last`.
     #[arg(long)]
     channels_last: bool,
+    /// Each task alone, summed exactly: bit-identical on any split, as `run.reproducible`.
+    #[arg(long)]
+    reproducible: bool,
 }
 
 /// `metaloop bench`: checks the flags, runs the workload, prints its line.
@@ -71,7 +74,7 @@ pub fn run(f: &Flags) -> Result<()> {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "{}: {:.2} tasks/s (median {:.2} ms per meta-batch of {}, {} steps, {} memory, task chunk {}, {} precision, {} convolutions{}), {} {:.0} MiB, {} threads ({} workers), {}",
+            "{}: {:.2} tasks/s (median {:.2} ms per meta-batch of {}, {} steps, {} memory, task chunk {}, {} precision, {} convolutions{}{}), {} {:.0} MiB, {} threads ({} workers), {}",
             r.workload,
             r.tasks_per_s,
             1e3 * r.median_s,
@@ -82,6 +85,7 @@ pub fn run(f: &Flags) -> Result<()> {
             r.precision,
             r.conv_tasks,
             if r.channels_last { " channels-last" } else { "" },
+            if r.reproducible { ", reproducible" } else { "" },
             if r.peak_device_mib.is_some() {
                 "peak device memory"
             } else {
@@ -153,6 +157,7 @@ fn options(f: &Flags) -> Result<Options> {
         precision,
         conv_tasks,
         channels_last: f.channels_last,
+        reproducible: f.reproducible,
     })
 }
 

@@ -1,9 +1,11 @@
 //! The `metaloop` binary under MPI: `metaloop launch -n 2 -- train` gives the same final report as
-//! one rank and writes one run directory (rank 0 alone writes); and a short meta-training
+//! one rank and writes one run directory (rank 0 alone writes); with `run.reproducible` the same
+//! model bytes on 1, 2 and 3 ranks and 1 or 2 workers; and a short meta-training
 //! completes with one rank on each of two hosts (network namespaces over TCP).
 
 mod common;
 
+use common::bounded::OutputWithin;
 use common::netns::TwoHosts;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -125,5 +127,81 @@ fn meta_training_completes_with_one_rank_on_each_of_two_hosts() {
         String::from_utf8_lossy(&run.stdout)
     );
     assert!(report_loss_after(&out.join("two-hosts")).is_finite());
+    std::fs::remove_dir_all(&out).ok();
+}
+
+/// `run.reproducible` (docs/faults.md): the same f32 config (6 tasks, 200 Adam steps of
+/// second-order MAML on a small MLP) writes byte-identical model.safetensors on 1, 2 and 3
+/// ranks and on 1 and 2 workers per rank, under `metaloop launch` and under mpirun directly.
+#[test]
+fn reproducible_runs_write_the_same_model_bytes_on_any_ranks_and_workers() {
+    let out =
+        std::env::temp_dir().join(format!("metaloop-cli-reproducible-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let run = |how: &str, ranks: usize, workers: usize| -> Vec<u8> {
+        let name = format!("{how}-{ranks}-{workers}");
+        let args: Vec<String> = [
+            "--threads".to_string(),
+            workers.to_string(),
+            "train".into(),
+            "--config".into(),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/sinusoid.toml").into(),
+        ]
+        .into_iter()
+        .chain(
+            [
+                "run.reproducible=true".to_string(),
+                format!("run.workers={workers}"),
+                "outer.iterations=200".into(),
+                "outer.meta_batch=6".into(),
+                "model.hidden=[8, 8]".into(),
+                "eval.every=100".into(),
+                "eval.val_tasks=6".into(),
+                "eval.test_tasks=12".into(),
+                "log.checkpoint_every=100".into(),
+                format!("run.out_dir=\"{}\"", out.display()),
+                format!("run.name=\"{name}\""),
+            ]
+            .into_iter()
+            .flat_map(|kv| ["--set".to_string(), kv]),
+        )
+        .collect();
+        let mut cmd = if how == "launch" {
+            let mut c = Command::new(metaloop());
+            c.args(["launch", "-n", &ranks.to_string(), "--"]);
+            c
+        } else {
+            let mut c = Command::new("mpirun");
+            c.args([
+                "-n",
+                &ranks.to_string(),
+                "--oversubscribe",
+                "--allow-run-as-root",
+            ]);
+            c.args(["--bind-to", "none"]).arg(metaloop());
+            c
+        };
+        let done = cmd.args(&args).output_within_limit();
+        assert!(
+            done.status.success(),
+            "{name}: {}\n{}",
+            String::from_utf8_lossy(&done.stdout),
+            String::from_utf8_lossy(&done.stderr)
+        );
+        std::fs::read(out.join(&name).join("model.safetensors")).unwrap()
+    };
+    let one = run("launch", 1, 1);
+    for (how, ranks, workers) in [
+        ("launch", 2, 1),
+        ("launch", 3, 1),
+        ("launch", 1, 2),
+        ("mpirun", 2, 2),
+        ("mpirun", 3, 1),
+    ] {
+        assert!(
+            run(how, ranks, workers) == one,
+            "{how} -n {ranks} with {workers} workers: other model bytes than launch -n 1"
+        );
+    }
     std::fs::remove_dir_all(&out).ok();
 }

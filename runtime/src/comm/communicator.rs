@@ -10,8 +10,14 @@ pub trait Communicator {
     fn rank(&self) -> usize;
     /// The number of ranks.
     fn size(&self) -> usize;
-    /// Sums `t` over all ranks, in place; every rank ends with the same sum.
+    /// Sums `t` over all ranks, in place; every rank ends with the same sum. `t` is f32, f64 or
+    /// i64; an i64 sum is exact and the same in any order (integer addition is associative),
+    /// as long as it does not overflow.
     fn all_reduce_sum(&self, t: &mut Tensor) -> Result<()>;
+    /// The elementwise maximum of `t` (f32 or f64) over all ranks, in place; every rank ends with
+    /// the same values. A maximum does not depend on the order of the ranks. NaN is not ordered:
+    /// callers send +inf for it.
+    fn all_reduce_max(&self, t: &mut Tensor) -> Result<()>;
     /// Overwrites `t` on every rank with its value on rank `root`.
     fn broadcast(&self, t: &mut Tensor, root: usize) -> Result<()>;
     /// Waits until every rank has reached this call.
@@ -66,6 +72,9 @@ impl Communicator for Local {
     fn all_reduce_sum(&self, _t: &mut Tensor) -> Result<()> {
         Ok(())
     }
+    fn all_reduce_max(&self, _t: &mut Tensor) -> Result<()> {
+        Ok(())
+    }
     fn broadcast(&self, _t: &mut Tensor, root: usize) -> Result<()> {
         check_root("broadcast", root, 1)
     }
@@ -85,11 +94,13 @@ pub(super) fn check_root(op: &str, root: usize, size: usize) -> Result<()> {
     Ok(())
 }
 
-/// The element types that travel between ranks through host memory: the float kinds of parameters.
+/// The element types that travel between ranks through host memory: the float kinds of
+/// parameters, and i64 for exact sums (fixed-point meta-gradients).
 #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
 pub(super) enum Buffer {
     F32(Vec<f32>),
     F64(Vec<f64>),
+    I64(Vec<i64>),
 }
 
 #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
@@ -104,10 +115,11 @@ impl Buffer {
         match t.kind() {
             Kind::Float => Ok(Buffer::F32(Vec::<f32>::try_from(&flat)?)),
             Kind::Double => Ok(Buffer::F64(Vec::<f64>::try_from(&flat)?)),
+            Kind::Int64 => Ok(Buffer::I64(Vec::<i64>::try_from(&flat)?)),
             kind => Err(Error::Kind {
                 op,
                 kind,
-                expected: "f32 or f64",
+                expected: "f32, f64 or i64",
             }),
         }
     }
@@ -117,6 +129,7 @@ impl Buffer {
         let host = match self {
             Buffer::F32(v) => Tensor::f_from_slice(v)?,
             Buffer::F64(v) => Tensor::f_from_slice(v)?,
+            Buffer::I64(v) => Tensor::f_from_slice(v)?,
         };
         let host = host.f_view(t.size().as_slice())?.f_to_device(t.device())?;
         tch::no_grad(|| t.f_copy_(&host))?;
@@ -139,6 +152,14 @@ mod tests {
         assert!(!checksums_differ(&[f64::NAN, 2.0], &[f64::NAN, 2.0], tol));
         assert!(checksums_differ(&[f64::INFINITY], &[1.0], tol));
         assert!(checksums_differ(&[1.0], &[1.0, 2.0], tol));
+    }
+
+    #[test]
+    fn local_reductions_keep_the_values() {
+        let mut t = Tensor::from_slice(&[3i64, -4]);
+        Local.all_reduce_sum(&mut t).unwrap();
+        Local.all_reduce_max(&mut t).unwrap();
+        assert_eq!(Vec::<i64>::try_from(&t).unwrap(), vec![3, -4]);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Communication between ranks: the one module that touches MPI and NCCL.
 //!
-//! A [`Communicator`] sums flat tensors across ranks, broadcasts them and synchronises. The meta-
-//! gradient of one iteration is one flat buffer, so one `all_reduce_sum` per iteration suffices.
+//! A [`Communicator`] sums flat tensors across ranks (f32, f64, or i64 for exact sums), takes
+//! their maximum, broadcasts them and synchronises. The meta-gradient of one iteration is one
+//! flat buffer, so one `all_reduce_sum` per iteration suffices; the engine's reproducible mode
+//! adds a maximum and an i64 sum.
 //! Implementations: [`Local`] (one rank), [`Mpi`] (rsmpi over Open MPI, host buffers; CUDA tensors
 //! are staged through host memory) and [`Nccl`] (cudarc's NCCL on CUDA tensors in place, the
 //! library loaded at run time, CPU tensors and barriers through its [`Mpi`]).

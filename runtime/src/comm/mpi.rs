@@ -125,6 +125,28 @@ impl Mpi {
         Ok(())
     }
 
+    /// `t` reduced over all ranks with `op`, in place (through host memory).
+    fn all_reduce(&self, t: &mut Tensor, name: &'static str, op: SystemOperation) -> Result<()> {
+        /// The reduction of `send` into a new vector.
+        fn reduce<T: Copy + Default + mpi::datatype::Equivalence>(
+            world: &SimpleCommunicator,
+            send: &[T],
+            op: SystemOperation,
+        ) -> Vec<T> {
+            let mut recv = vec![T::default(); send.len()];
+            world.all_reduce_into(send, &mut recv[..], op);
+            recv
+        }
+        let send = Buffer::from_tensor(name, t)?;
+        let _w = watch(name, abort_job);
+        let reduced = match send {
+            Buffer::F32(v) => Buffer::F32(reduce(&self.world, &v, op)),
+            Buffer::F64(v) => Buffer::F64(reduce(&self.world, &v, op)),
+            Buffer::I64(v) => Buffer::I64(reduce(&self.world, &v, op)),
+        };
+        reduced.copy_into(t)
+    }
+
     /// The sum over ranks of one count per rank (how many ranks failed a step, for instance).
     pub(super) fn sum_counts(&self, count: u64) -> u64 {
         let _w = watch("all_reduce", abort_job);
@@ -143,23 +165,17 @@ impl Communicator for Mpi {
         self.world.size() as usize
     }
     fn all_reduce_sum(&self, t: &mut Tensor) -> Result<()> {
-        let send = Buffer::from_tensor("all_reduce_sum", t)?;
-        let _w = watch("all_reduce_sum", abort_job);
-        let reduced = match send {
-            Buffer::F32(send) => {
-                let mut recv = vec![0f32; send.len()];
-                self.world
-                    .all_reduce_into(&send[..], &mut recv[..], SystemOperation::sum());
-                Buffer::F32(recv)
-            }
-            Buffer::F64(send) => {
-                let mut recv = vec![0f64; send.len()];
-                self.world
-                    .all_reduce_into(&send[..], &mut recv[..], SystemOperation::sum());
-                Buffer::F64(recv)
-            }
-        };
-        reduced.copy_into(t)
+        self.all_reduce(t, "all_reduce_sum", SystemOperation::sum())
+    }
+    fn all_reduce_max(&self, t: &mut Tensor) -> Result<()> {
+        if t.kind() == tch::Kind::Int64 {
+            return Err(Error::Kind {
+                op: "all_reduce_max",
+                kind: t.kind(),
+                expected: "f32 or f64",
+            });
+        }
+        self.all_reduce(t, "all_reduce_max", SystemOperation::max())
     }
     fn broadcast(&self, t: &mut Tensor, root: usize) -> Result<()> {
         check_root("broadcast", root, self.size())?;
@@ -169,6 +185,7 @@ impl Communicator for Mpi {
         match &mut buf {
             Buffer::F32(v) => process.broadcast_into(&mut v[..]),
             Buffer::F64(v) => process.broadcast_into(&mut v[..]),
+            Buffer::I64(v) => process.broadcast_into(&mut v[..]),
         }
         buf.copy_into(t)
     }

@@ -163,10 +163,11 @@ impl Nccl {
             Kind::Double => Ok(ffi::ncclDataType_t::ncclFloat64),
             Kind::Half => Ok(ffi::ncclDataType_t::ncclFloat16),
             Kind::BFloat16 => Ok(ffi::ncclDataType_t::ncclBfloat16),
+            Kind::Int64 => Ok(ffi::ncclDataType_t::ncclInt64),
             kind => Err(Error::Kind {
                 op,
                 kind,
-                expected: "f32, f64, f16 or bf16",
+                expected: "f32, f64, f16, bf16 or i64",
             }),
         }
     }
@@ -214,6 +215,17 @@ impl Nccl {
         Ok(())
     }
 
+    /// `t` reduced in place over all ranks with NCCL's `op` (ncclSum, ncclMax; i64 included).
+    fn all_reduce(&self, t: &mut Tensor, name: &'static str, op: ffi::ncclRedOp_t) -> Result<()> {
+        let (lib, comm) = (&self.lib, self.comm);
+        self.in_place(name, t, |ptr, count, dtype| {
+            // SAFETY: `ptr` points to `count` contiguous elements of `dtype` on this rank's device,
+            // kept alive by `work` for the call, which the synchronisation after it waits for;
+            // in-place operation (send == receive) is allowed by NCCL.
+            unsafe { (lib.ncclAllReduce)(ptr, ptr, count, dtype, op, comm, std::ptr::null_mut()) }
+        })
+    }
+
     /// Runs `collective` on a contiguous tensor with the values of `t`, then copies the result back
     /// into `t` if `t` itself was not contiguous.
     fn in_place(
@@ -257,23 +269,13 @@ impl Communicator for Nccl {
         if t.device() == Device::Cpu {
             return self.mpi.all_reduce_sum(t);
         }
-        let (lib, comm) = (&self.lib, self.comm);
-        self.in_place("all_reduce_sum", t, |ptr, count, dtype| {
-            // SAFETY: `ptr` points to `count` contiguous elements of `dtype` on this rank's device,
-            // kept alive by `work` for the call, which the synchronisation after it waits for;
-            // in-place operation (send == receive) is allowed by NCCL.
-            unsafe {
-                (lib.ncclAllReduce)(
-                    ptr,
-                    ptr,
-                    count,
-                    dtype,
-                    ffi::ncclRedOp_t::ncclSum,
-                    comm,
-                    std::ptr::null_mut(),
-                )
-            }
-        })
+        self.all_reduce(t, "all_reduce_sum", ffi::ncclRedOp_t::ncclSum)
+    }
+    fn all_reduce_max(&self, t: &mut Tensor) -> Result<()> {
+        if t.device() == Device::Cpu {
+            return self.mpi.all_reduce_max(t);
+        }
+        self.all_reduce(t, "all_reduce_max", ffi::ncclRedOp_t::ncclMax)
     }
     fn broadcast(&self, t: &mut Tensor, root: usize) -> Result<()> {
         check_root("broadcast", root, self.size())?;
