@@ -132,6 +132,9 @@ mod d {
     pub fn gamma() -> f64 {
         0.1
     }
+    pub fn imaml_lambda() -> f64 {
+        2.0
+    }
     pub fn transductive() -> EvalBatchNorm {
         EvalBatchNorm::Transductive
     }
@@ -334,6 +337,8 @@ pub struct AlgorithmConfig {
     /// The algorithm; each lives in `engine::algorithms`. "pretrain" is the baseline: θ trained
     /// jointly on all tasks' data, with no inner loop, and fine-tuned like the others at test
     /// time. "lslr" is MAML with MAML++'s learned per-layer, per-step inner learning rates.
+    /// "imaml" is implicit MAML (Rajeswaran et al. 2019): a proximal inner loop that keeps no
+    /// graph, and a meta-gradient by conjugate gradient at its solution.
     #[serde(default = "d::maml")]
     pub name: AlgorithmName,
     /// Inner steps during meta-training.
@@ -380,6 +385,30 @@ pub struct AlgorithmConfig {
     /// Allowed: a finite number >= 0; 0 with "recompute".
     #[serde(default)]
     pub inner_clip_grad_norm: f64,
+    /// MAML++'s derivative-order annealing (Antoniou et al. 2019): the first this many outer
+    /// iterations use first-order meta-gradients (as "fomaml": learned hyperparameters get
+    /// none), the later ones second order (0 = second order throughout).
+    /// Allowed: 0 with "fomaml", "reptile", "pretrain" and "imaml".
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub first_order_until: u64,
+    /// "imaml": the proximal regulariser λ of the inner objective, support loss +
+    /// λ/2 ‖φ − θ0‖², also at evaluation.
+    /// Allowed: a finite number > 0.
+    #[serde(
+        default = "d::imaml_lambda",
+        skip_serializing_if = "is_default_imaml_lambda"
+    )]
+    pub imaml_lambda: f64,
+    /// "imaml": conjugate-gradient iterations that solve (I + H/λ) v = ∇φ L_query per task.
+    /// Allowed: 1 to 2^24.
+    #[serde(default = "d::usize_::<5>", skip_serializing_if = "is_five")]
+    pub cg_steps: usize,
+    /// "imaml": Tikhonov damping d of the solved system, ((1 + d) I + H/λ) v = ∇φ L_query. It
+    /// keeps the system positive definite where the support loss has negative curvature
+    /// (0 = the exact system).
+    /// Allowed: a finite number >= 0.
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    pub cg_damping: f64,
 }
 
 /// Validation during training and the final meta-test.
@@ -446,7 +475,35 @@ fn is_zero(n: &usize) -> bool {
     *n == 0
 }
 
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_zero_f64(x: &f64) -> bool {
+    *x == 0.0
+}
+
+fn is_five(n: &usize) -> bool {
+    *n == 5
+}
+
+fn is_default_imaml_lambda(x: &f64) -> bool {
+    *x == d::imaml_lambda()
+}
+
 impl AlgorithmConfig {
+    /// The proximal regulariser λ of the inner objective (support loss + λ/2 ‖φ − θ0‖²):
+    /// `imaml_lambda` for "imaml", none for the other algorithms.
+    pub fn proximal(&self) -> Option<f64> {
+        (self.name == AlgorithmName::Imaml).then_some(self.imaml_lambda)
+    }
+
+    /// True when outer iteration `iteration` (0-based) uses first-order meta-gradients under
+    /// `first_order_until` (MAML++'s derivative-order annealing).
+    pub fn first_order_at(&self, iteration: u64) -> bool {
+        iteration < self.first_order_until
+    }
+
     /// The recompute mode's checkpoint interval: `algorithm.checkpoint_interval`, or
     /// ceil(sqrt(inner_steps)) when 0 (the interval that balances stored and recomputed steps).
     pub fn checkpoint_interval(&self) -> usize {
