@@ -389,25 +389,22 @@ pub struct AlgorithmConfig {
     /// iterations use first-order meta-gradients (as "fomaml": learned hyperparameters get
     /// none), the later ones second order (0 = second order throughout).
     /// Allowed: 0 with "fomaml", "reptile", "pretrain" and "imaml".
-    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    #[serde(default)]
     pub first_order_until: u64,
     /// "imaml": the proximal regulariser λ of the inner objective, support loss +
     /// λ/2 ‖φ − θ0‖², also at evaluation.
     /// Allowed: a finite number > 0.
-    #[serde(
-        default = "d::imaml_lambda",
-        skip_serializing_if = "is_default_imaml_lambda"
-    )]
+    #[serde(default = "d::imaml_lambda")]
     pub imaml_lambda: f64,
     /// "imaml": conjugate-gradient iterations that solve (I + H/λ) v = ∇φ L_query per task.
     /// Allowed: 1 to 2^24.
-    #[serde(default = "d::usize_::<5>", skip_serializing_if = "is_five")]
+    #[serde(default = "d::usize_::<5>")]
     pub cg_steps: usize,
     /// "imaml": Tikhonov damping d of the solved system, ((1 + d) I + H/λ) v = ∇φ L_query. It
     /// keeps the system positive definite where the support loss has negative curvature
     /// (0 = the exact system).
     /// Allowed: a finite number >= 0.
-    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    #[serde(default)]
     pub cg_damping: f64,
 }
 
@@ -473,22 +470,6 @@ pub struct LogConfig {
 /// before the key existed keep their hash.
 fn is_zero(n: &usize) -> bool {
     *n == 0
-}
-
-fn is_zero_u64(n: &u64) -> bool {
-    *n == 0
-}
-
-fn is_zero_f64(x: &f64) -> bool {
-    *x == 0.0
-}
-
-fn is_five(n: &usize) -> bool {
-    *n == 5
-}
-
-fn is_default_imaml_lambda(x: &f64) -> bool {
-    *x == d::imaml_lambda()
 }
 
 impl AlgorithmConfig {

@@ -351,6 +351,7 @@ mod tests {
                 "omniglot_5way_1shot",
                 "omniglot_5way_5shot",
                 "sinusoid",
+                "sinusoid_imaml",
                 "tieredimagenet_resnet12_5way_1shot",
                 "tieredimagenet_resnet12_5way_5shot"
             ]
