@@ -347,6 +347,7 @@ mod tests {
                 "miniimagenet_resnet12_5way_1shot",
                 "miniimagenet_resnet12_5way_5shot",
                 "omniglot_20way_1shot",
+                "omniglot_20way_1shot_mamlpp",
                 "omniglot_20way_5shot",
                 "omniglot_5way_1shot",
                 "omniglot_5way_5shot",
