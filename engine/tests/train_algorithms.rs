@@ -263,6 +263,7 @@ fn task_parallel_workers_train_exactly_like_one_worker() {
         ("reptile", "full"),
         ("pretrain", "full"),
         ("lslr", "full"),
+        ("imaml", "full"),
     ] {
         let mut cfg = config(name);
         cfg.run.dtype = Dtype::F64;
@@ -400,6 +401,7 @@ fn task_chunks_train_exactly_like_the_whole_meta_batch() {
         ("reptile", "full"),
         ("pretrain", "full"),
         ("lslr", "full"),
+        ("imaml", "full"),
     ] {
         let mut cfg = config(name);
         cfg.run.dtype = Dtype::F64;
