@@ -106,7 +106,6 @@ fn imaml_matches_the_closed_form_on_a_quadratic_support_loss() {
         .meta_gradient(&shard(&cfg, &model, &Mse, &theta, 0, 3), &batch, 4.0)
         .unwrap();
     let err = max_abs_diff(&got.grads[0], &want);
-    eprintln!("iMAML against the closed form: max |difference| {err:e}");
     // 1e-8 in f64, as the issue asks (measured: 3e-16).
     assert!(
         err < 1e-8,
@@ -178,9 +177,6 @@ fn imaml_matches_finite_differences_of_the_meta_objective_on_the_sinusoid_mlp() 
             / (2.0 * eps);
         let analytic = grad.dot(&d).double_value(&[]);
         let rel = (fd - analytic).abs() / analytic.abs().max(1e-3);
-        eprintln!(
-            "direction {k}: finite differences {fd:.12e}, iMAML {analytic:.12e}, relative {rel:e}"
-        );
         // Measured: relative differences of 2e-10 to 8e-10. Rounding in the differences alone
         // is 1e-16 · |F| / eps ≈ 7e-11 absolute against derivatives of about 0.05, i.e. ~1e-9
         // relative (truncation, O(eps²), is smaller): hence 1e-8, far below the error of a wrong
@@ -270,41 +266,33 @@ fn peak_child() {
         .meta_gradient(&s, &batch, 2.0)
         .unwrap();
     assert!(bool::try_from(g.grads[0].isfinite().all()).unwrap());
-    println!(
-        "peak_mib={}",
-        crate::memory::take_peak_mib(Device::Cpu).unwrap()
-    );
+    let peak = crate::memory::take_peak_mib(Device::Cpu).unwrap();
+    let out = std::env::var("METALOOP_PEAK_OUT").unwrap();
+    std::fs::write(out, peak.to_string()).unwrap();
 }
 
-/// The peak of one child process (see `peak_child`).
+/// The peak of one child process (see `peak_child`), MiB; it writes it to a file (the engine
+/// prints nothing).
 fn child_peak(algo: &str, steps: usize) -> f64 {
+    let file = std::env::temp_dir().join(format!(
+        "metaloop-peak-{}-{algo}-{steps}",
+        std::process::id()
+    ));
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "algorithms::tests::peak_child",
-            "--ignored",
-            "--nocapture",
-        ])
+        .args(["--exact", "algorithms::tests::peak_child", "--ignored"])
         .args(["--test-threads", "1"])
         .env("METALOOP_PEAK_ALGO", algo)
         .env("METALOOP_PEAK_STEPS", steps.to_string())
+        .env("METALOOP_PEAK_OUT", &file)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    // The harness prints "test ... " before the child's line.
-    let value = text
-        .split("peak_mib=")
-        .nth(1)
-        .and_then(|v| v.split_whitespace().next());
-    let peak: f64 = value
-        .unwrap_or_else(|| {
-            let err = String::from_utf8_lossy(&out.stderr);
-            panic!("no peak from the child: {text}\n{err}")
-        })
-        .parse()
-        .unwrap();
-    eprintln!("{algo}, {steps} inner steps: peak RSS {peak:.0} MiB");
-    peak
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|_| {
+        let (o, e) = (&out.stdout, &out.stderr);
+        let (o, e) = (String::from_utf8_lossy(o), String::from_utf8_lossy(e));
+        panic!("no peak from the child:\n{o}\n{e}")
+    });
+    let _ = std::fs::remove_file(&file);
+    text.parse().unwrap()
 }
 
 /// iMAML keeps no graph across inner steps: 10 and 100 steps on a Conv-4 peak within 10% of
