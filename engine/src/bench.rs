@@ -17,7 +17,7 @@
 //! time too; the tasks are served from memory. This module measures and returns numbers; it
 //! prints nothing.
 
-use crate::config::{ConvTasks, Memory, Precision, TrainConfig};
+use crate::config::{AlgorithmName, ConvTasks, Memory, Precision, TrainConfig};
 use crate::data::{MetaBatch, Split, TaskSource};
 use crate::loss::{CrossEntropy, Mse};
 use crate::train::Trainer;
@@ -144,6 +144,8 @@ pub struct Options {
     pub threads: usize,
     /// Full tracking of the unroll, or recompute-and-adjoint (`algorithm.memory`).
     pub memory: Memory,
+    /// The meta-gradient's algorithm (`algorithm.name`; "maml" in the peers' comparison).
+    pub algorithm: AlgorithmName,
     /// Tasks each worker runs at once (`run.task_chunk`; 0: all of its tasks).
     pub task_chunk: usize,
     /// Convolutions' and matrix products' arithmetic (`run.precision`).
@@ -166,6 +168,8 @@ pub struct BenchResult {
     pub steps: usize,
     /// "full" or "recompute".
     pub memory: Memory,
+    /// The algorithm timed ("maml" unless `--algorithm` says otherwise).
+    pub algorithm: AlgorithmName,
     /// Tasks each worker ran at once (0: all of its tasks).
     pub task_chunk: usize,
     pub tasks_per_s: f64,
@@ -298,9 +302,11 @@ impl TaskSource for RandomTasks {
     }
 }
 
-/// The Trainer's config of workload `w`: second-order MAML, SGD inner steps, Adam outer steps.
+/// The Trainer's config of workload `w`: second-order MAML (or `o.algorithm` with its default
+/// settings), SGD inner steps, Adam outer steps.
 fn config(w: &Workload, iterations: u64, o: &Options) -> TrainConfig {
     let mut cfg = TrainConfig::default();
+    cfg.algorithm.name = o.algorithm;
     cfg.algorithm.inner_steps = w.steps;
     cfg.algorithm.inner_lr = w.lr;
     cfg.algorithm.memory = o.memory;
@@ -372,6 +378,7 @@ pub fn run(w: &Workload, o: &Options) -> Result<BenchResult> {
         meta_batch: w.meta_batch,
         steps: w.steps,
         memory: o.memory,
+        algorithm: o.algorithm,
         task_chunk: o.task_chunk,
         tasks_per_s: w.meta_batch as f64 / median,
         median_s: median,

@@ -10,10 +10,12 @@
 //! `validate` (config/validate.rs) checks every value's range and names the offending key.
 //! Reading files and applying `--set` overrides is the launcher's job.
 
+mod algorithm;
 mod choice;
 mod outer;
 mod validate;
 
+pub use algorithm::AlgorithmConfig;
 pub use choice::{
     AlgorithmName, Augment, Backbone, Comm, ConvTasks, DeviceChoice, Dtype, EvalBatchNorm, Memory,
     OuterOptimizer, Precision, Schedule, TaskKind,
@@ -131,6 +133,9 @@ mod d {
     }
     pub fn gamma() -> f64 {
         0.1
+    }
+    pub fn imaml_lambda() -> f64 {
+        2.0
     }
     pub fn transductive() -> EvalBatchNorm {
         EvalBatchNorm::Transductive
@@ -327,61 +332,6 @@ pub struct DropBlockConfig {
     pub size: i64,
 }
 
-/// The meta-learning algorithm and its inner loop.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AlgorithmConfig {
-    /// The algorithm; each lives in `engine::algorithms`. "pretrain" is the baseline: θ trained
-    /// jointly on all tasks' data, with no inner loop, and fine-tuned like the others at test
-    /// time. "lslr" is MAML with MAML++'s learned per-layer, per-step inner learning rates.
-    #[serde(default = "d::maml")]
-    pub name: AlgorithmName,
-    /// Inner steps during meta-training.
-    /// Allowed: 1 to 2^24.
-    #[serde(default = "d::usize_::<1>")]
-    pub inner_steps: usize,
-    /// Inner learning rate (the initial value when learned).
-    /// Allowed: a finite number > 0.
-    #[serde(default = "d::inner_lr")]
-    pub inner_lr: f64,
-    /// Inner SGD momentum (the initial value when learned).
-    /// Allowed: [0, 1).
-    #[serde(default)]
-    pub inner_momentum: f64,
-    /// Meta-learn the inner lr (one per parameter tensor) as in higher's toy example. Meta-SGD
-    /// learns one per element instead.
-    /// Allowed: false for "metasgd", "lslr", "reptile", "fomaml" and "pretrain".
-    #[serde(default)]
-    pub learn_lr: bool,
-    /// Meta-learn the inner momentum (one per parameter tensor).
-    /// Allowed: false for "reptile", "fomaml" and "pretrain".
-    #[serde(default)]
-    pub learn_momentum: bool,
-    /// MAML++'s multi-step loss: the query loss after every inner step, weighted (with either
-    /// memory mode).
-    /// Allowed: false for "reptile", "fomaml" and "pretrain".
-    #[serde(default)]
-    pub multi_step_loss: bool,
-    /// How second-order meta-gradients keep the unroll. "full" keeps every step's graph, as
-    /// higher. "recompute" keeps only the parameter and optimizer-state trajectory and rebuilds
-    /// each step's graph in the backward pass: memory independent of activations × steps, about
-    /// 1.5× the compute.
-    /// Allowed: "recompute" with "maml", "metasgd" and "anil" only.
-    #[serde(default = "d::full")]
-    pub memory: Memory,
-    /// With "recompute": keep θ and the optimizer state every this many inner steps and
-    /// recompute the steps between (0 = ceil(sqrt(inner_steps))).
-    /// Allowed: 0 to 2^24.
-    #[serde(default)]
-    pub checkpoint_interval: usize,
-    /// Clip each task's inner gradient to this L2 norm at every inner step, inside the
-    /// differentiable step, as torch.nn.utils.clip_grad_norm_ over that task's parameters
-    /// (0 = off).
-    /// Allowed: a finite number >= 0; 0 with "recompute".
-    #[serde(default)]
-    pub inner_clip_grad_norm: f64,
-}
-
 /// Validation during training and the final meta-test.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -444,17 +394,6 @@ pub struct LogConfig {
 /// before the key existed keep their hash.
 fn is_zero(n: &usize) -> bool {
     *n == 0
-}
-
-impl AlgorithmConfig {
-    /// The recompute mode's checkpoint interval: `algorithm.checkpoint_interval`, or
-    /// ceil(sqrt(inner_steps)) when 0 (the interval that balances stored and recomputed steps).
-    pub fn checkpoint_interval(&self) -> usize {
-        match self.checkpoint_interval {
-            0 => (1..).find(|k| k * k >= self.inner_steps).unwrap_or(1),
-            k => k,
-        }
-    }
 }
 
 impl TrainConfig {

@@ -5,7 +5,7 @@
 
 use crate::algorithms::{adapt, query_losses};
 use crate::bench::{self, Model, Options, Workload, WORKLOADS};
-use crate::config::{ConvTasks, Memory, Precision};
+use crate::config::{AlgorithmName, ConvTasks, Memory, Precision};
 use crate::train::Trainer;
 use tch::{Device, Tensor};
 
@@ -20,6 +20,7 @@ fn options() -> Options {
         workers: 1,
         threads: 1,
         memory: Memory::Full,
+        algorithm: AlgorithmName::Maml,
         task_chunk: 0,
         precision: Precision::Default,
         conv_tasks: ConvTasks::Auto,

@@ -1,7 +1,7 @@
 //! docs/configuration.md is generated from the config types, and this test keeps it current.
 //!
-//! Keys and descriptions come from the fields and doc comments of engine/src/config.rs and
-//! engine/src/config/outer.rs.
+//! Keys and descriptions come from the fields and doc comments of engine/src/config.rs,
+//! engine/src/config/algorithm.rs and engine/src/config/outer.rs.
 //! Defaults come from `Default`, which reads the fields' serde attributes. Allowed values come
 //! from the enumerations' `ALL` and from the fields' `Allowed:` doc lines.
 //! `METALOOP_WRITE_DOCS=1` (what `cargo xtask docs` sets) rewrites the file instead of checking it.
@@ -24,13 +24,17 @@ fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// config.rs and config/outer.rs, where the config structs are written.
+/// config.rs, config/algorithm.rs and config/outer.rs, where the config structs are written.
 fn config_source() -> String {
-    ["engine/src/config.rs", "engine/src/config/outer.rs"]
-        .iter()
-        .map(|f| std::fs::read_to_string(workspace().join(f)).unwrap())
-        .collect::<Vec<_>>()
-        .join("\n")
+    [
+        "engine/src/config.rs",
+        "engine/src/config/algorithm.rs",
+        "engine/src/config/outer.rs",
+    ]
+    .iter()
+    .map(|f| std::fs::read_to_string(workspace().join(f)).unwrap())
+    .collect::<Vec<_>>()
+    .join("\n")
 }
 
 /// The `pub struct` definitions of config.rs and their fields, in source order.

@@ -263,6 +263,7 @@ fn task_parallel_workers_train_exactly_like_one_worker() {
         ("reptile", "full"),
         ("pretrain", "full"),
         ("lslr", "full"),
+        ("imaml", "full"),
     ] {
         let mut cfg = config(name);
         cfg.run.dtype = Dtype::F64;
@@ -400,6 +401,7 @@ fn task_chunks_train_exactly_like_the_whole_meta_batch() {
         ("reptile", "full"),
         ("pretrain", "full"),
         ("lslr", "full"),
+        ("imaml", "full"),
     ] {
         let mut cfg = config(name);
         cfg.run.dtype = Dtype::F64;
@@ -459,4 +461,39 @@ fn inner_clipping_reaches_the_inner_steps_and_a_bound_never_reached_changes_noth
     // A tight bound holds the inner steps back: the first meta-loss (same θ0) differs.
     let tight = losses(1e-3);
     assert_ne!(tight[0], off[0]);
+}
+
+/// MAML++'s derivative-order annealing in the Trainer: with `first_order_until = 2` the first two
+/// iterations train exactly as FOMAML, and the third exactly as second-order MAML from FOMAML's
+/// state (f64), which differs from FOMAML's third iteration.
+#[test]
+fn first_order_until_trains_as_fomaml_then_switches_to_maml() {
+    let mut cfg = config("maml");
+    cfg.run.dtype = Dtype::F64;
+    cfg.algorithm.inner_steps = 2;
+    cfg.outer.iterations = 3;
+    let mut annealed_cfg = cfg.clone();
+    annealed_cfg.algorithm.first_order_until = 2;
+    let mut fomaml_cfg = cfg.clone();
+    fomaml_cfg.algorithm.name = "fomaml".parse().unwrap();
+    let new = |c: &TrainConfig| Trainer::new(c, Box::new(Local)).unwrap();
+    let (mut annealed, mut fomaml) = (new(&annealed_cfg), new(&fomaml_cfg));
+    for _ in 0..2 {
+        annealed.step().unwrap();
+        fomaml.step().unwrap();
+    }
+    let (_, d) = state_difference(&annealed.state().unwrap(), &fomaml.state().unwrap());
+    assert_eq!(d, 0.0, "the first-order iterations differ from FOMAML's");
+    let mut maml = new(&cfg);
+    maml.restore(2, &fomaml.state().unwrap()).unwrap();
+    annealed.step().unwrap();
+    maml.step().unwrap();
+    fomaml.step().unwrap();
+    let (name, d) = state_difference(&annealed.state().unwrap(), &maml.state().unwrap());
+    assert_eq!(
+        d, 0.0,
+        "after the switch `{name}` differs from MAML's by {d}"
+    );
+    let (_, d) = state_difference(&annealed.state().unwrap(), &fomaml.state().unwrap());
+    assert!(d > 1e-8, "the third iteration is still first order");
 }

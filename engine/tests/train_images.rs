@@ -78,11 +78,10 @@ fn cache_written(dir: &std::path::Path) -> bool {
         .unwrap_or(false)
 }
 
-#[test]
-fn maml_on_conv4_rises_above_chance_on_omniglot_format_data() {
-    let tmp = TempDir::new("train-omniglot");
-    // MAML's split needs 1100 + 100 characters before any test character: 1210 characters in
-    // all, in Omniglot's layout (images_background / images_evaluation, alphabet/character/*.png).
+/// MAML's split needs 1100 + 100 characters before any test character: 1210 characters in
+/// all, in Omniglot's layout (images_background / images_evaluation, alphabet/character/*.png),
+/// two drawings each.
+fn write_omniglot(root: &std::path::Path) {
     let mut class = 0;
     for (set, alphabets) in [("images_background", 20), ("images_evaluation", 11)] {
         for a in 0..alphabets {
@@ -91,8 +90,7 @@ fn maml_on_conv4_rises_above_chance_on_omniglot_format_data() {
                     break;
                 }
                 for d in 0..2 {
-                    let path = tmp
-                        .path()
+                    let path = root
                         .join(set)
                         .join(format!("Alphabet_{a:02}"))
                         .join(format!("character{c:02}"))
@@ -104,6 +102,12 @@ fn maml_on_conv4_rises_above_chance_on_omniglot_format_data() {
         }
     }
     assert_eq!(class, 1210);
+}
+
+#[test]
+fn maml_on_conv4_rises_above_chance_on_omniglot_format_data() {
+    let tmp = TempDir::new("train-omniglot");
+    write_omniglot(tmp.path());
     let mut cfg = TrainConfig::default();
     cfg.task.kind = TaskKind::Omniglot;
     cfg.task.root = tmp.path().display().to_string();
@@ -294,4 +298,75 @@ fn convolution_switches_train_the_same_model() {
             }
         }
     }
+}
+
+/// configs/omniglot_20way_1shot_mamlpp.toml, shrunk (5-way, 16 filters, 2 inner steps, 80
+/// iterations with the switch to second order at 40), trains above chance on generated
+/// Omniglot-layout data, and each of its switches acts: the LSLR rates stay at their start
+/// during the first-order iterations and move after the switch, the multi-step loss is on, and
+/// the cosine schedule lowers the outer learning rate.
+#[test]
+fn the_mamlpp_config_shrunk_trains_above_chance_with_every_switch() {
+    let tmp = TempDir::new("train-mamlpp");
+    write_omniglot(tmp.path());
+    let path = format!(
+        "{}/../configs/omniglot_20way_1shot_mamlpp.toml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut cfg: TrainConfig = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(cfg.algorithm.name.name(), "lslr");
+    assert!(cfg.algorithm.multi_step_loss && cfg.algorithm.first_order_until > 0);
+    assert_eq!(cfg.outer.schedule.name(), "cosine");
+    cfg.run.device = metaloop_engine::config::DeviceChoice::Cpu;
+    cfg.task.root = tmp.path().display().to_string();
+    cfg.task.cache_dir = tmp.path().join("cache").display().to_string();
+    cfg.task.ways = 5;
+    cfg.model.filters = 16;
+    cfg.algorithm.inner_steps = 2;
+    cfg.algorithm.first_order_until = 40;
+    cfg.outer.meta_batch = 8;
+    cfg.outer.iterations = 80;
+    cfg.outer.min_lr = 1e-4;
+    cfg.eval.every = 0;
+    cfg.eval.inner_steps = 2;
+    cfg.eval.test_tasks = 60;
+    cfg.validate().unwrap();
+    let mut trainer = Trainer::new(&cfg, Box::new(Local)).unwrap();
+    let lr_moved = |t: &Trainer| -> f64 {
+        let lr = &t.learned_hparams()[0].tensor;
+        (lr - cfg.algorithm.inner_lr).abs().max().double_value(&[])
+    };
+    let mut rates = Vec::new();
+    for i in 0..cfg.outer.iterations {
+        let m = trainer.step().unwrap();
+        assert!(m.meta_loss.is_finite());
+        rates.push(m.outer_lr);
+        if i + 1 == cfg.algorithm.first_order_until {
+            assert_eq!(
+                lr_moved(&trainer),
+                0.0,
+                "LSLR rates moved while first order"
+            );
+        }
+    }
+    assert!(
+        lr_moved(&trainer) > 1e-5,
+        "LSLR rates did not move after the switch"
+    );
+    assert!(
+        rates[rates.len() - 1] < 0.2 * rates[0],
+        "no cosine decay: {rates:?}"
+    );
+    let report = trainer.evaluate(Split::Test, cfg.eval.test_tasks).unwrap();
+    let after = report.accuracy_after.unwrap();
+    eprintln!(
+        "MAML++ (shrunk): test accuracy after {:.3} ± {:.3}",
+        after.mean, after.ci95
+    );
+    assert!(
+        after.mean - after.ci95 > 0.3,
+        "accuracy after adaptation {} ± {} is not clearly above chance (0.2)",
+        after.mean,
+        after.ci95
+    );
 }

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use metaloop_engine::bench::{self, Options, Workload};
-use metaloop_engine::config::{ConvTasks, Memory, Precision};
+use metaloop_engine::config::{AlgorithmName, ConvTasks, Memory, Precision};
 use tch::Device;
 
 use crate::errors::bad;
@@ -32,6 +32,10 @@ pub struct Flags {
     /// `algorithm.memory`.
     #[arg(long, default_value = "full")]
     memory: String,
+    /// The algorithm timed, as `algorithm.name` with its default settings (e.g. "imaml": 5
+    /// conjugate-gradient iterations, λ = 2).
+    #[arg(long, default_value = "maml")]
+    algorithm: String,
     /// Tasks each worker runs at once, one chunk after another (0: all of its tasks), as
     /// `run.task_chunk`.
     #[arg(long, default_value_t = 0)]
@@ -74,12 +78,13 @@ pub fn run(f: &Flags) -> Result<()> {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "{}: {:.2} tasks/s (median {:.2} ms per meta-batch of {}, {} steps, {} memory, task chunk {}, {} precision, {} convolutions{}{}), {} {:.0} MiB, {} threads ({} workers), {}",
+            "{}: {:.2} tasks/s (median {:.2} ms per meta-batch of {}, {} steps, {} {} memory, task chunk {}, {} precision, {} convolutions{}{}), {} {:.0} MiB, {} threads ({} workers), {}",
             r.workload,
             r.tasks_per_s,
             1e3 * r.median_s,
             r.meta_batch,
             r.steps,
+            r.algorithm,
             r.memory,
             r.task_chunk,
             r.precision,
@@ -124,6 +129,10 @@ fn options(f: &Flags) -> Result<Options> {
         .memory
         .parse()
         .map_err(|e| bad(format!("--memory: {e}")))?;
+    let algorithm: AlgorithmName = f
+        .algorithm
+        .parse()
+        .map_err(|e| bad(format!("--algorithm: {e}")))?;
     let precision: Precision = f
         .precision
         .parse()
@@ -153,6 +162,7 @@ fn options(f: &Flags) -> Result<Options> {
         workers: f.workers,
         threads: tch::get_num_threads().max(1) as usize,
         memory,
+        algorithm,
         task_chunk: f.task_chunk,
         precision,
         conv_tasks,

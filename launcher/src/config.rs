@@ -243,7 +243,7 @@ mod tests {
     fn an_unknown_enumeration_value_lists_the_allowed_ones() {
         assert_eq!(
             err("", &["algorithm.name=mamal"]),
-            "--set: algorithm.name: must be one of \"maml\", \"fomaml\", \"metasgd\", \"anil\", \"reptile\", \"pretrain\", \"lslr\", got \"mamal\""
+            "--set: algorithm.name: must be one of \"maml\", \"fomaml\", \"metasgd\", \"anil\", \"reptile\", \"pretrain\", \"lslr\", \"imaml\", got \"mamal\""
         );
         assert_eq!(
             err("[run]\ndtype = \"f16\"\n", &[]),
@@ -280,6 +280,54 @@ mod tests {
             .starts_with("--set outer.iterations: expected key=value"));
         assert!(err("[outer]\nlr = 0.1\n", &["outer.lr.x=1"])
             .contains("`outer.lr` is a value, not a table"));
+    }
+
+    #[test]
+    fn the_imaml_and_annealing_keys_are_read_and_checked() {
+        let base = "[algorithm]\nname = \"imaml\"\nimaml_lambda = 0.5\ncg_steps = 10\n";
+        let cfg = resolve("c.toml", base, &[]).unwrap();
+        assert_eq!(
+            (cfg.algorithm.imaml_lambda, cfg.algorithm.cg_steps),
+            (0.5, 10)
+        );
+        assert_eq!(cfg.algorithm.proximal(), Some(0.5));
+        let set = |s: &str| err(base, &[s]);
+        for (set_to, message) in [
+            (
+                "algorithm.imaml_lambda=0",
+                "algorithm.imaml_lambda: must be a finite number > 0, got 0",
+            ),
+            (
+                "algorithm.cg_steps=0",
+                "algorithm.cg_steps: must be >= 1, got 0",
+            ),
+            (
+                "algorithm.cg_damping=-1",
+                "algorithm.cg_damping: must be finite and >= 0, got -1",
+            ),
+            (
+                "algorithm.memory=\"recompute\"",
+                "algorithm.memory: \"recompute\" applies to second-order maml, metasgd and anil",
+            ),
+        ] {
+            let e = set(set_to);
+            assert!(e.ends_with(message), "{set_to}: {e}");
+        }
+        for key in ["learn_lr", "multi_step_loss"] {
+            let e = set(&format!("algorithm.{key}=true"));
+            assert!(
+                e.contains("algorithm.name: imaml differentiates only"),
+                "{e}"
+            );
+        }
+        let e = set("algorithm.first_order_until=10");
+        assert!(
+            e.contains("algorithm.first_order_until: anneals the derivative order"),
+            "{e}"
+        );
+        let maml = resolve("c.toml", "", &["algorithm.first_order_until=10".into()]).unwrap();
+        assert!(maml.algorithm.first_order_at(9) && !maml.algorithm.first_order_at(10));
+        assert_eq!(maml.algorithm.proximal(), None);
     }
 
     #[test]
@@ -347,10 +395,12 @@ mod tests {
                 "miniimagenet_resnet12_5way_1shot",
                 "miniimagenet_resnet12_5way_5shot",
                 "omniglot_20way_1shot",
+                "omniglot_20way_1shot_mamlpp",
                 "omniglot_20way_5shot",
                 "omniglot_5way_1shot",
                 "omniglot_5way_5shot",
                 "sinusoid",
+                "sinusoid_imaml",
                 "tieredimagenet_resnet12_5way_1shot",
                 "tieredimagenet_resnet12_5way_5shot"
             ]

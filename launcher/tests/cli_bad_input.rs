@@ -115,7 +115,7 @@ fn a_misspelt_algorithm_is_named_with_the_algorithms_allowed() {
     );
     assert_eq!(
         line,
-        "metaloop: --set: algorithm.name: must be one of \"maml\", \"fomaml\", \"metasgd\", \"anil\", \"reptile\", \"pretrain\", \"lslr\", got \"mamal\""
+        "metaloop: --set: algorithm.name: must be one of \"maml\", \"fomaml\", \"metasgd\", \"anil\", \"reptile\", \"pretrain\", \"lslr\", \"imaml\", got \"mamal\""
     );
 }
 

@@ -252,7 +252,8 @@ impl<'a> Shard<'a> {
 }
 
 /// The support steps every algorithm and evaluation share: `steps` inner steps (second-order
-/// when `track`) on the support loss of `batch`'s tasks. `after(s, inner)` runs after step `s`
+/// when `track`) on the support loss of `batch`'s tasks, plus λ/2 ‖φ − θ0‖² when the config
+/// names a proximal regulariser (iMAML; θ0 as a constant). `after(s, inner)` runs after step `s`
 /// (0-based), e.g. for MAML++'s multi-step loss.
 pub fn adapt<'a>(
     shard: &Shard<'a>,
@@ -263,12 +264,22 @@ pub fn adapt<'a>(
 ) -> Result<InnerLoop<'a>> {
     let _s = tracing::info_span!("inner_loop", steps).entered();
     let mut inner = shard.inner_loop(batch.len() as i64, track)?;
+    let proximal = match shard.algorithm.proximal() {
+        Some(lambda) => Some((lambda, shard.theta.flat().f_detach()?)),
+        None => None,
+    };
     for s in 0..steps {
         let support = shard.loss.task_losses(
             &shard.forward(inner.params(), &batch.support_x)?,
             &batch.support_y,
         )?;
-        inner.step_with(&support.total(shard.kind)?, shard.step_options(s)?)?;
+        let mut objective = support.total(shard.kind)?;
+        if let Some((lambda, theta0)) = &proximal {
+            let distance = inner.params().flat().f_sub(theta0)?.f_square()?;
+            let term = distance.f_sum(shard.kind)?.f_mul_scalar(lambda / 2.0)?;
+            objective = objective.f_add(&term)?;
+        }
+        inner.step_with(&objective, shard.step_options(s)?)?;
         after(s, &inner)?;
     }
     Ok(inner)

@@ -2,7 +2,8 @@
 //! the inner steps (second order), or only at the adapted weights (`fomaml`, first order).
 //!
 //! Options from `algorithm.*`: MAML++'s multi-step loss (the query loss after every inner step,
-//! weighted), learned per-tensor lr / momentum, and `memory = "recompute"`, which computes the
+//! weighted), MAML++'s derivative-order annealing (`first_order_until`: first order for the first
+//! iterations), learned per-tensor lr / momentum, and `memory = "recompute"`, which computes the
 //! same second-order meta-gradient by recompute-and-adjoint (runtime::adjoint) with only the
 //! parameter trajectory stored. Meta-SGD, ANIL and LSLR are this algorithm with other learned
 //! hyperparameters or a frozen body: their meta-gradient is the trait's default,
@@ -34,9 +35,13 @@ impl Algorithm for Maml {
 }
 
 /// Second-order MAML by full tracking, or by recompute-and-adjoint when `algorithm.memory`
-/// says so: the meta-gradient of MAML, Meta-SGD, ANIL and LSLR.
+/// says so: the meta-gradient of MAML, Meta-SGD, ANIL and LSLR. Before iteration
+/// `algorithm.first_order_until` it is first order instead (MAML++'s derivative-order
+/// annealing).
 pub fn second_order_or_recompute(shard: &Shard, batch: &MetaBatch, global_tasks: f64) -> MetaGrad {
-    if shard.recompute() {
+    if shard.config().first_order_at(shard.progress().0) {
+        first_order(shard, batch, global_tasks)
+    } else if shard.recompute() {
         recompute(shard, batch, global_tasks)
     } else {
         second_order(shard, batch, global_tasks)
@@ -67,22 +72,25 @@ fn step_weights(shard: &Shard) -> Vec<f64> {
     multi_step_weights(a.inner_steps, iteration, iterations)
 }
 
-/// The adapted inner loop's meta-objective (divided by `global_tasks`) and its query losses:
-/// the query loss after the last step, with MAML++'s weighted earlier query losses when
-/// `multi_step_loss` is on.
+/// The adapted inner loop's meta-objective (divided by `global_tasks`), its query losses, and
+/// the weights `[T, P]` each of its terms was evaluated at (the last one last): the query loss
+/// after the last step, with MAML++'s weighted earlier query losses when `multi_step_loss` is
+/// on.
 fn objective<'a>(
     shard: &Shard<'a>,
     batch: &MetaBatch,
     global_tasks: f64,
     track: bool,
-) -> Result<(metaloop_runtime::InnerLoop<'a>, Tensor, TaskLosses)> {
+) -> Result<(Vec<Tensor>, Tensor, TaskLosses)> {
     let steps = shard.config().inner_steps;
     let weights = step_weights(shard);
     let mut multi: Option<Tensor> = None;
+    let mut points = Vec::new();
     let inner = adapt(shard, batch, steps, track, |s, inner| {
         if weights.is_empty() || s + 1 == steps {
             return Ok(());
         }
+        points.push(inner.params().flat().shallow_clone());
         let term = query_losses(shard, inner, batch)?
             .total(shard.kind())?
             .f_mul_scalar(weights[s])?;
@@ -101,13 +109,14 @@ fn objective<'a>(
     if let Some(m) = multi {
         objective = objective.f_add(&m)?;
     }
-    Ok((inner, objective.f_div_scalar(global_tasks)?, query))
+    points.push(inner.params().flat().shallow_clone());
+    Ok((points, objective.f_div_scalar(global_tasks)?, query))
 }
 
 /// Second-order: the meta-objective differentiated through every inner step to θ0 and to every
 /// learned hyperparameter.
 pub fn second_order(shard: &Shard, batch: &MetaBatch, global_tasks: f64) -> MetaGrad {
-    let (_inner, objective, query) = objective(shard, batch, global_tasks, true)?;
+    let (_points, objective, query) = objective(shard, batch, global_tasks, true)?;
     let mut inputs = vec![shard.theta().flat().shallow_clone()];
     inputs.extend(shard.learned().iter().map(|h| h.tensor.shallow_clone()));
     Ok(Contribution {
@@ -116,12 +125,19 @@ pub fn second_order(shard: &Shard, batch: &MetaBatch, global_tasks: f64) -> Meta
     })
 }
 
-/// First-order: the query gradient at the adapted weights `[T, P]`, summed over tasks; learned
-/// hyperparameters get no gradient.
-fn first_order(shard: &Shard, batch: &MetaBatch, global_tasks: f64) -> MetaGrad {
-    let (inner, objective, query) = objective(shard, batch, global_tasks, false)?;
-    let adapted = inner.params().flat().shallow_clone();
-    let g = Tensor::f_run_backward(&[&objective], &[&adapted], false, false)?.remove(0);
+/// First-order: the query gradient at the adapted weights `[T, P]`, summed over tasks (with
+/// the multi-step loss: each weighted query loss's gradient at the weights it was evaluated
+/// at); learned hyperparameters get no gradient.
+pub fn first_order(shard: &Shard, batch: &MetaBatch, global_tasks: f64) -> MetaGrad {
+    let (points, objective, query) = objective(shard, batch, global_tasks, false)?;
+    let mut g: Option<Tensor> = None;
+    for part in Tensor::f_run_backward(&[&objective], &points, false, false)? {
+        g = Some(match g {
+            Some(sum) => sum.f_add(&part)?,
+            None => part,
+        });
+    }
+    let g = g.ok_or_else(|| Error::State("the first-order meta-objective has no term".into()))?;
     let mut grads = vec![g.f_sum_dim_intlist(&[0i64][..], false, shard.kind())?];
     grads.extend(shard.zero_hypergradients()?);
     Ok(Contribution { grads, query })

@@ -14,6 +14,7 @@
 //! - [`reptile`]: the meta-gradient is θ0 − φ (Nichol et al. 2018).
 //! - [`pretrain`]: the joint-training baseline, no inner loop.
 //! - [`lslr`]: MAML++'s per-layer, per-step learned inner learning rates (Antoniou et al. 2019).
+//! - [`imaml`]: implicit gradients at a proximal inner solution (Rajeswaran et al. 2019).
 //!
 //! Adding an algorithm: a file here, a variant of `config::AlgorithmName`, a line in [`build`].
 //! This module never prints and never touches files.
@@ -21,11 +22,15 @@
 mod base;
 
 pub mod anil;
+pub mod imaml;
 pub mod lslr;
 pub mod maml;
 pub mod metasgd;
 pub mod pretrain;
 pub mod reptile;
+
+#[cfg(test)]
+mod tests;
 
 pub use base::{
     adapt, gradients, per_tensor_hparams, query_losses, Algorithm, Contribution, Learned, MetaGrad,
@@ -44,5 +49,6 @@ pub fn build(name: AlgorithmName) -> Box<dyn Algorithm> {
         AlgorithmName::Reptile => Box::new(reptile::Reptile),
         AlgorithmName::Pretrain => Box::new(pretrain::Pretrain),
         AlgorithmName::Lslr => Box::new(lslr::Lslr),
+        AlgorithmName::Imaml => Box::new(imaml::Imaml),
     }
 }

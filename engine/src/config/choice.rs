@@ -145,9 +145,10 @@ choice! {
 
 choice! {
     /// The meta-learning algorithm (`algorithm.name`); each lives in `engine::algorithms`
-    /// (`lslr`: MAML with MAML++'s per-layer, per-step learned inner learning rates).
+    /// (`lslr`: MAML with MAML++'s per-layer, per-step learned inner learning rates; `imaml`:
+    /// implicit gradients at a proximal inner solution).
     AlgorithmName { Maml = "maml", Fomaml = "fomaml", Metasgd = "metasgd", Anil = "anil",
-        Reptile = "reptile", Pretrain = "pretrain", Lslr = "lslr" }
+        Reptile = "reptile", Pretrain = "pretrain", Lslr = "lslr", Imaml = "imaml" }
 }
 
 choice! {

@@ -153,6 +153,7 @@ impl AlgorithmConfig {
             Reptile => Some("reptile has no meta-gradient: learn_lr, learn_momentum and multi_step_loss must be false"),
             Fomaml => Some("fomaml has no second-order path: learn_lr, learn_momentum and multi_step_loss need \"maml\" (or \"anil\", \"metasgd\", \"lslr\")"),
             Pretrain => Some("pretrain (the joint-training baseline) has no inner loop to learn: learn_lr, learn_momentum and multi_step_loss must be false"),
+            Imaml => Some("imaml differentiates only the inner solution, not the unroll: learn_lr, learn_momentum and multi_step_loss must be false"),
             Maml | Metasgd | Anil | Lslr => None,
         };
         if let (true, Some(why)) = (learns, refused) {
@@ -177,6 +178,16 @@ impl AlgorithmConfig {
                 "is not supported with algorithm.memory = \"recompute\" (its adjoint pass has no gradient callback)",
             ));
         }
+        if self.first_order_until > 0 && matches!(self.name, Fomaml | Reptile | Pretrain | Imaml) {
+            return Err(err(
+                "algorithm.first_order_until",
+                format!(
+                    "anneals the derivative order of maml, metasgd, anil and lslr; {} has no second-order path: leave it 0",
+                    self.name
+                ),
+            ));
+        }
+        self.check_imaml()?;
         if self.learn_lr && matches!(self.name, Metasgd | Lslr) {
             return Err(err(
                 "algorithm.learn_lr",
@@ -184,6 +195,22 @@ impl AlgorithmConfig {
                     "{} already learns its inner learning rates; leave learn_lr false",
                     self.name
                 ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl AlgorithmConfig {
+    /// iMAML's regulariser, conjugate-gradient steps and damping.
+    fn check_imaml(&self) -> Result<(), ConfigError> {
+        positive("algorithm.imaml_lambda", self.imaml_lambda)?;
+        at_least("algorithm.cg_steps", to_i64(self.cg_steps), 1)?;
+        let d = self.cg_damping;
+        if !(d.is_finite() && d >= 0.0) {
+            return Err(err(
+                "algorithm.cg_damping",
+                format!("must be finite and >= 0, got {d}"),
             ));
         }
         Ok(())
@@ -262,7 +289,7 @@ impl TrainConfig {
     fn validate_upper_bounds(&self) -> Result<(), ConfigError> {
         const SIZE: i64 = 1 << 16;
         const COUNT: i64 = 1 << 24;
-        let checks: [(&str, i64, i64); 19] = [
+        let checks: [(&str, i64, i64); 20] = [
             ("task.ways", self.task.ways, SIZE),
             ("task.shots", self.task.shots, SIZE),
             ("task.queries", self.task.queries, SIZE),
@@ -302,6 +329,7 @@ impl TrainConfig {
             ("run.threads", to_i64(self.run.threads), 1 << 12),
             ("run.workers", to_i64(self.run.workers), 1 << 12),
             ("run.task_chunk", to_i64(self.run.task_chunk), COUNT),
+            ("algorithm.cg_steps", to_i64(self.algorithm.cg_steps), COUNT),
         ];
         for (key, value, max) in checks {
             if value > max {
