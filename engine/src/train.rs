@@ -144,6 +144,29 @@ impl TrainerBuilder {
 
     /// Validates the config, builds what was not given, initialises the meta-parameters.
     pub fn build(self) -> Result<Trainer> {
+        self.build_keeping_comm().map_err(|(e, _)| e)
+    }
+
+    /// [`TrainerBuilder::build`], which on failure gives the communicator back: the ranks can
+    /// then agree on which of them failed before the job ends (the launcher prints a bad input
+    /// once, not once per rank). Nothing here is collective.
+    #[allow(clippy::result_large_err)]
+    pub fn build_keeping_comm(
+        mut self,
+    ) -> std::result::Result<Trainer, (Error, Box<dyn Communicator>)> {
+        let comm = self.communicator.take().unwrap_or_else(|| Box::new(Local));
+        match self.assemble(comm.rank(), comm.size()) {
+            Ok(mut trainer) => {
+                trainer.comm = comm;
+                Ok(trainer)
+            }
+            Err(e) => Err((e, comm)),
+        }
+    }
+
+    /// Everything but the communicator, for rank `rank` of `size`: the trainer holds `Local`
+    /// until [`TrainerBuilder::build_keeping_comm`] puts the real one in.
+    fn assemble(self, rank: usize, size: usize) -> Result<Trainer> {
         let cfg = self.cfg;
         cfg.validate().map_err(Error::Config)?;
         let device = match self.device {
@@ -166,7 +189,6 @@ impl TrainerBuilder {
                 setup::build_model(&cfg, channels)?
             }
         };
-        let comm = self.communicator.unwrap_or_else(|| Box::new(Local));
         let loss = self.loss.unwrap_or_else(|| loss::for_task(cfg.task.kind));
         let algorithm = self
             .algorithm
@@ -199,13 +221,13 @@ impl TrainerBuilder {
         let workers = Workers::plan(
             requested,
             threads,
-            rank_slice(cfg.outer.meta_batch, comm.rank(), comm.size()).len(),
+            rank_slice(cfg.outer.meta_batch, rank, size).len(),
             meta.theta.layout().numel(),
             device,
         );
         Ok(Trainer {
             cfg,
-            comm,
+            comm: Box::new(Local),
             net: Net {
                 model,
                 loss,
@@ -473,6 +495,11 @@ impl Trainer {
     /// True on every rank when `flag` is true on at least one rank (engine::ranks::any).
     pub fn any_rank(&self, flag: bool) -> Result<bool> {
         ranks::any(self.comm.as_ref(), flag)
+    }
+
+    /// The lowest rank whose code is not 0, with its code, on every rank (engine::ranks::first_failure).
+    pub fn first_failure(&self, code: u8) -> Result<Option<(usize, u8)>> {
+        ranks::first_failure(self.comm.as_ref(), code)
     }
 
     /// Compares the meta-parameters' checksum across ranks (engine::ranks::check_consistency).

@@ -71,6 +71,36 @@ impl fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
+/// An ending that another process has reported already (the rank that failed first, or the
+/// ranks of a job that `launch` started): the command exits with this code and prints nothing.
+#[derive(Debug)]
+pub struct Quiet(pub u8);
+
+impl fmt::Display for Quiet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "exit code {}", self.0)
+    }
+}
+
+impl std::error::Error for Quiet {}
+
+/// Shorthand for a [`Quiet`] ending wrapped in `anyhow`.
+pub fn quiet(code: u8) -> anyhow::Error {
+    anyhow::Error::new(Quiet(code))
+}
+
+/// The exit code that a failure `e` ends the command with: 2 for bad input, 1 otherwise.
+pub fn failure_code(e: &anyhow::Error) -> u8 {
+    if let Some(q) = e.downcast_ref::<Quiet>() {
+        return q.0;
+    }
+    if e.downcast_ref::<BadInput>().is_some() {
+        2
+    } else {
+        1
+    }
+}
+
 /// How a command's error ends the process.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ending {
@@ -88,12 +118,13 @@ pub fn report(e: &anyhow::Error) -> Ending {
         }
         return Ending::Stopped(stop.exit_code());
     }
-    match e.downcast_ref::<BadInput>() {
-        Some(bad) => {
+    match (e.downcast_ref::<Quiet>(), e.downcast_ref::<BadInput>()) {
+        (Some(q), _) => Ending::Failed(q.0),
+        (None, Some(bad)) => {
             eprintln!("metaloop: {}", bad.0);
             Ending::Failed(2)
         }
-        None => {
+        (None, None) => {
             eprintln!("metaloop: {e:#}");
             Ending::Failed(1)
         }
@@ -124,6 +155,10 @@ mod tests {
         );
         assert_eq!(ending(bad("c.toml: x")), Ending::Failed(2));
         assert_eq!(ending(anyhow::anyhow!("disk full")), Ending::Failed(1));
+        assert_eq!(ending(quiet(137)), Ending::Failed(137));
+        assert_eq!(failure_code(&bad("x")), 2);
+        assert_eq!(failure_code(&anyhow::anyhow!("disk full")), 1);
+        assert_eq!(failure_code(&quiet(101)), 101);
     }
 
     #[test]
