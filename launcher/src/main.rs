@@ -8,6 +8,9 @@
 //! its exit code, which ends every rank of the job; mpirun then exits with that code (Open MPI
 //! 4.1, after its own "MPI_ABORT was invoked" notice). No rank waits in `MPI_Finalize` for a
 //! failed one. A collective that outlasts `run.collective_timeout_s` ends the job the same way.
+//! During set-up the ranks first agree on which of them failed: only the lowest failing rank
+//! prints, and every rank ends alike with its code, without `MPI_Abort`; so a bad dataset that
+//! every rank finds is printed once (`train::agreed_setup`).
 
 mod bench;
 mod communicator;

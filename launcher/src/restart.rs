@@ -3,8 +3,9 @@
 //!
 //! A job is not started again after a success, after bad input (exit code 2: the same input
 //! would fail the same way), or after a stop the user asked for: SIGTERM or SIGINT to `launch`
-//! itself, which passes the signal on to mpirun once. mpirun runs in its own process group, so
-//! a Ctrl-C at the terminal reaches it only through `launch`, once.
+//! itself, which passes the signal on to mpirun once (a second one ends `launch` at once, as
+//! launcher::signals does for `train`). mpirun runs in its own process group, so a Ctrl-C at the
+//! terminal reaches it only through `launch`, once.
 //!
 //! Each restart prints one line (the reason, the exit code, the checkpoint it continues from)
 //! and tells the restarted ranks why through `METALOOP_RESTART` (a JSON [`Restart`]), which
@@ -12,17 +13,15 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use metaloop_engine::checkpoint;
 use metaloop_engine::rundir::{self, RunLock};
 use serde::{Deserialize, Serialize};
-use signal_hook::consts::{SIGINT, SIGTERM};
 
-use crate::errors::{bad, quiet};
+use crate::errors::{bad, quiet, say};
+use crate::signals::StopSignals;
 
 /// The environment variable that tells a restarted job's ranks why it was restarted.
 pub const ENV: &str = "METALOOP_RESTART";
@@ -69,33 +68,6 @@ pub struct Plan {
     pub remote: bool,
 }
 
-/// The flags that the SIGTERM and SIGINT handlers of `launch` set.
-struct Stop {
-    requested: Arc<AtomicBool>,
-    which: Arc<AtomicUsize>,
-}
-
-impl Stop {
-    fn install() -> Result<Stop> {
-        let stop = Stop {
-            requested: Arc::new(AtomicBool::new(false)),
-            which: Arc::new(AtomicUsize::new(0)),
-        };
-        for signal in [SIGTERM, SIGINT] {
-            signal_hook::flag::register_usize(signal, stop.which.clone(), signal as usize)?;
-            signal_hook::flag::register(signal, stop.requested.clone())?;
-        }
-        Ok(stop)
-    }
-
-    /// The signal received, if any.
-    fn received(&self) -> Option<i32> {
-        self.requested
-            .load(Ordering::SeqCst)
-            .then(|| self.which.load(Ordering::SeqCst) as i32)
-    }
-}
-
 /// Runs the job that `mpirun(args, restart)` starts, and starts it again as the module says.
 /// Ends with the exit code of its last run.
 pub fn supervise(
@@ -103,7 +75,7 @@ pub fn supervise(
     command: &[String],
     mpirun: impl Fn(&[String], Option<&Restart>) -> Command,
 ) -> Result<()> {
-    let stop = Stop::install()?;
+    let stop = StopSignals::install()?;
     let mut restart: Option<Restart> = None;
     loop {
         let args = match restart {
@@ -125,10 +97,10 @@ pub fn supervise(
         }
         let reason = reason(status);
         if number >= plan.max {
-            eprintln!(
-                "metaloop: the job failed: {reason} (exit code {code}); no restart left (--max-restarts {})",
+            say(&format!(
+                "the job failed: {reason} (exit code {code}); no restart left (--max-restarts {})",
                 plan.max
-            );
+            ));
             return Err(quiet(code as u8));
         }
         wait_for_unlock(&plan.root);
@@ -140,7 +112,7 @@ pub fn supervise(
             checkpoint: newest_checkpoint(&plan.root),
             at: checkpoint::rfc3339_utc(SystemTime::now()),
         };
-        eprintln!("metaloop: {}", announce(&next, plan.remote));
+        say(&announce(&next, plan.remote));
         restart = Some(next);
         // A stop asked for while the job was down: no new start.
         if let Some(signal) = stop.received() {
@@ -150,7 +122,7 @@ pub fn supervise(
 }
 
 /// Starts `cmd` and waits for it, passing each stop signal that `launch` receives on to it once.
-fn run(mut cmd: Command, stop: &Stop) -> Result<ExitStatus> {
+fn run(mut cmd: Command, stop: &StopSignals) -> Result<ExitStatus> {
     use std::os::unix::process::CommandExt;
     // Its own process group: a Ctrl-C at the terminal reaches it only through us.
     cmd.process_group(0).stdin(Stdio::null());

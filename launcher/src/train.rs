@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use crate::communicator::communicator;
 use crate::config;
-use crate::errors::{bad, failure_code, quiet, setup_error, Interrupted};
+use crate::errors::{agreed, bad, failure_code, quiet, setup_error, Interrupted};
 use crate::progress::{warn, Terminal};
 use crate::provenance::Provenance;
 use crate::report::{print_finished, Finished};
@@ -99,8 +99,8 @@ fn prepare(
 }
 
 /// This rank's trainer once every rank is set up, before rank 0 writes anything (collective).
-/// When some ranks failed, the lowest of them alone returns its error (printed once, however
-/// many ranks found the same bad dataset); the others end quietly with its exit code.
+/// When some ranks failed, the lowest of them alone prints its error (once, however many ranks
+/// found the same bad dataset); every rank ends with its exit code, alike, without MPI_Abort.
 fn agreed_setup(
     built: std::result::Result<Trainer, (EngineError, Box<dyn Communicator>)>,
 ) -> Result<Trainer> {
@@ -115,7 +115,7 @@ fn agreed_setup(
     };
     match ranks::first_failure(comm.as_ref(), failure_code(&error))? {
         Some((rank, code)) if rank != comm.rank() => Err(quiet(code)),
-        _ => Err(error),
+        _ => Err(agreed(&error)),
     }
 }
 
