@@ -104,6 +104,11 @@ pub fn supervise(
             return Err(quiet(code as u8));
         }
         wait_for_unlock(&plan.root);
+        // A stop asked for while the job was down: no new start. (One asked for later reaches
+        // the new job, as `run` passes it on.)
+        if let Some(signal) = stop.received() {
+            return Err(quiet((128 + signal) as u8));
+        }
         let next = Restart {
             number: number + 1,
             max: plan.max,
@@ -114,14 +119,11 @@ pub fn supervise(
         };
         say(&announce(&next, plan.remote));
         restart = Some(next);
-        // A stop asked for while the job was down: no new start.
-        if let Some(signal) = stop.received() {
-            return Err(quiet((128 + signal) as u8));
-        }
     }
 }
 
-/// Starts `cmd` and waits for it, passing each stop signal that `launch` receives on to it once.
+/// Starts `cmd` and waits for it. The first stop signal that `launch` receives (before or
+/// during the run) is passed on to it.
 fn run(mut cmd: Command, stop: &StopSignals) -> Result<ExitStatus> {
     use std::os::unix::process::CommandExt;
     // Its own process group: a Ctrl-C at the terminal reaches it only through us.
