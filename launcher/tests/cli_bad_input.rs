@@ -859,11 +859,8 @@ fn launch_reports_a_bad_dataset_that_every_rank_finds_once() {
         .output_within_limit();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    // mpirun adds its notice about MPI_Abort; metaloop's own line comes once.
-    let lines: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("metaloop:"))
-        .collect();
+    // mpirun adds its notice about the exit code; metaloop's own line comes once.
+    let lines = common::metaloop_lines(&stderr);
     assert_eq!(lines.len(), 1, "{stderr}");
     assert!(
         lines[0].contains("no/such/omniglot") && lines[0].contains("no such directory"),

@@ -306,10 +306,7 @@ fn bad_input_found_by_the_ranks_is_printed_once_and_not_restarted() {
     let out = launch(&dir, &["--max-restarts", "3"]).output_within_limit();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    let lines: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("metaloop:"))
-        .collect();
+    let lines = common::metaloop_lines(&stderr);
     assert_eq!(
         lines,
         ["metaloop: folder: class train/c has 1 images, an episode needs 2 (shots + queries)"],
