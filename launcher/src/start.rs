@@ -83,8 +83,9 @@ fn check_same_config(cfg: &TrainConfig, root: &Path) -> Result<()> {
     if let Ok(text) = std::fs::read_to_string(&stored_path) {
         let stored = config::resolve(&stored_path.display().to_string(), &text, &[])?;
         let mut diff = differing_keys(&stored, cfg);
-        // Keys that change no result may change on a resume (rundir::NEUTRAL_KEYS).
-        diff.retain(|k| !rundir::NEUTRAL_KEYS.contains(&k.as_str()));
+        // Keys that change no result may change on a resume (rundir::neutral_keys).
+        let neutral = rundir::neutral_keys(cfg);
+        diff.retain(|k| !neutral.contains(&k.as_str()));
         if !diff.is_empty() {
             return Err(bad(format!(
                 "--resume: the config differs from {} in {} (resume with the run's own config)",
