@@ -25,6 +25,7 @@ pub mod bench;
 pub mod checkpoint;
 mod chunks;
 pub mod config;
+mod config_hash;
 pub mod data;
 mod error;
 pub mod evaluate;

@@ -20,6 +20,26 @@ pub fn any(comm: &dyn Communicator, flag: bool) -> Result<bool> {
     Ok(votes.f_double_value(&[0])? != 0.0)
 }
 
+/// Every rank's exit code (0: this rank is fine) after a phase that may fail on some ranks, such
+/// as the set-up: the lowest rank that failed, with its code, on every rank alike. One
+/// all-reduce of one number per rank, so it is also a barrier. The launcher lets only that rank
+/// print its error: a bad dataset that every rank finds is reported once.
+pub fn first_failure(comm: &dyn Communicator, code: u8) -> Result<Option<(usize, u8)>> {
+    if comm.size() == 1 {
+        return Ok((code != 0).then_some((0, code)));
+    }
+    let mut codes = Tensor::f_zeros([comm.size() as i64], (Kind::Double, Device::Cpu))?;
+    let _ = codes
+        .f_narrow(0, comm.rank() as i64, 1)?
+        .f_fill_(f64::from(code))?;
+    comm.all_reduce_sum(&mut codes)?;
+    Ok(to_f64s(&codes)?
+        .iter()
+        .enumerate()
+        .find(|(_, c)| **c != 0.0)
+        .map(|(rank, c)| (rank, *c as u8)))
+}
+
 /// Compares this rank's checksum of `meta` with rank 0's after `iteration` outer iterations;
 /// every rank learns which ranks differ and all return the same error.
 pub fn check_consistency(comm: &dyn Communicator, meta: &MetaParams, iteration: u64) -> Result<()> {

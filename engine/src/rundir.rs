@@ -29,8 +29,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::atomic::{write_atomic, write_atomic_with};
-use crate::checkpoint;
-use crate::config::TrainConfig;
+pub use crate::config_hash::{
+    config_hash, hash_matches, neutral_keys, result_config, NEUTRAL_KEYS, REPRODUCIBLE_NEUTRAL_KEYS,
+};
 use crate::{Error, Result};
 
 /// The file names inside a run directory.
@@ -116,14 +117,6 @@ fn holder(path: &Path, file: &File) -> String {
         "" => "another process".to_string(),
         pid => format!("pid {pid}"),
     }
-}
-
-/// sha256 (hex) of a config's canonical JSON form: two configs have the same hash exactly when
-/// every value is the same, however their TOML files were written.
-pub fn config_hash(cfg: &TrainConfig) -> String {
-    // Serialising plain structs of strings and numbers cannot fail.
-    let json = serde_json::to_vec(cfg).unwrap_or_default();
-    checkpoint::sha256_hex(&json)
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {

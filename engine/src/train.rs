@@ -141,86 +141,6 @@ impl TrainerBuilder {
         self.fused = fused;
         self
     }
-
-    /// Validates the config, builds what was not given, initialises the meta-parameters.
-    pub fn build(self) -> Result<Trainer> {
-        let cfg = self.cfg;
-        cfg.validate().map_err(Error::Config)?;
-        let device = match self.device {
-            Some(d) => d,
-            None => setup::device(cfg.run.device)?,
-        };
-        setup::precision(cfg.run.precision, device)?;
-        setup::conv_kernels(cfg.run.conv_tasks, cfg.run.channels_last);
-        let kind = setup::kind(cfg.run.dtype);
-        let source = match self.tasks {
-            Some(s) => s,
-            None => setup::task_source(&cfg)?,
-        };
-        let own_model = self.model.is_none();
-        let protocol = EvalProtocol::new(&cfg, &source, own_model)?;
-        let model = match self.model {
-            Some(m) => m,
-            None => {
-                let channels = source.input_shape().first().copied().unwrap_or(1);
-                setup::build_model(&cfg, channels)?
-            }
-        };
-        let comm = self.communicator.unwrap_or_else(|| Box::new(Local));
-        let loss = self.loss.unwrap_or_else(|| loss::for_task(cfg.task.kind));
-        let algorithm = self
-            .algorithm
-            .unwrap_or_else(|| algorithms::build(cfg.algorithm.name));
-        let theta = setup::initial_params(&cfg, model.as_ref(), kind, device)?;
-        let learned = algorithm.learned(&cfg.algorithm, theta.layout(), (kind, device))?;
-        let frozen = algorithm.frozen(theta.layout());
-        let meta = MetaParams {
-            theta,
-            learned,
-            frozen,
-        };
-        let outer = OuterStep::new(&cfg, self.fused, &meta)?;
-        let threads = self
-            .threads
-            .unwrap_or_else(|| tch::get_num_threads().max(1) as usize);
-        // Reproducible on the CPU: one intra-op thread per worker, since libtorch's CPU kernels
-        // split their reductions by the thread count (engine::exact).
-        let (requested, threads) = match (cfg.run.reproducible, device) {
-            (true, Device::Cpu) => {
-                let n = if cfg.run.workers == 0 {
-                    threads
-                } else {
-                    cfg.run.workers
-                };
-                (n, n)
-            }
-            _ => (cfg.run.workers, threads),
-        };
-        let workers = Workers::plan(
-            requested,
-            threads,
-            rank_slice(cfg.outer.meta_batch, comm.rank(), comm.size()).len(),
-            meta.theta.layout().numel(),
-            device,
-        );
-        Ok(Trainer {
-            cfg,
-            comm,
-            net: Net {
-                model,
-                loss,
-                kind,
-                device,
-                fused: self.fused,
-            },
-            algorithm,
-            meta,
-            outer,
-            tasks: TaskFeed::new(source),
-            workers,
-            protocol,
-        })
-    }
 }
 
 impl Trainer {
@@ -475,11 +395,20 @@ impl Trainer {
         ranks::any(self.comm.as_ref(), flag)
     }
 
+    /// The lowest rank whose code is not 0, with its code, on every rank (engine::ranks::first_failure).
+    pub fn first_failure(&self, code: u8) -> Result<Option<(usize, u8)>> {
+        ranks::first_failure(self.comm.as_ref(), code)
+    }
+
     /// Compares the meta-parameters' checksum across ranks (engine::ranks::check_consistency).
     pub fn check_rank_consistency(&self) -> Result<()> {
         ranks::check_consistency(self.comm.as_ref(), &self.meta, self.iteration())
     }
 }
+
+// How the builder assembles a Trainer.
+#[path = "train_build.rs"]
+mod build;
 
 #[cfg(test)]
 #[path = "train_batching_tests.rs"]

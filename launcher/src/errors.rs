@@ -71,33 +71,93 @@ impl fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
+/// A failure that every process of the job knows of and ends alike: the ranks agreed on it
+/// after their set-up, or it is the exit code of the job that `launch` ran. The command exits
+/// with `code`, without `MPI_Abort`, and prints `line` where it has one (on one rank only).
+#[derive(Debug)]
+pub struct Agreed {
+    pub code: u8,
+    pub line: Option<String>,
+}
+
+impl fmt::Display for Agreed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.line {
+            Some(line) => f.write_str(line),
+            None => write!(f, "exit code {}", self.code),
+        }
+    }
+}
+
+impl std::error::Error for Agreed {}
+
+/// An [`Agreed`] ending that prints nothing: another process reported it.
+pub fn quiet(code: u8) -> anyhow::Error {
+    anyhow::Error::new(Agreed { code, line: None })
+}
+
+/// The failure `e`, agreed on: this process prints it and ends without `MPI_Abort`.
+pub fn agreed(e: &anyhow::Error) -> anyhow::Error {
+    anyhow::Error::new(Agreed {
+        code: failure_code(e),
+        line: Some(line_of(e)),
+    })
+}
+
+/// The exit code that a failure `e` ends the command with: 2 for bad input, 1 otherwise.
+pub fn failure_code(e: &anyhow::Error) -> u8 {
+    if let Some(a) = e.downcast_ref::<Agreed>() {
+        return a.code;
+    }
+    if e.downcast_ref::<BadInput>().is_some() {
+        2
+    } else {
+        1
+    }
+}
+
+/// The one line that reports `e`.
+fn line_of(e: &anyhow::Error) -> String {
+    match e.downcast_ref::<BadInput>() {
+        Some(bad) => bad.0.clone(),
+        None => format!("{e:#}"),
+    }
+}
+
 /// How a command's error ends the process.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ending {
-    /// Every rank agreed on a stop and wrote its checkpoint: all end alike, without aborting.
+    /// Every rank agreed on a stop (and wrote its checkpoint) or on a failure: all end alike,
+    /// without aborting.
     Stopped(u8),
     /// A failure on this rank: it ends the job (`MPI_Abort`) with this code.
     Failed(u8),
+}
+
+/// Prints `metaloop: <message>` on stderr in one write: under mpirun other ranks and mpirun's
+/// own notices write to the same stream, and a line written in pieces can be split by theirs.
+pub fn say(message: &str) {
+    use std::io::Write;
+    let line = format!("metaloop: {message}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 /// Prints `e` as one line on stderr (a stop only where it asks to) and says how to end.
 pub fn report(e: &anyhow::Error) -> Ending {
     if let Some(stop) = e.downcast_ref::<Interrupted>() {
         if stop.print {
-            eprintln!("metaloop: {stop}");
+            say(&stop.to_string());
         }
         return Ending::Stopped(stop.exit_code());
     }
-    match e.downcast_ref::<BadInput>() {
-        Some(bad) => {
-            eprintln!("metaloop: {}", bad.0);
-            Ending::Failed(2)
+    if let Some(a) = e.downcast_ref::<Agreed>() {
+        if let Some(line) = &a.line {
+            say(line);
         }
-        None => {
-            eprintln!("metaloop: {e:#}");
-            Ending::Failed(1)
-        }
+        return Ending::Stopped(a.code);
     }
+    say(&line_of(e));
+    Ending::Failed(failure_code(e))
 }
 
 #[cfg(test)]
@@ -124,6 +184,11 @@ mod tests {
         );
         assert_eq!(ending(bad("c.toml: x")), Ending::Failed(2));
         assert_eq!(ending(anyhow::anyhow!("disk full")), Ending::Failed(1));
+        assert_eq!(ending(quiet(137)), Ending::Stopped(137));
+        assert_eq!(ending(agreed(&bad("x"))), Ending::Stopped(2));
+        assert_eq!(failure_code(&bad("x")), 2);
+        assert_eq!(failure_code(&anyhow::anyhow!("disk full")), 1);
+        assert_eq!(failure_code(&quiet(101)), 101);
     }
 
     #[test]

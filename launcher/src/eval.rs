@@ -94,7 +94,7 @@ fn eval(path: &Path, tasks: Option<usize>) -> Result<Option<(String, EvalReport)
         warn(w);
     }
     let cfg = run_config(&root, "the checkpoint's run directory")?;
-    if ckpt.manifest.config_hash != rundir::config_hash(&cfg) {
+    if !rundir::hash_matches(&cfg, &ckpt.manifest.config_hash) {
         return Err(bad(format!(
             "{}: written by another config (hash {}) than {}",
             ckpt.path.display(),

@@ -6,32 +6,70 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::Result;
+use metaloop_engine::config::TrainConfig;
 
 use crate::errors::bad;
+use crate::restart::{self, Plan, Restart};
+use crate::start::run_root;
 
-/// Replaces this process with mpirun starting `ranks` copies of this binary running `command`.
-pub fn launch(ranks: usize, hostfile: Option<PathBuf>, command: &[String]) -> Result<()> {
-    check(ranks, hostfile.as_ref(), command)?;
+/// What `launch` starts: `ranks` ranks of `command`, with a hostfile, and restarted at most
+/// `max_restarts` times (`train` only; its config is `train`).
+pub struct Job<'a> {
+    pub ranks: usize,
+    pub hostfile: Option<PathBuf>,
+    pub command: &'a [String],
+    pub max_restarts: u32,
+    pub train: Option<&'a TrainConfig>,
+}
+
+/// Starts the job under mpirun. Without restarts this process becomes mpirun (exec), so that
+/// signals and the exit code are mpirun's own; with them it stays, and restarts the job when it
+/// fails (launcher::restart).
+pub fn launch(job: Job) -> Result<()> {
+    check(&job)?;
     let exe = std::env::current_exe()?;
-    let mut mpirun = mpirun(ranks, hostfile);
-    mpirun.arg(exe).args(command);
-    let err = mpirun.exec();
-    Err(anyhow::anyhow!(
-        "cannot start mpirun ({err}): install Open MPI (cargo xtask setup)"
-    ))
+    let (ranks, hostfile) = (job.ranks, job.hostfile.clone());
+    let Some(cfg) = job.train.filter(|_| job.max_restarts > 0) else {
+        let mut mpirun = mpirun(ranks, hostfile);
+        mpirun.arg(exe).args(job.command);
+        let err = mpirun.exec();
+        return Err(anyhow::anyhow!(
+            "cannot start mpirun ({err}): install Open MPI (cargo xtask setup)"
+        ));
+    };
+    let plan = Plan {
+        max: job.max_restarts,
+        root: run_root(cfg),
+        remote: job.hostfile.is_some(),
+    };
+    restart::supervise(&plan, job.command, |args, why: Option<&Restart>| {
+        let mut cmd = mpirun(ranks, hostfile.clone());
+        match why.and_then(|r| serde_json::to_string(r).ok()) {
+            // -x: mpirun passes the variable to ranks on other hosts too.
+            Some(json) => cmd.env(restart::ENV, json).args(["-x", restart::ENV]),
+            None => cmd.env_remove(restart::ENV),
+        };
+        cmd.arg(&exe).args(args);
+        cmd
+    })
 }
 
 /// The checks of `launch`'s arguments.
-fn check(ranks: usize, hostfile: Option<&PathBuf>, command: &[String]) -> Result<()> {
-    if ranks == 0 {
+fn check(job: &Job) -> Result<()> {
+    if job.ranks == 0 {
         return Err(bad("--ranks: must be >= 1, got 0"));
     }
-    if command.first().is_some_and(|c| c == "launch") {
+    if job.command.first().is_some_and(|c| c == "launch") {
         return Err(bad(
             "launch: the command after `--` cannot be `launch` itself",
         ));
     }
-    if let Some(h) = hostfile {
+    if job.max_restarts > 0 && job.train.is_none() {
+        return Err(bad(
+            "--max-restarts: only `train` can be restarted (it continues with --resume auto)",
+        ));
+    }
+    if let Some(h) = &job.hostfile {
         if !h.is_file() {
             return Err(bad(format!("--hostfile {}: no such file", h.display())));
         }

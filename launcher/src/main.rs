@@ -8,6 +8,9 @@
 //! its exit code, which ends every rank of the job; mpirun then exits with that code (Open MPI
 //! 4.1, after its own "MPI_ABORT was invoked" notice). No rank waits in `MPI_Finalize` for a
 //! failed one. A collective that outlasts `run.collective_timeout_s` ends the job the same way.
+//! During set-up the ranks first agree on which of them failed: only the lowest failing rank
+//! prints, and every rank ends alike with its code, without `MPI_Abort`; so a bad dataset that
+//! every rank finds is printed once (`train::agreed_setup`).
 
 mod bench;
 mod communicator;
@@ -24,6 +27,7 @@ mod plot_predictions;
 mod progress;
 mod provenance;
 mod report;
+mod restart;
 mod signals;
 mod start;
 mod train;
@@ -33,6 +37,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use metaloop_engine::config::TrainConfig;
 use metaloop_runtime::comm;
 
 use crate::communicator::{set_collective_timeout, DEFAULT_COLLECTIVE_TIMEOUT_S};
@@ -115,6 +120,11 @@ enum Command {
         /// A hostfile for several hosts (Open MPI's format; see cluster/hostfile.example).
         #[arg(long)]
         hostfile: Option<PathBuf>,
+        /// Restarts a failed `train` job at most this many times, each with `--resume auto`
+        /// (0: never). Not after bad input (exit code 2), nor after SIGTERM or SIGINT to
+        /// `launch` itself.
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        max_restarts: u32,
         /// The metaloop command and its arguments, after `--`.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -214,8 +224,8 @@ fn set_threads(threads: Option<usize>) -> Result<()> {
 
 /// `launch`'s own check of the command it starts: its arguments, the config and the run
 /// directory. Bad input is then one line from here, before mpirun starts, instead of one per rank
-/// followed by mpirun's notices.
-fn preflight(command: &[String]) -> Result<()> {
+/// followed by mpirun's notices. Returns the config of a `train` command.
+fn preflight(command: &[String]) -> Result<Option<TrainConfig>> {
     let args = std::iter::once("metaloop".to_string()).chain(command.iter().cloned());
     let cli = Cli::try_parse_from(args).unwrap_or_else(|e| e.exit());
     match cli.command {
@@ -223,9 +233,13 @@ fn preflight(command: &[String]) -> Result<()> {
             config,
             sets,
             resume,
-        } => start::check_start(&config::load(&config, &sets)?, resume),
-        Command::Eval { tasks, .. } => eval::check_tasks(tasks),
-        _ => Ok(()),
+        } => {
+            let cfg = config::load(&config, &sets)?;
+            start::check_start(&cfg, resume)?;
+            Ok(Some(cfg))
+        }
+        Command::Eval { tasks, .. } => eval::check_tasks(tasks).map(|()| None),
+        _ => Ok(None),
     }
 }
 
@@ -254,10 +268,17 @@ fn dispatch(command: Command, threads_given: bool) -> Result<()> {
         Command::Launch {
             ranks,
             hostfile,
+            max_restarts,
             command,
         } => {
-            preflight(&command)?;
-            launch::launch(ranks, hostfile, &command)
+            let train = preflight(&command)?;
+            launch::launch(launch::Job {
+                ranks,
+                hostfile,
+                command: &command,
+                max_restarts,
+                train: train.as_ref(),
+            })
         }
         Command::Config {
             command: ConfigCommand::Show { config, sets },

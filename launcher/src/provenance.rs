@@ -1,6 +1,7 @@
 //! What produced a run: `run.json` in the run directory, and the same fields in `report.json`.
 //! The command line, metaloop's version and git commit, libtorch's version, each rank's host and
-//! device, and the start and end times of this invocation.
+//! device, the start and end times of this invocation, and the restarts of `launch
+//! --max-restarts` (launcher::restart).
 
 use std::path::Path;
 use std::time::SystemTime;
@@ -10,6 +11,8 @@ use metaloop_engine::atomic::write_atomic;
 use metaloop_engine::config::TrainConfig;
 use metaloop_runtime::comm::Communicator;
 use serde::{Deserialize, Serialize};
+
+use crate::restart::Restart;
 
 /// `run.json`, in the run directory.
 pub const RUN_JSON: &str = "run.json";
@@ -37,6 +40,13 @@ pub struct Provenance {
     pub started: String,
     /// UTC, RFC 3339; absent while the run goes on or when it was stopped.
     pub ended: Option<String>,
+    /// Why `launch --max-restarts` started this invocation, when it restarted a failed job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<Restart>,
+    /// Every restart of the run so far, oldest first: those of the earlier invocations, then
+    /// this one's (filled in when `run.json` is written).
+    #[serde(default)]
+    pub restarts: Vec<serde_json::Value>,
     /// The run's earlier invocations, once read from `run.json`.
     #[serde(skip)]
     earlier: Option<Vec<serde_json::Value>>,
@@ -78,6 +88,11 @@ fn places(cfg: &TrainConfig, comm: &dyn Communicator) -> Result<Vec<Place>> {
 impl Provenance {
     /// The provenance of this invocation, started now. Collective.
     pub fn gather(cfg: &TrainConfig, comm: &dyn Communicator) -> Result<Provenance> {
+        // Rank 0 alone writes it; a bad value ends the job from rank 0, once.
+        let restart = match comm.rank() {
+            0 => Restart::from_env()?,
+            _ => None,
+        };
         Ok(Provenance {
             command_line: std::env::args().collect(),
             metaloop_version: env!("CARGO_PKG_VERSION").into(),
@@ -87,6 +102,8 @@ impl Provenance {
             places: places(cfg, comm)?,
             started: utc_now(),
             ended: None,
+            restart,
+            restarts: Vec::new(),
             earlier: None,
         })
     }
@@ -96,14 +113,22 @@ impl Provenance {
         self.ended = Some(utc_now());
     }
 
-    /// Writes `run.json` into `root` atomically: this invocation, and the earlier ones of the
-    /// run (resumes) under `earlier`, read from the file on this invocation's first write.
+    /// Writes `run.json` into `root` atomically: this invocation, the earlier ones of the run
+    /// (resumes) under `earlier`, read from the file on this invocation's first write, and
+    /// every restart under `restarts`.
     pub fn write(&mut self, root: &Path) -> Result<()> {
         let path = root.join(RUN_JSON);
         let earlier = self
             .earlier
             .get_or_insert_with(|| earlier_invocations(&path))
             .clone();
+        self.restarts = earlier
+            .iter()
+            .filter_map(|e| e.get("restart").filter(|r| !r.is_null()).cloned())
+            .collect();
+        if let Some(r) = &self.restart {
+            self.restarts.push(serde_json::to_value(r)?);
+        }
         let mut value = serde_json::to_value(&*self)?;
         value["earlier"] = serde_json::Value::Array(earlier);
         write_atomic(&path, &serde_json::to_vec_pretty(&value)?)?;
@@ -119,6 +144,8 @@ fn earlier_invocations(path: &Path) -> Vec<serde_json::Value> {
     let Ok(serde_json::Value::Object(mut old)) = serde_json::from_str(&text) else {
         return Vec::new();
     };
+    // Derived from the invocations themselves.
+    old.remove("restarts");
     let mut earlier = match old.remove("earlier") {
         Some(serde_json::Value::Array(a)) => a,
         _ => Vec::new(),

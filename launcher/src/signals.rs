@@ -13,6 +13,9 @@
 //! [`StopSignals::exit_at_once`]: the meta-test, the report), exits at once with the same code:
 //! checkpoints and run files are written atomically, so whatever was complete stays usable.
 //!
+//! `launch --max-restarts` uses the same flags to pass a stop on to its mpirun job
+//! (launcher::restart).
+//!
 //! This module installs handlers and reads flags; it never prints or writes files.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -82,7 +82,10 @@ fn check_same_config(cfg: &TrainConfig, root: &Path) -> Result<()> {
     let stored_path = root.join(rundir::CONFIG);
     if let Ok(text) = std::fs::read_to_string(&stored_path) {
         let stored = config::resolve(&stored_path.display().to_string(), &text, &[])?;
-        let diff = differing_keys(&stored, cfg);
+        let mut diff = differing_keys(&stored, cfg);
+        // Keys that change no result may change on a resume (rundir::neutral_keys).
+        let neutral = rundir::neutral_keys(cfg);
+        diff.retain(|k| !neutral.contains(&k.as_str()));
         if !diff.is_empty() {
             return Err(bad(format!(
                 "--resume: the config differs from {} in {} (resume with the run's own config)",
@@ -103,7 +106,7 @@ fn resume_checkpoint(cfg: &TrainConfig, root: &Path) -> Result<Checkpoint> {
         Ok(None) => return Err(bad(format!("--resume: no checkpoint in {}", dir.display()))),
         Err(e) => return Err(bad(format!("--resume: {e}"))),
     };
-    if ckpt.manifest.config_hash != rundir::config_hash(cfg) {
+    if !rundir::hash_matches(cfg, &ckpt.manifest.config_hash) {
         return Err(bad(format!(
             "--resume: {} was written by another config (hash {}) than this one",
             ckpt.path.display(),
@@ -111,6 +114,17 @@ fn resume_checkpoint(cfg: &TrainConfig, root: &Path) -> Result<Checkpoint> {
         )));
     }
     Ok(ckpt)
+}
+
+/// Rewrites the `config.toml` of the run directory `root` that `cfg` continues, when a key that
+/// changes no result (rundir::NEUTRAL_KEYS) differs: the file holds the values in use. Rank 0.
+pub fn record_config(root: &Path, cfg: &TrainConfig) -> Result<()> {
+    let path = root.join(rundir::CONFIG);
+    let text = config::to_toml(cfg)?;
+    if std::fs::read_to_string(&path).is_ok_and(|old| old != text) {
+        metaloop_engine::atomic::write_atomic(&path, text.as_bytes())?;
+    }
+    Ok(())
 }
 
 /// Whether the run directory `root` holds a checkpoint manifest.

@@ -11,20 +11,22 @@ use anyhow::{Context, Result};
 use metaloop_engine::config::TrainConfig;
 use metaloop_engine::data::Split;
 use metaloop_engine::fit::FitEnd;
+use metaloop_engine::ranks;
 use metaloop_engine::rundir::{self, RunDir};
 use metaloop_engine::selection::Best;
 use metaloop_engine::train::{EvalReport, Trainer};
+use metaloop_engine::Error as EngineError;
 use metaloop_runtime::comm::Communicator;
 use serde::Serialize;
 
 use crate::communicator::communicator;
 use crate::config;
-use crate::errors::{bad, setup_error, Interrupted};
+use crate::errors::{agreed, bad, failure_code, quiet, setup_error, Interrupted};
 use crate::progress::{warn, Terminal};
 use crate::provenance::Provenance;
 use crate::report::{print_finished, Finished};
 use crate::signals::{self, StopSignals};
-use crate::start::{forget_best, run_root, starting_point, Resume, Start};
+use crate::start::{forget_best, record_config, run_root, starting_point, Resume, Start};
 
 /// The demo's config, embedded so that `metaloop demo` runs from anywhere.
 const DEMO_CONFIG: &str = include_str!("../../configs/sinusoid.toml");
@@ -64,10 +66,12 @@ fn prepare(
     let rank0 = comm.rank() == 0;
     let mut trainer = {
         let _s = tracing::info_span!("setup").entered();
-        Trainer::new(cfg, comm).map_err(setup_error)?
+        agreed_setup(
+            Trainer::builder(cfg)
+                .communicator(comm)
+                .build_keeping_comm(),
+        )?
     };
-    // Every rank is set up before rank 0 writes anything: a rank that failed has ended the job.
-    trainer.any_rank(false)?;
     if let Some(ckpt) = from {
         for w in ckpt.warnings.iter().filter(|_| rank0) {
             warn(w);
@@ -88,7 +92,31 @@ fn prepare(
             run
         }
     };
+    if !matches!(start, Start::Fresh) {
+        record_config(root, cfg)?;
+    }
     Ok((trainer, Some(run)))
+}
+
+/// This rank's trainer once every rank is set up, before rank 0 writes anything (collective).
+/// When some ranks failed, the lowest of them alone prints its error (once, however many ranks
+/// found the same bad dataset); every rank ends with its exit code, alike, without MPI_Abort.
+fn agreed_setup(
+    built: std::result::Result<Trainer, (EngineError, Box<dyn Communicator>)>,
+) -> Result<Trainer> {
+    let (error, comm) = match built {
+        Ok(trainer) => {
+            return match trainer.first_failure(0)? {
+                None => Ok(trainer),
+                Some((_, code)) => Err(quiet(code)),
+            }
+        }
+        Err((e, comm)) => (setup_error(e), comm),
+    };
+    match ranks::first_failure(comm.as_ref(), failure_code(&error))? {
+        Some((rank, code)) if rank != comm.rank() => Err(quiet(code)),
+        _ => Err(agreed(&error)),
+    }
 }
 
 /// Meta-trains `cfg` (fresh, or continuing its run directory with `resume`), meta-tests, writes

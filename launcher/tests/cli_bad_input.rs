@@ -847,6 +847,30 @@ fn launch_reports_bad_input_once_before_mpirun_starts() {
 }
 
 #[test]
+fn launch_reports_a_bad_dataset_that_every_rank_finds_once() {
+    // Found by the ranks, not by launch's own check: each rank loads the dataset.
+    let dir = scratch("launch-dataset");
+    let config = "[run]\nname = \"omni\"\nthreads = 1\n[task]\nkind = \"omniglot\"\nroot = \"no/such/omniglot\"\nways = 5\nshots = 1\n[model]\nbackbone = \"conv4\"\n";
+    fs::write(dir.join("c.toml"), config).unwrap();
+    let before = tree(&dir);
+    let out = Command::new(env!("CARGO_BIN_EXE_metaloop"))
+        .current_dir(&dir)
+        .args(["launch", "-n", "2", "--", "train", "--config", "c.toml"])
+        .output_within_limit();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    // mpirun adds its notice about the exit code; metaloop's own line comes once.
+    let lines = common::metaloop_lines(&stderr);
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("no/such/omniglot") && lines[0].contains("no such directory"),
+        "{stderr}"
+    );
+    assert_eq!(tree(&dir), before, "files were written or changed");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn a_full_disk_leaves_every_plot_whole() {
     // A file-size limit of 4 KiB (SIGXFSZ ignored, so a write beyond it fails with EFBIG) stands
     // in for a full disk: each plot is larger, so every write of one fails part-way.

@@ -138,6 +138,62 @@ fn resume_auto_starts_fresh_then_continues_and_redoes_a_run_without_checkpoint()
 }
 
 #[test]
+fn resume_may_change_the_keys_that_change_no_result_only() {
+    let dir = scratch("neutral");
+    fs::write(dir.join("tiny.toml"), TINY).unwrap();
+    let resume = ["train", "--config", "tiny.toml", "--resume"];
+    ok(&metaloop(&dir, &resume[..3]));
+    let run = dir.join("runs/tiny");
+    let model = fs::read(run.join("model.safetensors")).unwrap();
+    // Back to the checkpoint of iteration 3.
+    for ext in ["json", "safetensors"] {
+        fs::remove_file(run.join(format!("checkpoints/ckpt-000000006.{ext}"))).unwrap();
+    }
+    // A key that changes the result, or its rounding (the threads' summation order): refused,
+    // named, nothing changed.
+    let config = fs::read(run.join("config.toml")).unwrap();
+    for (set, key) in [
+        ("outer.lr=0.5", "outer.lr"),
+        ("run.threads=2", "run.threads"),
+    ] {
+        let out = metaloop(&dir, &[&resume[..], &["--set", set]].concat());
+        let line = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{line}");
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert!(
+            line.contains("the config differs from")
+                && line.ends_with(&format!("in {key} (resume with the run's own config)\n")),
+            "{line}"
+        );
+    }
+    assert_eq!(fs::read(run.join("config.toml")).unwrap(), config);
+    // Every neutral key changed at once: accepted, and the same model.
+    let neutral = [
+        "log.every=1",
+        "log.checkpoint_every=1",
+        "log.keep_checkpoints=5",
+        "log.tensorboard=false",
+        "run.collective_timeout_s=30",
+        "run.consistency_every=1",
+        "task.cache_dir=\"elsewhere\"",
+    ];
+    let sets: Vec<&str> = neutral.iter().flat_map(|s| ["--set", *s]).collect();
+    ok(&metaloop(&dir, &[&resume[..], &sets].concat()));
+    assert_eq!(json(&run.join("report.json"))["resumed_from"], 3);
+    assert_eq!(fs::read(run.join("model.safetensors")).unwrap(), model);
+    assert_eq!(
+        iterations(&run),
+        [2, 3, 4, 5, 6],
+        "log.every = 1 after the resume"
+    );
+    // config.toml holds the values in use.
+    let stored: TrainConfig =
+        toml::from_str(&fs::read_to_string(run.join("config.toml")).unwrap()).unwrap();
+    assert_eq!((stored.log.every, stored.run.collective_timeout_s), (1, 30));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn launch_checks_and_runs_resume_auto_on_two_ranks() {
     let dir = scratch("launch-auto");
     fs::write(dir.join("tiny.toml"), TINY).unwrap();

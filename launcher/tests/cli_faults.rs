@@ -11,6 +11,7 @@
 mod common;
 
 use common::bounded::OutputWithin;
+use common::metaloop_lines;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -514,14 +515,6 @@ fn mpirun_per_rank_dirs(base: &Path, ranks: usize, args: &[&str]) -> Command {
         .arg(env!("CARGO_BIN_EXE_metaloop"));
     cmd.args(args);
     cmd
-}
-
-/// The lines of `stderr` that metaloop itself printed (not mpirun's notices).
-fn metaloop_lines(stderr: &str) -> Vec<&str> {
-    stderr
-        .lines()
-        .filter(|l| l.starts_with("metaloop:"))
-        .collect()
 }
 
 #[test]

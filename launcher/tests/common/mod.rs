@@ -105,3 +105,11 @@ pub fn entries(dir: &Path) -> Vec<String> {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect()
 }
+
+/// The lines of `stderr` that metaloop itself printed (not mpirun's notices).
+pub fn metaloop_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("metaloop:"))
+        .collect()
+}
