@@ -212,12 +212,9 @@ pub struct RunConfig {
     /// costs time (benches/README.md). Left out of the config's hash while false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reproducible: bool,
-    /// The most memory the run may hold at its peak, in GiB: "auto" (the device's free memory
-    /// on CUDA, the available memory and the process's limits on the CPU), a number, or 0 (no
-    /// planning). Before the first iteration the planner measures one task and picks
-    /// `run.task_chunk`, `run.workers`, `algorithm.memory` and `algorithm.checkpoint_interval`
-    /// (those the config leaves out) that fit with a margin of 10%, at least 256 MiB
-    /// (docs/large-models.md). Left out of the config's hash while "auto".
+    /// Peak memory the run may hold, GiB: "auto" (free memory and limits), a number, or 0 (no
+    /// planning). The planner measures one task and picks the task chunk, workers, memory mode
+    /// and checkpoint interval the config leaves out (docs/large-models.md). Not hashed at "auto".
     /// Allowed: "auto", or a number of GiB from 0 to 1048576.
     #[serde(default, skip_serializing_if = "MemoryBudget::is_auto")]
     pub memory_budget_gib: MemoryBudget,

@@ -48,6 +48,11 @@ impl Ground {
 const SMALL_TASK: f64 = (64u64 << 20) as f64;
 
 impl Trainer {
+    /// The memory plan the iterations follow (engine::plan), when one was made.
+    pub fn memory_plan(&self) -> Option<&MemoryPlan> {
+        self.plan.as_ref()
+    }
+
     /// Plans this rank's memory (see the module documentation) and runs the plan from the first
     /// iteration on. `None` when planning is off (`run.memory_budget_gib = 0`, a budget "auto"
     /// cannot find, or a rank without tasks). A budget that even one task with recompute at

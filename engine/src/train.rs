@@ -211,11 +211,6 @@ impl Trainer {
         &self.workers
     }
 
-    /// The memory plan the iterations follow (engine::plan), when one was made.
-    pub fn memory_plan(&self) -> Option<&crate::plan::MemoryPlan> {
-        self.plan.as_ref()
-    }
-
     /// The learned inner hyperparameters, in meta-vector order.
     pub fn learned_hparams(&self) -> &[crate::algorithms::Learned] {
         &self.meta.learned
