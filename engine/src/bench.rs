@@ -17,9 +17,10 @@
 //! time too; the tasks are served from memory. This module measures and returns numbers; it
 //! prints nothing.
 
-use crate::config::{AlgorithmName, ConvTasks, Memory, Precision, TrainConfig};
+use crate::config::{AlgorithmName, ConvTasks, Memory, MemoryBudget, Precision, TrainConfig};
 use crate::data::{MetaBatch, Split, TaskSource};
 use crate::loss::{CrossEntropy, Mse};
+use crate::plan::{Fixed, MemoryPlan};
 use crate::train::Trainer;
 use crate::{Error, Result};
 use metaloop_runtime::nn;
@@ -156,6 +157,10 @@ pub struct Options {
     pub channels_last: bool,
     /// Bit-identical results on any split of the tasks (`run.reproducible`, engine::exact).
     pub reproducible: bool,
+    /// The memory budget the planner fits the workload into (`run.memory_budget_gib`).
+    pub memory_budget: MemoryBudget,
+    /// Which of `memory`, `task_chunk` and `workers` were asked for (the planner keeps them).
+    pub fixed: Fixed,
 }
 
 /// What one workload measured.
@@ -172,6 +177,9 @@ pub struct BenchResult {
     pub algorithm: AlgorithmName,
     /// Tasks each worker ran at once (0: all of its tasks).
     pub task_chunk: usize,
+    /// The memory plan it ran (engine::plan; absent when planning was off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<MemoryPlan>,
     pub tasks_per_s: f64,
     pub median_s: f64,
     /// The peak memory, MiB: on the CPU the process's resident peak (VmHWM), on CUDA the
@@ -318,6 +326,7 @@ fn config(w: &Workload, iterations: u64, o: &Options) -> TrainConfig {
     cfg.run.workers = o.workers;
     cfg.run.task_chunk = o.task_chunk;
     cfg.run.reproducible = o.reproducible;
+    cfg.run.memory_budget_gib = o.memory_budget;
     cfg.run.consistency_every = 0;
     cfg
 }
@@ -346,6 +355,16 @@ pub(crate) fn trainer(w: &Workload, o: &Options) -> Result<Trainer> {
 /// Runs `o.iters` timed iterations (after `o.warmup`) of workload `w`: each one the Trainer's
 /// own outer step ([`Trainer::step`]) on the workload's tasks.
 pub fn run(w: &Workload, o: &Options) -> Result<BenchResult> {
+    run_with(w, o, |_| {})
+}
+
+/// [`run`], calling `on_plan` with the memory plan as soon as it is made (before the timed
+/// iterations, which can take long).
+pub fn run_with(
+    w: &Workload,
+    o: &Options,
+    on_plan: impl FnOnce(&MemoryPlan),
+) -> Result<BenchResult> {
     if o.iters == 0 {
         return Err(Error::InvalidSetting {
             what: "bench iterations",
@@ -355,6 +374,10 @@ pub fn run(w: &Workload, o: &Options) -> Result<BenchResult> {
     tch::manual_seed(0);
     metaloop_runtime::device_memory::reset_peak(o.device);
     let mut trainer = trainer(w, o)?;
+    let plan = trainer.plan_memory(&o.fixed)?;
+    if let Some(p) = &plan {
+        on_plan(p);
+    }
     let mut times = Vec::with_capacity(o.iters);
     for i in 0..o.warmup + o.iters {
         let started = Instant::now();
@@ -377,9 +400,10 @@ pub fn run(w: &Workload, o: &Options) -> Result<BenchResult> {
         workload: w.name.into(),
         meta_batch: w.meta_batch,
         steps: w.steps,
-        memory: o.memory,
+        memory: plan.as_ref().map_or(o.memory, |p| p.memory),
         algorithm: o.algorithm,
-        task_chunk: o.task_chunk,
+        task_chunk: plan.as_ref().map_or(o.task_chunk, |p| p.task_chunk),
+        plan,
         tasks_per_s: w.meta_batch as f64 / median,
         median_s: median,
         peak_mib: match (o.device, peak_device_mib) {

@@ -11,11 +11,13 @@
 //! Reading files and applying `--set` overrides is the launcher's job.
 
 mod algorithm;
+mod budget;
 mod choice;
 mod outer;
 mod validate;
 
 pub use algorithm::AlgorithmConfig;
+pub use budget::MemoryBudget;
 pub use choice::{
     AlgorithmName, Augment, Backbone, Comm, ConvTasks, DeviceChoice, Dtype, EvalBatchNorm, Memory,
     OuterOptimizer, Precision, Schedule, TaskKind,
@@ -210,6 +212,12 @@ pub struct RunConfig {
     /// costs time (benches/README.md). Left out of the config's hash while false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reproducible: bool,
+    /// Peak memory the run may hold, GiB: "auto" (free memory and limits), a number, or 0 (no
+    /// planning). The planner measures one task and picks the task chunk, workers, memory mode
+    /// and checkpoint interval the config leaves out (docs/large-models.md). Not hashed at "auto".
+    /// Allowed: "auto", or a number of GiB from 0 to 1048576.
+    #[serde(default, skip_serializing_if = "MemoryBudget::is_auto")]
+    pub memory_budget_gib: MemoryBudget,
     /// Seconds a collective (all-reduce, broadcast, barrier) may take before the job is ended
     /// as hung, naming the collective and the iteration (0 = wait for ever).
     #[serde(default = "d::u64_::<600>")]

@@ -41,7 +41,12 @@ impl MetaTest<'_> {
         let mine = rank_slice(tasks, self.comm.rank(), self.comm.size());
         // Per task: loss before, loss after, accuracy before, accuracy after.
         let mut table = Tensor::f_zeros([tasks as i64, 4], (Kind::Double, Device::Cpu))?;
-        let chunk = self.cfg.outer.meta_batch.clamp(1, 32);
+        // As many tasks at once as training runs (its memory plan's chunk), at most 32.
+        let chunk = match self.cfg.run.task_chunk {
+            0 => self.cfg.outer.meta_batch,
+            c => c.min(self.cfg.outer.meta_batch),
+        }
+        .clamp(1, 32);
         let weights = self
             .protocol
             .weights(&self.meta.theta, &self.meta.learned)?;

@@ -90,6 +90,9 @@ struct MetricsLine<'a> {
     /// resident set on the CPU, the caching allocator's memory in tensors on CUDA; null where
     /// not measured.
     peak_mib: Option<f64>,
+    /// The memory plan (engine::plan), on the first line this invocation writes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory_plan: Option<&'a crate::plan::MemoryPlan>,
     #[serde(skip_serializing_if = "Option::is_none")]
     val: Option<&'a EvalReport>,
 }
@@ -105,6 +108,8 @@ struct Progress {
     board: Option<TensorBoard>,
     /// Model selection (on the writing rank; read back from `best.json` on resume).
     selection: Selection,
+    /// Whether this invocation's memory plan is in a metrics line yet.
+    plan_logged: bool,
 }
 
 impl Trainer {
@@ -132,6 +137,7 @@ impl Trainer {
                 _ => None,
             },
             selection: Selection::resume(run.as_deref().map(RunDir::path))?,
+            plan_logged: false,
         };
         // The first line's peak starts here, after setup.
         memory::take_peak_mib(self.device());
@@ -209,8 +215,10 @@ impl Trainer {
                 hparams: m.hparams.iter().cloned().collect(),
                 skipped: m.skipped,
                 peak_mib: memory::take_peak_mib(self.device()),
+                memory_plan: self.memory_plan().filter(|_| !p.plan_logged),
                 val,
             })?;
+            p.plan_logged = true;
             if let Some(board) = p.board.as_mut() {
                 log_scalars(board, m, tasks_per_s, val)?;
             }

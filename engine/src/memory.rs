@@ -50,12 +50,39 @@ pub fn run_peak_mib(device: Device) -> Option<f64> {
     }
 }
 
+/// The memory this process holds now, bytes: the resident set on the CPU (`VmRSS`), the bytes in
+/// tensors on CUDA. `None` where not measured.
+pub fn current_bytes(device: Device) -> Option<u64> {
+    match device {
+        Device::Cpu => status_kib("VmRSS:").map(|k| k * 1024),
+        Device::Cuda(_) => device_memory::allocated_bytes(device),
+        _ => None,
+    }
+}
+
+/// Runs `f` and returns its result with the most memory held during it above what was held
+/// when it started, bytes (`None` where not measured). It takes a peak reading before and
+/// after ([`take_peak_mib`]), so the run's peak keeps both.
+pub fn measure<R>(device: Device, f: impl FnOnce() -> R) -> (R, Option<u64>) {
+    take_peak_mib(device);
+    let start = current_bytes(device);
+    let r = f();
+    let peak = take_peak_mib(device).map(|m| (m * 1048576.0) as u64);
+    let added = start.zip(peak).map(|(s, p)| p.saturating_sub(s));
+    (r, added)
+}
+
 /// The resident set's high-water mark since the process started or its last reset, KiB.
 pub fn high_water_kib() -> Option<u64> {
+    status_kib("VmHWM:")
+}
+
+/// A field of `/proc/self/status` in KiB (`VmHWM:`, `VmRSS:`, `VmSize:`).
+pub fn status_kib(field: &str) -> Option<u64> {
     std::fs::read_to_string("/proc/self/status")
         .ok()?
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
+        .find(|l| l.starts_with(field))?
         .split_whitespace()
         .nth(1)?
         .parse()

@@ -61,20 +61,25 @@ pub use crate::setup::{build_model, rank_slice, task_source};
 /// the fit loop.
 pub struct Trainer {
     cfg: TrainConfig,
+    /// The config as the iterations compute it: `cfg` with the memory plan's task chunk, memory
+    /// mode and checkpoint interval (engine::plan). `cfg` alone names the run (its hash).
+    pub(crate) compute: TrainConfig,
+    /// The memory plan, when one was made.
+    pub(crate) plan: Option<crate::plan::MemoryPlan>,
     /// This rank's communicator: the all-reduce of every iteration.
     comm: Box<dyn Communicator>,
     /// The model, its loss, dtype, device and kernels: every inner and outer step computes here.
-    net: Net,
+    pub(crate) net: Net,
     /// Computes the meta-gradient of every iteration.
-    algorithm: Box<dyn Algorithm>,
+    pub(crate) algorithm: Box<dyn Algorithm>,
     /// θ0 and the learned inner hyperparameters: what every outer step changes.
-    meta: MetaParams,
+    pub(crate) meta: MetaParams,
     /// The outer optimizer, its state and the iteration count.
     outer: OuterStep,
     /// The training tasks and their prefetch thread.
-    tasks: TaskFeed,
+    pub(crate) tasks: TaskFeed,
     /// How this rank's tasks spread over threads (`run.workers`).
-    workers: Workers,
+    pub(crate) workers: Workers,
     /// The tasks and model of validation and meta-test (`eval.ways`, `eval.shots`).
     protocol: EvalProtocol,
 }
@@ -261,7 +266,7 @@ impl Trainer {
     /// The meta-test of this trainer's θ0 and learned hyperparameters.
     pub fn meta_test(&self) -> MetaTest<'_> {
         MetaTest {
-            cfg: &self.cfg,
+            cfg: &self.compute,
             comm: self.comm.as_ref(),
             net: &self.net,
             meta: &self.meta,
@@ -287,7 +292,11 @@ impl Trainer {
     fn local_meta_gradient(&self, batch: &MetaBatch, global_tasks: f64) -> Result<Vec<Partial>> {
         let algorithm = self.algorithm.as_ref();
         let exact = self.cfg.run.reproducible;
-        let chunk = if exact { 1 } else { self.cfg.run.task_chunk };
+        let chunk = if exact {
+            1
+        } else {
+            self.compute.run.task_chunk
+        };
         let inputs = self
             .workers
             .chunks(batch.len())
@@ -298,7 +307,7 @@ impl Trainer {
                     .map(|r| {
                         let b = batch.slice(r)?;
                         let iteration = self.outer.iteration;
-                        let shard = self.net.shard(&self.cfg, &self.meta, iteration, &b);
+                        let shard = self.net.shard(&self.compute, &self.meta, iteration, &b);
                         Ok((shard, b))
                     })
                     .collect::<Result<Vec<_>>>()

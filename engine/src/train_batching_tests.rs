@@ -26,6 +26,9 @@ fn options() -> Options {
         conv_tasks: ConvTasks::Auto,
         channels_last: false,
         reproducible: false,
+        // No planning: the test runs the settings it names.
+        memory_budget: crate::config::MemoryBudget::Gib(0.0),
+        fixed: crate::plan::Fixed::default(),
     }
 }
 

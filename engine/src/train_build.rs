@@ -89,6 +89,8 @@ impl TrainerBuilder {
             device,
         );
         Ok(Trainer {
+            compute: cfg.clone(),
+            plan: None,
             cfg,
             comm: Box::new(Local),
             net: Net {

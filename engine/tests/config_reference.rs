@@ -171,6 +171,7 @@ fn row(key: &str, f: &Field, default: &Value) -> String {
         None if f.attrs.contains("Comm::is_auto") => "\"auto\"".into(),
         None if f.attrs.contains("ConvTasks::is_auto") => "\"auto\"".into(),
         None if f.attrs.contains("std::ops::Not::not") => "false".into(),
+        None if f.attrs.contains("MemoryBudget::is_auto") => "\"auto\"".into(),
         None => panic!("{key}: missing from the serialized default"),
     };
     let (allowed, text): (Vec<&String>, Vec<&String>) =

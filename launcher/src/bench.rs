@@ -2,7 +2,8 @@
 
 use anyhow::Result;
 use metaloop_engine::bench::{self, Options, Workload};
-use metaloop_engine::config::{AlgorithmName, ConvTasks, Memory, Precision};
+use metaloop_engine::config::{AlgorithmName, ConvTasks, Memory, MemoryBudget, Precision};
+use metaloop_engine::plan::{self, Fixed};
 use tch::Device;
 
 use crate::errors::bad;
@@ -29,17 +30,21 @@ pub struct Flags {
     #[arg(long, default_value_t = 0)]
     workers: usize,
     /// "full" (every step's graph) or "recompute" (recompute-and-adjoint), as
-    /// `algorithm.memory`.
-    #[arg(long, default_value = "full")]
-    memory: String,
+    /// `algorithm.memory` (default: the memory planner's choice, "full" when it fits).
+    #[arg(long)]
+    memory: Option<String>,
     /// The algorithm timed, as `algorithm.name` with its default settings (e.g. "imaml": 5
     /// conjugate-gradient iterations, λ = 2).
     #[arg(long, default_value = "maml")]
     algorithm: String,
     /// Tasks each worker runs at once, one chunk after another (0: all of its tasks), as
-    /// `run.task_chunk`.
-    #[arg(long, default_value_t = 0)]
-    task_chunk: usize,
+    /// `run.task_chunk` (default: the memory planner's choice, 0 when it fits).
+    #[arg(long)]
+    task_chunk: Option<usize>,
+    /// The memory budget the planner fits the workload into, as `run.memory_budget_gib`:
+    /// "auto" (the free memory), a number of GiB, or 0 (no planning).
+    #[arg(long, default_value = "auto")]
+    memory_budget_gib: String,
     /// Untimed warm-up iterations before the timed ones.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
@@ -68,9 +73,16 @@ pub struct Flags {
 pub fn run(f: &Flags) -> Result<()> {
     let w = workload(f)?;
     let options = options(f)?;
-    let r = match bench::run(&w, &options) {
+    // The plan as soon as it is made: the timed iterations of a large workload take long.
+    let r = match bench::run_with(&w, &options, |plan| eprintln!("metaloop: {plan}")) {
         Ok(r) => r,
-        Err(e) if out_of_memory(&e.to_string()) => return print_oom(&w, &options, f.json),
+        Err(e) if plan::out_of_memory(&e.to_string()) => {
+            return print_oom(&w, &options, f.json, None)
+        }
+        // The planner found no setting that fits: the workload does not fit this budget.
+        Err(e) if e.to_string().starts_with("run.memory_budget_gib") => {
+            return print_oom(&w, &options, f.json, Some(e.to_string()))
+        }
         Err(e) if e.is_user_input() => return Err(bad(e.to_string())),
         Err(e) => return Err(e.into()),
     };
@@ -127,12 +139,25 @@ fn workload(f: &Flags) -> Result<Workload> {
 fn options(f: &Flags) -> Result<Options> {
     let memory: Memory = f
         .memory
+        .as_deref()
+        .unwrap_or("full")
         .parse()
         .map_err(|e| bad(format!("--memory: {e}")))?;
     let algorithm: AlgorithmName = f
         .algorithm
         .parse()
         .map_err(|e| bad(format!("--algorithm: {e}")))?;
+    let memory_budget: MemoryBudget = f
+        .memory_budget_gib
+        .parse()
+        .map_err(|e| bad(format!("--memory-budget-gib: {e}")))?;
+    if let MemoryBudget::Gib(g) = memory_budget {
+        if !(0.0..=MemoryBudget::MAX_GIB).contains(&g) {
+            return Err(bad(format!(
+                "--memory-budget-gib: must be \"auto\" or a number of GiB from 0 to 1048576, got {g}"
+            )));
+        }
+    }
     let precision: Precision = f
         .precision
         .parse()
@@ -163,35 +188,41 @@ fn options(f: &Flags) -> Result<Options> {
         threads: tch::get_num_threads().max(1) as usize,
         memory,
         algorithm,
-        task_chunk: f.task_chunk,
+        task_chunk: f.task_chunk.unwrap_or(0),
         precision,
         conv_tasks,
         channels_last: f.channels_last,
         reproducible: f.reproducible,
+        memory_budget,
+        fixed: Fixed {
+            task_chunk: f.task_chunk.is_some(),
+            workers: f.workers != 0,
+            memory: f.memory.is_some(),
+            checkpoint_interval: false,
+        },
     })
-}
-
-/// True for libtorch's refusals to allocate: the host's ("can't allocate memory", e.g. under
-/// `ulimit -v`) and CUDA's ("out of memory").
-fn out_of_memory(message: &str) -> bool {
-    message.contains("can't allocate memory") || message.contains("out of memory")
 }
 
 /// A workload that ran out of memory is a result, as peers.py reports it: one line (or JSON with
 /// `"oom": true`) with the peak memory reached.
-fn print_oom(w: &Workload, o: &Options, json: bool) -> Result<()> {
+/// `plan` is the planner's refusal, when it found no setting that fits the budget.
+fn print_oom(w: &Workload, o: &Options, json: bool, plan: Option<String>) -> Result<()> {
     let peak = bench::peak_rss_mib();
     if json {
         let line = serde_json::json!({
             "peer": "metaloop", "workload": w.name, "oom": true, "peak_mib": peak,
             "meta_batch": w.meta_batch, "steps": w.steps, "memory": o.memory,
-            "task_chunk": o.task_chunk,
+            "task_chunk": o.task_chunk, "plan": plan,
         });
         println!("{line}");
     } else {
         println!(
-            "{}: out of memory (meta-batch {}, {} steps, {} memory), peak RSS {peak:.0} MiB",
-            w.name, w.meta_batch, w.steps, o.memory
+            "{}: out of memory (meta-batch {}, {} steps, {} memory), peak RSS {peak:.0} MiB{}",
+            w.name,
+            w.meta_batch,
+            w.steps,
+            o.memory,
+            plan.map(|p| format!("; {p}")).unwrap_or_default()
         );
     }
     Ok(())

@@ -15,13 +15,27 @@ use crate::errors::{bad, io_words};
 /// Reads `path` (a regular file of at most 1 MiB), applies `sets` and validates: the config a
 /// run uses.
 pub fn load(path: &Path, sets: &[String]) -> anyhow::Result<TrainConfig> {
+    load_given(path, sets).map(|(cfg, _)| cfg)
+}
+
+/// [`load`], with the dotted keys that the file and `sets` name (the others are defaults).
+pub fn load_given(path: &Path, sets: &[String]) -> anyhow::Result<(TrainConfig, Vec<String>)> {
     let text = read_text_bounded(path, MAX_TEXT_FILE)
         .map_err(|e| bad(format!("{}: {}", path.display(), io_words(&e))))?;
-    resolve(&path.display().to_string(), &text, sets)
+    resolve_given(&path.display().to_string(), &text, sets)
 }
 
 /// Parses `text` (from `origin`, a file name used in messages), applies `sets` and validates.
 pub fn resolve(origin: &str, text: &str, sets: &[String]) -> anyhow::Result<TrainConfig> {
+    resolve_given(origin, text, sets).map(|(cfg, _)| cfg)
+}
+
+/// [`resolve`], with the dotted keys that `text` and `sets` name.
+pub fn resolve_given(
+    origin: &str,
+    text: &str,
+    sets: &[String],
+) -> anyhow::Result<(TrainConfig, Vec<String>)> {
     let mut table: Table = text.parse().map_err(|e: toml::de::Error| {
         let at = e
             .span()
@@ -49,11 +63,13 @@ pub fn resolve(origin: &str, text: &str, sets: &[String]) -> anyhow::Result<Trai
             origin.to_string()
         }
     };
+    let mut given = Vec::new();
+    leaves(&Value::Table(table.clone()), "", &mut given);
     let cfg: TrainConfig = serde_path_to_error::deserialize(Value::Table(table))
         .map_err(|e| deserialize_error(&e, &origin_of))?;
     cfg.validate()
         .map_err(|e| bad(format!("{}: {e}", origin_of(&e.key))))?;
-    Ok(cfg)
+    Ok((cfg, given.into_iter().map(|(k, _)| k).collect()))
 }
 
 /// The resolved config as TOML, for the run directory's `config.toml`.

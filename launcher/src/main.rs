@@ -38,6 +38,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use metaloop_engine::config::TrainConfig;
+use metaloop_engine::plan::Fixed;
 use metaloop_runtime::comm;
 
 use crate::communicator::{set_collective_timeout, DEFAULT_COLLECTIVE_TIMEOUT_S};
@@ -250,12 +251,13 @@ fn dispatch(command: Command, threads_given: bool) -> Result<()> {
             sets,
             resume,
         } => {
-            let cfg = config::load(&config, &sets)?;
+            let (cfg, given) = config::load_given(&config, &sets)?;
             set_collective_timeout(cfg.run.collective_timeout_s);
             if !threads_given && cfg.run.threads > 0 {
                 tch::set_num_threads(cfg.run.threads as i32);
             }
-            if let Some(done) = train::train(&cfg, resume)? {
+            let fixed = Fixed::from_keys(given.iter().map(String::as_str));
+            if let Some(done) = train::train(&cfg, &fixed, resume)? {
                 report::print_finished(&done);
             }
             Ok(())

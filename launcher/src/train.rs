@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use metaloop_engine::config::TrainConfig;
 use metaloop_engine::data::Split;
 use metaloop_engine::fit::FitEnd;
+use metaloop_engine::plan::{Fixed, MemoryPlan};
 use metaloop_engine::ranks;
 use metaloop_engine::rundir::{self, RunDir};
 use metaloop_engine::selection::Best;
@@ -49,6 +50,9 @@ struct Report {
     /// The most memory this invocation held, MiB (engine::memory: resident set on the CPU;
     /// null where not measured).
     peak_mib: Option<f64>,
+    /// The memory plan this invocation followed (engine::plan; absent when planning is off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory_plan: Option<MemoryPlan>,
     /// What produced this invocation (as in `run.json`).
     #[serde(flatten)]
     provenance: Provenance,
@@ -58,6 +62,7 @@ struct Report {
 /// run directory (created, or opened to continue).
 fn prepare(
     cfg: &TrainConfig,
+    fixed: &Fixed,
     root: &Path,
     start: &Start,
     comm: Box<dyn Communicator>,
@@ -71,6 +76,18 @@ fn prepare(
                 .communicator(comm)
                 .build_keeping_comm(),
         )?
+    };
+    // The memory plan is made, and a budget too small refused, before anything is written.
+    // Every rank agrees on a refusal, as on a failed set-up.
+    let planned = {
+        let _s = tracing::info_span!("plan_memory").entered();
+        trainer.plan_memory(fixed).map_err(setup_error)
+    };
+    let code = planned.as_ref().err().map_or(0, failure_code);
+    let plan = match (trainer.first_failure(code)?, planned) {
+        (Some((rank, c)), _) if rank != trainer.rank() => return Err(quiet(c)),
+        (_, Err(e)) => return Err(agreed(&e)),
+        (_, Ok(p)) => p,
     };
     if let Some(ckpt) = from {
         for w in ckpt.warnings.iter().filter(|_| rank0) {
@@ -94,6 +111,10 @@ fn prepare(
     };
     if !matches!(start, Start::Fresh) {
         record_config(root, cfg)?;
+    }
+    // Printed once everything is checked: bad input stays one line.
+    if let Some(plan) = plan {
+        eprintln!("metaloop: {plan}");
     }
     Ok((trainer, Some(run)))
 }
@@ -121,7 +142,7 @@ fn agreed_setup(
 
 /// Meta-trains `cfg` (fresh, or continuing its run directory with `resume`), meta-tests, writes
 /// the report and the plots. `Some` on rank 0.
-pub fn train(cfg: &TrainConfig, resume: Option<Resume>) -> Result<Option<Finished>> {
+pub fn train(cfg: &TrainConfig, fixed: &Fixed, resume: Option<Resume>) -> Result<Option<Finished>> {
     let started = Instant::now();
     let root = run_root(cfg);
     let comm = communicator(cfg)?;
@@ -130,7 +151,7 @@ pub fn train(cfg: &TrainConfig, resume: Option<Resume>) -> Result<Option<Finishe
     let rank0 = comm.rank() == 0;
     let begin = starting_point(cfg, &root, resume, &*comm)?;
     let mut provenance = Provenance::gather(cfg, &*comm)?;
-    let (mut trainer, mut run) = prepare(cfg, &root, &begin, comm)?;
+    let (mut trainer, mut run) = prepare(cfg, fixed, &root, &begin, comm)?;
     if let Some(run) = &run {
         provenance.write(run.path())?;
     }
@@ -152,10 +173,13 @@ pub fn train(cfg: &TrainConfig, resume: Option<Resume>) -> Result<Option<Finishe
     }
     // The last checkpoint holds everything the rest needs: a signal now ends the process at once.
     stop.exit_at_once();
+    // The host allocator's cache keeps training's blocks; the meta-test's shapes differ.
+    metaloop_runtime::host_memory::release_free_host_memory();
     let test = {
         let _s = tracing::info_span!("meta_test", tasks = cfg.eval.test_tasks).entered();
         trainer.evaluate(Split::Test, cfg.eval.test_tasks)?
     };
+    metaloop_runtime::host_memory::release_free_host_memory();
     let Some(run) = run else { return Ok(None) };
     let resumed_from = begin.checkpoint().map(|c| c.manifest.iteration);
     provenance.end();
@@ -170,6 +194,7 @@ pub fn train(cfg: &TrainConfig, resume: Option<Resume>) -> Result<Option<Finishe
         model: trainer.write_model(&run)?.display().to_string(),
         best: Best::read(run.path())?,
         peak_mib: metaloop_engine::memory::run_peak_mib(trainer.device()),
+        memory_plan: trainer.memory_plan().cloned(),
         provenance,
     };
     finish(&trainer, &run, report).map(Some)
@@ -255,7 +280,8 @@ pub fn demo(iterations: Option<u64>, seed: Option<u64>) -> Result<()> {
         cfg.outer.iterations,
         cfg.run.device
     );
-    if let Some(done) = train(&cfg, None)? {
+    let fixed = Fixed::from_values(&cfg);
+    if let Some(done) = train(&cfg, &fixed, None)? {
         print_finished(&done);
     }
     Ok(())

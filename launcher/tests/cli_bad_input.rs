@@ -245,11 +245,24 @@ fn tree(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
 /// Runs `metaloop args` in `dir`; asserts exit code 2, one stderr line, and that no file under
 /// `dir` was added, removed or changed. Returns the line.
 fn rejects_in(dir: &Path, args: &[&str]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_metaloop"));
+    cmd.args(args);
+    rejects_command(dir, cmd)
+}
+
+/// [`rejects_in`] for `metaloop args` under `ulimit -v kib`.
+fn rejects_under_limit(dir: &Path, kib: u64, args: &[&str]) -> String {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", &format!("ulimit -v {kib}; exec \"$0\" \"$@\"")])
+        .arg(env!("CARGO_BIN_EXE_metaloop"))
+        .args(args);
+    rejects_command(dir, cmd)
+}
+
+/// Runs `cmd` in `dir`; the assertions of [`rejects_in`].
+fn rejects_command(dir: &Path, mut cmd: Command) -> String {
     let before = tree(dir);
-    let out = Command::new(env!("CARGO_BIN_EXE_metaloop"))
-        .current_dir(dir)
-        .args(args)
-        .output_within_limit();
+    let out = cmd.current_dir(dir).output_within_limit();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(
         out.status.code(),
@@ -935,4 +948,64 @@ fn a_refused_dataset_leaves_no_decode_cache() {
         fs::remove_dir_all(&dir).unwrap();
         fs::remove_dir_all(&cache).unwrap();
     }
+}
+
+/// `outer.meta_batch` at its allowed maximum (2^24 tasks, 5 GiB of inputs) in a process limited
+/// to 4 GB of address space: the memory planner's check refuses it before the run directory
+/// exists, naming the budget it found, the smallest budget that would fit and the largest
+/// meta-batch that would.
+#[test]
+fn a_meta_batch_beyond_the_memory_limit_is_refused_before_anything_is_written() {
+    let dir = scratch("meta-batch-max");
+    fs::write(
+        dir.join("c.toml"),
+        TINY.replace("meta_batch = 2", "meta_batch = 16777216"),
+    )
+    .unwrap();
+    let line = rejects_under_limit(&dir, 4_000_000, &train(&[]));
+    assert!(
+        line.starts_with("metaloop: run.memory_budget_gib: a budget of "),
+        "{line}"
+    );
+    let number_after = |word: &str| -> f64 {
+        let rest = &line[line.find(word).unwrap_or_else(|| panic!("{line}")) + word.len()..];
+        rest.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (budget, needed) = (number_after("a budget of "), number_after("at least "));
+    let largest = number_after("outer.meta_batch <= ");
+    assert!(line.contains("GiB (ulimit -v)"), "{line}");
+    assert!(budget < 4.0 && needed > 5.0, "{line}");
+    assert!((1.0..16777216.0).contains(&largest), "{line}");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A budget below what the process already holds: exit 2 naming the key, nothing written.
+#[test]
+fn a_memory_budget_too_small_for_one_task_is_refused() {
+    let line = rejects(
+        "budget-small",
+        TINY,
+        &train(&["--set", "run.memory_budget_gib=0.01"]),
+    );
+    assert!(
+        line.starts_with("metaloop: run.memory_budget_gib: a budget of 0.01 GiB (run.memory_budget_gib) does not fit"),
+        "{line}"
+    );
+    assert!(
+        line.contains("a budget of at least ") && line.contains("outer.meta_batch <= none"),
+        "{line}"
+    );
+    let bad = rejects(
+        "budget-negative",
+        TINY,
+        &train(&["--set", "run.memory_budget_gib=-1"]),
+    );
+    assert_eq!(
+        bad,
+        "metaloop: --set: run.memory_budget_gib: must be \"auto\" or a number of GiB from 0 to 1048576, got -1"
+    );
 }

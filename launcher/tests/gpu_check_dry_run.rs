@@ -89,6 +89,10 @@ fn the_gpu_check_runs_on_the_cpu_and_writes_its_report() {
             .unwrap()
             .starts_with("refused"));
     }
+    // The memory goal's step, planned (on the GPU: ResNet-12 into 70 GiB).
+    let planned = &step("bench-sinusoid-budget1")["result"];
+    assert_eq!(planned["plan"]["budget_gib"], 1.0, "{planned}");
+    assert_eq!(planned["plan"]["budget_source"], "run.memory_budget_gib");
     for peer in ["torchfunc", "higher", "torchopt"] {
         let r = &step(&format!("peer-{peer}-omniglot"))["result"];
         assert!(r["tasks_per_s"].as_f64().unwrap() > 0.0, "{peer}: {r}");

@@ -93,6 +93,25 @@ int32_t metaloop_cuda_memory_reset_peak(int32_t device, char* err, size_t err_le
   }
 }
 
+// The driver's free and total bytes of device `device` (cudaMemGetInfo, as
+// torch.cuda.mem_get_info). Same return codes as above.
+int32_t metaloop_cuda_memory_info(int32_t device, int64_t* free_bytes, int64_t* total_bytes,
+                                  char* err, size_t err_len) {
+  try {
+    c10::DeviceAllocator* alloc = cuda_allocator();
+    if (alloc == nullptr) {
+      return 0;
+    }
+    const auto info = alloc->getMemoryInfo(static_cast<c10::DeviceIndex>(device));
+    *free_bytes = static_cast<int64_t>(info.first);
+    *total_bytes = static_cast<int64_t>(info.second);
+    return 1;
+  } catch (const std::exception& e) {
+    write_message(e.what(), err, err_len);
+    return -1;
+  }
+}
+
 // TF32 switches, each -1 (leave as is), 0 (off) or 1 (on). Returns the switches as they are
 // afterwards, as bits: 1 cuDNN, 2 cuBLAS, 4 oneDNN; -1 when libtorch refused (message in err).
 int32_t metaloop_set_tf32(int32_t cudnn, int32_t cublas, int32_t onednn, char* err,

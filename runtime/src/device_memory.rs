@@ -78,6 +78,24 @@ pub fn peak_mib(device: Device) -> Option<f64> {
     peak_bytes(device).map(|b| b as f64 / (1u64 << 20) as f64)
 }
 
+/// The bytes a new allocation on `device` could still get: the driver's free memory
+/// (PyTorch's `torch.cuda.mem_get_info()[0]`) plus what the caching allocator holds but no tensor
+/// uses. `None` where there is no counter (see the module documentation).
+pub fn available_bytes(device: Device) -> Option<u64> {
+    let index = cuda_index(device)?;
+    let (free, _total) = device_ffi::cuda_memory_info(index).ok().flatten()?;
+    let held = stats(device)
+        .ok()
+        .flatten()
+        .map_or(0, |s| s.reserved.saturating_sub(s.allocated));
+    Some(u64::try_from(free).unwrap_or(0) + held)
+}
+
+/// The bytes in live tensors on `device` now (`torch.cuda.memory_allocated`).
+pub fn allocated_bytes(device: Device) -> Option<u64> {
+    stats(device).ok().flatten().map(|s| s.allocated)
+}
+
 /// Sets `device`'s peaks to its current values (PyTorch's `torch.cuda.reset_peak_memory_stats`).
 /// Returns false where there is no counter (nothing to reset).
 pub fn reset_peak(device: Device) -> bool {

@@ -58,3 +58,11 @@ pub fn host_cache_bytes() -> i64 {
 pub fn empty_host_cache() {
     host_ffi::empty_cache()
 }
+
+/// Returns every block the caching allocator holds free, and then the free memory of glibc's
+/// heaps, to the system, so that the resident set is what live tensors and data use (e.g.
+/// before measuring what a phase adds to it). The next allocations fault their pages in again.
+pub fn release_free_host_memory() {
+    host_ffi::empty_cache();
+    host_ffi::trim_heap();
+}

@@ -9,7 +9,9 @@
 # is reported as skipped, never silently dropped):
 #   tests   every CUDA test binary in the kit (--dry-run: each binary lists its tests, which proves
 #           it loads)
-#   bench   `metaloop bench` for omniglot20, omniglot, sinusoid and miniimagenet-resnet12 (the dry
+#   bench   the memory goal (ResNet-12, 5 and 20 steps, planned into a 70 GiB budget; the dry run:
+#           the sinusoid into 1 GiB), then
+#           `metaloop bench` for omniglot20, omniglot, sinusoid and miniimagenet-resnet12 (the dry
 #           run: the first three, and the peers on omniglot only) in each
 #           switch combination that matters: run.precision default/fp32/tf32/bf16, the fused
 #           optimizer kernels, recompute-and-adjoint for ResNet-12, and for the convolutional
@@ -123,6 +125,15 @@ if [ "$DRY" = 1 ]; then
   # PyTorch: the dry run keeps every kind of step, on fewer workloads.
   WORKLOADS=(omniglot20 omniglot sinusoid); PEER_WORKLOADS=(omniglot)
 fi
+# The memory goal first: the planner (run.memory_budget_gib) fits ResNet-12 (5 and 20 second-order
+# steps, meta-batch 4, 84x84) into a 70 GiB budget on one 80 GB GPU; its plan and peak are in the
+# result. The dry run plans the sinusoid into 1 GiB (the step's form only).
+if [ "$DRY" = 1 ]; then PLANNED=(sinusoid); BUDGET_GIB=1
+else PLANNED=(miniimagenet-resnet12 miniimagenet-resnet12-long); BUDGET_GIB=70; fi
+for w in "${PLANNED[@]}"; do
+  step "bench-$w-budget$BUDGET_GIB" "$END" 90 "$METALOOP" bench --workload "$w" --device "$DEVICE" \
+    --json --iters 2 --warmup 1 --memory-budget-gib "$BUDGET_GIB"
+done
 for w in "${WORKLOADS[@]}"; do
   for combo in default fp32 tf32 bf16 default+fused recompute gemm nhwc; do
     [ "$combo" = recompute ] && [ "$w" != miniimagenet-resnet12 ] && continue

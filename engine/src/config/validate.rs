@@ -336,6 +336,14 @@ impl TrainConfig {
                 return Err(err(key, format!("must be <= {max}, got {value}")));
             }
         }
+        if let super::MemoryBudget::Gib(g) = self.run.memory_budget_gib {
+            if !(0.0..=super::MemoryBudget::MAX_GIB).contains(&g) {
+                return Err(err(
+                    "run.memory_budget_gib",
+                    format!("must be \"auto\" or a number of GiB from 0 to 1048576, got {g}"),
+                ));
+            }
+        }
         for (key, list) in [
             ("model.hidden", &self.model.hidden),
             ("model.widths", &self.model.widths),

@@ -24,6 +24,13 @@ extern "C" {
         err_len: usize,
     ) -> i32;
     fn metaloop_cuda_memory_reset_peak(device: i32, err: *mut c_char, err_len: usize) -> i32;
+    fn metaloop_cuda_memory_info(
+        device: i32,
+        free_bytes: *mut i64,
+        total_bytes: *mut i64,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
     fn metaloop_set_tf32(
         cudnn: i32,
         cublas: i32,
@@ -65,6 +72,29 @@ pub(crate) fn cuda_memory_reset_peak(device: i32) -> Result<bool, String> {
     match code {
         1 => Ok(true),
         0 => Ok(false),
+        _ => Err(message(&err)),
+    }
+}
+
+/// `Ok(Some((free, total)))` bytes of the device as the driver reports them, `Ok(None)` when
+/// the CUDA allocator is absent or not initialised, or libtorch's error.
+pub(crate) fn cuda_memory_info(device: i32) -> Result<Option<(i64, i64)>, String> {
+    let (mut free, mut total) = (0i64, 0i64);
+    let mut err = [0u8; ERR_LEN];
+    // SAFETY: `free`, `total` and `err` are valid for writes for the whole call; the shim
+    // catches every C++ exception and writes at most err_len bytes (NUL included).
+    let code = unsafe {
+        metaloop_cuda_memory_info(
+            device,
+            &mut free,
+            &mut total,
+            err.as_mut_ptr().cast(),
+            ERR_LEN,
+        )
+    };
+    match code {
+        1 => Ok(Some((free, total))),
+        0 => Ok(None),
         _ => Err(message(&err)),
     }
 }

@@ -23,6 +23,20 @@ pub(crate) fn retain_freed_blocks() -> bool {
     false
 }
 
+/// Returns the free memory at the top and in the middle of glibc's heaps to the system
+/// (`malloc_trim(0)`); false when nothing was returned or this is not glibc.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub(crate) fn trim_heap() -> bool {
+    // SAFETY: malloc_trim only releases free pages of the allocator's own heaps, under its locks.
+    unsafe { libc::malloc_trim(0) == 1 }
+}
+
+/// Not glibc: nothing to trim.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub(crate) fn trim_heap() -> bool {
+    false
+}
+
 extern "C" {
     fn metaloop_install_caching_host_allocator() -> i32;
     fn metaloop_host_cache_bytes() -> i64;
