@@ -156,7 +156,7 @@ pub fn train_in(
     let started = Instant::now();
     let cfg = trainer.config().clone();
     let provenance = Provenance::gather(&cfg, &metaloop_runtime::comm::Local)?;
-    let run = RunDir::create(root, &config::to_toml(&cfg)?).map_err(setup_error)?;
+    let run = RunDir::create(root, &config::to_toml(&cfg)?)?;
     let session = Session {
         started,
         provenance,

@@ -4,7 +4,7 @@
 use metaloop_engine::Error as EngineError;
 use metaloop_launcher::errors::BadInput;
 use metaloop_runtime::Error as RtError;
-use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyFileExistsError, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::PyErr;
 
 pyo3::create_exception!(
@@ -46,11 +46,11 @@ pub fn from_engine(e: &EngineError) -> PyErr {
     let message = e.to_string();
     match e {
         Runtime(r) => runtime_ref(r),
+        RunDirExists { .. } => PyFileExistsError::new_err(message),
         Io { .. }
         | MissingFile { .. }
         | MissingDirectory { .. }
         | Cache { .. }
-        | RunDirExists { .. }
         | OutDirNotDirectory { .. } => PyOSError::new_err(message),
         _ if e.is_user_input() => PyValueError::new_err(message),
         _ => Error::new_err(message),

@@ -46,15 +46,9 @@ impl Trainer {
     #[pyo3(signature = (config, tasks = None))]
     fn new(py: Python<'_>, config: &Config, tasks: Option<Py<PyAny>>) -> PyResult<Self> {
         guarded(|| {
-            let mut cfg = config.cfg.clone();
+            let cfg = config.cfg.clone();
             let source = match tasks {
-                Some(t) => {
-                    // The tasks come from Python: no dataset directory is read.
-                    if cfg.task.root.is_empty() {
-                        cfg.task.root = "(tasks from Python)".into();
-                    }
-                    Some(PyTasks::probe(py, t, &cfg)?)
-                }
+                Some(t) => Some(PyTasks::probe(py, t, &cfg)?),
                 None => None,
             };
             let failure = source.as_ref().map(PyTasks::failure);

@@ -33,7 +33,8 @@ def test_mlp_round_trips():
     round_trip({"model.hidden": [16, 8]}, x=torch.linspace(-5, 5, 7, dtype=torch.float64)[:, None])
 
 
-IMAGE = {"task.kind": "omniglot", "task.ways": 3, "task.shots": 2, "task.queries": 2,
+# Tasks come from Python: task.root is required by the config but not read.
+IMAGE = {"task.kind": "omniglot", "task.root": "unused", "task.ways": 3, "task.shots": 2, "task.queries": 2,
          "task.image_size": 16}
 
 
@@ -50,7 +51,7 @@ def test_resnet12_round_trips():
 
 
 def test_torch_model_of_a_config_uses_the_datasets_channels():
-    cfg = metaloop.Config(overrides={**IMAGE, "task.root": "r", "model.backbone": "conv4",
+    cfg = metaloop.Config(overrides={**IMAGE, "model.backbone": "conv4",
                                      "model.filters": 4})
     model = metaloop.torch_model(cfg)
     assert model.state_dict()["0.0.weight"].shape == (4, 1, 3, 3)

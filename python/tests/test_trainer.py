@@ -85,7 +85,9 @@ def prototype_tasks(split, iteration, index):
 
 
 def conv4_config(**extra):
-    overrides = {"task.kind": "omniglot", "task.ways": WAYS, "task.shots": SHOTS,
+    # task.kind "omniglot" picks the cross-entropy loss and one input channel; the config needs a
+    # task.root, which a Python task source leaves unread.
+    overrides = {"task.kind": "omniglot", "task.root": "unused", "task.ways": WAYS, "task.shots": SHOTS,
                  "task.queries": QUERIES, "task.image_size": 16, "model.backbone": "conv4",
                  "model.filters": 8, "algorithm.inner_steps": 1, "algorithm.inner_lr": 0.4,
                  "outer.meta_batch": 4, "outer.iterations": 60, "eval.every": 0,
