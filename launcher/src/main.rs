@@ -13,9 +13,8 @@
 //! prints, and every rank ends alike with its code, without `MPI_Abort`; so a bad dataset that
 //! every rank finds is printed once (`train::agreed_setup`).
 
-
 use metaloop_launcher::{
-    bench, compare, config, data_cmd, eval, launch, plot_cmd, report, start, train,
+    bench, compare, config, data_cmd, errors, eval, launch, plot_cmd, report, start, train,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;

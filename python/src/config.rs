@@ -68,10 +68,13 @@ impl Config {
 fn resolve(origin: &str, text: &str, overrides: Option<&Bound<'_, PyDict>>) -> PyResult<Config> {
     let mut sets = Vec::new();
     for (key, value) in overrides.into_iter().flat_map(|d| d.iter()) {
-        let key: String = key
-            .extract()
-            .map_err(|_| bad(format!("overrides: keys are dotted strings (e.g. \"outer.iterations\"), got {key}")))?;
-        let value = toml_value(&value).map_err(|what| bad(format!("overrides[\"{key}\"]: {what}")))?;
+        let key: String = key.extract().map_err(|_| {
+            bad(format!(
+                "overrides: keys are dotted strings (e.g. \"outer.iterations\"), got {key}"
+            ))
+        })?;
+        let value =
+            toml_value(&value).map_err(|what| bad(format!("overrides[\"{key}\"]: {what}")))?;
         sets.push(format!("{key}={value}"));
     }
     let cfg = config::resolve(origin, text, &sets).map_err(from_anyhow)?;
@@ -81,7 +84,9 @@ fn resolve(origin: &str, text: &str, overrides: Option<&Bound<'_, PyDict>>) -> P
 /// A Python value as a TOML value: bool, int, float, str, and lists (or tuples) of them.
 fn toml_value(v: &Bound<'_, PyAny>) -> Result<toml::Value, String> {
     if v.is_instance_of::<PyBool>() {
-        return Ok(toml::Value::Boolean(v.extract().map_err(|e| format!("{e}"))?));
+        return Ok(toml::Value::Boolean(
+            v.extract().map_err(|e| format!("{e}"))?,
+        ));
     }
     if v.is_instance_of::<PyInt>() {
         return v
@@ -93,12 +98,24 @@ fn toml_value(v: &Bound<'_, PyAny>) -> Result<toml::Value, String> {
         return Ok(toml::Value::Float(v.extract().map_err(|e| format!("{e}"))?));
     }
     if v.is_instance_of::<PyString>() {
-        return Ok(toml::Value::String(v.extract().map_err(|e| format!("{e}"))?));
+        return Ok(toml::Value::String(
+            v.extract().map_err(|e| format!("{e}"))?,
+        ));
     }
     if v.is_instance_of::<PyList>() || v.is_instance_of::<PyTuple>() {
         let items: Vec<Bound<'_, PyAny>> = v.extract().map_err(|e| format!("{e}"))?;
-        return items.iter().map(toml_value).collect::<Result<_, _>>().map(toml::Value::Array);
+        return items
+            .iter()
+            .map(toml_value)
+            .collect::<Result<_, _>>()
+            .map(toml::Value::Array);
     }
-    let ty = v.get_type().name().map(|n| n.to_string()).unwrap_or_default();
-    Err(format!("expected a bool, int, float, str or list, got {ty}"))
+    let ty = v
+        .get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_default();
+    Err(format!(
+        "expected a bool, int, float, str or list, got {ty}"
+    ))
 }

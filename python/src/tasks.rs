@@ -29,7 +29,9 @@ impl PyTasks {
     /// to check it against `cfg` (`task.image_size` for images).
     pub fn probe(py: Python<'_>, sample: Py<PyAny>, cfg: &TrainConfig) -> PyResult<PyTasks> {
         if !sample.bind(py).is_callable() {
-            return Err(bad("tasks: expected a callable sample(split, iteration, index)"));
+            return Err(bad(
+                "tasks: expected a callable sample(split, iteration, index)",
+            ));
         }
         let first = call(py, &sample, Split::Train, 0, 0)?;
         let shape = first.support_x.size();
@@ -66,7 +68,13 @@ impl PyTasks {
 }
 
 /// One task from the callable, detached, on the CPU.
-fn call(py: Python<'_>, sample: &Py<PyAny>, split: Split, iteration: u64, index: usize) -> PyResult<Episode> {
+fn call(
+    py: Python<'_>,
+    sample: &Py<PyAny>,
+    split: Split,
+    iteration: u64,
+    index: usize,
+) -> PyResult<Episode> {
     let out = sample.call1(py, (split.name(), iteration, index))?;
     let (sx, sy, qx, qy): (PyTensor, PyTensor, PyTensor, PyTensor) =
         out.extract(py).map_err(|_| {

@@ -71,7 +71,12 @@ impl Trainer {
     /// `metaloop train` writes (config, metrics, checkpoints, model, report, plots) and returns
     /// `{"run_dir": ..., "test": ...}`; without, returns None.
     #[pyo3(signature = (run_dir = None, progress = true))]
-    fn fit(&mut self, py: Python<'_>, run_dir: Option<PathBuf>, progress: bool) -> PyResult<PyObject> {
+    fn fit(
+        &mut self,
+        py: Python<'_>,
+        run_dir: Option<PathBuf>,
+        progress: bool,
+    ) -> PyResult<PyObject> {
         guarded(|| {
             let failure = self.failure.clone();
             let t = self.trainer()?;
@@ -114,14 +119,19 @@ impl Trainer {
                 "train" => Split::Train,
                 "val" => Split::Val,
                 "test" => Split::Test,
-                _ => return Err(bad(format!("split: must be one of \"train\", \"val\", \"test\", got \"{split}\""))),
+                _ => {
+                    return Err(bad(format!(
+                        "split: must be one of \"train\", \"val\", \"test\", got \"{split}\""
+                    )))
+                }
             };
             if tasks == 0 {
                 return Err(bad("tasks: must be >= 1, got 0"));
             }
             let failure = self.failure.clone();
             let t = self.trainer()?;
-            let r = without_gil(py, || t.evaluate(split, tasks))?.map_err(|e| fail(&failure, &e))?;
+            let r =
+                without_gil(py, || t.evaluate(split, tasks))?.map_err(|e| fail(&failure, &e))?;
             json(py, &r)
         })
     }
@@ -232,10 +242,7 @@ fn fail(failure: &Failure, e: &EngineError) -> PyErr {
 /// `value` as a Python dict (through JSON).
 fn json(py: Python<'_>, value: &impl serde::Serialize) -> PyResult<PyObject> {
     let text = serde_json::to_string(value).map_err(|e| Error::new_err(e.to_string()))?;
-    Ok(py
-        .import("json")?
-        .call_method1("loads", (text,))?
-        .unbind())
+    Ok(py.import("json")?.call_method1("loads", (text,))?.unbind())
 }
 
 /// Stop requests from Python: its signal handlers run (`PyErr_CheckSignals`) between
