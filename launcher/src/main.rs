@@ -1,7 +1,8 @@
 //! `metaloop`: the command researchers run. Parses arguments, shows progress, prints reports.
 //! The work itself is the engine's.
 //!
-//! This file holds the command-line definition and the dispatch; each command has its module.
+//! This file holds the command-line definition and the dispatch; each command has its module
+//! in the launcher's library (lib.rs).
 //! Exit codes: see `errors`.
 //!
 //! Fail-stop under mpirun or srun: a rank that fails prints its error and calls `MPI_Abort` with
@@ -12,26 +13,9 @@
 //! prints, and every rank ends alike with its code, without `MPI_Abort`; so a bad dataset that
 //! every rank finds is printed once (`train::agreed_setup`).
 
-mod bench;
-mod communicator;
-mod compare;
-mod config;
-mod data_cmd;
-mod errors;
-mod eval;
-mod launch;
-mod plot;
-mod plot_adaptation;
-mod plot_cmd;
-mod plot_predictions;
-mod progress;
-mod provenance;
-mod report;
-mod restart;
-mod signals;
-mod start;
-mod train;
-
+use metaloop_launcher::{
+    bench, compare, config, data_cmd, errors, eval, launch, plot_cmd, report, start, train,
+};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -41,8 +25,8 @@ use metaloop_engine::config::TrainConfig;
 use metaloop_engine::plan::Fixed;
 use metaloop_runtime::comm;
 
-use crate::communicator::{set_collective_timeout, DEFAULT_COLLECTIVE_TIMEOUT_S};
-use crate::errors::{bad, Ending};
+use metaloop_launcher::communicator::{set_collective_timeout, DEFAULT_COLLECTIVE_TIMEOUT_S};
+use metaloop_launcher::errors::{bad, Ending};
 
 #[derive(Parser)]
 #[command(

@@ -10,7 +10,7 @@ use metaloop_engine::fit::Observer;
 use metaloop_engine::train::{EvalReport, StepMetrics};
 
 use crate::report::summary;
-use crate::signals::StopSignals;
+use crate::signals::StopSource;
 
 /// Prints a warning on stderr.
 pub fn warn(message: &str) {
@@ -89,7 +89,7 @@ pub struct Terminal<'a> {
     plain: Option<Plain>,
     total: u64,
     rank0: bool,
-    stop: &'a StopSignals,
+    stop: &'a dyn StopSource,
     /// `outer.max_nonfinite_skips`, named in the warning of a skipped step.
     max_skips: u32,
 }
@@ -101,7 +101,7 @@ impl<'a> Terminal<'a> {
         rank0: bool,
         (total, start, every): (u64, u64, u64),
         max_skips: u32,
-        stop: &'a StopSignals,
+        stop: &'a dyn StopSource,
     ) -> Self {
         let plain = (rank0 && !std::io::stderr().is_terminal()).then(|| Plain {
             every: every.max(1),

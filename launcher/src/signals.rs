@@ -24,6 +24,26 @@ use std::sync::Arc;
 use anyhow::Result;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
+/// Where the fit loop's stop requests come from: the signal handlers of [`StopSignals`] for the
+/// command; Python's own signal check for the Python package.
+pub trait StopSource {
+    /// The signal received on this process, if any (not yet agreed with the other ranks).
+    fn received(&self) -> Option<i32>;
+
+    /// From now on a signal ends the process at once, where the source can do that.
+    fn exit_at_once(&self) {}
+}
+
+impl StopSource for StopSignals {
+    fn received(&self) -> Option<i32> {
+        StopSignals::received(self)
+    }
+
+    fn exit_at_once(&self) {
+        StopSignals::exit_at_once(self)
+    }
+}
+
 /// The flags that the SIGTERM and SIGINT handlers set.
 pub struct StopSignals {
     /// Set by the first signal.

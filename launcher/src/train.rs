@@ -26,7 +26,7 @@ use crate::errors::{agreed, bad, failure_code, quiet, setup_error, Interrupted};
 use crate::progress::{warn, Terminal};
 use crate::provenance::Provenance;
 use crate::report::{print_finished, Finished};
-use crate::signals::{self, StopSignals};
+use crate::signals::{self, StopSignals, StopSource};
 use crate::start::{forget_best, record_config, run_root, starting_point, Resume, Start};
 
 /// The demo's config, embedded so that `metaloop demo` runs from anywhere.
@@ -150,54 +150,108 @@ pub fn train(cfg: &TrainConfig, fixed: &Fixed, resume: Option<Resume>) -> Result
     // runs the same steps (the all-reduces are collective).
     let rank0 = comm.rank() == 0;
     let begin = starting_point(cfg, &root, resume, &*comm)?;
-    let mut provenance = Provenance::gather(cfg, &*comm)?;
-    let (mut trainer, mut run) = prepare(cfg, fixed, &root, &begin, comm)?;
-    if let Some(run) = &run {
-        provenance.write(run.path())?;
-    }
+    let provenance = Provenance::gather(cfg, &*comm)?;
+    let (mut trainer, run) = prepare(cfg, fixed, &root, &begin, comm)?;
     // SIGTERM/SIGINT from here on: stop between iterations, on every rank alike, with a checkpoint.
     let stop = StopSignals::install()?;
-    let (total, start) = (cfg.outer.iterations, trainer.iteration());
-    let max_skips = cfg.outer.max_nonfinite_skips;
-    let cadence = (total, start, cfg.log.every);
-    let mut terminal = Terminal::new(rank0, cadence, max_skips, &stop);
-    let end = trainer.fit(run.as_mut(), &mut terminal)?;
-    terminal.finish();
-    if let FitEnd::Stopped {
-        signal,
-        iteration,
-        checkpoint,
-    } = end
-    {
-        return Err(stopped(signal, iteration, checkpoint, cfg));
-    }
-    // The last checkpoint holds everything the rest needs: a signal now ends the process at once.
-    stop.exit_at_once();
-    // The host allocator's cache keeps training's blocks; the meta-test's shapes differ.
-    metaloop_runtime::host_memory::release_free_host_memory();
-    let test = {
-        let _s = tracing::info_span!("meta_test", tasks = cfg.eval.test_tasks).entered();
-        trainer.evaluate(Split::Test, cfg.eval.test_tasks)?
-    };
-    metaloop_runtime::host_memory::release_free_host_memory();
-    let Some(run) = run else { return Ok(None) };
     let resumed_from = begin.checkpoint().map(|c| c.manifest.iteration);
-    provenance.end();
-    provenance.write(run.path())?;
-    let report = Report {
-        config_hash: rundir::config_hash(cfg),
-        iterations: trainer.iteration(),
-        resumed_from,
-        wall_seconds: started.elapsed().as_secs_f64(),
-        test,
-        val: logged_validations(&run.metrics_path())?,
-        model: trainer.write_model(&run)?.display().to_string(),
-        best: Best::read(run.path())?,
-        peak_mib: metaloop_engine::memory::run_peak_mib(trainer.device()),
-        memory_plan: trainer.memory_plan().cloned(),
+    let session = Session {
+        started,
         provenance,
+        resumed_from,
+        progress: rank0,
     };
-    finish(&trainer, &run, report).map(Some)
+    session.run(&mut trainer, run, &stop)
+}
+
+/// Meta-trains `trainer` (one rank, built by the caller, perhaps already stepped) to
+/// `outer.iterations` into the new run directory `root`, meta-tests it, and writes the report
+/// and the plots: `metaloop train` after its set-up, for the Python package. `stop` is polled
+/// between iterations; `progress` shows the bar (or lines).
+pub fn train_in(
+    trainer: &mut Trainer,
+    root: &Path,
+    stop: &dyn StopSource,
+    progress: bool,
+) -> Result<Finished> {
+    let started = Instant::now();
+    let cfg = trainer.config().clone();
+    let provenance = Provenance::gather(&cfg, &metaloop_runtime::comm::Local)?;
+    let run = RunDir::create(root, &config::to_toml(&cfg)?)?;
+    let session = Session {
+        started,
+        provenance,
+        resumed_from: None,
+        progress,
+    };
+    let done = session.run(trainer, Some(run), stop)?;
+    Ok(done.expect("the run directory was given"))
+}
+
+/// What the rest of a training invocation carries from its set-up.
+struct Session {
+    started: Instant,
+    provenance: Provenance,
+    /// The iteration this invocation resumed from (absent for a fresh run).
+    resumed_from: Option<u64>,
+    /// Show progress (rank 0).
+    progress: bool,
+}
+
+impl Session {
+    /// Fits `trainer` to the end, meta-tests, and on the writing rank (`run` given) writes the
+    /// report and the plots. A stop from `stop` ends it after the checkpoint, with [`Interrupted`].
+    fn run(
+        mut self,
+        trainer: &mut Trainer,
+        mut run: Option<RunDir>,
+        stop: &dyn StopSource,
+    ) -> Result<Option<Finished>> {
+        let cfg = trainer.config().clone();
+        if let Some(run) = &run {
+            self.provenance.write(run.path())?;
+        }
+        let (total, start) = (cfg.outer.iterations, trainer.iteration());
+        let max_skips = cfg.outer.max_nonfinite_skips;
+        let cadence = (total, start, cfg.log.every);
+        let mut terminal = Terminal::new(self.progress, cadence, max_skips, stop);
+        let end = trainer.fit(run.as_mut(), &mut terminal)?;
+        terminal.finish();
+        if let FitEnd::Stopped {
+            signal,
+            iteration,
+            checkpoint,
+        } = end
+        {
+            return Err(stopped(signal, iteration, checkpoint, &cfg));
+        }
+        // The last checkpoint holds everything the rest needs: a signal now ends the process at once.
+        stop.exit_at_once();
+        // The host allocator's cache keeps training's blocks; the meta-test's shapes differ.
+        metaloop_runtime::host_memory::release_free_host_memory();
+        let test = {
+            let _s = tracing::info_span!("meta_test", tasks = cfg.eval.test_tasks).entered();
+            trainer.evaluate(Split::Test, cfg.eval.test_tasks)?
+        };
+        metaloop_runtime::host_memory::release_free_host_memory();
+        let Some(run) = run else { return Ok(None) };
+        self.provenance.end();
+        self.provenance.write(run.path())?;
+        let report = Report {
+            config_hash: rundir::config_hash(&cfg),
+            iterations: trainer.iteration(),
+            resumed_from: self.resumed_from,
+            wall_seconds: self.started.elapsed().as_secs_f64(),
+            test,
+            val: logged_validations(&run.metrics_path())?,
+            model: trainer.write_model(&run)?.display().to_string(),
+            best: Best::read(run.path())?,
+            peak_mib: metaloop_engine::memory::run_peak_mib(trainer.device()),
+            memory_plan: trainer.memory_plan().cloned(),
+            provenance: self.provenance,
+        };
+        finish(trainer, &run, report).map(Some)
+    }
 }
 
 /// Writes `report.json` and the plots of a finished run.

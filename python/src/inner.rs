@@ -14,6 +14,7 @@ use pyo3_tch::PyTensor;
 use tch::Tensor;
 
 use crate::errors::{bad, OrPy};
+use crate::guard::guarded;
 use crate::model;
 
 /// The inner loop's model when the forward runs in Python (`torch.func.functional_call`): the
@@ -92,34 +93,35 @@ impl InnerLoop {
         track_higher_grads: bool,
         model: Option<&str>,
     ) -> PyResult<Self> {
-        if names.len() != shapes.len() {
-            return Err(bad("names and shapes differ in length"));
-        }
-        let defs = names
-            .iter()
-            .zip(&shapes)
-            .map(|(n, s)| ParamDef::new(n.clone(), s, metaloop_runtime::nn::Init::Constant(0.0)));
-        let layout = Arc::new(Layout::new(defs).or_py()?);
-        let params = Params::from_flat(layout, flat.0).or_py()?;
-        let native = model.map(model::build).transpose()?;
-        if let Some(m) = &native {
-            model::check_layout(m.as_ref(), &names, &shapes)?;
-        }
-        let opt = crate::optim::build(optimizer, &hparams, &options)?;
-        let mut builder = RtInnerLoop::with_boxed(&PYTHON_FORWARD, &params, opt)
-            .copy_initial_weights(copy_initial_weights)
-            .track_higher_grads(track_higher_grads)
-            .freeze(&frozen);
-        for (name, value) in &overrides {
-            builder = builder.override_hparam(name, &value.0);
-        }
-        if let Some((step, buffers)) = state {
-            let buffers = buffers.into_iter().map(|(n, t)| (n, t.0)).collect();
-            builder = builder.initial_state(OptState::new(step, buffers));
-        }
-        Ok(InnerLoop {
-            inner: builder.build().or_py()?,
-            native,
+        guarded(|| {
+            if names.len() != shapes.len() {
+                return Err(bad("names and shapes differ in length"));
+            }
+            let defs = names.iter().zip(&shapes).map(|(n, s)| {
+                ParamDef::new(n.clone(), s, metaloop_runtime::nn::Init::Constant(0.0))
+            });
+            let layout = Arc::new(Layout::new(defs).or_py()?);
+            let params = Params::from_flat(layout, flat.0).or_py()?;
+            let native = model.map(model::build).transpose()?;
+            if let Some(m) = &native {
+                model::check_layout(m.as_ref(), &names, &shapes)?;
+            }
+            let opt = crate::optim::build(optimizer, &hparams, &options)?;
+            let mut builder = RtInnerLoop::with_boxed(&PYTHON_FORWARD, &params, opt)
+                .copy_initial_weights(copy_initial_weights)
+                .track_higher_grads(track_higher_grads)
+                .freeze(&frozen);
+            for (name, value) in &overrides {
+                builder = builder.override_hparam(name, &value.0);
+            }
+            if let Some((step, buffers)) = state {
+                let buffers = buffers.into_iter().map(|(n, t)| (n, t.0)).collect();
+                builder = builder.initial_state(OptState::new(step, buffers));
+            }
+            Ok(InnerLoop {
+                inner: builder.build().or_py()?,
+                native,
+            })
         })
     }
 
@@ -138,27 +140,31 @@ impl InnerLoop {
     /// The flat parameters at `time` (the latest when None).
     #[pyo3(signature = (time=None))]
     fn params(&self, time: Option<usize>) -> PyResult<PyTensor> {
-        let params = match time {
-            None => self.inner.params(),
-            Some(t) => self.inner.params_at(t).or_py()?,
-        };
-        Ok(PyTensor(params.flat().shallow_clone()))
+        guarded(|| {
+            let params = match time {
+                None => self.inner.params(),
+                Some(t) => self.inner.params_at(t).or_py()?,
+            };
+            Ok(PyTensor(params.flat().shallow_clone()))
+        })
     }
 
     /// The native model at the latest parameters; `seed` draws dropout masks in training.
     #[pyo3(signature = (x, train, seed=None))]
     fn forward(&self, x: PyTensor, train: bool, seed: Option<u64>) -> PyResult<PyTensor> {
-        let model = self
-            .native
-            .as_ref()
-            .ok_or_else(|| bad("this model runs its forward in Python"))?;
-        let params = self.inner.params();
-        let seeds = seed.map(|s| vec![s]);
-        let y = match &seeds {
-            Some(seeds) => model.forward_seeded(params, &x.0, train, None, seeds),
-            None => model.forward(params, &x.0, train),
-        };
-        Ok(PyTensor(y.or_py()?))
+        guarded(|| {
+            let model = self
+                .native
+                .as_ref()
+                .ok_or_else(|| bad("this model runs its forward in Python"))?;
+            let params = self.inner.params();
+            let seeds = seed.map(|s| vec![s]);
+            let y = match &seeds {
+                Some(seeds) => model.forward_seeded(params, &x.0, train, None, seeds),
+                None => model.forward(params, &x.0, train),
+            };
+            Ok(PyTensor(y.or_py()?))
+        })
     }
 
     /// One differentiable step on `loss`, with `overrides` in force from this step on and
@@ -172,23 +178,25 @@ impl InnerLoop {
         overrides: Vec<(String, PyTensor)>,
         grad_callback: Option<PyObject>,
     ) -> PyResult<()> {
-        let inner = &mut self.inner;
-        let (result, failure) = py.allow_threads(move || {
-            let failure: RefCell<Option<PyErr>> = RefCell::new(None);
-            let mut options = StepOptions::new();
-            for (name, value) in &overrides {
-                options = options.override_hparam(name, &value.0);
+        guarded(|| {
+            let inner = &mut self.inner;
+            let (result, failure) = py.allow_threads(move || {
+                let failure: RefCell<Option<PyErr>> = RefCell::new(None);
+                let mut options = StepOptions::new();
+                for (name, value) in &overrides {
+                    options = options.override_hparam(name, &value.0);
+                }
+                if let Some(callback) = &grad_callback {
+                    options = options.try_grad_callback(|g| call_back(callback, g, &failure));
+                }
+                let result = inner.step_with(&loss.0, options);
+                (result, failure.into_inner())
+            });
+            match failure {
+                Some(e) => Err(e),
+                None => result.or_py(),
             }
-            if let Some(callback) = &grad_callback {
-                options = options.try_grad_callback(|g| call_back(callback, g, &failure));
-            }
-            let result = inner.step_with(&loss.0, options);
-            (result, failure.into_inner())
-        });
-        match failure {
-            Some(e) => Err(e),
-            None => result.or_py(),
-        }
+        })
     }
 
     /// The optimizer state after the latest step: `(step, [(buffer name, tensor), ...])`.
