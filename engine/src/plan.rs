@@ -12,8 +12,10 @@
 //!
 //! The estimate of a plan is linear in the tasks in memory at once:
 //!
-//!     held before + the meta-batch's inputs (twice on the CPU: the prefetched batch too)
-//!       + workers × tasks per chunk × one task's measured cost
+//! ```text
+//! held before + the meta-batch's inputs (twice on the CPU: the prefetched batch too)
+//!   + workers × tasks per chunk × one task's measured cost
+//! ```
 //!
 //! and a plan fits when its estimate is at most the budget less a margin ([`margin`]: 10% of
 //! the budget, at least 256 MiB). The margin covers what the measurement does not see (the
