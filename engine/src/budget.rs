@@ -65,7 +65,7 @@ fn host() -> Option<Budget> {
     let rss = memory::status_kib("VmRSS:")? * 1024;
     let size = memory::status_kib("VmSize:").map_or(rss, |k| k * 1024);
     let mut sources = vec![];
-    if let Some(avail) = meminfo_kib("MemAvailable:") {
+    if let Some(avail) = memory::meminfo_kib("MemAvailable:") {
         sources.push((avail * 1024 + rss, "MemAvailable"));
     }
     if let Some(limit) = address_space_limit() {
@@ -78,18 +78,6 @@ fn host() -> Option<Budget> {
         .into_iter()
         .min_by_key(|(bytes, _)| *bytes)
         .map(|(bytes, source)| Budget { bytes, source })
-}
-
-/// A field of /proc/meminfo, KiB.
-fn meminfo_kib(field: &str) -> Option<u64> {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()?
-        .lines()
-        .find(|l| l.starts_with(field))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 /// The soft address-space limit (RLIMIT_AS) in bytes, `None` when unlimited.
@@ -159,7 +147,7 @@ mod tests {
     fn auto_on_the_cpu_is_at_most_the_available_memory_and_above_the_resident_set() {
         let b = resolve(MemoryBudget::Auto, Device::Cpu).expect("/proc is readable on Linux");
         let rss = memory::current_bytes(Device::Cpu).unwrap();
-        let avail = meminfo_kib("MemAvailable:").unwrap() * 1024;
+        let avail = memory::meminfo_kib("MemAvailable:").unwrap() * 1024;
         assert!(b.bytes > rss / 2 && b.bytes <= avail + 2 * rss, "{b:?}");
         assert_eq!(resolve(MemoryBudget::Auto, Device::Cuda(0)), None);
     }

@@ -79,7 +79,17 @@ pub fn high_water_kib() -> Option<u64> {
 
 /// A field of `/proc/self/status` in KiB (`VmHWM:`, `VmRSS:`, `VmSize:`).
 pub fn status_kib(field: &str) -> Option<u64> {
-    std::fs::read_to_string("/proc/self/status")
+    proc_kib("/proc/self/status", field)
+}
+
+/// A field of `/proc/meminfo` in KiB (`MemAvailable:`).
+pub fn meminfo_kib(field: &str) -> Option<u64> {
+    proc_kib("/proc/meminfo", field)
+}
+
+/// The number after `field` in a /proc file of `Field: value kB` lines.
+fn proc_kib(path: &str, field: &str) -> Option<u64> {
+    std::fs::read_to_string(path)
         .ok()?
         .lines()
         .find(|l| l.starts_with(field))?
