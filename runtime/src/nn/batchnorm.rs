@@ -15,12 +15,18 @@ use crate::{Error, Result};
 /// Statistics: by default the batch's own (per task when task-batched), in train and eval alike,
 /// as MAML does and as PyTorch's `track_running_stats=False`. Running statistics are kept only
 /// when the caller passes a [`BnState`] to `forward_with_state`.
+///
+/// With [`BatchNorm2d::per_step`] (MAML++'s BNWB and BNRS, Antoniou et al. 2019) the layer
+/// holds one row of affine parameters and running statistics per inner step.
 #[derive(Clone, Debug)]
 pub struct BatchNorm2d {
     channels: i64,
     eps: f64,
     momentum: f64,
     tasks: ConvTasks,
+    /// MAML++'s per-step rows: `Some(S)` gives "weight", "bias", "running_mean" and
+    /// "running_var" the shape `[S, C]`.
+    steps: Option<i64>,
 }
 
 impl BatchNorm2d {
@@ -30,7 +36,42 @@ impl BatchNorm2d {
             eps: 1e-5,
             momentum: 0.1,
             tasks: ConvTasks::Auto,
+            steps: None,
         }
+    }
+
+    /// One set of affine parameters and running statistics per inner step (MAML++'s BNWB and
+    /// BNRS): "weight" and "bias" are `[steps, C]` (`[T, steps, C]` task-batched), and so are the
+    /// running statistics in a [`BnState`]. A forward at inner step s
+    /// ([`Scope::with_step`]) uses row `min(s, steps - 1)`; a forward without a step uses the
+    /// last row (the adapted model's). `steps` below 1 counts as 1.
+    pub fn per_step(mut self, steps: i64) -> BatchNorm2d {
+        self.steps = Some(steps.max(1));
+        self
+    }
+
+    /// The row of a per-step layer that `scope`'s step reads.
+    fn row(&self, scope: &Scope<'_>) -> Option<i64> {
+        let steps = self.steps?;
+        let step = scope.step().map_or(steps - 1, |s| s as i64);
+        Some(step.min(steps - 1))
+    }
+
+    /// `t` (`[S, C]` or `[T, S, C]`) at row `row`, or `t` itself for a layer without steps.
+    fn at_row(t: &Tensor, row: Option<i64>) -> Result<Tensor> {
+        Ok(match row {
+            Some(r) => t.f_select(t.dim() as i64 - 2, r)?,
+            None => t.shallow_clone(),
+        })
+    }
+
+    /// The affine parameters this forward uses: `[C]` or `[T, C]`.
+    fn affine(&self, scope: &mut Scope<'_>) -> Result<(Tensor, Tensor)> {
+        let row = self.row(scope);
+        Ok((
+            Self::at_row(&scope.param("weight")?, row)?,
+            Self::at_row(&scope.param("bias")?, row)?,
+        ))
     }
 
     /// How task-batched inputs run: one batch_norm per task, or one for all tasks folded into
@@ -49,7 +90,8 @@ crate::setters!(BatchNorm2d {
 });
 
 impl BatchNorm2d {
-    /// The running statistic `name`, `[C]` or `[T, C]`, or its default `fill` if absent.
+    /// The running statistic `name`, `[C]` or `[T, C]` (with the steps' rows before C for a
+    /// per-step layer), or its default `fill` if absent.
     fn running(
         &self,
         scope: &mut Scope<'_>,
@@ -61,6 +103,7 @@ impl BatchNorm2d {
         if let Some(t) = scope.tasks() {
             shape.push(t);
         }
+        shape.extend(self.steps);
         shape.push(self.channels);
         let stored = scope
             .state()
@@ -84,9 +127,10 @@ impl BatchNorm2d {
 
 impl Module for BatchNorm2d {
     fn param_defs(&self) -> Vec<ParamDef> {
+        let shape: Vec<i64> = self.steps.into_iter().chain([self.channels]).collect();
         vec![
-            ParamDef::new("weight", &[self.channels], Init::Constant(1.0)),
-            ParamDef::new("bias", &[self.channels], Init::Constant(0.0)),
+            ParamDef::new("weight", &shape, Init::Constant(1.0)),
+            ParamDef::new("bias", &shape, Init::Constant(0.0)),
         ]
     }
 
@@ -147,8 +191,9 @@ impl BatchNorm2d {
         if let Some(t) = scope.tasks() {
             shape[0] = t;
         }
-        let weight = scope.param("weight")?.f_reshape(shape.as_slice())?;
-        let bias = scope.param("bias")?.f_reshape(shape.as_slice())?;
+        let (weight, bias) = self.affine(scope)?;
+        let weight = weight.f_reshape(shape.as_slice())?;
+        let bias = bias.f_reshape(shape.as_slice())?;
         let normed = x
             .f_sub(&mean)?
             .f_mul(&var.f_add_scalar(self.eps)?.f_rsqrt()?)?;
@@ -231,8 +276,8 @@ impl BatchNorm2d {
         like: &Tensor,
         moments: impl FnOnce() -> Result<(Tensor, Tensor)>,
     ) -> Result<NormInputs> {
-        let weight = scope.param("weight")?;
-        let bias = scope.param("bias")?;
+        let (weight, bias) = self.affine(scope)?;
+        let row = self.row(scope);
         let mean_name = scope.name("running_mean");
         let var_name = scope.name("running_var");
         let use_batch_stats = scope.train() || scope.state().is_none();
@@ -242,10 +287,16 @@ impl BatchNorm2d {
                 let old_var = self.running(scope, &var_name, 1.0, like)?;
                 let (batch_mean, batch_var) = moments()?;
                 let m = self.momentum;
+                // The blend of the row this step uses, written back into its place.
                 let blend = |old: &Tensor, batch: &Tensor| -> Result<Tensor> {
-                    Ok(old
+                    let at = Self::at_row(old, row)?;
+                    let new = at
                         .f_mul_scalar(1.0 - m)?
-                        .f_add(&batch.f_reshape(old.size().as_slice())?.f_mul_scalar(m)?)?)
+                        .f_add(&batch.f_reshape(at.size().as_slice())?.f_mul_scalar(m)?)?;
+                    Ok(match row {
+                        Some(r) => old.f_select_scatter(&new, old.dim() as i64 - 2, r)?,
+                        None => new,
+                    })
                 };
                 let new_mean = blend(&old_mean, &batch_mean)?;
                 let new_var = blend(&old_var, &batch_var)?;
@@ -257,8 +308,8 @@ impl BatchNorm2d {
             None
         } else {
             Some((
-                self.running(scope, &mean_name, 0.0, like)?,
-                self.running(scope, &var_name, 1.0, like)?,
+                Self::at_row(&self.running(scope, &mean_name, 0.0, like)?, row)?,
+                Self::at_row(&self.running(scope, &var_name, 1.0, like)?, row)?,
             ))
         };
         Ok(NormInputs {

@@ -46,6 +46,12 @@ impl ConvBlock {
         self
     }
 
+    /// MAML++'s per-step BatchNorm ([`BatchNorm2d::per_step`]) with `steps` rows.
+    pub fn per_step_batchnorm(mut self, steps: i64) -> ConvBlock {
+        self.bn = self.bn.per_step(steps);
+        self
+    }
+
     /// One task's convolution on `[B, C, H, W]` input.
     fn conv(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         self.conv.conv(x, weight, bias, 1)

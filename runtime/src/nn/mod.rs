@@ -29,7 +29,7 @@ pub use layers::{AdaptiveAvgPool2d, AvgPool2d, Flatten, LayerNorm, LeakyRelu, Re
 pub use linear::Linear;
 pub use module::{Module, Scope};
 pub use resnet::{ResNet12, ResNetBlock};
-pub use sequential::{conv4, conv4_sized, mlp, Sequential};
+pub use sequential::{conv4, conv4_sized, conv4_steps, mlp, Sequential};
 pub use shared::{set_channels_last, set_conv_tasks, ConvTasks};
 pub use starting::{load_starting_weights, StartingWeights};
 

@@ -78,6 +78,18 @@ pub trait Module: std::fmt::Debug + Send + Sync {
         support: &Tensor,
         query: &Tensor,
     ) -> Result<Tensor> {
+        self.forward_query_with_support_stats_at(params, support, query, None)
+    }
+
+    /// [`Module::forward_query_with_support_stats`] at inner step `step` (per-step layers read
+    /// its row; see [`Scope::with_step`]).
+    fn forward_query_with_support_stats_at(
+        &self,
+        params: &Params,
+        support: &Tensor,
+        query: &Tensor,
+        step: Option<usize>,
+    ) -> Result<Tensor> {
         let dim = i64::from(params.tasks().is_some());
         let shots = *support
             .size()
@@ -88,7 +100,7 @@ pub trait Module: std::fmt::Debug + Send + Sync {
                 got: support.size(),
             })?;
         let x = Tensor::f_cat(&[support, query], dim)?;
-        let mut scope = Scope::new(params, false, None);
+        let mut scope = Scope::new(params, false, None).with_step(step);
         scope.support = Some(shots);
         let y = self.forward_scoped(&mut scope, &x)?;
         let total = y.size()[dim as usize];
@@ -111,6 +123,9 @@ pub struct Scope<'a> {
     /// Every parameter's view, split from the flat tensor on the first [`Scope::param`] call
     /// (one split per forward pass, so one concatenation in its backward).
     views: Option<Vec<Tensor>>,
+    /// The inner step this forward belongs to, for per-step layers
+    /// ([`BatchNorm2d::per_step`](super::BatchNorm2d::per_step)); `None`: their last step's.
+    step: Option<usize>,
 }
 
 impl<'a> Scope<'a> {
@@ -123,7 +138,21 @@ impl<'a> Scope<'a> {
             seeds: None,
             support: None,
             views: None,
+            step: None,
         }
+    }
+
+    /// The same scope for inner step `step` (0-based): per-step layers
+    /// ([`BatchNorm2d::per_step`](super::BatchNorm2d::per_step)) read that step's row, or their
+    /// last row when `step` is past it. Without a step they read their last row.
+    pub fn with_step(mut self, step: Option<usize>) -> Scope<'a> {
+        self.step = step;
+        self
+    }
+
+    /// The inner step given with [`Scope::with_step`].
+    pub fn step(&self) -> Option<usize> {
+        self.step
     }
 
     /// The same scope with one seed per task for random layers ([`Module::forward_seeded`]).

@@ -147,6 +147,18 @@ impl ResNet12 {
         Ok(self)
     }
 
+    /// MAML++'s per-step BatchNorm ([`BatchNorm2d::per_step`]) in every block: each
+    /// BatchNorm's "weight" and "bias" become `[steps, C]`.
+    pub fn per_step_batchnorm(mut self, steps: i64) -> ResNet12 {
+        for b in &mut self.blocks {
+            for bn in &mut b.bns {
+                *bn = bn.clone().per_step(steps);
+            }
+            b.shortcut_bn = b.shortcut_bn.clone().per_step(steps);
+        }
+        self
+    }
+
     /// The head's parameter names (what a starting-weights file may lack or have at another
     /// number of ways).
     pub fn head_names(&self) -> Vec<String> {

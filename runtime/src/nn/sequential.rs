@@ -89,11 +89,27 @@ pub fn conv4(in_channels: i64, ways: i64, filters: i64) -> Sequential {
 /// nn.Linear(f * s * s, ways))` with `block(i, o) = nn.Sequential(nn.Conv2d(i, o, 3, padding=1),
 /// nn.BatchNorm2d(o, track_running_stats=False), nn.ReLU(), nn.MaxPool2d(2))`.
 pub fn conv4_sized(in_channels: i64, ways: i64, filters: i64, image_hw: i64) -> Sequential {
+    conv4_steps(in_channels, ways, filters, image_hw, None)
+}
+
+/// [`conv4_sized`] with MAML++'s per-step BatchNorm ([`ConvBlock::per_step_batchnorm`]) when
+/// `steps` is given: every block's "weight" and "bias" become `[steps, filters]`.
+pub fn conv4_steps(
+    in_channels: i64,
+    ways: i64,
+    filters: i64,
+    image_hw: i64,
+    steps: Option<i64>,
+) -> Sequential {
     let mut model = Sequential::new();
     let mut channels = in_channels;
     let mut side = image_hw;
     for _ in 0..4 {
-        model = model.push(ConvBlock::new(channels, filters));
+        let block = ConvBlock::new(channels, filters);
+        model = model.push(match steps {
+            Some(s) => block.per_step_batchnorm(s),
+            None => block,
+        });
         channels = filters;
         side /= 2;
     }

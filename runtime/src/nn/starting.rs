@@ -142,17 +142,23 @@ fn read_buffers(
         if local.ends_with("num_batches_tracked") {
             continue;
         }
-        let channels = layout.get(&format!("{module}.weight")).map(|s| s.numel);
+        // The weight's shape: [C], or [S, C] for a per-step BatchNorm (MAML++).
+        let shape = layout
+            .get(&format!("{module}.weight"))
+            .map(|s| s.shape.clone())
+            .unwrap_or_default();
+        let channels: i64 = shape.iter().product();
         let value = read(file, name, kind).map_err(|r| (name.to_string(), r))?;
-        if Some(value.numel() as i64) != channels {
+        if value.numel() as i64 != channels {
             let reason = format!(
-                "has {} elements, its module has {channels:?} channels",
+                "has {} elements, its module's weight has shape {shape:?}",
                 value.numel()
             );
             return Err((name.to_string(), reason));
         }
         let value = value
-            .f_to_device(device)
+            .f_view(shape.as_slice())
+            .and_then(|v| v.f_to_device(device))
             .map_err(|e| (name.to_string(), e.to_string()))?;
         running.insert(local, value);
     }
