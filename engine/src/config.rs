@@ -317,6 +317,13 @@ pub struct ModelConfig {
     /// Allowed: a table `{ rate, size }`; "resnet12" only.
     #[serde(default)]
     pub dropblock: Option<DropBlockConfig>,
+    /// MAML++'s per-step BatchNorm weights and biases (BNWB, Antoniou et al. 2019): every
+    /// BatchNorm holds one row of "weight" and "bias" per inner step, `[inner_steps, C]`; inner
+    /// step s uses row s, the query after the last step the last row, and meta-test steps past
+    /// the rows the last row. Statistics stay the batch's own (BNRS is not kept).
+    /// Allowed: "conv4" and "resnet12", not with "imaml" or "pretrain".
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub per_step_batchnorm: bool,
     /// A safetensors file of PyTorch-named starting weights (`runtime::nn::load_starting_weights`).
     /// Every parameter must be there with its shape, except the head. The head stays freshly
     /// initialised when the file lacks it or has it for another number of ways.

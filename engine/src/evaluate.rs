@@ -108,11 +108,12 @@ impl MetaTest<'_> {
     ) -> Result<(Tensor, Tensor)> {
         let theta = shard.theta().expand_tasks(batch.len() as i64)?;
         let bn = self.cfg.eval.batchnorm;
-        let before = tch::no_grad(|| shard.test_query_outputs(&theta, batch, bn))?;
-        let inner = adapt(shard, batch, self.cfg.eval_inner_steps(), false, |_, _| {
-            Ok(())
-        })?;
-        let after = tch::no_grad(|| shard.test_query_outputs(inner.params(), batch, bn))?;
+        // Per-step layers: θ0 is read at step 0's row, the adapted weights after the last step.
+        let before = tch::no_grad(|| shard.test_query_outputs(&theta, batch, bn, Some(0)))?;
+        let steps = self.cfg.eval_inner_steps();
+        let inner = adapt(shard, batch, steps, false, |_, _| Ok(()))?;
+        let last = Some(steps.saturating_sub(1));
+        let after = tch::no_grad(|| shard.test_query_outputs(inner.params(), batch, bn, last))?;
         Ok((before, after))
     }
 

@@ -146,14 +146,23 @@ pub fn build_model(cfg: &TrainConfig, input_channels: i64) -> Result<Box<dyn Mod
             sizes.push(1);
             Ok(Box::new(nn::mlp(&sizes)))
         }
-        Backbone::Conv4 => Ok(Box::new(nn::conv4_sized(
+        Backbone::Conv4 => Ok(Box::new(nn::conv4_steps(
             input_channels,
             cfg.task.ways,
             cfg.model.filters,
             cfg.task.image_size,
+            per_step_rows(cfg),
         ))),
         Backbone::Resnet12 => Ok(Box::new(resnet12(cfg, input_channels)?)),
     }
+}
+
+/// The rows of MAML++'s per-step BatchNorm (`model.per_step_batchnorm`): one per training
+/// inner step.
+fn per_step_rows(cfg: &TrainConfig) -> Option<i64> {
+    cfg.model
+        .per_step_batchnorm
+        .then_some(cfg.algorithm.inner_steps as i64)
 }
 
 /// ResNet-12 with `model.widths` and, when set, `model.dropblock`.
@@ -165,7 +174,10 @@ fn resnet12(cfg: &TrainConfig, input_channels: i64) -> Result<nn::ResNet12> {
             message: format!("must list 4 block widths, got {}", m.widths.len()),
         })
     })?;
-    let net = nn::ResNet12::new(widths, cfg.task.ways, input_channels);
+    let mut net = nn::ResNet12::new(widths, cfg.task.ways, input_channels);
+    if let Some(steps) = per_step_rows(cfg) {
+        net = net.per_step_batchnorm(steps);
+    }
     Ok(match &m.dropblock {
         Some(d) => net.dropblock(d.rate, d.size)?,
         None => net,

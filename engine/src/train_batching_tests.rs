@@ -46,7 +46,7 @@ fn per_task_bits(t: &mut Trainer, size: usize) -> Vec<Vec<u32>> {
         let b = batch.slice(start..start + size).unwrap();
         let shard = t.net.shard(&t.cfg, &t.meta, 0, &b);
         let inner = adapt(&shard, &b, steps, true, |_, _| Ok(())).unwrap();
-        let q = query_losses(&shard, &inner, &b).unwrap();
+        let q = query_losses(&shard, &inner, &b, steps - 1).unwrap();
         for j in 0..size as i64 {
             let g = Tensor::run_backward(&[q.loss.get(j)], &refs, true, false);
             let flat: Vec<Tensor> = g.iter().map(|g| g.reshape([-1])).collect();

@@ -266,6 +266,66 @@ fn task_chunks_keep_masks_and_augmentation_of_every_task() {
     }
 }
 
+/// MAML++'s per-step BatchNorm (`model.per_step_batchnorm`) on ResNet-12 with the multi-step
+/// loss: recompute-and-adjoint trains exactly like full tracking (f64; the adjoint pass reads
+/// each step's rows as the forward did), and the rows learn apart: row 0 of a BatchNorm's
+/// weight serves the first inner step, the last row the later ones and the query.
+#[test]
+fn per_step_batchnorm_trains_alike_with_recompute_and_its_rows_part() {
+    let tmp = TempDir::new("train-per-step-bn");
+    let mut cfg = small_resnet12_f64(&tmp);
+    cfg.model.per_step_batchnorm = true;
+    cfg.algorithm.inner_steps = 3;
+    cfg.algorithm.multi_step_loss = true;
+    cfg.outer.meta_batch = 2;
+    cfg.validate().unwrap();
+    let run = |memory: Memory| {
+        let mut c = cfg.clone();
+        c.algorithm.memory = memory;
+        let mut t = Trainer::new(&c, Box::new(Local)).unwrap();
+        for _ in 0..2 {
+            t.step().unwrap();
+        }
+        t.state().unwrap()
+    };
+    let full = run(Memory::Full);
+    let recompute = run(Memory::Recompute);
+    for ((n, a), (_, b)) in full.iter().zip(&recompute) {
+        let d = (a - b).abs().max().double_value(&[]);
+        assert!(
+            d <= 1e-10,
+            "`{n}` differs by {d:e} between full tracking and recompute"
+        );
+    }
+    let weight = &full
+        .iter()
+        .find(|(n, _)| n == "layer1.0.bn1.weight")
+        .unwrap()
+        .1;
+    assert_eq!(weight.size(), [3, 4]);
+    let apart = (weight.get(0) - weight.get(2))
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(apart > 1e-6, "the per-step rows did not learn apart");
+    // The MLP has no BatchNorm, iMAML no per-step inner problem: both are refused.
+    let mut mlp = TrainConfig::default();
+    mlp.model.per_step_batchnorm = true;
+    assert!(mlp
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("model.per_step_batchnorm"));
+    let mut imaml = cfg.clone();
+    imaml.algorithm.name = metaloop_engine::config::AlgorithmName::Imaml;
+    imaml.algorithm.multi_step_loss = false;
+    assert!(imaml
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("model.per_step_batchnorm"));
+}
+
 /// `run.conv_tasks` and `run.channels_last` pick kernels, never values: on a ResNet-12 (3×3 and
 /// strided 1×1 convolutions, BatchNorm, DropBlock) with augmentation, every choice gives the
 /// model of the default after two iterations (f64, summation order only).
@@ -303,8 +363,8 @@ fn convolution_switches_train_the_same_model() {
 /// configs/omniglot_20way_1shot_mamlpp.toml, shrunk (5-way, 16 filters, 2 inner steps, 80
 /// iterations with the switch to second order at 40), trains above chance on generated
 /// Omniglot-layout data, and each of its switches acts: the LSLR rates stay at their start
-/// during the first-order iterations and move after the switch, the multi-step loss is on, and
-/// the cosine schedule lowers the outer learning rate.
+/// during the first-order iterations and move after the switch, the multi-step loss is on, the
+/// cosine schedule lowers the outer learning rate, and the per-step BatchNorm rows part.
 #[test]
 fn the_mamlpp_config_shrunk_trains_above_chance_with_every_switch() {
     let tmp = TempDir::new("train-mamlpp");
@@ -317,6 +377,7 @@ fn the_mamlpp_config_shrunk_trains_above_chance_with_every_switch() {
     assert_eq!(cfg.algorithm.name.name(), "lslr");
     assert!(cfg.algorithm.multi_step_loss && cfg.algorithm.first_order_until > 0);
     assert_eq!(cfg.outer.schedule.name(), "cosine");
+    assert!(cfg.model.per_step_batchnorm);
     cfg.run.device = metaloop_engine::config::DeviceChoice::Cpu;
     cfg.task.root = tmp.path().display().to_string();
     cfg.task.cache_dir = tmp.path().join("cache").display().to_string();
@@ -356,6 +417,14 @@ fn the_mamlpp_config_shrunk_trains_above_chance_with_every_switch() {
     assert!(
         rates[rates.len() - 1] < 0.2 * rates[0],
         "no cosine decay: {rates:?}"
+    );
+    // BNWB: one row per inner step, and the rows learned apart.
+    let bias = trainer.model_params().get("0.1.bias").unwrap();
+    assert_eq!(bias.size(), [2, 16]);
+    let apart = (bias.get(0) - bias.get(1)).abs().max().double_value(&[]);
+    assert!(
+        apart > 1e-6,
+        "the per-step BatchNorm rows did not learn apart"
     );
     let report = trainer.evaluate(Split::Test, cfg.eval.test_tasks).unwrap();
     let after = report.accuracy_after.unwrap();

@@ -23,11 +23,11 @@ if _torch.__version__.split("+")[0] != TORCH_VERSION:
 
 from . import _native  # noqa: E402  (after torch: it links torch's libraries)
 from ._higher import DifferentiableOptimizer, FunctionalModel, innerloop_ctx  # noqa: E402
-from ._models import torch_model  # noqa: E402
+from ._models import set_step, torch_model  # noqa: E402
 
 Error = _native.Error
 Config = _native.Config
 Trainer = _native.Trainer
 
 __all__ = ["innerloop_ctx", "FunctionalModel", "DifferentiableOptimizer", "Config", "Trainer",
-           "torch_model", "Error", "TORCH_VERSION"]
+           "torch_model", "set_step", "Error", "TORCH_VERSION"]

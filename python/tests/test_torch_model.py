@@ -56,3 +56,20 @@ def test_torch_model_of_a_config_uses_the_datasets_channels():
     model = metaloop.torch_model(cfg)
     assert model.state_dict()["0.0.weight"].shape == (4, 1, 3, 3)
     assert model(torch.randn(2, 1, 16, 16)).shape == (2, 3)
+
+
+def test_per_step_batchnorm_round_trips():
+    """MAML++'s BNWB: [inner_steps, C] BatchNorm rows; the forward of θ0 reads the last row."""
+    x = torch.randn(5, 1, 16, 16, dtype=torch.float64)
+    overrides = {**IMAGE, "model.backbone": "conv4", "model.filters": 4,
+                 "model.per_step_batchnorm": True, "algorithm.inner_steps": 3}
+    round_trip(overrides, images(1, 16, 3), x)
+    model = metaloop.torch_model(metaloop.Config(overrides=overrides)).double()
+    assert model.state_dict()["0.1.weight"].shape == (3, 4)
+    with torch.no_grad():
+        model[0][1].weight[0].fill_(2.0)
+        metaloop.set_step(model, 0)
+        first = model(x)
+        metaloop.set_step(model, None)
+        last = model(x)
+    assert (first - last).abs().max() > 1e-3

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use metaloop_runtime::nn::Module;
+use metaloop_runtime::nn::{Module, Scope};
 use metaloop_runtime::optim::Sgd;
 use metaloop_runtime::StepOptions;
 use metaloop_runtime::{InnerLoop, Layout, Params};
@@ -166,39 +166,52 @@ impl<'a> Shard<'a> {
         self.algorithm.memory == Memory::Recompute
     }
 
-    /// The loss of `params` (`[T, P]`) on inputs `x` against `y`.
+    /// The loss of `params` (`[T, P]`) on inputs `x` against `y`, at inner step `step` (see
+    /// [`Shard::forward`]).
     pub fn losses(
         &self,
         params: &Params,
         x: &Tensor,
         y: &Tensor,
+        step: Option<usize>,
     ) -> metaloop_runtime::Result<TaskLosses> {
-        Ok(self.loss.task_losses(&self.forward(params, x)?, y)?)
+        Ok(self.loss.task_losses(&self.forward(params, x, step)?, y)?)
     }
 
-    /// The model's outputs on the query (`[T, N, out]`) at meta-test: BatchNorm with the query's
-    /// own statistics (`eval.batchnorm = "transductive"`, as in training) or with the support
-    /// set's (`"support_only"`, random layers off).
+    /// The model's outputs on the query (`[T, N, out]`) at meta-test, at inner step `step`:
+    /// BatchNorm with the query's own statistics (`eval.batchnorm = "transductive"`, as in
+    /// training) or with the support set's (`"support_only"`, random layers off).
     pub fn test_query_outputs(
         &self,
         params: &Params,
         batch: &MetaBatch,
         batchnorm: EvalBatchNorm,
+        step: Option<usize>,
     ) -> Result<Tensor> {
         Ok(match batchnorm {
-            EvalBatchNorm::Transductive => self.forward(params, &batch.query_x)?,
-            EvalBatchNorm::SupportOnly => self.model.forward_query_with_support_stats(
+            EvalBatchNorm::Transductive => self.forward(params, &batch.query_x, step)?,
+            EvalBatchNorm::SupportOnly => self.model.forward_query_with_support_stats_at(
                 params,
                 &batch.support_x,
                 &batch.query_x,
+                step,
             )?,
         })
     }
 
-    /// The model's output for `params` (`[T, P]`) on `x`, in training mode with the tasks' seeds.
-    pub fn forward(&self, params: &Params, x: &Tensor) -> metaloop_runtime::Result<Tensor> {
-        self.model
-            .forward_seeded(params, x, true, None, &self.seeds)
+    /// The model's output for `params` (`[T, P]`) on `x`, in training mode with the tasks' seeds,
+    /// at inner step `step` (0-based): per-step layers (`model.per_step_batchnorm`) read that
+    /// step's row, the query after step s reads row s, and `None` reads the last row.
+    pub fn forward(
+        &self,
+        params: &Params,
+        x: &Tensor,
+        step: Option<usize>,
+    ) -> metaloop_runtime::Result<Tensor> {
+        let mut scope = Scope::new(params, true, None)
+            .with_seeds(&self.seeds)
+            .with_step(step);
+        self.model.forward_scoped(&mut scope, x)
     }
 
     /// The inner optimizer: SGD with the configured lr and momentum.
@@ -270,7 +283,7 @@ pub fn adapt<'a>(
     };
     for s in 0..steps {
         let support = shard.loss.task_losses(
-            &shard.forward(inner.params(), &batch.support_x)?,
+            &shard.forward(inner.params(), &batch.support_x, Some(s))?,
             &batch.support_y,
         )?;
         let mut objective = support.total(shard.kind)?;
@@ -285,14 +298,16 @@ pub fn adapt<'a>(
     Ok(inner)
 }
 
-/// The query losses at the adapted weights of `inner`.
+/// The query losses at the adapted weights of `inner`, after inner step `step` (0-based; see
+/// [`Shard::forward`]).
 pub fn query_losses(
     shard: &Shard<'_>,
     inner: &InnerLoop<'_>,
     batch: &MetaBatch,
+    step: usize,
 ) -> Result<TaskLosses> {
     Ok(shard.loss.task_losses(
-        &shard.forward(inner.params(), &batch.query_x)?,
+        &shard.forward(inner.params(), &batch.query_x, Some(step))?,
         &batch.query_y,
     )?)
 }

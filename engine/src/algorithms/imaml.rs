@@ -40,11 +40,11 @@ impl Algorithm for Imaml {
         drop(inner);
         let _s = tracing::info_span!("meta_gradient", cg_steps = a.cg_steps).entered();
         let kind = shard.kind();
-        let query = shard.losses(&phi, &batch.query_x, &batch.query_y)?;
+        let query = shard.losses(&phi, &batch.query_x, &batch.query_y, None)?;
         let flat = phi.flat().shallow_clone();
         let b = Tensor::f_run_backward(&[query.total(kind)?], &[&flat], false, false)?.remove(0);
         let support = shard
-            .losses(&phi, &batch.support_x, &batch.support_y)?
+            .losses(&phi, &batch.support_x, &batch.support_y, None)?
             .total(kind)?;
         let v = implicit_solve(
             &support,

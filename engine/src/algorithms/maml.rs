@@ -91,7 +91,7 @@ fn objective<'a>(
             return Ok(());
         }
         points.push(inner.params().flat().shallow_clone());
-        let term = query_losses(shard, inner, batch)?
+        let term = query_losses(shard, inner, batch, s)?
             .total(shard.kind())?
             .f_mul_scalar(weights[s])?;
         multi = Some(match multi.take() {
@@ -100,7 +100,7 @@ fn objective<'a>(
         });
         Ok(())
     })?;
-    let query = query_losses(shard, &inner, batch)?;
+    let query = query_losses(shard, &inner, batch, steps - 1)?;
     let _s = tracing::info_span!("meta_gradient").entered();
     let mut objective = query.total(shard.kind())?;
     if let Some(w_last) = weights.last() {
@@ -158,9 +158,9 @@ pub fn recompute(shard: &Shard, batch: &MetaBatch, global_tasks: f64) -> MetaGra
         mg = mg.override_hparam(&h.name, &h.tensor);
     }
     let weights = step_weights(shard);
-    let mut support = |theta: &Params, _| -> metaloop_runtime::Result<Tensor> {
+    let mut support = |theta: &Params, t: usize| -> metaloop_runtime::Result<Tensor> {
         Ok(shard
-            .losses(theta, &batch.support_x, &batch.support_y)?
+            .losses(theta, &batch.support_x, &batch.support_y, Some(t))?
             .total(shard.kind())?)
     };
     let trajectory = mg.forward(shard.theta(), steps, &mut support)?;
@@ -173,7 +173,7 @@ pub fn recompute(shard: &Shard, batch: &MetaBatch, global_tasks: f64) -> MetaGra
             (_, true) => None,
             (t, false) => Some(weights[t - 1]),
         };
-        let q = shard.losses(theta, &batch.query_x, &batch.query_y)?;
+        let q = shard.losses(theta, &batch.query_x, &batch.query_y, Some(t - 1))?;
         let mut term = q.total(shard.kind())?;
         if let Some(w) = weight {
             term = term.f_mul_scalar(w)?;

@@ -12,8 +12,8 @@ pub struct Pretrain;
 impl Algorithm for Pretrain {
     fn meta_gradient(&self, shard: &Shard, batch: &MetaBatch, global_tasks: f64) -> MetaGrad {
         let theta = shard.theta().expand_tasks(batch.len() as i64)?;
-        let support = shard.losses(&theta, &batch.support_x, &batch.support_y)?;
-        let query = shard.losses(&theta, &batch.query_x, &batch.query_y)?;
+        let support = shard.losses(&theta, &batch.support_x, &batch.support_y, None)?;
+        let query = shard.losses(&theta, &batch.query_x, &batch.query_y, None)?;
         let objective = support
             .loss
             .f_add(&query.loss)?

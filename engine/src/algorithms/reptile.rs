@@ -10,10 +10,9 @@ pub struct Reptile;
 
 impl Algorithm for Reptile {
     fn meta_gradient(&self, shard: &Shard, batch: &MetaBatch, global_tasks: f64) -> MetaGrad {
-        let inner = adapt(shard, batch, shard.config().inner_steps, false, |_, _| {
-            Ok(())
-        })?;
-        let query = tch::no_grad(|| query_losses(shard, &inner, batch))?;
+        let steps = shard.config().inner_steps;
+        let inner = adapt(shard, batch, steps, false, |_, _| Ok(()))?;
+        let query = tch::no_grad(|| query_losses(shard, &inner, batch, steps - 1))?;
         // Σ_t (θ0 − φ_t) / B.
         let phi = inner.params().flat().f_detach()?;
         let g = shard

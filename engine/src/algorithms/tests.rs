@@ -164,7 +164,8 @@ fn imaml_matches_finite_differences_of_the_meta_objective_on_the_sinusoid_mlp() 
         let at = Params::from_flat(theta.layout().clone(), values.set_requires_grad(true)).unwrap();
         let s = shard(&cfg, &model, &Mse, &at, 0, 2);
         let inner = super::adapt(&s, &batch, cfg.inner_steps, false, |_, _| Ok(())).unwrap();
-        let q = tch::no_grad(|| super::query_losses(&s, &inner, &batch)).unwrap();
+        let q =
+            tch::no_grad(|| super::query_losses(&s, &inner, &batch, cfg.inner_steps - 1)).unwrap();
         q.loss.sum(Kind::Double).double_value(&[]) / 2.0
     };
     let eps = 1e-5;

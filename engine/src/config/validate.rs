@@ -61,6 +61,12 @@ impl ModelConfig {
             }
             (false, Backbone::Mlp) | (true, Backbone::Conv4 | Backbone::Resnet12) => {}
         }
+        if self.per_step_batchnorm && self.backbone == Backbone::Mlp {
+            return Err(err(
+                "model.per_step_batchnorm",
+                "applies to \"conv4\" and \"resnet12\" (the MLP has no BatchNorm)",
+            ));
+        }
         if self.dropblock.is_some() && self.backbone != Backbone::Resnet12 {
             return Err(err("model.dropblock", "applies to \"resnet12\" only"));
         }
@@ -254,6 +260,20 @@ impl TrainConfig {
             ));
         }
         self.algorithm.check_combination()?;
+        if self.model.per_step_batchnorm
+            && matches!(
+                self.algorithm.name,
+                AlgorithmName::Pretrain | AlgorithmName::Imaml
+            )
+        {
+            return Err(err(
+                "model.per_step_batchnorm",
+                format!(
+                    "is not for {}: imaml's implicit gradient holds one support loss at the inner optimum, not one per step, and pretrain has no inner loop",
+                    self.algorithm.name
+                ),
+            ));
+        }
 
         positive("outer.lr", self.outer.lr)?;
         at_least("outer.meta_batch", self.outer.meta_batch as i64, 1)?;
