@@ -227,7 +227,7 @@ pub fn peak_rss_mib() -> f64 {
 
 /// The workload's tasks: one random meta-batch of its shapes (made once, on the CPU), served for
 /// every iteration and split, so that the timing is the Trainer's step and not data loading.
-struct RandomTasks {
+pub(crate) struct RandomTasks {
     /// Behind a lock because libtorch tensors are not `Sync`; a call takes views of it.
     batch: Mutex<MetaBatch>,
     input: Vec<i64>,
@@ -235,7 +235,7 @@ struct RandomTasks {
 }
 
 impl RandomTasks {
-    fn new(w: &Workload) -> Result<RandomTasks> {
+    pub(crate) fn new(w: &Workload) -> Result<RandomTasks> {
         let t = w.meta_batch;
         let opts = (Kind::Float, Device::Cpu);
         let range = 0..t as usize;

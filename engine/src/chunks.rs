@@ -11,7 +11,7 @@ use std::ops::Range;
 
 use tch::Tensor;
 
-use crate::algorithms::{Algorithm, Shard};
+use crate::algorithms::{Algorithm, BnMode, Shard};
 use crate::data::MetaBatch;
 use crate::{Error, Result};
 
@@ -21,6 +21,9 @@ pub(crate) struct Partial {
     pub(crate) grad: Tensor,
     pub(crate) sums: [Tensor; 2],
     pub(crate) per_task: Vec<Tensor>,
+    /// Each task's BatchNorm running statistics after its inner loop, `[T, n]` in task order,
+    /// when they are kept (engine::running).
+    pub(crate) running: Option<Tensor>,
 }
 
 impl Partial {
@@ -36,6 +39,10 @@ impl Partial {
                 *t = t.f_add(s)?;
             }
             total.per_task.extend(p.per_task);
+            total.running = match (total.running.take(), p.running) {
+                (Some(a), Some(b)) => Some(Tensor::f_cat(&[a, b], 0)?),
+                (a, b) => a.or(b),
+            };
         }
         Ok(total)
     }
@@ -97,10 +104,15 @@ fn chunk_meta_gradient(
         None => Tensor::f_zeros([1], (kind, shard.device))?,
     };
     let per_task = c.query.loss.f_detach()?.f_to_kind(kind)?;
+    let running = match &shard.bn {
+        BnMode::Track(tracker) => tracker.rows()?,
+        _ => None,
+    };
     Ok(Partial {
         grad: Tensor::f_cat(&flat, 0)?,
         sums: [q_sum, acc_sum],
         per_task: vec![per_task],
+        running,
     })
 }
 

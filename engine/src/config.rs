@@ -377,9 +377,12 @@ pub struct EvalConfig {
     /// Allowed: 0 to 65536.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub shots: usize,
-    /// How BatchNorm normalises the query at validation and meta-test: with the query batch's
-    /// own statistics ("transductive", MAML's convention) or with the support set's
-    /// ("support_only").
+    /// How BatchNorm normalises at validation and meta-test: with the query batch's own
+    /// statistics ("transductive", MAML's convention), with the support set's
+    /// ("support_only"), or, support and query alike, with running statistics that training
+    /// keeps ("running": PyTorch's eval mode; one row per inner step with
+    /// `model.per_step_batchnorm`, MAML++'s BNRS). "running" saves them in model.safetensors.
+    /// Allowed: "running" with "conv4" or "resnet12", not with "pretrain".
     #[serde(default = "d::transductive")]
     pub batchnorm: EvalBatchNorm,
 }

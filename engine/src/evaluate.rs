@@ -9,7 +9,7 @@
 use metaloop_runtime::comm::Communicator;
 use tch::{Device, Kind, Tensor};
 
-use crate::algorithms::{adapt, Learned, Shard};
+use crate::algorithms::{adapt, BnMode, Learned, Shard};
 use crate::config::TrainConfig;
 use crate::data::{MetaBatch, Split};
 use crate::host::to_f64s;
@@ -148,7 +148,16 @@ impl MetaTest<'_> {
         batch: &MetaBatch,
         weights: Option<&EvalWeights<'b>>,
     ) -> Shard<'b> {
-        let shard = self.net.shard(self.cfg, self.meta, self.iteration, batch);
+        let mut shard = self.net.shard(self.cfg, self.meta, self.iteration, batch);
+        if !self.meta.running.is_empty() {
+            // `eval.batchnorm = "running"`: PyTorch's eval mode with the kept statistics.
+            let running = self.meta.running.iter();
+            shard.bn = BnMode::Running(
+                running
+                    .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                    .collect(),
+            );
+        }
         match weights {
             Some(w) => Shard {
                 model: w.model,

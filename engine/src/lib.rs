@@ -50,6 +50,7 @@ mod reduce;
 pub mod report;
 pub mod resume;
 pub mod rundir;
+pub mod running;
 mod schedule;
 pub mod selection;
 pub mod setup;

@@ -18,6 +18,9 @@ pub struct MetaParams {
     pub(crate) learned: Vec<Learned>,
     /// Names the inner loop leaves alone (ANIL: everything but the head).
     pub(crate) frozen: Vec<String>,
+    /// BatchNorm running statistics, in name order (engine::running); empty unless
+    /// `eval.batchnorm = "running"`. Not part of the meta-vector: no gradient reaches them.
+    pub(crate) running: crate::running::Running,
 }
 
 impl MetaParams {
@@ -67,9 +70,23 @@ impl MetaParams {
         })
     }
 
-    /// Sets θ0 tensor by tensor and the learned hyperparameters in order, from tensors that
-    /// already have the model's shapes, kinds and device.
-    pub(crate) fn set(&mut self, theta: &[(String, Tensor)], learned: &[Tensor]) -> Result<()> {
+    /// The BatchNorm running statistics (empty unless `eval.batchnorm = "running"`).
+    pub fn running(&self) -> &[(String, Tensor)] {
+        &self.running
+    }
+
+    /// Sets θ0 tensor by tensor, the learned hyperparameters in order and the running
+    /// statistics (in [`MetaParams::running`]'s order), from tensors that already have the
+    /// model's shapes, kinds and device.
+    pub(crate) fn set(
+        &mut self,
+        theta: &[(String, Tensor)],
+        learned: &[Tensor],
+        running: &[Tensor],
+    ) -> Result<()> {
+        for ((_, r), v) in self.running.iter_mut().zip(running) {
+            *r = v.f_detach()?;
+        }
         for (name, t) in theta {
             self.theta.set(name, t)?;
         }

@@ -2,7 +2,8 @@
 //! state_dict names, and each learned inner hyperparameter as `inner.<name>`, of any shape
 //! (Meta-SGD's `inner.lr` `[P]`, LSLR's `inner.lr` `[steps, G]`, `learn_lr`'s `inner.lr` and
 //! `learn_momentum`'s `inner.momentum` `[G]`, G in θ0's tensor order). PyTorch reads θ0 back with
-//! `load_state_dict(..., strict=False)`.
+//! `load_state_dict(..., strict=False)`. With `eval.batchnorm = "running"` the BatchNorm running
+//! statistics follow, under PyTorch's buffer names ("0.1.running_mean").
 //!
 //! This is the one module that writes and reads these files, and the one that knows the
 //! `inner.` prefix. Checkpoints hold the same tensors beside the outer optimizer's state
@@ -33,6 +34,9 @@ pub fn tensors(meta: &MetaParams) -> Result<Vec<(String, Tensor)>> {
     for h in meta.learned() {
         out.push((format!("{INNER}{}", h.name), cpu(&h.tensor)?));
     }
+    for (name, t) in meta.running() {
+        out.push((name.clone(), cpu(t)?));
+    }
     Ok(out)
 }
 
@@ -40,13 +44,14 @@ pub fn tensors(meta: &MetaParams) -> Result<Vec<(String, Tensor)>> {
 pub fn names(meta: &MetaParams) -> Vec<String> {
     let mut names: Vec<String> = meta.theta().iter().map(|(n, _)| n.to_string()).collect();
     names.extend(meta.learned().iter().map(|h| format!("{INNER}{}", h.name)));
+    names.extend(meta.running().iter().map(|(n, _)| n.clone()));
     names
 }
 
 /// Writes `meta` as the model file `path`, atomically. Without learned hyperparameters it is
 /// θ0 alone, as `Params::save` writes it (with PyTorch's `format: pt` metadata).
 pub fn write(path: PathBuf, meta: &MetaParams) -> Result<PathBuf> {
-    if meta.learned().is_empty() {
+    if meta.learned().is_empty() && meta.running().is_empty() {
         return rundir::write_params(path, meta.theta());
     }
     let scratch = path.with_extension("safetensors.scratch");
@@ -80,18 +85,26 @@ pub fn assign(
     tensors: &[(String, Tensor)],
     file: Option<&Path>,
 ) -> Result<()> {
-    let (theta, learned) = fitted(meta, tensors, "model file", file)?;
-    meta.set(&theta, &learned)
+    let f = fitted(meta, tensors, "model file", file)?;
+    meta.set(&f.theta, &f.learned, &f.running)
 }
 
-/// [`assign`]'s tensors, checked and converted but not set: θ0's by name, then the learned
-/// hyperparameters'. `what` names the tensors' origin in errors (a checkpoint holds them too).
+/// A model file's tensors, checked and converted to the model's dtype and device: θ0's by name,
+/// the learned hyperparameters' and the running statistics' in `MetaParams` order.
+pub(crate) struct Fitted {
+    pub(crate) theta: Vec<(String, Tensor)>,
+    pub(crate) learned: Vec<Tensor>,
+    pub(crate) running: Vec<Tensor>,
+}
+
+/// [`assign`]'s tensors, checked and converted but not set. `what` names the tensors' origin in
+/// errors (a checkpoint holds them too).
 pub(crate) fn fitted(
     meta: &MetaParams,
     tensors: &[(String, Tensor)],
     what: &'static str,
     file: Option<&Path>,
-) -> Result<(Vec<(String, Tensor)>, Vec<Tensor>)> {
+) -> Result<Fitted> {
     let wrong = |reason: String| Error::InvalidSetting {
         what,
         reason: match file {
@@ -129,5 +142,14 @@ pub(crate) fn fitted(
         .iter()
         .map(|h| fit(&format!("{INNER}{}", h.name), &h.tensor))
         .collect::<Result<_>>()?;
-    Ok((theta, learned))
+    let running = meta
+        .running()
+        .iter()
+        .map(|(name, t)| fit(name, t))
+        .collect::<Result<_>>()?;
+    Ok(Fitted {
+        theta,
+        learned,
+        running,
+    })
 }

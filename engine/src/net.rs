@@ -5,7 +5,7 @@
 use metaloop_runtime::nn::Module;
 use tch::{Device, Kind};
 
-use crate::algorithms::{Learned, Shard};
+use crate::algorithms::{BnMode, Learned, Shard};
 use crate::config::TrainConfig;
 use crate::data::{task_seed, MetaBatch, Split};
 use crate::loss::Loss;
@@ -77,6 +77,7 @@ impl Net {
                 .clone()
                 .map(|i| task_seed(cfg.run.seed, Split::Train, batch.iteration, i) ^ MASKS)
                 .collect(),
+            bn: BnMode::Batch,
         }
     }
 }

@@ -74,7 +74,7 @@ impl Snapshot {
             .filter(|(n, _)| !is_outer(n))
             .map(|(n, t)| (n.clone(), t.shallow_clone()))
             .collect();
-        let (theta, learned) = model_file::fitted(meta, &model, "checkpoint", None)?;
+        let fitted = model_file::fitted(meta, &model, "checkpoint", None)?;
         let step = find(STEP)?.f_int64_value(&[0])?;
         let mut state = Vec::new();
         for (n, like) in outer.state().tensors() {
@@ -96,7 +96,7 @@ impl Snapshot {
             Some((_, t)) => u64::try_from(t.f_int64_value(&[0])?).unwrap_or(0),
             None => 0,
         };
-        meta.set(&theta, &learned)?;
+        meta.set(&fitted.theta, &fitted.learned, &fitted.running)?;
         outer.restore(self.iteration, OptState::new(step, state), clips);
         Ok(())
     }

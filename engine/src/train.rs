@@ -19,7 +19,7 @@
 //! This module never prints; it touches files only through engine::model_file and
 //! engine::resume, when asked to.
 
-use crate::algorithms::{self, Algorithm};
+use crate::algorithms::{self, Algorithm, BnMode};
 use crate::chunks::{self, Partial};
 use crate::config::TrainConfig;
 use crate::data::{MetaBatch, TaskSource};
@@ -37,6 +37,7 @@ use crate::ranks;
 use crate::reduce::{self, Reduced};
 use crate::resume::Snapshot;
 use crate::rundir::RunDir;
+use crate::running::{self, Tracker};
 use crate::setup;
 use crate::workers::Workers;
 use crate::{Error, Result};
@@ -307,7 +308,10 @@ impl Trainer {
                     .map(|r| {
                         let b = batch.slice(r)?;
                         let iteration = self.outer.iteration;
-                        let shard = self.net.shard(&self.compute, &self.meta, iteration, &b);
+                        let mut shard = self.net.shard(&self.compute, &self.meta, iteration, &b);
+                        if !self.meta.running.is_empty() {
+                            shard.bn = BnMode::Track(Tracker::new(&self.meta.running));
+                        }
                         Ok((shard, b))
                     })
                     .collect::<Result<Vec<_>>>()
@@ -346,17 +350,27 @@ impl Trainer {
 
     /// The iteration's all-reduce: exact (engine::exact) with `run.reproducible`, else one
     /// float sum of the meta-gradient, [Σ loss, Σ accuracy] and the non-finite flags of the
-    /// tasks (one slot per global task) together.
-    fn reduce(&mut self, global: usize) -> Result<Reduced> {
+    /// tasks (one slot per global task) together. When BatchNorm running statistics are kept,
+    /// a second all-reduce gives their new values (engine::running).
+    fn reduce(&mut self, global: usize) -> Result<(Reduced, Option<Tensor>)> {
         let range = rank_slice(global, self.rank(), self.size());
-        let parts = self.local_parts(range.clone(), global)?;
+        let mut parts = self.local_parts(range.clone(), global)?;
+        let rows: Vec<Tensor> = parts.iter_mut().filter_map(|p| p.running.take()).collect();
         let m = self.meta.len();
         let opts = (self.net.kind, self.net.device);
         let comm = self.comm.as_ref();
-        if self.cfg.run.reproducible {
-            return exact::reduce(comm, &parts, range, global, m, opts);
+        let exact = self.cfg.run.reproducible;
+        let reduced = if exact {
+            exact::reduce(comm, &parts, range, global, m, opts)?
+        } else {
+            reduce::float(comm, parts, range, global, m, opts)?
+        };
+        if self.meta.running.is_empty() {
+            return Ok((reduced, None));
         }
-        reduce::float(comm, parts, range, global, m, opts)
+        let n = running::numel(&self.meta.running);
+        let mean = running::reduce(comm, rows, n, global, exact, opts)?;
+        Ok((reduced, Some(mean)))
     }
 
     /// One outer iteration: sample, adapt, meta-gradient, all-reduce, outer step.
@@ -368,13 +382,19 @@ impl Trainer {
     pub fn step(&mut self) -> Result<StepMetrics> {
         let started = Instant::now();
         let global = self.cfg.outer.meta_batch;
-        let Reduced {
-            grad,
-            totals,
-            nonfinite: nonfinite_tasks,
-            grad_norm,
-        } = self.reduce(global)?;
+        let (
+            Reduced {
+                grad,
+                totals,
+                nonfinite: nonfinite_tasks,
+                grad_norm,
+            },
+            running,
+        ) = self.reduce(global)?;
         let skipped = !grad_norm.is_finite() || !nonfinite_tasks.is_empty();
+        if let Some(mean) = running.filter(|_| !skipped) {
+            self.meta.running = running::unflatten(&mean, &self.meta.running)?;
+        }
         let update =
             self.outer
                 .apply(&mut self.meta, &grad, grad_norm, skipped, &nonfinite_tasks)?;

@@ -129,6 +129,21 @@ pub struct Shard<'a> {
     /// One seed per task of the batch, for random layers (Dropout, DropBlock): the same masks
     /// at every inner step and at the query, so a recomputed step sees the masks it saw.
     pub(crate) seeds: Vec<u64>,
+    /// How BatchNorm treats running statistics (`eval.batchnorm = "running"`).
+    pub(crate) bn: BnMode,
+}
+
+/// What the forwards of a [`Shard`] do with BatchNorm running statistics.
+#[derive(Debug)]
+pub enum BnMode {
+    /// None are kept: every BatchNorm normalises with the batch's statistics.
+    Batch,
+    /// Training with `eval.batchnorm = "running"`: batch statistics, and the support forwards
+    /// blend them into the tasks' running statistics (engine::running).
+    Track(crate::running::Tracker),
+    /// Evaluation with `eval.batchnorm = "running"`: every forward normalises with these (in
+    /// name order), in eval mode (random layers off).
+    Running(crate::running::Running),
 }
 
 impl<'a> Shard<'a> {
@@ -189,7 +204,10 @@ impl<'a> Shard<'a> {
         step: Option<usize>,
     ) -> Result<Tensor> {
         Ok(match batchnorm {
-            EvalBatchNorm::Transductive => self.forward(params, &batch.query_x, step)?,
+            // "running": the shard's forward normalises with the kept statistics.
+            EvalBatchNorm::Transductive | EvalBatchNorm::Running => {
+                self.forward(params, &batch.query_x, step)?
+            }
             EvalBatchNorm::SupportOnly => self.model.forward_query_with_support_stats_at(
                 params,
                 &batch.support_x,
@@ -202,16 +220,44 @@ impl<'a> Shard<'a> {
     /// The model's output for `params` (`[T, P]`) on `x`, in training mode with the tasks' seeds,
     /// at inner step `step` (0-based): per-step layers (`model.per_step_batchnorm`) read that
     /// step's row, the query after step s reads row s, and `None` reads the last row.
+    /// With running statistics to evaluate with ([`BnMode::Running`]) it runs in eval mode with
+    /// them instead.
     pub fn forward(
         &self,
         params: &Params,
         x: &Tensor,
         step: Option<usize>,
     ) -> metaloop_runtime::Result<Tensor> {
+        if let BnMode::Running(running) = &self.bn {
+            let tasks = params.tasks().unwrap_or(1);
+            let mut state = crate::running::per_task(running, tasks)?;
+            let mut scope = Scope::new(params, false, Some(&mut state)).with_step(step);
+            return self.model.forward_scoped(&mut scope, x);
+        }
         let mut scope = Scope::new(params, true, None)
             .with_seeds(&self.seeds)
             .with_step(step);
         self.model.forward_scoped(&mut scope, x)
+    }
+
+    /// The support forward of inner step `step` ([`Shard::forward`]); while training with
+    /// running statistics ([`BnMode::Track`]) it also blends its batch statistics into the
+    /// tasks' running statistics. A recomputation of a step calls [`Shard::forward`] instead.
+    pub fn support_forward(
+        &self,
+        params: &Params,
+        x: &Tensor,
+        step: usize,
+    ) -> metaloop_runtime::Result<Tensor> {
+        let BnMode::Track(tracker) = &self.bn else {
+            return self.forward(params, x, Some(step));
+        };
+        tracker.with_state(params.tasks().unwrap_or(1), |state| {
+            let mut scope = Scope::new(params, true, Some(state))
+                .with_seeds(&self.seeds)
+                .with_step(Some(step));
+            self.model.forward_scoped(&mut scope, x)
+        })
     }
 
     /// The inner optimizer: SGD with the configured lr and momentum.
@@ -283,7 +329,7 @@ pub fn adapt<'a>(
     };
     for s in 0..steps {
         let support = shard.loss.task_losses(
-            &shard.forward(inner.params(), &batch.support_x, Some(s))?,
+            &shard.support_forward(inner.params(), &batch.support_x, s)?,
             &batch.support_y,
         )?;
         let mut objective = support.total(shard.kind)?;

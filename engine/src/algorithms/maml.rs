@@ -158,12 +158,21 @@ pub fn recompute(shard: &Shard, batch: &MetaBatch, global_tasks: f64) -> MetaGra
         mg = mg.override_hparam(&h.name, &h.tensor);
     }
     let weights = step_weights(shard);
+    // The forward pass keeps running statistics (when tracked); the adjoint pass's
+    // recomputations of the same steps must not blend them again.
+    let mut first = |theta: &Params, t: usize| -> metaloop_runtime::Result<Tensor> {
+        let out = shard.support_forward(theta, &batch.support_x, t)?;
+        Ok(shard
+            .loss
+            .task_losses(&out, &batch.support_y)?
+            .total(shard.kind())?)
+    };
+    let trajectory = mg.forward(shard.theta(), steps, &mut first)?;
     let mut support = |theta: &Params, t: usize| -> metaloop_runtime::Result<Tensor> {
         Ok(shard
             .losses(theta, &batch.support_x, &batch.support_y, Some(t))?
             .total(shard.kind())?)
     };
-    let trajectory = mg.forward(shard.theta(), steps, &mut support)?;
     let mut query: Option<TaskLosses> = None;
     let grads = mg.backward(trajectory, &mut support, |theta, t| {
         // The query loss after step t (1-based), weighted when the multi-step loss is on.

@@ -33,8 +33,8 @@ pub mod reptile;
 mod tests;
 
 pub use base::{
-    adapt, gradients, per_tensor_hparams, query_losses, Algorithm, Contribution, Learned, MetaGrad,
-    Opts, Shard,
+    adapt, gradients, per_tensor_hparams, query_losses, Algorithm, BnMode, Contribution, Learned,
+    MetaGrad, Opts, Shard,
 };
 
 use crate::config::AlgorithmName;

@@ -35,6 +35,7 @@ fn shard<'a>(
         iteration,
         fused: false,
         seeds: vec![0; tasks],
+        bn: super::BnMode::Batch,
     }
 }
 

@@ -138,9 +138,10 @@ choice! {
 
 choice! {
     /// How BatchNorm normalises a task's query at meta-test (`eval.batchnorm`): with the query
-    /// batch's own statistics ("transductive", MAML's convention) or with the support set's
-    /// ("support_only").
-    EvalBatchNorm { Transductive = "transductive", SupportOnly = "support_only" }
+    /// batch's own statistics ("transductive", MAML's convention), with the support set's
+    /// ("support_only"), or with running statistics kept during training ("running",
+    /// engine::running).
+    EvalBatchNorm { Transductive = "transductive", SupportOnly = "support_only", Running = "running" }
 }
 
 choice! {

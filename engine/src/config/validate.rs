@@ -4,8 +4,8 @@
 //! (`algorithm.inner_lr: must be a finite number > 0, got -1`).
 
 use super::{
-    AlgorithmConfig, AlgorithmName, Augment, Backbone, Comm, ConfigError, DeviceChoice, Memory,
-    ModelConfig, TaskConfig, TaskKind, TrainConfig,
+    AlgorithmConfig, AlgorithmName, Augment, Backbone, Comm, ConfigError, DeviceChoice,
+    EvalBatchNorm, Memory, ModelConfig, TaskConfig, TaskKind, TrainConfig,
 };
 
 fn err(key: &str, message: impl Into<String>) -> ConfigError {
@@ -260,6 +260,15 @@ impl TrainConfig {
             ));
         }
         self.algorithm.check_combination()?;
+        if self.eval.batchnorm == EvalBatchNorm::Running
+            && (self.model.backbone == Backbone::Mlp
+                || self.algorithm.name == AlgorithmName::Pretrain)
+        {
+            return Err(err(
+                "eval.batchnorm",
+                "\"running\" keeps statistics from the inner loops' support forwards: it needs \"conv4\" or \"resnet12\" and an algorithm with an inner loop (not \"pretrain\")",
+            ));
+        }
         if self.model.per_step_batchnorm
             && matches!(
                 self.algorithm.name,
