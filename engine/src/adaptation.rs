@@ -1,10 +1,10 @@
 //! Adaptation curves of a sinusoid regressor: what the MAML paper's Figure 2 shows.
 //!
 //! For a few meta-test tasks: the true curve on a grid over the input range, the K support points,
-//! and the model's prediction on the grid before adaptation and after a given number of inner SGD
-//! steps on the support points. The inner loop is the runtime's [`InnerLoop`] with plain SGD
-//! (learned hyperparameters, such as Meta-SGD's per-element lr or a learned per-tensor lr, are
-//! passed as overrides). Pure computation: the launcher draws the figure; this module neither
+//! and the model's prediction on the grid before adaptation and after a given number of inner
+//! steps on the support points. The inner loop is the runtime's [`InnerLoop`] with the run's inner
+//! optimizer (learned hyperparameters, such as Meta-SGD's per-element lr or a learned per-tensor
+//! lr, are passed as overrides). Pure computation: the launcher draws the figure; this module neither
 //! prints nor writes files.
 
 use metaloop_runtime::nn::Module;
@@ -25,8 +25,8 @@ pub struct AdaptationSpec {
     pub tasks: usize,
     /// Support points per task (K).
     pub shots: usize,
-    /// The inner SGD learning rate (the config's `algorithm.inner_lr`).
-    pub inner_lr: f64,
+    /// The inner optimizer (a run's: engine::outer_options::build_inner).
+    pub optimizer: Box<dyn optim::Optimizer>,
     /// Numbers of inner steps to show, e.g. `[0, 1, 10]` (0: before adaptation).
     pub steps: Vec<usize>,
     /// Grid points over the input range for the curves.
@@ -35,12 +35,12 @@ pub struct AdaptationSpec {
 
 impl AdaptationSpec {
     /// The MAML paper's Figure 2: 3 tasks, predictions before and after 1 and 10 steps.
-    pub fn figure(seed: u64, shots: usize, inner_lr: f64) -> AdaptationSpec {
+    pub fn figure(seed: u64, shots: usize, optimizer: Box<dyn optim::Optimizer>) -> AdaptationSpec {
         AdaptationSpec {
             seed,
             tasks: 3,
             shots,
-            inner_lr,
+            optimizer,
             steps: vec![0, 1, 10],
             grid_points: 200,
         }
@@ -145,7 +145,7 @@ fn adapt(
     grid_x: &Tensor,
     mut curves: AdaptationCurves,
 ) -> Result<AdaptationCurves> {
-    let mut builder = InnerLoop::new(model, params, optim::Sgd::new(spec.inner_lr))
+    let mut builder = InnerLoop::with_boxed(model, params, spec.optimizer.clone())
         .copy_initial_weights(true)
         .track_higher_grads(false);
     for (name, value) in overrides {

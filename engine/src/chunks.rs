@@ -24,6 +24,9 @@ pub(crate) struct Partial {
     /// Each task's BatchNorm running statistics after its inner loop, `[T, n]` in task order,
     /// when they are kept (engine::running).
     pub(crate) running: Option<Tensor>,
+    /// Each task's inner clips (`[2, T]` per chunk: count, largest norm;
+    /// engine::schedule::ClipLog), in task order.
+    pub(crate) clips: Vec<Tensor>,
 }
 
 impl Partial {
@@ -43,6 +46,7 @@ impl Partial {
                 (Some(a), Some(b)) => Some(Tensor::f_cat(&[a, b], 0)?),
                 (a, b) => a.or(b),
             };
+            total.clips.extend(p.clips);
         }
         Ok(total)
     }
@@ -50,6 +54,11 @@ impl Partial {
     /// Each task's query loss `[T]`.
     pub(crate) fn per_task(&self) -> Result<Tensor> {
         Ok(Tensor::f_cat(&self.per_task, 0)?)
+    }
+
+    /// Each task's inner clips `[2, T]`: the count of clipped steps, the largest norm.
+    pub(crate) fn clips(&self) -> Result<Tensor> {
+        Ok(Tensor::f_cat(&self.clips, 1)?)
     }
 }
 
@@ -108,11 +117,13 @@ fn chunk_meta_gradient(
         BnMode::Track(tracker) => tracker.rows()?,
         _ => None,
     };
+    let clips = shard.clips.rows(batch.len() as i64, (kind, shard.device))?;
     Ok(Partial {
         grad: Tensor::f_cat(&flat, 0)?,
         sums: [q_sum, acc_sum],
         per_task: vec![per_task],
         running,
+        clips: vec![clips],
     })
 }
 

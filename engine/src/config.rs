@@ -20,9 +20,9 @@ pub use algorithm::AlgorithmConfig;
 pub use budget::MemoryBudget;
 pub use choice::{
     AlgorithmName, Augment, Backbone, Comm, ConvTasks, DeviceChoice, Dtype, EvalBatchNorm, Memory,
-    OuterOptimizer, Precision, Schedule, TaskKind,
+    OptimizerName, Precision, Schedule, TaskKind,
 };
-pub use outer::OuterConfig;
+pub use outer::{OptimizerOptions, OuterConfig};
 
 use serde::{Deserialize, Serialize};
 
@@ -121,8 +121,11 @@ mod d {
     pub fn full() -> Memory {
         Memory::Full
     }
-    pub fn adam() -> OuterOptimizer {
-        OuterOptimizer::Adam
+    pub fn adam() -> OptimizerName {
+        OptimizerName::Adam
+    }
+    pub fn sgd() -> OptimizerName {
+        OptimizerName::Sgd
     }
     pub fn outer_lr() -> f64 {
         1e-3

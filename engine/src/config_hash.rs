@@ -165,6 +165,23 @@ mod tests {
     }
 
     #[test]
+    fn the_default_inner_optimizer_keeps_the_former_hash() {
+        // Configs written before algorithm.inner_optimizer existed: "sgd" and no options are
+        // left out of the serialised config, so its hash is the one their checkpoints hold.
+        let cfg = TrainConfig::default();
+        let json = serde_json::to_value(&cfg).unwrap();
+        let algorithm = json["algorithm"].as_object().unwrap();
+        assert!(!algorithm.contains_key("inner_optimizer"));
+        assert!(!algorithm.contains_key("inner_options"));
+        let text = "[algorithm]\ninner_optimizer = \"sgd\"\n";
+        let explicit: TrainConfig = toml::from_str(text).unwrap();
+        assert_eq!(config_hash(&explicit), config_hash(&cfg));
+        let mut adam = cfg.clone();
+        adam.algorithm.inner_optimizer = crate::config::OptimizerName::Adam;
+        assert_ne!(config_hash(&adam), config_hash(&cfg));
+    }
+
+    #[test]
     fn a_config_with_neutral_keys_at_their_defaults_keeps_its_former_hash() {
         let mut cfg = TrainConfig::default();
         cfg.outer.lr = 0.5;

@@ -30,6 +30,7 @@ use tch::{Device, Kind, Tensor};
 use crate::chunks::Partial;
 use crate::host::to_f64s;
 use crate::reduce::Reduced;
+use crate::schedule::InnerClips;
 use crate::Result;
 
 /// The exponent k of the fixed-point scale 2^k for values of largest size `max` summed over
@@ -136,6 +137,7 @@ pub(crate) fn reduce(
     let g = global;
     let totals = [v[..g].iter().sum(), v[g..2 * g].iter().sum()];
     let nonfinite = (0..g).filter(|&i| v[2 * g + i] != 0.0).collect();
+    let clips = InnerClips::of(&v[3 * g..4 * g], &v[4 * g..5 * g]);
     // In a fixed order, on the host: libtorch's reductions split by the thread count.
     let grad_norm = to_f64s(&grad)?.iter().map(|x| x * x).sum::<f64>().sqrt();
     Ok(Reduced {
@@ -143,18 +145,19 @@ pub(crate) fn reduce(
         totals,
         nonfinite,
         grad_norm,
+        clips,
     })
 }
 
-/// `[3, global]`: each task's query loss, query accuracy and non-finite flag in its global
-/// slot, zeros in the slots of the other ranks' tasks.
+/// `[5, global]`: each task's query loss, query accuracy, non-finite flag and inner clips
+/// (count, largest norm) in its global slot, zeros in the slots of the other ranks' tasks.
 fn task_slots(
     tasks: &[Partial],
     range: Range<usize>,
     global: usize,
     opts: (Kind, Device),
 ) -> Result<Tensor> {
-    let slots = Tensor::f_zeros([3, global as i64], opts)?;
+    let slots = Tensor::f_zeros([5, global as i64], opts)?;
     if tasks.is_empty() {
         return Ok(slots);
     }
@@ -167,7 +170,14 @@ fn task_slots(
     )?;
     let acc = Tensor::f_cat(&tasks.iter().map(|p| &p.sums[1]).collect::<Vec<_>>(), 0)?;
     let bad = loss.f_isfinite()?.f_logical_not()?.f_to_kind(opts.0)?;
-    let local = Tensor::f_stack(&[loss, acc, bad], 0)?;
+    let clips = Tensor::f_cat(
+        &tasks
+            .iter()
+            .map(|p| p.clips())
+            .collect::<Result<Vec<_>>>()?,
+        1,
+    )?;
+    let local = Tensor::f_cat(&[Tensor::f_stack(&[loss, acc, bad], 0)?, clips], 0)?;
     let index =
         Tensor::f_arange_start(range.start as i64, range.end as i64, (Kind::Int64, opts.1))?;
     Ok(slots.f_index_copy(1, &index, &local)?)

@@ -23,6 +23,7 @@ use crate::data::Split;
 use crate::memory;
 use crate::report::{EvalReport, StepMetrics};
 use crate::rundir::RunDir;
+use crate::schedule::InnerClips;
 use crate::selection::Selection;
 use crate::tensorboard::{tags, TensorBoard};
 use crate::train::Trainer;
@@ -80,6 +81,12 @@ struct MetricsLine<'a> {
     /// The meta-gradient's norm before clipping, when this step clipped it.
     #[serde(skip_serializing_if = "Option::is_none")]
     outer_clip_norm: Option<f64>,
+    /// The (task, step) pairs whose inner gradient `algorithm.inner_clip_grad_norm` clipped
+    /// since the previous line, over all ranks.
+    inner_clips: u64,
+    /// The largest inner-gradient norm before such a clip since the previous line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inner_clip_norm: Option<f64>,
     /// Seconds of this iteration's step.
     step_seconds: f64,
     /// Learned inner hyperparameters (mean value), by name.
@@ -110,6 +117,8 @@ struct Progress {
     selection: Selection,
     /// Whether this invocation's memory plan is in a metrics line yet.
     plan_logged: bool,
+    /// The inner clips since the previous metrics line.
+    inner_clips: InnerClips,
 }
 
 impl Trainer {
@@ -138,6 +147,7 @@ impl Trainer {
             },
             selection: Selection::resume(run.as_deref().map(RunDir::path))?,
             plan_logged: false,
+            inner_clips: InnerClips::default(),
         };
         // The first line's peak starts here, after setup.
         memory::take_peak_mib(self.device());
@@ -200,8 +210,13 @@ impl Trainer {
     ) -> Result<()> {
         let (it, cfg) = (m.iteration, self.config());
         let last = it == cfg.outer.iterations;
+        p.inner_clips = p.inner_clips.add(InnerClips {
+            count: m.inner_clips,
+            largest: m.inner_clip_norm,
+        });
         // A clipped step is always logged.
         if it.is_multiple_of(cfg.log.every) || last || val.is_some() || m.clipped.is_some() {
+            let inner = std::mem::take(&mut p.inner_clips);
             run.log(&MetricsLine {
                 iteration: it,
                 meta_loss: m.meta_loss,
@@ -211,6 +226,8 @@ impl Trainer {
                 outer_lr: m.outer_lr,
                 outer_clips: m.clips,
                 outer_clip_norm: m.clipped,
+                inner_clips: inner.count,
+                inner_clip_norm: inner.largest,
                 step_seconds: m.seconds,
                 hparams: m.hparams.iter().cloned().collect(),
                 skipped: m.skipped,
@@ -220,7 +237,7 @@ impl Trainer {
             })?;
             p.plan_logged = true;
             if let Some(board) = p.board.as_mut() {
-                log_scalars(board, m, tasks_per_s, val)?;
+                log_scalars(board, m, tasks_per_s, inner.count, val)?;
             }
         }
         if let Some(v) = val {
@@ -267,11 +284,12 @@ impl Trainer {
 }
 
 /// The TensorBoard scalars of one metrics line: the step's meta-loss, query accuracy, tasks/s,
-/// gradient norm and learned hyperparameters, and the validation before and after adaptation.
+/// gradient norm, learned hyperparameters and the inner clips since the previous line, and the validation before and after adaptation.
 fn log_scalars(
     board: &mut TensorBoard,
     m: &StepMetrics,
     tasks_per_s: f64,
+    inner_clips: u64,
     val: Option<&EvalReport>,
 ) -> Result<()> {
     let hparams: Vec<(String, f64)> = m
@@ -284,6 +302,7 @@ fn log_scalars(
         (tags::TASKS_PER_S, tasks_per_s),
         (tags::GRAD_NORM, m.grad_norm),
         (tags::OUTER_LR, m.outer_lr),
+        (tags::INNER_CLIPS, inner_clips as f64),
     ];
     values.extend(m.clips.map(|c| (tags::OUTER_CLIPS, c as f64)));
     values.extend(m.query_accuracy.map(|a| (tags::QUERY_ACCURACY, a)));

@@ -78,6 +78,7 @@ impl Net {
                 .map(|i| task_seed(cfg.run.seed, Split::Train, batch.iteration, i) ^ MASKS)
                 .collect(),
             bn: BnMode::Batch,
+            clips: Default::default(),
         }
     }
 }

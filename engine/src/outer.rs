@@ -50,7 +50,7 @@ impl OuterStep {
 
     /// As `new`, for a meta-vector shaped like `theta`.
     pub(crate) fn for_vector(cfg: &TrainConfig, fused: bool, theta: &Tensor) -> Result<OuterStep> {
-        let optimizer = outer_options::build(&cfg.outer, fused);
+        let optimizer = outer_options::build_outer(&cfg.outer, fused);
         let state = optimizer.init_state(theta)?;
         Ok(OuterStep {
             hparams: HParams::defaults(optimizer.as_ref()),

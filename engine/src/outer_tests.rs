@@ -98,7 +98,7 @@ fn outer_steps_equal_torch_optim_with_schedules_and_clipping() {
 fn every_runtime_optimizer_is_an_outer_optimizer() {
     let (_, configs) = fixtures();
     let used: std::collections::HashSet<_> = configs.iter().map(|(_, c)| c.optimizer).collect();
-    assert_eq!(used.len(), crate::config::OuterOptimizer::ALL.len());
+    assert_eq!(used.len(), crate::config::OptimizerName::ALL.len());
 }
 
 #[test]
@@ -121,9 +121,13 @@ fn each_task_gradient_is_clipped_as_torch_clips_that_task_alone() {
     let (fx, _) = fixtures();
     let grads = fx["inner.grads"].set_requires_grad(true);
     // gen_outer.py's INNER_CLIP.
-    let clipped = crate::schedule::clip_rows(&grads, 1.0, 0).unwrap();
+    let (clipped, logged) = crate::schedule::clip_rows(&grads, 1.0, 0).unwrap();
     let d = max_diff(&clipped.detach(), &fx["inner.clipped"]);
     assert!(d <= TOL, "max |clipped − torch| = {d:e}");
+    // The log: each clipped row's norm before clipping, 0 for the rows left alone.
+    let before = fx["inner.grads"].norm_scalaropt_dim(2, [-1i64].as_slice(), true);
+    let want = before.where_self(&before.gt(1.0 - 1e-6), &before.zeros_like());
+    assert!(max_diff(&logged, &want) <= TOL);
     // Some rows clip and some do not, and the factor stays in the graph.
     let norms = clipped
         .detach()
@@ -132,7 +136,7 @@ fn each_task_gradient_is_clipped_as_torch_clips_that_task_alone() {
     assert!(below > 0 && below < 8, "{below} of 8 rows below the bound");
     assert!(clipped.requires_grad());
     // One task's row as [P] clips alike.
-    let row = crate::schedule::clip_rows(&fx["inner.grads"].get(1), 1.0, 0).unwrap();
+    let (row, _) = crate::schedule::clip_rows(&fx["inner.grads"].get(1), 1.0, 0).unwrap();
     assert!(max_diff(&row, &fx["inner.clipped"].get(1)) <= TOL);
 }
 
@@ -164,9 +168,8 @@ fn a_clipped_inner_loop_gives_torchs_second_order_meta_gradient() {
     for s in 0..3 {
         let loss = mse(&inner.forward(&get("xs")).unwrap(), &get("ys"));
         clipped += i32::from(norms.double_value(&[s as i64]) + 1e-6 > 1.0);
-        let clip = StepOptions::new().try_grad_callback(move |g| {
-            crate::schedule::clip_rows(g, 1.0, s).map_err(metaloop_runtime::Error::from)
-        });
+        let clip = StepOptions::new()
+            .try_grad_callback(move |g| Ok(crate::schedule::clip_rows(g, 1.0, s)?.0));
         inner.step_with(&loss, clip).unwrap();
     }
     assert!(clipped > 0 && clipped < 3, "{clipped} of 3 steps clipped");

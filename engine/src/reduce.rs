@@ -1,6 +1,6 @@
 //! The all-reduce of one outer iteration: what every rank gets from it ([`Reduced`]). The float
-//! path ([`float`]) sums the meta-gradient, [Σ loss, Σ accuracy] and the non-finite flags of the
-//! tasks in one buffer; its result depends on how the tasks were split, in the last bits.
+//! path ([`float`]) sums the meta-gradient, [Σ loss, Σ accuracy], the non-finite flags and the
+//! inner clips of the tasks in one buffer; its result depends on how the tasks were split, in the last bits.
 //! `run.reproducible` takes engine::exact instead. Nothing here prints.
 
 use std::ops::Range;
@@ -10,6 +10,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::chunks::Partial;
 use crate::host::to_f64s;
+use crate::schedule::InnerClips;
 use crate::Result;
 
 /// What the all-reduce of one iteration gives every rank.
@@ -22,10 +23,14 @@ pub(crate) struct Reduced {
     pub(crate) nonfinite: Vec<usize>,
     /// The meta-gradient's L2 norm.
     pub(crate) grad_norm: f64,
+    /// The inner clips over the global meta-batch.
+    pub(crate) clips: InnerClips,
 }
 
 /// One float all-reduce of this rank's `parts` (its tasks `range` of `global`; `m` values in
-/// the meta-vector): the meta-gradient, [Σ loss, Σ accuracy] and one non-finite flag per task.
+/// the meta-vector): the meta-gradient, [Σ loss, Σ accuracy], one non-finite flag per task, and
+/// per task its inner clips (count, largest norm; each task in its own slot, so the largest
+/// norm over ranks is read off the sum).
 pub(crate) fn float(
     comm: &dyn Communicator,
     parts: Vec<Partial>,
@@ -34,9 +39,18 @@ pub(crate) fn float(
     m: i64,
     opts: (Kind, Device),
 ) -> Result<Reduced> {
-    let mut flags = Tensor::f_zeros([global as i64], opts)?;
+    let g = global as i64;
+    let mut flags = Tensor::f_zeros([g], opts)?;
+    let mut clips = Tensor::f_zeros([2, g], opts)?;
     let mut buffer = if parts.is_empty() {
-        Tensor::f_cat(&[Tensor::f_zeros([m + 2], opts)?, flags], 0)?
+        Tensor::f_cat(
+            &[
+                Tensor::f_zeros([m + 2], opts)?,
+                flags,
+                clips.f_reshape([-1])?,
+            ],
+            0,
+        )?
     } else {
         let part = Partial::sum(parts)?;
         let bad = part
@@ -47,23 +61,27 @@ pub(crate) fn float(
         let (start, end) = (range.start as i64, range.end as i64);
         let index = Tensor::f_arange_start(start, end, (Kind::Int64, opts.1))?;
         flags = flags.f_index_copy(0, &index, &bad)?;
+        clips = clips.f_index_copy(1, &index, &part.clips()?)?;
         let [loss, acc] = part.sums;
-        Tensor::f_cat(&[part.grad, loss, acc, flags], 0)?
+        Tensor::f_cat(&[part.grad, loss, acc, flags, clips.f_reshape([-1])?], 0)?
     };
     comm.all_reduce_sum(&mut buffer)?;
     let grad = buffer.f_narrow(0, 0, m)?;
     let totals = to_f64s(&buffer.f_narrow(0, m, 2)?)?;
-    let nonfinite = to_f64s(&buffer.f_narrow(0, m + 2, global as i64)?)?
+    let nonfinite = to_f64s(&buffer.f_narrow(0, m + 2, g)?)?
         .iter()
         .enumerate()
         .filter(|(_, f)| **f != 0.0)
         .map(|(i, _)| i)
         .collect();
     let grad_norm = grad.f_norm()?.f_double_value(&[])?;
+    let slots = to_f64s(&buffer.f_narrow(0, m + 2 + g, 2 * g)?)?;
+    let (counts, largest) = slots.split_at(global);
     Ok(Reduced {
         grad,
         totals: [totals[0], totals[1]],
         nonfinite,
         grad_norm,
+        clips: InnerClips::of(counts, largest),
     })
 }

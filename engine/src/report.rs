@@ -54,6 +54,11 @@ pub struct StepMetrics {
     pub clipped: Option<f64>,
     /// The clipped outer steps since the run began (`None` when clipping is off).
     pub clips: Option<u64>,
+    /// The (task, step) pairs of this iteration whose inner gradient
+    /// `algorithm.inner_clip_grad_norm` clipped, over all ranks.
+    pub inner_clips: u64,
+    /// The largest inner-gradient norm before such a clip (`None` when none clipped).
+    pub inner_clip_norm: Option<f64>,
 }
 
 /// Meta-test or validation: before and after adaptation, over `tasks` tasks.

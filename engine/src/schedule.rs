@@ -1,4 +1,5 @@
-//! The outer learning-rate schedule and the clipping of the meta-gradient.
+//! The outer learning-rate schedule, the clipping of the meta-gradient, and the clipping of
+//! each task's inner gradient with its count.
 //!
 //! The schedule is a pure function of the outer iteration, so a checkpoint's iteration is all
 //! of its state: a resumed run continues it exactly. Its values equal torch.optim.lr_scheduler's
@@ -87,13 +88,15 @@ pub(crate) fn clip_factor(max_norm: f64, norm: f64) -> Option<f64> {
 /// Each row of the flat inner gradient `g` (`[T, P]`, one task per row; or `[P]`) clipped to L2
 /// norm `max_norm` as torch.nn.utils.clip_grad_norm_ clips one task's parameters, built from
 /// differentiable tensor ops (the factor's dependence on the gradient is part of the graph, as
-/// in TorchOpt's clip_grad_norm transform). Logs the tasks it clipped and their largest norm
-/// before (this reads the norms back to the host, once per inner step while clipping is on).
+/// in TorchOpt's clip_grad_norm transform); and each row's norm before clipping where it was
+/// clipped, 0 where it was not (detached, `[T, 1]`; `[1]` for `[P]`). Logs the tasks it clipped
+/// and their largest norm before (this reads the norms back to the host, once per inner step
+/// while clipping is on).
 pub(crate) fn clip_rows(
     g: &tch::Tensor,
     max_norm: f64,
     step: usize,
-) -> Result<tch::Tensor, tch::TchError> {
+) -> Result<(tch::Tensor, tch::Tensor), tch::TchError> {
     let norms = g.f_norm_scalaropt_dim(2, [-1i64].as_slice(), true)?;
     let factor = norms
         .f_add_scalar(1e-6)?
@@ -112,7 +115,75 @@ pub(crate) fn clip_rows(
             "inner gradient clipped"
         );
     }
-    Ok(g.f_mul(&factor)?)
+    let logged = norms.f_detach()?.f_mul(&clipped.f_to_kind(norms.kind())?)?;
+    Ok((g.f_mul(&factor)?, logged))
+}
+
+/// The inner clips of one chunk of tasks (`algorithm.inner_clip_grad_norm`): per task, the
+/// steps that clipped its gradient and the largest norm before such a clip. It stays on the
+/// device; the iteration's all-reduce carries it (engine::reduce, engine::exact).
+#[derive(Debug, Default)]
+pub struct ClipLog(std::sync::Mutex<Option<[tch::Tensor; 2]>>);
+
+impl ClipLog {
+    /// Adds one step's clipped norms (`[T, 1]`, 0 where a task was not clipped).
+    pub(crate) fn record(&self, norms: &tch::Tensor) -> Result<(), tch::TchError> {
+        let norms = norms.f_reshape([-1])?;
+        let count = norms.f_gt(0.0)?.f_to_kind(norms.kind())?;
+        let mut log = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *log = Some(match log.take() {
+            Some([c, m]) => [c.f_add(&count)?, m.f_maximum(&norms)?],
+            None => [count, norms],
+        });
+        Ok(())
+    }
+
+    /// `[2, tasks]`: each task's count of clipped steps and its largest norm before a clip
+    /// (zeros when nothing clipped), of kind and device `opts`.
+    pub(crate) fn rows(
+        &self,
+        tasks: i64,
+        opts: (tch::Kind, tch::Device),
+    ) -> Result<tch::Tensor, tch::TchError> {
+        let log = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match log.as_ref() {
+            Some([c, m]) => tch::Tensor::f_stack(&[c, m], 0)?.f_to_kind(opts.0),
+            None => tch::Tensor::f_zeros([2, tasks], opts),
+        }
+    }
+}
+
+/// The inner clips of one iteration over all ranks: how many (task, step) pairs clipped, and
+/// the largest norm before a clip (`None` when none did).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct InnerClips {
+    pub count: u64,
+    pub largest: Option<f64>,
+}
+
+impl InnerClips {
+    /// The clips of the all-reduced slots: per task, `counts` and `largest` norms.
+    pub(crate) fn of(counts: &[f64], largest: &[f64]) -> InnerClips {
+        let count = counts.iter().sum::<f64>().round() as u64;
+        let largest = largest
+            .iter()
+            .copied()
+            .filter(|n| *n > 0.0)
+            .reduce(f64::max);
+        InnerClips { count, largest }
+    }
+
+    /// `self` and `other` together (their counts added, the larger norm kept).
+    pub fn add(self, other: InnerClips) -> InnerClips {
+        let largest = match (self.largest, other.largest) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        InnerClips {
+            count: self.count + other.count,
+            largest,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -36,6 +36,9 @@ pub mod tags {
     pub const OUTER_LR: &str = "train/outer_lr";
     /// The clipped outer steps so far (`outer.clip_grad_norm`).
     pub const OUTER_CLIPS: &str = "train/outer_clips";
+    /// The (task, step) pairs whose inner gradient was clipped since the previous line
+    /// (`algorithm.inner_clip_grad_norm`).
+    pub const INNER_CLIPS: &str = "train/inner_clips";
     /// Validation loss before adaptation (mean over the validation tasks).
     pub const VAL_LOSS_BEFORE: &str = "val/loss_before";
     /// Validation loss after adaptation.

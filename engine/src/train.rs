@@ -388,6 +388,7 @@ impl Trainer {
                 totals,
                 nonfinite: nonfinite_tasks,
                 grad_norm,
+                clips: inner,
             },
             running,
         ) = self.reduce(global)?;
@@ -416,6 +417,8 @@ impl Trainer {
             outer_lr: update.lr,
             clipped: update.clipped,
             clips: update.clips,
+            inner_clips: inner.count,
+            inner_clip_norm: inner.largest,
         })
     }
 

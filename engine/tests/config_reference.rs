@@ -1,7 +1,8 @@
 //! docs/configuration.md is generated from the config types, and this test keeps it current.
 //!
 //! Keys and descriptions come from the fields and doc comments of engine/src/config.rs,
-//! engine/src/config/algorithm.rs and engine/src/config/outer.rs.
+//! engine/src/config/algorithm.rs and engine/src/config/outer.rs (`[outer]` and
+//! `algorithm.inner_options`).
 //! Defaults come from `Default`, which reads the fields' serde attributes. Allowed values come
 //! from the enumerations' `ALL` and from the fields' `Allowed:` doc lines.
 //! `METALOOP_WRITE_DOCS=1` (what `cargo xtask docs` sets) rewrites the file instead of checking it.
@@ -96,6 +97,10 @@ fn defaults() -> BTreeMap<&'static str, Value> {
             "OuterConfig",
             v(serde_json::to_value(OuterConfig::default())),
         ),
+        (
+            "OptimizerOptions",
+            v(serde_json::to_value(OptimizerOptions::default())),
+        ),
         ("EvalConfig", v(serde_json::to_value(EvalConfig::default()))),
         ("LogConfig", v(serde_json::to_value(LogConfig::default()))),
     ])
@@ -115,7 +120,7 @@ fn choices(ty: &str) -> Option<Vec<&'static str>> {
         "EvalBatchNorm" => names(EvalBatchNorm::ALL, EvalBatchNorm::name),
         "AlgorithmName" => names(AlgorithmName::ALL, AlgorithmName::name),
         "Memory" => names(Memory::ALL, Memory::name),
-        "OuterOptimizer" => names(OuterOptimizer::ALL, OuterOptimizer::name),
+        "OptimizerName" => names(OptimizerName::ALL, OptimizerName::name),
         "Schedule" => names(Schedule::ALL, Schedule::name),
         "Precision" => names(Precision::ALL, Precision::name),
         "Comm" => names(Comm::ALL, Comm::name),
@@ -172,6 +177,7 @@ fn row(key: &str, f: &Field, default: &Value) -> String {
         None if f.attrs.contains("ConvTasks::is_auto") => "\"auto\"".into(),
         None if f.attrs.contains("std::ops::Not::not") => "false".into(),
         None if f.attrs.contains("MemoryBudget::is_auto") => "\"auto\"".into(),
+        None if f.attrs.contains("OptimizerName::is_sgd") => "\"sgd\"".into(),
         None => panic!("{key}: missing from the serialized default"),
     };
     let (allowed, text): (Vec<&String>, Vec<&String>) =

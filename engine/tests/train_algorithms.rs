@@ -1,7 +1,7 @@
 //! Every algorithm of the engine meta-trains: its meta-loss falls, adaptation helps at meta-test
 //! time, learned hyperparameters move, and state/restore resumes exactly.
 
-use metaloop_engine::config::{Dtype, OuterOptimizer, TrainConfig};
+use metaloop_engine::config::{Dtype, OptimizerName, TrainConfig};
 use metaloop_engine::data::Split;
 use metaloop_engine::train::Trainer;
 use metaloop_runtime::comm::Local;
@@ -92,7 +92,7 @@ fn anil_adapts_only_the_head() {
 fn reptile_learns() {
     let mut cfg = config("reptile");
     cfg.algorithm.inner_steps = 5;
-    cfg.outer.optimizer = OuterOptimizer::Sgd;
+    cfg.outer.optimizer = OptimizerName::Sgd;
     cfg.outer.lr = 1.0; // ε = 1 with Adam-free SGD: θ ← θ + mean(φ − θ)
     cfg.outer.iterations = 800;
     check_learns(&cfg);

@@ -1,7 +1,7 @@
 //! LSLR (MAML++'s per-layer, per-step learned inner learning rates): its hypergradients equal
 //! central finite differences of the meta-loss in f64, and it meta-trains.
 
-use metaloop_engine::config::{AlgorithmName, Dtype, OuterOptimizer, TrainConfig};
+use metaloop_engine::config::{AlgorithmName, Dtype, OptimizerName, TrainConfig};
 use metaloop_engine::data::Split;
 use metaloop_engine::train::Trainer;
 use metaloop_runtime::comm::Local;
@@ -39,7 +39,7 @@ fn lslr_hypergradients_match_finite_differences() {
     cfg.run.consistency_every = 0;
     cfg.outer.meta_batch = 4;
     // Outer SGD with lr 1: one step moves every meta-parameter by exactly minus its gradient.
-    cfg.outer.optimizer = OuterOptimizer::Sgd;
+    cfg.outer.optimizer = OptimizerName::Sgd;
     cfg.outer.lr = 1.0;
     let mut trainer = Trainer::new(&cfg, Box::new(Local)).unwrap();
     let groups = trainer.model_params().layout().len() as i64;

@@ -22,7 +22,7 @@ pub const FILE: &str = "adaptation.png";
 /// `model.safetensors`) and returns its path; `None` when the run is not a sinusoid run.
 /// The model file is read by `metaloop_engine::model_file` (through `Trainer::load_model`);
 /// learned inner learning rates are used by the inner loop as `adaptation::overrides` says.
-/// Otherwise `algorithm.inner_lr`.
+/// The inner optimizer is the run's (`algorithm.inner_optimizer`, `inner_lr`, `inner_momentum`).
 pub fn write_for_run(run_dir: &Path) -> Result<Option<PathBuf>> {
     let cfg = crate::config::load(&run_dir.join(metaloop_engine::rundir::CONFIG), &[])?;
     if cfg.task.kind != TaskKind::Sinusoid {
@@ -43,7 +43,7 @@ pub fn write_for_run(run_dir: &Path) -> Result<Option<PathBuf>> {
     let spec = AdaptationSpec::figure(
         cfg.run.seed,
         cfg.task.shots as usize,
-        cfg.algorithm.inner_lr,
+        metaloop_engine::outer_options::build_inner(&cfg.algorithm, false),
     );
     let curves = adaptation::sinusoid(trainer.model(), trainer.model_params(), &spec, &overrides)?;
     let path = run_dir.join(metaloop_engine::rundir::PLOTS).join(FILE);
@@ -156,7 +156,8 @@ mod tests {
     fn writes_a_png_with_one_panel_per_task() {
         let model = nn::mlp(&[1, 40, 40, 1]);
         let params = Params::init(&model, 3, Kind::Float, tch::Device::Cpu).unwrap();
-        let spec = AdaptationSpec::figure(5, 10, 0.01);
+        let sgd = Box::new(metaloop_runtime::optim::Sgd::new(0.01));
+        let spec = AdaptationSpec::figure(5, 10, sgd);
         let curves = adaptation::sinusoid(&model, &params, &spec, &[]).unwrap();
         let dir = std::env::temp_dir().join(format!("metaloop-adapt-png-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

@@ -186,6 +186,8 @@ mod tests {
             outer_lr: 1e-3,
             clipped: None,
             clips: None,
+            inner_clips: 0,
+            inner_clip_norm: None,
         }
     }
 

@@ -205,3 +205,74 @@ fn reproducible_runs_write_the_same_model_bytes_on_any_ranks_and_workers() {
     }
     std::fs::remove_dir_all(&out).ok();
 }
+
+/// `algorithm.inner_clip_grad_norm`: every metrics line counts the (task, step) pairs clipped
+/// since the line before, summed over ranks, workers and task chunks. With a bound of 1e-12
+/// every inner gradient clips: 5 tasks × 2 steps × 3 iterations between lines, on 1 rank and
+/// on 2 (3 + 2 tasks; also with `run.reproducible` and with 2 workers in chunks of 1), and 0
+/// with clipping off.
+#[test]
+fn inner_clips_are_counted_over_ranks_between_metrics_lines() {
+    let out = std::env::temp_dir().join(format!("metaloop-cli-inner-clips-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let run = |name: &str, ranks: usize, extra: &[&str]| -> Vec<serde_json::Value> {
+        let sets = [
+            "outer.iterations=6",
+            "outer.meta_batch=5",
+            "algorithm.inner_steps=2",
+            "log.every=3",
+            "eval.every=0",
+            "eval.test_tasks=4",
+            "model.hidden=[8, 8]",
+        ];
+        let mut cmd = Command::new(metaloop());
+        cmd.args(["launch", "-n", &ranks.to_string(), "--", "--threads", "2"]);
+        cmd.args(["train", "--config"]).arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../configs/sinusoid.toml"
+        ));
+        for kv in sets.iter().chain(extra) {
+            cmd.args(["--set", kv]);
+        }
+        cmd.args(["--set", &format!("run.out_dir=\"{}\"", out.display())]);
+        cmd.args(["--set", &format!("run.name=\"{name}\"")]);
+        let done = cmd.output_within_limit();
+        assert!(
+            done.status.success(),
+            "{name}: {}\n{}",
+            String::from_utf8_lossy(&done.stdout),
+            String::from_utf8_lossy(&done.stderr)
+        );
+        let text = std::fs::read_to_string(out.join(name).join("metrics.jsonl")).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let clip = "algorithm.inner_clip_grad_norm=1e-12";
+    for (name, ranks, extra) in [
+        ("one", 1, &[clip][..]),
+        ("two", 2, &[clip][..]),
+        (
+            "chunks",
+            2,
+            &[clip, "run.workers=2", "run.task_chunk=1"][..],
+        ),
+        ("exact", 2, &[clip, "run.reproducible=true"][..]),
+        ("off", 2, &[][..]),
+    ] {
+        let lines = run(name, ranks, extra);
+        let want = if extra.is_empty() { 0 } else { 5 * 2 * 3 };
+        let iterations: Vec<u64> = lines
+            .iter()
+            .map(|l| l["iteration"].as_u64().unwrap())
+            .collect();
+        assert_eq!(iterations, [3, 6], "{name}");
+        for l in &lines {
+            assert_eq!(l["inner_clips"].as_u64(), Some(want), "{name}: {l}");
+            let norm = l.get("inner_clip_norm").and_then(|n| n.as_f64());
+            assert_eq!(norm.is_some(), want > 0, "{name}: {l}");
+            assert!(norm.is_none_or(|n| n > 1e-12), "{name}: {l}");
+        }
+    }
+    std::fs::remove_dir_all(&out).ok();
+}

@@ -5,7 +5,7 @@
 use std::fmt;
 
 use metaloop_runtime::nn::{Module, Scope};
-use metaloop_runtime::optim::Sgd;
+use metaloop_runtime::optim::Optimizer;
 use metaloop_runtime::StepOptions;
 use metaloop_runtime::{InnerLoop, Layout, Params};
 use tch::{Device, Kind, Tensor};
@@ -131,6 +131,8 @@ pub struct Shard<'a> {
     pub(crate) seeds: Vec<u64>,
     /// How BatchNorm treats running statistics (`eval.batchnorm = "running"`).
     pub(crate) bn: BnMode,
+    /// The inner clips of this shard's tasks (engine::schedule::ClipLog).
+    pub(crate) clips: crate::schedule::ClipLog,
 }
 
 /// What the forwards of a [`Shard`] do with BatchNorm running statistics.
@@ -260,17 +262,15 @@ impl<'a> Shard<'a> {
         })
     }
 
-    /// The inner optimizer: SGD with the configured lr and momentum.
-    pub fn inner_optimizer(&self) -> Sgd {
-        Sgd::new(self.algorithm.inner_lr)
-            .momentum(self.algorithm.inner_momentum)
-            .fused(self.fused)
+    /// The inner optimizer: `algorithm.inner_optimizer` with its lr, momentum and options.
+    pub fn inner_optimizer(&self) -> Box<dyn Optimizer> {
+        crate::outer_options::build_inner(self.algorithm, self.fused)
     }
 
     /// An inner loop over `tasks` tasks from θ0 (second-order when `track`), with the learned
     /// hyperparameters that hold for every step already in force.
     pub fn inner_loop(&self, tasks: i64, track: bool) -> Result<InnerLoop<'a>> {
-        let mut builder = InnerLoop::new(self.model, &self.theta, self.inner_optimizer())
+        let mut builder = InnerLoop::with_boxed(self.model, &self.theta, self.inner_optimizer())
             .copy_initial_weights(false)
             .track_higher_grads(track)
             .tasks(tasks)
@@ -282,8 +282,8 @@ impl<'a> Shard<'a> {
     }
 
     /// The options of inner step `s`: the per-step learned hyperparameters' row for it, and the
-    /// clipping of each task's gradient (`algorithm.inner_clip_grad_norm`).
-    fn step_options(&self, s: usize) -> Result<StepOptions<'static>> {
+    /// clipping of each task's gradient (`algorithm.inner_clip_grad_norm`), counted in `clips`.
+    fn step_options(&self, s: usize) -> Result<StepOptions<'_>> {
         let mut options = StepOptions::new();
         for h in self.learned.iter().filter(|h| h.per_step) {
             let rows = h.tensor.size()[0] as usize;
@@ -293,7 +293,9 @@ impl<'a> Shard<'a> {
         let max = self.algorithm.inner_clip_grad_norm;
         if max > 0.0 {
             options = options.try_grad_callback(move |g| {
-                crate::schedule::clip_rows(g, max, s).map_err(metaloop_runtime::Error::from)
+                let (clipped, norms) = crate::schedule::clip_rows(g, max, s)?;
+                self.clips.record(&norms)?;
+                Ok(clipped)
             });
         }
         Ok(options)

@@ -150,7 +150,7 @@ pub fn recompute(shard: &Shard, batch: &MetaBatch, global_tasks: f64) -> MetaGra
     let a = shard.config();
     let steps = a.inner_steps;
     let _s = tracing::info_span!("inner_loop", steps, memory = "recompute").entered();
-    let mut mg = MetaGradient::new(shard.inner_optimizer())
+    let mut mg = MetaGradient::with_boxed(shard.inner_optimizer())
         .tasks(batch.len() as i64)
         .checkpoint_interval(a.checkpoint_interval())
         .freeze(shard.frozen);

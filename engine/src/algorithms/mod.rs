@@ -30,6 +30,8 @@ pub mod pretrain;
 pub mod reptile;
 
 #[cfg(test)]
+mod inner_optimizer_tests;
+#[cfg(test)]
 mod tests;
 
 pub use base::{

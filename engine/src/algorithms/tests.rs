@@ -14,7 +14,7 @@ use crate::loss::{CrossEntropy, Loss, Mse};
 
 const F64: (Kind, Device) = (Kind::Double, Device::Cpu);
 
-fn shard<'a>(
+pub(super) fn shard<'a>(
     cfg: &'a AlgorithmConfig,
     model: &'a dyn Module,
     loss: &'a dyn Loss,
@@ -36,6 +36,7 @@ fn shard<'a>(
         fused: false,
         seeds: vec![0; tasks],
         bn: super::BnMode::Batch,
+        clips: Default::default(),
     }
 }
 

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{d, AlgorithmName, Memory};
+use super::{d, AlgorithmName, Memory, OptimizerName, OptimizerOptions};
 
 /// The meta-learning algorithm and its inner loop.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,10 +24,20 @@ pub struct AlgorithmConfig {
     /// Allowed: a finite number > 0.
     #[serde(default = "d::inner_lr")]
     pub inner_lr: f64,
-    /// Inner SGD momentum (the initial value when learned).
+    /// Inner momentum of sgd and rmsprop (the initial value when learned).
     /// Allowed: [0, 1).
     #[serde(default)]
     pub inner_momentum: f64,
+    /// The inner optimizer of every algorithm's support steps, meta-test included (a
+    /// differentiable runtime::optim optimizer, as torch.optim's class of that name). Its rate is
+    /// `inner_lr`; sgd's and rmsprop's momentum is `inner_momentum`. Not hashed at "sgd".
+    /// Allowed: learn_momentum and a non-zero inner_momentum need "sgd" or "rmsprop".
+    #[serde(default = "d::sgd", skip_serializing_if = "OptimizerName::is_sgd")]
+    pub inner_optimizer: OptimizerName,
+    /// The inner optimizer's other options under torch.optim's names, as `[outer]` takes them;
+    /// one left out takes torch's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inner_options: Option<OptimizerOptions>,
     /// Meta-learn the inner lr (one per parameter tensor) as in higher's toy example. Meta-SGD
     /// learns one per element instead.
     /// Allowed: false for "metasgd", "lslr", "reptile", "fomaml" and "pretrain".
@@ -56,7 +66,7 @@ pub struct AlgorithmConfig {
     pub checkpoint_interval: usize,
     /// Clip each task's inner gradient to this L2 norm at every inner step, inside the
     /// differentiable step, as torch.nn.utils.clip_grad_norm_ over that task's parameters
-    /// (0 = off).
+    /// (0 = off). metrics.jsonl counts the clips (`inner_clips`, docs/run-directory.md).
     /// Allowed: a finite number >= 0; 0 with "recompute".
     #[serde(default)]
     pub inner_clip_grad_norm: f64,

@@ -158,11 +158,24 @@ choice! {
 }
 
 choice! {
-    /// The outer (meta) optimizer (`outer.optimizer`): one of runtime::optim's, as
-    /// torch.optim's class of that name.
-    OuterOptimizer { Adam = "adam", Sgd = "sgd", Adamw = "adamw", Adamax = "adamax",
+    /// An optimizer (`outer.optimizer`, `algorithm.inner_optimizer`): one of runtime::optim's,
+    /// as torch.optim's class of that name.
+    OptimizerName { Adam = "adam", Sgd = "sgd", Adamw = "adamw", Adamax = "adamax",
         Adagrad = "adagrad", Adadelta = "adadelta", Rmsprop = "rmsprop", Rprop = "rprop",
         Radam = "radam" }
+}
+
+impl OptimizerName {
+    /// True for "sgd" (the inner optimizer's default, left out of a serialised config so that
+    /// its hash stays as before).
+    pub fn is_sgd(&self) -> bool {
+        *self == OptimizerName::Sgd
+    }
+
+    /// Whether the optimizer has a "momentum" hyperparameter (sgd, rmsprop).
+    pub fn has_momentum(self) -> bool {
+        matches!(self, OptimizerName::Sgd | OptimizerName::Rmsprop)
+    }
 }
 
 choice! {

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{d, OuterOptimizer, Schedule};
+use super::{d, OptimizerName, Schedule};
 
 /// The outer (meta) optimisation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -12,7 +12,7 @@ use super::{d, OuterOptimizer, Schedule};
 pub struct OuterConfig {
     /// The outer (meta) optimizer.
     #[serde(default = "d::adam")]
-    pub optimizer: OuterOptimizer,
+    pub optimizer: OptimizerName,
     /// Meta learning rate (Reptile: the outer step size ε on θ − φ).
     /// Allowed: a finite number > 0.
     #[serde(default = "d::outer_lr")]
@@ -108,4 +108,81 @@ pub struct OuterConfig {
     /// radam: AdamW's decoupled weight decay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decoupled_weight_decay: Option<bool>,
+}
+
+/// `algorithm.inner_options`: the inner optimizer's options under torch.optim's names, as the
+/// options of `[outer]` (engine::outer_options checks and builds both). The learning rate is
+/// `algorithm.inner_lr` and the momentum `algorithm.inner_momentum`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerOptions {
+    /// Set `algorithm.inner_momentum` instead.
+    /// Allowed: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub momentum: Option<f64>,
+    /// sgd: the dampening of the momentum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dampening: Option<f64>,
+    /// sgd: Nesterov momentum (needs algorithm.inner_momentum > 0 and dampening 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nesterov: Option<bool>,
+    /// Weight decay (every optimizer but rprop; decoupled for adamw, whose default is 1e-2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f64>,
+    /// adam, adamw, adamax, radam: the decay rates of the moments, each in [0, 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub betas: Option<[f64; 2]>,
+    /// The term added to the denominator (every optimizer but sgd and rprop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eps: Option<f64>,
+    /// adam, adamw: AMSGrad.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amsgrad: Option<bool>,
+    /// adagrad: the decay of the rate with the step count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_decay: Option<f64>,
+    /// adagrad: the accumulator's first value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_accumulator_value: Option<f64>,
+    /// adadelta: the decay rate of the running averages, in [0, 1].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rho: Option<f64>,
+    /// rmsprop: the smoothing constant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f64>,
+    /// rmsprop: normalise by the gradient's estimated variance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub centered: Option<bool>,
+    /// rprop: the factors [η−, η+], 0 < η− < 1 < η+.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etas: Option<[f64; 2]>,
+    /// rprop: the bounds of the step sizes [min, max].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_sizes: Option<[f64; 2]>,
+    /// radam: AdamW's decoupled weight decay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoupled_weight_decay: Option<bool>,
+}
+
+impl OuterConfig {
+    /// The outer optimizer's options, as one [`OptimizerOptions`].
+    pub fn options(&self) -> OptimizerOptions {
+        OptimizerOptions {
+            momentum: self.momentum,
+            dampening: self.dampening,
+            nesterov: self.nesterov,
+            weight_decay: self.weight_decay,
+            betas: self.betas,
+            eps: self.eps,
+            amsgrad: self.amsgrad,
+            lr_decay: self.lr_decay,
+            initial_accumulator_value: self.initial_accumulator_value,
+            rho: self.rho,
+            alpha: self.alpha,
+            centered: self.centered,
+            etas: self.etas,
+            step_sizes: self.step_sizes,
+            decoupled_weight_decay: self.decoupled_weight_decay,
+        }
+    }
 }

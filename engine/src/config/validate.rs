@@ -260,6 +260,7 @@ impl TrainConfig {
             ));
         }
         self.algorithm.check_combination()?;
+        crate::outer_options::validate_inner(&self.algorithm)?;
         if self.eval.batchnorm == EvalBatchNorm::Running
             && (self.model.backbone == Backbone::Mlp
                 || self.algorithm.name == AlgorithmName::Pretrain)

@@ -35,9 +35,9 @@
 //! arm in kernels/cpu/dispatch.rs, and the CUDA kernel in kernels/cuda.cu with its name in
 //! kernels/cuda.rs.
 //!
-//! The engine builds SGD for the inner loop and any of these as the outer optimizer
-//! (`outer.optimizer`), so a new optimizer is for library users until engine/src/config.rs and
-//! engine/src/outer_options.rs name it.
+//! The engine builds any of these as the inner optimizer (`algorithm.inner_optimizer`) and as the
+//! outer one (`outer.optimizer`), so a new optimizer is for library users until
+//! engine/src/config/choice.rs and engine/src/outer_options.rs name it.
 //!
 //! This module must not mutate its inputs, keep tensors between calls, read a tensor's value back to
 //! the host (no GPU sync), know about models or parameter names, or print.
