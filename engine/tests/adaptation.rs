@@ -6,6 +6,7 @@
 use metaloop_engine::adaptation::{sinusoid, AdaptationSpec};
 use metaloop_engine::data::{Sinusoid, Split};
 use metaloop_runtime::nn::{self, Module};
+use metaloop_runtime::optim::Sgd;
 use metaloop_runtime::Params;
 use tch::{Device, Kind, Tensor};
 
@@ -18,7 +19,7 @@ fn curves_lie_on_the_task_and_adaptation_fits_the_support_points() {
     let model = nn::mlp(&[1, 40, 40, 1]);
     let params = Params::init(&model, 11, Kind::Double, Device::Cpu).unwrap();
     let lr = 0.01;
-    let spec = AdaptationSpec::figure(7, 10, lr);
+    let spec = AdaptationSpec::figure(7, 10, Box::new(Sgd::new(lr)));
     let curves = sinusoid(&model, &params, &spec, &[]).unwrap();
     assert_eq!(curves.len(), 3);
     let source = Sinusoid::new(10, 1).unwrap();

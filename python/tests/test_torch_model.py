@@ -67,7 +67,7 @@ def test_per_step_batchnorm_round_trips():
     model = metaloop.torch_model(metaloop.Config(overrides=overrides)).double()
     assert model.state_dict()["0.1.weight"].shape == (3, 4)
     with torch.no_grad():
-        model[0][1].weight[0].fill_(2.0)
+        model[0][1].bias[0].fill_(0.5)
         metaloop.set_step(model, 0)
         first = model(x)
         metaloop.set_step(model, None)
