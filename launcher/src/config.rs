@@ -371,7 +371,7 @@ mod tests {
         assert!(set("task.image_size=84")
             .ends_with("task.image_size: cifarfs images are 32×32: must be 32, got 84"));
         assert!(set("eval.batchnorm=\"query\"").ends_with(
-            "eval.batchnorm: must be one of \"transductive\", \"support_only\", got \"query\""
+            "eval.batchnorm: must be one of \"transductive\", \"support_only\", \"running\", got \"query\""
         ));
         assert!(set("task.augment=\"heavy\"")
             .ends_with("task.augment: must be one of \"none\", \"standard\", got \"heavy\""));
