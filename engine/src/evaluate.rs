@@ -151,12 +151,7 @@ impl MetaTest<'_> {
         let mut shard = self.net.shard(self.cfg, self.meta, self.iteration, batch);
         if !self.meta.running.is_empty() {
             // `eval.batchnorm = "running"`: PyTorch's eval mode with the kept statistics.
-            let running = self.meta.running.iter();
-            shard.bn = BnMode::Running(
-                running
-                    .map(|(n, t)| (n.clone(), t.shallow_clone()))
-                    .collect(),
-            );
+            shard.bn = BnMode::Running(crate::running::shallow(&self.meta.running));
         }
         match weights {
             Some(w) => Shard {

@@ -23,6 +23,28 @@ use crate::{exact, Result};
 /// BatchNorm "x", shaped like its weight (`[C]`, or `[steps, C]` per step).
 pub type Running = Vec<(String, Tensor)>;
 
+/// The running statistics a trainer of `cfg` keeps: [`initial`] with `eval.batchnorm =
+/// "running"`, else none.
+pub(crate) fn for_config(
+    cfg: &crate::config::TrainConfig,
+    layout: &Layout,
+    opts: (Kind, Device),
+) -> Result<Running> {
+    if cfg.eval.batchnorm == crate::config::EvalBatchNorm::Running {
+        initial(layout, opts)
+    } else {
+        Ok(Vec::new())
+    }
+}
+
+/// A second handle on the same tensors.
+pub(crate) fn shallow(running: &Running) -> Running {
+    running
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect()
+}
+
 /// The running statistics at their defaults (mean 0, variance 1, as a fresh
 /// `nn.BatchNorm2d`) for every BatchNorm of `layout`: each module whose "weight" and "bias"
 /// share one shape of one or two dimensions.
@@ -76,10 +98,7 @@ pub struct Tracker {
 impl Tracker {
     pub(crate) fn new(start: &Running) -> Tracker {
         Tracker {
-            start: start
-                .iter()
-                .map(|(n, t)| (n.clone(), t.shallow_clone()))
-                .collect(),
+            start: shallow(start),
             tasks: Mutex::new(None),
         }
     }

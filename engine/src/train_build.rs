@@ -59,11 +59,7 @@ impl TrainerBuilder {
         let theta = setup::initial_params(&cfg, model.as_ref(), kind, device)?;
         let learned = algorithm.learned(&cfg.algorithm, theta.layout(), (kind, device))?;
         let frozen = algorithm.frozen(theta.layout());
-        let running = if cfg.eval.batchnorm == crate::config::EvalBatchNorm::Running {
-            crate::running::initial(theta.layout(), (kind, device))?
-        } else {
-            Vec::new()
-        };
+        let running = crate::running::for_config(&cfg, theta.layout(), (kind, device))?;
         let meta = MetaParams {
             theta,
             learned,

@@ -309,21 +309,17 @@ fn per_step_batchnorm_trains_alike_with_recompute_and_its_rows_part() {
         .double_value(&[]);
     assert!(apart > 1e-6, "the per-step rows did not learn apart");
     // The MLP has no BatchNorm, iMAML no per-step inner problem: both are refused.
+    let refused = |c: &TrainConfig| {
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("model.per_step_batchnorm"), "{e}");
+    };
     let mut mlp = TrainConfig::default();
     mlp.model.per_step_batchnorm = true;
-    assert!(mlp
-        .validate()
-        .unwrap_err()
-        .to_string()
-        .contains("model.per_step_batchnorm"));
+    refused(&mlp);
     let mut imaml = cfg.clone();
     imaml.algorithm.name = metaloop_engine::config::AlgorithmName::Imaml;
     imaml.algorithm.multi_step_loss = false;
-    assert!(imaml
-        .validate()
-        .unwrap_err()
-        .to_string()
-        .contains("model.per_step_batchnorm"));
+    refused(&imaml);
 }
 
 /// `run.conv_tasks` and `run.channels_last` pick kernels, never values: on a ResNet-12 (3×3 and

@@ -47,24 +47,6 @@ test_tasks = 2
 tensorboard = false
 "#;
 
-/// `data/{train,test}/c<k>/<i>.png`: 6 and 5 classes of 4 patterned 32×32 images.
-fn dataset(dir: &Path) {
-    for (split, classes) in [("train", 6u32), ("test", 5)] {
-        for c in 0..classes {
-            for i in 0..4u32 {
-                let path = dir.join(format!("data/{split}/c{c}/{i}.png"));
-                fs::create_dir_all(path.parent().unwrap()).unwrap();
-                image::RgbImage::from_fn(32, 32, |x, y| {
-                    let v = |k: u32| ((x * (c + k) + y * (i + 2 * k) + 37 * c) % 256) as u8;
-                    image::Rgb([v(1), v(2), v(3)])
-                })
-                .save(path)
-                .unwrap();
-            }
-        }
-    }
-}
-
 /// What one `metaloop train` did: its exit status, stderr, and the largest address space
 /// (`VmPeak`) seen while it ran, KiB.
 struct Run {
@@ -136,7 +118,8 @@ fn model(dir: &Path, name: &str) -> Vec<(String, tch::Tensor)> {
 fn a_budget_under_a_limit_the_unplanned_run_exceeds_trains_with_the_same_meta_gradient() {
     let dir = common::scratch("memory-budget", "resnet12");
     fs::write(dir.join("r.toml"), RESNET).unwrap();
-    dataset(&dir);
+    // 6 and 5 classes of 4 patterned 32×32 images.
+    common::folder_dataset(&dir, 32, 4);
 
     // The unplanned run without a limit: the reference, and its resident peak.
     let whole = train(&dir, "whole", None, &["run.memory_budget_gib=0"]);

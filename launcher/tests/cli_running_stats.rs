@@ -45,24 +45,6 @@ batchnorm = "running"
 tensorboard = false
 "#;
 
-/// `data/{train,test}/c<k>/<i>.png`: 6 and 5 classes of 3 patterned 16×16 images.
-fn dataset(dir: &Path) {
-    for (split, classes) in [("train", 6u32), ("test", 5)] {
-        for c in 0..classes {
-            for i in 0..3u32 {
-                let path = dir.join(format!("data/{split}/c{c}/{i}.png"));
-                fs::create_dir_all(path.parent().unwrap()).unwrap();
-                image::RgbImage::from_fn(16, 16, |x, y| {
-                    let v = |k: u32| ((x * (c + k) + y * (i + 2 * k) + 41 * c) % 256) as u8;
-                    image::Rgb([v(1), v(2), v(3)])
-                })
-                .save(path)
-                .unwrap();
-            }
-        }
-    }
-}
-
 /// `metaloop launch -n <ranks> -- train` in `dir` with `sets`; the run directory.
 fn train(dir: &Path, name: &str, ranks: usize, sets: &[&str]) -> PathBuf {
     let mut cmd = Command::new(common::metaloop_binary());
@@ -91,7 +73,7 @@ fn train(dir: &Path, name: &str, ranks: usize, sets: &[&str]) -> PathBuf {
 
 /// The report's meta-test accuracy and query loss after adaptation.
 fn test_after(report: &Path) -> (f64, f64) {
-    let v: serde_json::Value = serde_json::from_str(&fs::read_to_string(report).unwrap()).unwrap();
+    let v = common::json(report);
     let test = &v["test"];
     (
         test["accuracy_after"]["mean"].as_f64().unwrap(),
@@ -101,11 +83,9 @@ fn test_after(report: &Path) -> (f64, f64) {
 
 #[test]
 fn running_statistics_have_the_same_bytes_on_any_ranks_and_eval_reads_them() {
-    let dir = std::env::temp_dir().join(format!("metaloop-cli-running-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch("cli", "running-stats");
     fs::write(dir.join("c.toml"), CONFIG).unwrap();
-    dataset(&dir);
+    common::folder_dataset(&dir, 16, 3);
     let one = train(&dir, "one", 1, &[]);
     let bytes = fs::read(one.join("model.safetensors")).unwrap();
     for (name, ranks, sets) in [

@@ -242,24 +242,25 @@ impl<'a> Shard<'a> {
         self.model.forward_scoped(&mut scope, x)
     }
 
-    /// The support forward of inner step `step` ([`Shard::forward`]); while training with
-    /// running statistics ([`BnMode::Track`]) it also blends its batch statistics into the
-    /// tasks' running statistics. A recomputation of a step calls [`Shard::forward`] instead.
-    pub fn support_forward(
+    /// The support losses of `batch` at inner step `step` ([`Shard::losses`]); while training
+    /// with running statistics ([`BnMode::Track`]) the forward also blends its batch statistics
+    /// into the tasks' running statistics. A recomputation of a step calls [`Shard::losses`].
+    pub fn support_losses(
         &self,
         params: &Params,
-        x: &Tensor,
+        batch: &MetaBatch,
         step: usize,
-    ) -> metaloop_runtime::Result<Tensor> {
+    ) -> metaloop_runtime::Result<TaskLosses> {
         let BnMode::Track(tracker) = &self.bn else {
-            return self.forward(params, x, Some(step));
+            return self.losses(params, &batch.support_x, &batch.support_y, Some(step));
         };
-        tracker.with_state(params.tasks().unwrap_or(1), |state| {
+        let out = tracker.with_state(params.tasks().unwrap_or(1), |state| {
             let mut scope = Scope::new(params, true, Some(state))
                 .with_seeds(&self.seeds)
                 .with_step(Some(step));
-            self.model.forward_scoped(&mut scope, x)
-        })
+            self.model.forward_scoped(&mut scope, &batch.support_x)
+        })?;
+        Ok(self.loss.task_losses(&out, &batch.support_y)?)
     }
 
     /// The inner optimizer: `algorithm.inner_optimizer` with its lr, momentum and options.
@@ -330,10 +331,7 @@ pub fn adapt<'a>(
         None => None,
     };
     for s in 0..steps {
-        let support = shard.loss.task_losses(
-            &shard.support_forward(inner.params(), &batch.support_x, s)?,
-            &batch.support_y,
-        )?;
+        let support = shard.support_losses(inner.params(), batch, s)?;
         let mut objective = support.total(shard.kind)?;
         if let Some((lambda, theta0)) = &proximal {
             let distance = inner.params().flat().f_sub(theta0)?.f_square()?;

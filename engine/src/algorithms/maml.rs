@@ -161,11 +161,7 @@ pub fn recompute(shard: &Shard, batch: &MetaBatch, global_tasks: f64) -> MetaGra
     // The forward pass keeps running statistics (when tracked); the adjoint pass's
     // recomputations of the same steps must not blend them again.
     let mut first = |theta: &Params, t: usize| -> metaloop_runtime::Result<Tensor> {
-        let out = shard.support_forward(theta, &batch.support_x, t)?;
-        Ok(shard
-            .loss
-            .task_losses(&out, &batch.support_y)?
-            .total(shard.kind())?)
+        Ok(shard.support_losses(theta, batch, t)?.total(shard.kind())?)
     };
     let trajectory = mg.forward(shard.theta(), steps, &mut first)?;
     let mut support = |theta: &Params, t: usize| -> metaloop_runtime::Result<Tensor> {

@@ -224,6 +224,35 @@ impl AlgorithmConfig {
 }
 
 impl TrainConfig {
+    /// The BatchNorm switches: running statistics need BatchNorm and an inner loop to keep them
+    /// from; per-step BatchNorm needs an inner loop whose steps pick its rows.
+    fn check_batchnorm(&self) -> Result<(), ConfigError> {
+        if self.eval.batchnorm == EvalBatchNorm::Running
+            && (self.model.backbone == Backbone::Mlp
+                || self.algorithm.name == AlgorithmName::Pretrain)
+        {
+            return Err(err(
+                "eval.batchnorm",
+                "\"running\" keeps statistics from the inner loops' support forwards: it needs \"conv4\" or \"resnet12\" and an algorithm with an inner loop (not \"pretrain\")",
+            ));
+        }
+        if self.model.per_step_batchnorm
+            && matches!(
+                self.algorithm.name,
+                AlgorithmName::Pretrain | AlgorithmName::Imaml
+            )
+        {
+            return Err(err(
+                "model.per_step_batchnorm",
+                format!(
+                    "is not for {}: imaml's implicit gradient holds one support loss at the inner optimum, not one per step, and pretrain has no inner loop",
+                    self.algorithm.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks every value; the first bad one is returned with its dotted key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.run.name.is_empty() || self.run.name.contains('/') || self.run.name.starts_with('.')
@@ -261,29 +290,7 @@ impl TrainConfig {
         }
         self.algorithm.check_combination()?;
         crate::outer_options::validate_inner(&self.algorithm)?;
-        if self.eval.batchnorm == EvalBatchNorm::Running
-            && (self.model.backbone == Backbone::Mlp
-                || self.algorithm.name == AlgorithmName::Pretrain)
-        {
-            return Err(err(
-                "eval.batchnorm",
-                "\"running\" keeps statistics from the inner loops' support forwards: it needs \"conv4\" or \"resnet12\" and an algorithm with an inner loop (not \"pretrain\")",
-            ));
-        }
-        if self.model.per_step_batchnorm
-            && matches!(
-                self.algorithm.name,
-                AlgorithmName::Pretrain | AlgorithmName::Imaml
-            )
-        {
-            return Err(err(
-                "model.per_step_batchnorm",
-                format!(
-                    "is not for {}: imaml's implicit gradient holds one support loss at the inner optimum, not one per step, and pretrain has no inner loop",
-                    self.algorithm.name
-                ),
-            ));
-        }
+        self.check_batchnorm()?;
 
         positive("outer.lr", self.outer.lr)?;
         at_least("outer.meta_batch", self.outer.meta_batch as i64, 1)?;

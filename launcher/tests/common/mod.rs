@@ -98,6 +98,25 @@ pub fn gray_png(path: &Path, width: u32, height: u32, value: u8) {
         .unwrap();
 }
 
+/// A folder dataset under `dir`: `data/{train,test}/c<k>/<i>.png`, 6 and 5 classes of
+/// `per_class` patterned `side`×`side` RGB images.
+pub fn folder_dataset(dir: &Path, side: u32, per_class: u32) {
+    for (split, classes) in [("train", 6u32), ("test", 5)] {
+        for c in 0..classes {
+            for i in 0..per_class {
+                let path = dir.join(format!("data/{split}/c{c}/{i}.png"));
+                fs::create_dir_all(path.parent().unwrap()).unwrap();
+                image::RgbImage::from_fn(side, side, |x, y| {
+                    let v = |k: u32| ((x * (c + k) + y * (i + 2 * k) + 37 * c) % 256) as u8;
+                    image::Rgb([v(1), v(2), v(3)])
+                })
+                .save(path)
+                .unwrap();
+            }
+        }
+    }
+}
+
 /// The names of the entries of `dir`, in the order the file system lists them.
 pub fn entries(dir: &Path) -> Vec<String> {
     fs::read_dir(dir)
