@@ -70,19 +70,7 @@ impl TrainerBuilder {
         let threads = self
             .threads
             .unwrap_or_else(|| tch::get_num_threads().max(1) as usize);
-        // Reproducible on the CPU: one intra-op thread per worker, since libtorch's CPU kernels
-        // split their reductions by the thread count (engine::exact).
-        let (requested, threads) = match (cfg.run.reproducible, device) {
-            (true, Device::Cpu) => {
-                let n = if cfg.run.workers == 0 {
-                    threads
-                } else {
-                    cfg.run.workers
-                };
-                (n, n)
-            }
-            _ => (cfg.run.workers, threads),
-        };
+        let (requested, threads) = worker_threads(&cfg, device, threads);
         let workers = Workers::plan(
             requested,
             threads,
@@ -109,5 +97,22 @@ impl TrainerBuilder {
             workers,
             protocol,
         })
+    }
+}
+
+/// The workers `run.workers` asks for and the threads they share. Reproducible on the CPU: one
+/// intra-op thread per worker, since libtorch's CPU kernels split their reductions by the thread
+/// count (engine::exact).
+fn worker_threads(cfg: &TrainConfig, device: Device, threads: usize) -> (usize, usize) {
+    match (cfg.run.reproducible, device) {
+        (true, Device::Cpu) => {
+            let n = if cfg.run.workers == 0 {
+                threads
+            } else {
+                cfg.run.workers
+            };
+            (n, n)
+        }
+        _ => (cfg.run.workers, threads),
     }
 }
